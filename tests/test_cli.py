@@ -1,0 +1,88 @@
+"""The command line as a clinic scripts it: real processes, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tw(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "TRIGGER_WATCH_CONFIG": str(tmp_path / "config.toml"), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "trigger_watch", *args], cwd=tmp_path, env=full_env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def ws(tmp_path):
+    (tmp_path / "config.toml").write_text('[storage]\ndatabase = "db/tw.db"\n')
+    r = tw(tmp_path, "init")
+    assert r.returncode == 0, r.stderr
+    return tmp_path
+
+
+def test_init_is_safe_to_repeat_and_creates_folders(ws):
+    again = tw(ws, "init")
+    assert again.returncode == 0
+    assert (ws / "db" / "tw.db").is_file() and (ws / "reports").is_dir() and (ws / "models").is_dir()
+
+
+def test_example_files_import_and_rejects_lists_quarantine(ws):
+    r = tw(ws, "import", "patients", str(ROOT / "examples" / "patients.csv"))
+    assert r.returncode == 0 and "2 new" in r.stdout
+    r = tw(ws, "import", "diary", str(ROOT / "examples" / "diary.csv"))
+    assert r.returncode == 0 and "6 new" in r.stdout and "0 quarantined" in r.stdout
+    bad = ws / "bad.csv"
+    bad.write_text("patient_id,date,stress\np001,2026-03-09,11\n")
+    r = tw(ws, "import", "diary", str(bad))
+    assert r.returncode == 0 and "1 quarantined" in r.stdout
+    r = tw(ws, "rejects", "--kind", "diary")
+    assert r.returncode == 0
+    assert f"{bad} line 2: stress='11' is outside 0-10" in r.stdout
+
+
+@pytest.mark.parametrize("make", ["missing", "folder", "binary", "empty", "latin1"])
+def test_unreadable_file_is_one_line_on_stderr_exit_1(ws, make):
+    path = ws / "in.csv"
+    if make == "folder":
+        path.mkdir()
+    elif make == "binary":
+        path.write_bytes(b"\x00\x01\x02PK\x03\x04")
+    elif make == "empty":
+        path.write_bytes(b"")
+    elif make == "latin1":
+        path.write_bytes("patient_id,date,notes\np1,2026-01-01,\xfc\n".encode("latin-1"))
+    r = tw(ws, "import", "diary", str(path))
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trigger-watch: error: ")
+    assert "Traceback" not in r.stderr
+
+
+def test_wrong_usage_is_exit_2(ws):
+    assert tw(ws, "import", "moods", "x.csv").returncode == 2
+    assert tw(ws, "no-such-command").returncode == 2
+
+
+def test_unknown_config_key_is_exit_1_naming_it(tmp_path):
+    (tmp_path / "config.toml").write_text('[storage]\nreport_dir = "r"\n')
+    r = tw(tmp_path, "init")
+    assert r.returncode == 1
+    assert "storage.report_dir" in r.stderr and "did you mean 'reports_dir'" in r.stderr
+
+
+def test_forget_unknown_patient_is_exit_1(ws):
+    r = tw(ws, "forget", "nobody")
+    assert r.returncode == 1 and "patient 'nobody' is not known" in r.stderr
+
+
+def test_help_lists_the_contract_commands(ws):
+    r = tw(ws, "--help")
+    assert r.returncode == 0
+    for command in ("init", "import", "rejects", "forget"):
+        assert f"  {command}" in r.stdout

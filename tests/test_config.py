@@ -1,0 +1,73 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from trigger_watch import config
+from trigger_watch.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_setting_is_in_the_shipped_config_with_a_comment():
+    shipped = tomllib.loads((ROOT / "config.toml").read_text())
+    text = (ROOT / "config.toml").read_text().splitlines()
+    for s in config.SETTINGS:
+        assert s.key in shipped[s.section], f"{s.name} missing from config.toml"
+        i = next(i for i, line in enumerate(text) if line.startswith(f"{s.key} ="))
+        assert text[i - 1].startswith("# "), f"{s.name} has no comment line in config.toml"
+        assert s.help, f"{s.name} has no help text"
+
+
+def test_spec_keys_exist_with_spec_defaults():
+    d = config.defaults(Path("/x"))
+    assert d.database == Path("/x/data/trigger_watch.db")
+    assert d.reports_dir == Path("/x/reports")
+    assert d["weather.archive_url"] == "https://archive-api.open-meteo.com/v1/archive"
+    assert d["weather.forecast_url"] == "https://api.open-meteo.com/v1/forecast"
+    assert d["schedule.timezone"] == "UTC"
+
+
+def test_relative_paths_are_relative_to_the_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    cfg_file = tmp_path / "sub" / "c.toml"
+    cfg_file.write_text('[storage]\ndatabase = "db/x.db"\nreports_dir = "/abs/reports"\n')
+    cfg = config.load(cfg_file)
+    assert cfg.database == tmp_path / "sub" / "db" / "x.db"
+    assert cfg.reports_dir == Path("/abs/reports")
+
+
+def test_typo_key_is_named_with_the_closest_valid_key(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[storage]\ndatabse = "x.db"\n')
+    with pytest.raises(ConfigError, match=r"storage\.databse.*did you mean 'database'"):
+        config.load(f)
+
+
+def test_unknown_section_is_named(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[wether]\narchive_url = "x"\n')
+    with pytest.raises(ConfigError, match=r"\[wether\].*did you mean 'weather'"):
+        config.load(f)
+
+
+def test_wrong_type_is_an_error(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("[analysis]\nfdr = \"low\"\n")
+    with pytest.raises(ConfigError, match="analysis.fdr must be a number"):
+        config.load(f)
+
+
+def test_env_var_is_used_when_no_option(tmp_path, monkeypatch):
+    f = tmp_path / "env.toml"
+    f.write_text('[storage]\nreports_dir = "r2"\n')
+    monkeypatch.setenv(config.ENV_VAR, str(f))
+    assert config.load().reports_dir == tmp_path / "r2"
+    other = tmp_path / "opt.toml"
+    other.write_text('[storage]\nreports_dir = "r3"\n')
+    assert config.load(other).reports_dir == tmp_path / "r3"
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load(tmp_path / "nope.toml")

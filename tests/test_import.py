@@ -1,0 +1,293 @@
+"""Import of the core kinds: every validation rule, quarantine, idempotence, formats, forget."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from trigger_watch import storage
+from trigger_watch.diary import forget
+from trigger_watch.errors import InputFileError, UnknownPatient
+from trigger_watch.importing import ImportOptions, import_file, list_rejects
+
+from conftest import TODAY
+
+HEADER = "patient_id,date,stress,alcohol_units,caffeine_mg,menstruation,foods,headache\n"
+
+
+def rows(db, sql):
+    return [tuple(r) for r in db.execute(sql).fetchall()]
+
+
+@pytest.mark.parametrize(
+    "column,value,reason",
+    [
+        ("stress", "11", "stress='11' is outside 0-10"),
+        ("stress", "high", "stress='high' is not a number"),
+        ("alcohol_units", "-1", "alcohol_units='-1' is negative"),
+        ("caffeine_mg", "-5", "caffeine_mg='-5' is negative"),
+        ("screen_hours", "25", "screen_hours='25' is outside 0-24"),
+        ("sleep_hours", "30", "sleep_hours='30' is outside 0-24"),
+        ("sleep_quality", "12", "sleep_quality='12' is outside 0-10"),
+        ("headache_intensity", "10.5", "headache_intensity='10.5' is outside 0-10"),
+        ("exercise_minutes", "-3", "exercise_minutes='-3' is negative"),
+        ("water_l", "-0.5", "water_l='-0.5' is negative"),
+        ("menstruation", "maybe", "menstruation='maybe' is not yes/no"),
+        ("headache", "2", "headache='2' is not yes/no"),
+        ("date", "2026-02-30", "date='2026-02-30' is not a date (use YYYY-MM-DD)"),
+        ("date", "03/01/2026", "date='03/01/2026' is not a date"),
+        ("date", "2027-01-01", "date='2027-01-01' is in the future (today is 2026-11-20)"),
+        ("patient_id", "a b", "patient_id='a b' must be 1-64 letters, digits"),
+        ("patient_id", "x" * 65, "must be 1-64 letters"),
+        ("patient_id", "p9", "patient 'p9' is not known; import it first or pass --create-patients"),
+    ],
+)
+def test_each_diary_rule_quarantines_with_its_reason(patients, write, do_import, column, value, reason):
+    row = {"patient_id": "p1", "date": "2026-03-01", column: value}
+    cols = list(row)
+    good = {c: "" for c in cols} | {"patient_id": "p1", "date": "2026-03-02"}
+    text = ",".join(cols) + "\n" + ",".join(good[c] for c in cols) + "\n"
+    text += ",".join(row[c] for c in cols) + "\n"
+    result = do_import("diary", write("d.csv", text))
+    assert (result.accepted, result.quarantined) == (1, 1)
+    (rej,) = list_rejects(patients, "diary")
+    assert rej["line"] == 3
+    assert reason in rej["reason"]
+    assert rej["file"].endswith("d.csv")
+    assert json.loads(rej["raw"])[column] == value
+
+
+def test_a_row_with_several_problems_lists_them_all(patients, write, do_import):
+    do_import("diary", write("d.csv", HEADER + "p1,2026-03-01,12,-1,,x,,\n"))
+    (rej,) = list_rejects(patients)
+    assert "stress='12' is outside 0-10" in rej["reason"]
+    assert "alcohol_units='-1' is negative" in rej["reason"]
+    assert "menstruation='x' is not yes/no" in rej["reason"]
+
+
+def test_patient_rules(db, write, do_import):
+    text = (
+        "patient_id,timezone,latitude,longitude,sex,birth_year\n"
+        "ok1,Europe/Vienna,48,16,f,1980\n"
+        "bad1,Mars/Olympus,,,F,1980\n"
+        "bad2,UTC,95,16,F,1980\n"
+        "bad3,UTC,48,,F,1980\n"
+        "bad4,UTC,48,16,Q,1980\n"
+        "bad5,UTC,48,16,F,80\n"
+        "bad6,UTC,48,-200,F,1980\n"
+    )
+    result = do_import("patients", write("p.csv", text))
+    assert (result.accepted, result.quarantined) == (1, 6)
+    reasons = {r["line"]: r["reason"] for r in list_rejects(db)}
+    assert "timezone='Mars/Olympus' is not an IANA time zone" in reasons[3]
+    assert "latitude='95' is outside -90-90" in reasons[4]
+    assert "latitude and longitude must be given together" in reasons[5]
+    assert "sex='Q' must be F, M, X or empty" in reasons[6]
+    assert "birth_year='80' is outside 1900-2026" in reasons[7]
+    assert "longitude='-200' is outside -180-180" in reasons[8]
+    assert rows(db, "SELECT patient_id, sex FROM patients") == [("ok1", "F")]
+
+
+def test_attack_rules_and_time_zones(patients, write, do_import):
+    text = (
+        "patient_id,start,end,intensity,kind,medications\n"
+        "p1,2026-03-29T01:30,2026-03-29T05:00,6,migraine,Sumatriptan:50;ibuprofen\n"  # Vienna, before DST jump
+        "p1,2026-03-30T08:00+02:00,,7,,\n"
+        "p1,2026-03-31T10:00,2026-03-31T09:00,5,,\n"
+        "p1,2030-01-01T10:00,,5,,\n"
+        "p1,2026-04-01T10:00,,11,,\n"
+        "p1,2026-04-02T10:00,,5,cluster,\n"
+        "p1,yesterday,,5,,\n"
+        "p1,2026-04-03T10:00,,5,,sumatriptan:lots\n"
+    )
+    result = do_import("attacks", write("a.csv", text))
+    assert (result.accepted, result.quarantined) == (2, 6)
+    stored = rows(patients, "SELECT start, \"end\", start_local, kind, medications FROM attacks ORDER BY start")
+    assert stored[0] == ("2026-03-29T00:30:00Z", "2026-03-29T03:00:00Z", "2026-03-29T01:30:00", "migraine",
+                         "sumatriptan:50;ibuprofen")
+    assert stored[1][0] == "2026-03-30T06:00:00Z" and stored[1][1] is None and stored[1][3] == "migraine"
+    reasons = {r["line"]: r["reason"] for r in list_rejects(patients)}
+    assert reasons[4] == "end 2026-03-31T09:00 is before start 2026-03-31T10:00"
+    assert "is in the future" in reasons[5]
+    assert "intensity='11' is outside 0-10" in reasons[6]
+    assert "kind='cluster' must be migraine or headache" in reasons[7]
+    assert "start='yesterday' is not an ISO 8601 date-time" in reasons[8]
+    assert "has a dose that is not a number" in reasons[9]
+
+
+def test_treatments_accept_start_for_date(patients, write, do_import):
+    text = "patient_id,start,treatment,dose_mg\np1,2026-05-02T09:00,Ketamine Infusion,35\np1,2026-05-03,,\n"
+    result = do_import("treatments", write("t.csv", text))
+    assert (result.accepted, result.quarantined) == (1, 1)
+    assert rows(patients, "SELECT date, treatment, dose_mg FROM treatments") == [
+        ("2026-05-02", "ketamine_infusion", 35.0)]
+    assert "treatment is missing" in list_rejects(patients)[0]["reason"]
+
+
+def test_reimport_changes_nothing_and_later_rows_replace(patients, write, do_import):
+    path = write("d.csv", HEADER + "p1,2026-03-01,3,0,100,no,Red Wine; cheese ,0\np1,2026-03-02,4,0,,,,1\n")
+    first = do_import("diary", path)
+    before = rows(patients, "SELECT * FROM diary ORDER BY date")
+    second = do_import("diary", path)
+    assert (first.accepted, second.accepted, second.replaced, second.unchanged) == (2, 0, 0, 2)
+    assert [r[:-1] for r in rows(patients, "SELECT * FROM diary ORDER BY date")] == [r[:-1] for r in before]
+    newer = do_import("diary", write("d2.csv", HEADER + "p1,2026-03-02,9,0,,,,1\n"))
+    assert (newer.accepted, newer.replaced) == (0, 1)
+    assert rows(patients, "SELECT date, stress, foods FROM diary ORDER BY date") == [
+        ("2026-03-01", 3.0, "red_wine;cheese"), ("2026-03-02", 9.0, None)]
+
+
+def test_empty_cells_are_unknown_not_zero(patients, write, do_import):
+    do_import("diary", write("d.csv", HEADER + "p1,2026-03-01,,,,,,\n"))
+    assert rows(patients, "SELECT stress, alcohol_units, menstruation, foods, headache FROM diary") == [
+        (None, None, None, None, None)]
+
+
+def test_custom_columns_become_factors_and_text_columns_are_reported(patients, write, do_import):
+    text = "Patient_ID , Date,Barometer Ache,Took Nap,City\np1,2026-03-01,3.5,yes,Graz\np1,2026-03-02,,no,Linz\n"
+    result = do_import("diary", write("d.csv", text))
+    assert result.accepted == 2
+    customs = [json.loads(r[0]) if r[0] else None for r in patients.execute("SELECT custom FROM diary ORDER BY date")]
+    assert customs == [{"barometer_ache": 3.5, "took_nap": 1.0}, {"took_nap": 0.0}]
+    assert any("'city' was not imported: its values are text (e.g. 'Graz')" in m for m in result.messages)
+
+
+def test_caffeine_servings_convert_to_mg(patients, write, do_import):
+    do_import("diary", write("d.csv", "patient_id,date,caffeine_servings\np1,2026-03-01,2\n"))
+    assert rows(patients, "SELECT caffeine_mg FROM diary") == [(190.0,)]
+
+
+@pytest.mark.parametrize("fmt", ["json", "ndjson"])
+def test_json_and_ndjson_give_the_same_rows_as_csv(patients, write, do_import, fmt):
+    records = [{"patient_id": "p1", "date": "2026-03-01", "stress": 3, "foods": ["Red Wine", "cheese"],
+                "menstruation": True, "alcohol_units": None},
+               {"patient_id": "p1", "date": "2026-03-02", "stress": 40}]
+    text = json.dumps(records) if fmt == "json" else "\n".join(json.dumps(r) for r in records) + "\n"
+    result = do_import("diary", write(f"d.{fmt}", text))
+    assert (result.accepted, result.quarantined) == (1, 1)
+    assert rows(patients, "SELECT stress, foods, menstruation, alcohol_units FROM diary") == [
+        (3.0, "red_wine;cheese", 1, None)]
+    assert list_rejects(patients)[0]["line"] == 2
+
+
+def test_broken_ndjson_line_is_quarantined_rest_imports(patients, write, do_import):
+    text = '{"patient_id": "p1", "date": "2026-03-01"}\n{"patient_id": "p1", "date": \n[1]\n'
+    result = do_import("diary", write("d.ndjson", text))
+    assert (result.accepted, result.quarantined) == (1, 2)
+    reasons = [r["reason"] for r in list_rejects(patients)]
+    assert reasons[0].startswith("is not valid JSON") and reasons[1] == "is not a JSON object ({...})"
+
+
+def test_ragged_csv_row_is_quarantined(patients, write, do_import):
+    result = do_import("diary", write("d.csv", "patient_id,date,stress\np1,2026-03-01,3,extra\np1,2026-03-02,4\n"))
+    assert (result.accepted, result.quarantined) == (1, 1)
+    assert list_rejects(patients)[0]["reason"] == "has 4 values but the header has 3 columns"
+
+
+def test_create_patients_option(db, write, do_import):
+    result = do_import("diary", write("d.csv", "patient_id,date,stress\nnew1,2026-03-01,3\n"),
+                       create_patients=True, default_timezone="Europe/Oslo")
+    assert result.accepted == 1
+    assert rows(db, "SELECT patient_id, timezone FROM patients") == [("new1", "Europe/Oslo")]
+
+
+def test_one_person_diary_with_year_month_day_and_renames(db, write, do_import):
+    text = ("Year,Month,Day,Headache,Severity,Medication,Pressure (hPa),Location\n"
+            "2020,12,20,0,0,0,1002,Trondheim\n2020,12,21,1,3,1,987,Trondheim\n")
+    result = do_import("diary", write("owm.csv", text), patient="me", create_patients=True,
+                       renames={"Severity": "headache_intensity", "Medication": "took_medication"},
+                       skips={"Location"})
+    assert (result.accepted, result.quarantined) == (2, 0)
+    got = rows(db, "SELECT patient_id, date, headache, headache_intensity, custom FROM diary ORDER BY date")
+    assert got[1][:4] == ("me", "2020-12-21", 1, 3.0)
+    assert json.loads(got[1][4]) == {"pressure_hpa": 987.0, "took_medication": 1.0}
+
+
+def test_forget_leaves_no_row_of_the_patient(patients, write, do_import, tmp_path):
+    do_import("diary", write("d.csv", HEADER + "p1,2026-03-01,3,,,,,\np2,2026-03-01,4,,,,,\np1,2026-03-02,99,,,,,\n"))
+    do_import("attacks", write("a.csv", "patient_id,start\np1,2026-03-01T10:00\n"))
+    do_import("treatments", write("t.csv", "patient_id,date,treatment\np1,2026-03-01,botox\n"))
+    (tmp_path / "reports" / "p1").mkdir(parents=True)
+    (tmp_path / "reports" / "p1" / "summary.md").write_text("x")
+    forget(patients, "p1", reports_dir=tmp_path / "reports")
+    for table, column in storage.PATIENT_TABLES:
+        if table in patients.table_names():
+            n = patients.execute(f'SELECT count(*) FROM "{table}" WHERE "{column}" = ?', ("p1",)).fetchone()[0]
+            assert n == 0, table
+    assert rows(patients, "SELECT patient_id FROM diary") == [("p2",)]
+    assert not (tmp_path / "reports" / "p1").exists()
+    with pytest.raises(UnknownPatient):
+        forget(patients, "p1")
+
+
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("missing.csv", None, "no such file"),
+        ("empty.csv", b"", "is empty"),
+        ("blank.csv", b"\n \n", "is empty"),
+        ("binary.csv", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "looks like a binary file"),
+        ("latin1.csv", "patient_id,date,notes\np1,2026-03-01,Kopfschmerz \xe4\n".encode("latin-1"),
+         "is not UTF-8 text (first bad byte on line 2)"),
+        ("weird.txt", b"patient_id,date\n", "cannot tell the format"),
+    ],
+)
+def test_unreadable_files_raise_one_clear_error(patients, tmp_path, do_import, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(InputFileError, match=re.escape(message)):
+        do_import("diary", path)
+
+
+def test_a_folder_is_not_a_file(patients, tmp_path, do_import):
+    with pytest.raises(InputFileError, match="is a folder"):
+        do_import("diary", tmp_path)
+
+
+def test_utf8_bom_and_utf16_are_read(patients, write, do_import):
+    text = "patient_id,date,stress\np1,2026-03-01,3\n"
+    assert do_import("diary", write("bom.csv", "\ufeff" + text)).accepted == 1
+    assert do_import("diary", write("u16.csv", text.encode("utf-16"))).unchanged == 1
+
+
+_cell = st.one_of(st.just(""), st.integers(-3, 14).map(str), st.sampled_from(["yes", "no", "x", "2026-13-01"]))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(["p1", "p2", "p9", "bad id"]),
+                          st.sampled_from(["2026-03-01", "2026-03-02", "2026-02-30", "2027-01-01"]),
+                          _cell, _cell), min_size=1, max_size=12))
+def test_quarantined_rows_never_change_stored_data(tmp_path_factory, rows_in):
+    """Property: after any import, every stored row equals the last *valid* row for its key in the file,
+    and rows stored before are untouched unless a valid row replaced them."""
+    db = storage.memory_db()
+    folder = tmp_path_factory.mktemp("q")
+    options = ImportOptions(today=TODAY)
+    (folder / "p.csv").write_text("patient_id,timezone\np1,UTC\np2,UTC\n")
+    import_file(db, "patients", folder / "p.csv", options)
+    base = folder / "base.csv"
+    base.write_text("patient_id,date,stress,menstruation\np1,2026-03-01,5,no\np2,2026-03-02,6,yes\n")
+    import_file(db, "diary", base, options)
+    before = {(r[0], r[1]): (r[2], r[3]) for r in db.execute("SELECT patient_id, date, stress, menstruation FROM diary")}
+    text = "patient_id,date,stress,menstruation\n" + "".join(f"{p},{d},{s},{m}\n" for p, d, s, m in rows_in)
+    (folder / "new.csv").write_text(text)
+    result = import_file(db, "diary", folder / "new.csv", options)
+
+    expected = dict(before)
+    valid_count = 0
+    for p, d, s, m in rows_in:
+        ok_s = s == "" or (s.lstrip("-").isdigit() and 0 <= int(s) <= 10)
+        ok_m = m in ("", "yes", "no", "0", "1")
+        ok = p in ("p1", "p2") and d in ("2026-03-01", "2026-03-02") and ok_s and ok_m
+        if ok:
+            valid_count += 1
+            expected[(p, d)] = (float(s) if s else None, {"yes": 1, "no": 0, "1": 1, "0": 0, "": None}[m])
+    after = {(r[0], r[1]): (r[2], r[3]) for r in db.execute("SELECT patient_id, date, stress, menstruation FROM diary")}
+    assert after == expected
+    assert result.quarantined == len(rows_in) - valid_count
+    assert result.accepted + result.replaced + result.unchanged == valid_count

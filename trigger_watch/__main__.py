@@ -1,0 +1,3 @@
+from trigger_watch.cli import main
+
+main()

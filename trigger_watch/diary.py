@@ -1,0 +1,425 @@
+"""The patient-kept records: patients, the daily diary, attacks and treatments.
+
+Each kind is validated against ``../shared/spec/inputs.md`` and written with ``storage.upsert_rows``
+(keys: patient; patient + date; patient + start; patient + date + treatment). A diary column we do not
+know becomes a custom factor when its values are numbers or yes/no, and is named in the summary when they
+are not. ``forget`` erases a patient everywhere in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from zoneinfo import ZoneInfo, available_timezones
+
+import numpy as np
+import pandas as pd
+import sqlite_utils
+
+from trigger_watch import storage
+from trigger_watch.errors import InputFileError, UnknownPatient
+from trigger_watch.importing import (
+    IMPORTERS,
+    Batch,
+    Checker,
+    ImportOptions,
+    ImportResult,
+    detect_format,
+    iter_batches,
+    normalise_tags,
+    quarantine,
+    raw_rows,
+    snake,
+    to_rows,
+)
+
+DIARY_NUMBERS = {  # column: (low, high) inclusive
+    "stress": (0, 10), "alcohol_units": (0, None), "caffeine_mg": (0, None), "exercise_minutes": (0, None),
+    "water_l": (0, None), "screen_hours": (0, 24), "sleep_hours": (0, 24), "sleep_quality": (0, 10),
+    "headache_intensity": (0, 10),
+}
+DIARY_BOOLEANS = ("menstruation", "skipped_meal", "headache")
+DIARY_TAGS = ("foods", "symptoms", "medication")
+CAFFEINE_MG_PER_SERVING = 95.0
+DIARY_COLUMNS = ["patient_id", "date", *DIARY_NUMBERS.keys(), *DIARY_BOOLEANS, *DIARY_TAGS, "notes", "custom",
+                 "source", "imported_at"]
+_DIARY_KNOWN = {"patient_id", "date", "caffeine_servings", "notes", *DIARY_NUMBERS, *DIARY_BOOLEANS, *DIARY_TAGS}
+_DATE_PARTS = ("year", "month", "day")
+
+
+@lru_cache(maxsize=1)
+def _zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def known_patients(db: sqlite_utils.Database) -> dict[str, str | None]:
+    """patient_id -> timezone, for every stored patient."""
+    return {r[0]: r[1] for r in db.execute("SELECT patient_id, timezone FROM patients")}
+
+
+def _resolve_patients(db, checker: Checker, pid: pd.Series, options: ImportOptions,
+                      known: dict[str, str | None], result: ImportResult) -> None:
+    """Quarantine rows of unknown patients, or create those patients when asked to."""
+    unknown = pid.notna() & ~pid.isin(list(known))
+    if not unknown.any():
+        return
+    if options.create_patients:
+        new = sorted(set(pid[unknown]))
+        db.conn.executemany(
+            "INSERT OR IGNORE INTO patients (patient_id, timezone, source, imported_at) VALUES (?, ?, ?, ?)",
+            [(p, options.default_timezone, "created on import", storage.utcnow_text()) for p in new],
+        )
+        known.update(dict.fromkeys(new, options.default_timezone))
+        result.messages.append(f"created {len(new)} new patient(s) with time zone {options.default_timezone}: "
+                               f"{', '.join(new[:5])}{' ...' if len(new) > 5 else ''}")
+    else:
+        checker.add(unknown.to_numpy(), ("patient " + pid[unknown].map(repr)
+                                         + " is not known; import it first or pass --create-patients")
+                    .reindex(pid.index).to_numpy())
+
+
+def _import(db, path: Path, fmt: str | None, options: ImportOptions, kind: str,
+            validate: Callable[[Batch, Checker, ImportOptions, dict, ImportResult, dict], pd.DataFrame],
+            table: str, columns: list[str], key: list[str]) -> ImportResult:
+    fmt = detect_format(path, fmt)
+    result = ImportResult(kind=kind, file=str(path))
+    known = known_patients(db)
+    state: dict = {}
+    done = 0
+    now = storage.utcnow_text()
+    with storage.transaction(db):
+        for batch in iter_batches(path, fmt, batch_rows=options.batch_rows, renames=options.renames,
+                                  skips=options.skips):
+            result.quarantined += quarantine(db, kind, str(path), batch.problems)
+            done += len(batch.frame) + len(batch.problems)
+            options.report(done)
+            if batch.frame.empty:
+                continue
+            checker = Checker(batch.frame)
+            clean = validate(batch, checker, options, known, result, state)
+            if "patient_id" in clean.columns and kind != "patients":
+                _resolve_patients(db, checker, clean["patient_id"], options, known, result)
+            bad = checker.bad
+            if bad.any():
+                rej = list(zip(batch.lines[bad].tolist(), checker.reasons[bad].tolist(),
+                               raw_rows(batch.frame, bad)))
+                pids = clean["patient_id"][bad].tolist() if "patient_id" in clean.columns else None
+                result.quarantined += quarantine(db, kind, str(path), rej, pids)
+            good = clean.loc[~bad].copy()
+            if good.empty:
+                continue
+            good["source"] = str(path)
+            good["imported_at"] = now
+            ins, rep, unch, changed = storage.upsert_rows(db, table, columns, to_rows(good, columns), key)
+            result.accepted += ins
+            result.replaced += rep
+            result.unchanged += unch
+            if kind == "patients":
+                changed = good["patient_id"].tolist() if (ins or rep) else []
+            storage.mark_changed(db, changed)
+            result.patients.update(changed)
+    for note in state.get("notes", []):
+        result.messages.append(note)
+    return result
+
+
+# ------------------------------------------------------------------------------------ patients
+
+PATIENT_COLUMNS = ["patient_id", "timezone", "latitude", "longitude", "sex", "birth_year", "clinician_id",
+                   "source", "imported_at"]
+
+
+def _validate_patients(batch, c: Checker, options, known, result, state) -> pd.DataFrame:
+    out = pd.DataFrame(index=batch.frame.index)
+    out["patient_id"] = c.patient_id()
+    tz = c.text("timezone")
+    bad_tz = (tz.notna() & ~tz.isin(list(_zones()))).to_numpy()
+    c.add(bad_tz, ("timezone=" + tz[bad_tz].map(repr) + " is not an IANA time zone (e.g. Europe/Vienna)")
+          .reindex(tz.index).to_numpy())
+    out["timezone"] = tz.fillna(options.default_timezone)
+    out["latitude"] = c.number("latitude", -90, 90)
+    out["longitude"] = c.number("longitude", -180, 180)
+    half = (out["latitude"].isna() != out["longitude"].isna()).to_numpy() & ~c.bad
+    c.add(half, "latitude and longitude must be given together")
+    sex = c.text("sex").map(lambda v: v.upper(), na_action="ignore")
+    bad_sex = (sex.notna() & ~sex.isin(["F", "M", "X"])).to_numpy()
+    c.add(bad_sex, ("sex=" + sex[bad_sex].map(repr) + " must be F, M, X or empty").reindex(sex.index).to_numpy())
+    out["sex"] = sex
+    out["birth_year"] = c.number("birth_year", 1900, options.today.year, integer=True)
+    out["clinician_id"] = c.text("clinician_id")
+    return out
+
+
+def import_patients(db, path, fmt, options) -> ImportResult:
+    return _import(db, path, fmt, options, "patients", _validate_patients, "patients", PATIENT_COLUMNS,
+                   ["patient_id"])
+
+
+# ------------------------------------------------------------------------------------ diary
+
+def _diary_patient_ids(batch: Batch, c: Checker, options: ImportOptions) -> pd.Series:
+    if "patient_id" not in batch.frame.columns:
+        if not options.patient:
+            raise InputFileError(f"the file has no patient_id column; pass --patient ID to say whose diary it is")
+        batch.frame["patient_id"] = options.patient
+    elif options.patient:
+        given = c.text("patient_id")
+        other = (given.notna() & (given != options.patient)).to_numpy()
+        c.add(other, f"patient_id differs from --patient {options.patient}")
+    return c.patient_id()
+
+
+def _diary_dates(batch: Batch, c: Checker, options: ImportOptions, state: dict) -> pd.Series:
+    frame = batch.frame
+    if "date" not in frame.columns and all(p in frame.columns for p in _DATE_PARTS):
+        parts = {p: c.number(p, integer=True) for p in _DATE_PARTS}
+        dt = pd.to_datetime(pd.DataFrame(parts), errors="coerce")
+        frame["date"] = dt.dt.strftime("%Y-%m-%d").where(dt.notna(), None).astype(object)
+        state.setdefault("notes", []).append("the date of each row was built from its year, month and day columns")
+        for p in _DATE_PARTS:
+            state.setdefault("date_parts", set()).add(p)
+    return c.day("date", options.today)
+
+
+def _validate_diary(batch, c: Checker, options, known, result, state) -> pd.DataFrame:
+    frame = batch.frame
+    out = pd.DataFrame(index=frame.index)
+    out["patient_id"] = _diary_patient_ids(batch, c, options)
+    out["date"] = _diary_dates(batch, c, options, state)
+    for col, (lo, hi) in DIARY_NUMBERS.items():
+        out[col] = c.number(col, lo, hi)
+    if "caffeine_servings" in frame.columns:
+        servings = c.number("caffeine_servings", 0, None)
+        out["caffeine_mg"] = out["caffeine_mg"].fillna(servings * CAFFEINE_MG_PER_SERVING)
+    for col in DIARY_BOOLEANS:
+        out[col] = c.boolean(col)
+    for col in DIARY_TAGS:
+        out[col] = c.tags(col)
+    out["notes"] = c.text("notes")
+    out["custom"] = _custom_factors(frame, c, state, exclude=state.get("date_parts", set()))
+    return out
+
+
+def _custom_factors(frame: pd.DataFrame, c: Checker, state: dict, exclude: set[str]) -> pd.Series:
+    """Unknown columns: numbers or yes/no become custom factors (JSON per row); text ones are reported."""
+    if "custom_kinds" not in state:
+        kinds: dict[str, str] = {}
+        notes = state.setdefault("notes", [])
+        for col in frame.columns:
+            if col in _DIARY_KNOWN or col in exclude:
+                continue
+            s = c.text(col).dropna()
+            name = snake(col)
+            if s.empty:
+                kinds[col] = "numeric"
+                continue
+            low = s.map(lambda v: str(v).lower())
+            is_bool = low.isin(["true", "false", "yes", "no", "y", "n"])
+            is_num = pd.to_numeric(s, errors="coerce").notna()
+            if (is_bool | is_num).all():
+                kinds[col] = "boolean" if is_bool.any() else "numeric"
+                notes.append(f"column {col!r} became custom factor {name!r}")
+            else:
+                example = s[~(is_bool | is_num)].iloc[0]
+                kinds[col] = "text"
+                notes.append(
+                    f"column {col!r} was not imported: its values are text (e.g. {str(example)[:40]!r}); only "
+                    f"numbers or yes/no become factors (--skip {col!r} to silence this note)"
+                )
+        state["custom_kinds"] = kinds
+    numeric = {col: kind for col, kind in state["custom_kinds"].items() if kind != "text" and col in frame.columns}
+    if not numeric:
+        return pd.Series([None] * len(frame), index=frame.index, dtype=object)
+    values = pd.DataFrame(index=frame.index)
+    for col, kind in numeric.items():
+        s = c.text(col)
+        low = s.map(lambda v: str(v).lower(), na_action="ignore")
+        as_bool = low.map({"true": 1.0, "yes": 1.0, "y": 1.0, "false": 0.0, "no": 0.0, "n": 0.0},
+                          na_action="ignore").astype(float)
+        as_num = pd.to_numeric(s, errors="coerce").astype(float)
+        v = as_num.fillna(as_bool)
+        bad = (s.notna() & v.isna()).to_numpy()
+        c.add(bad, (col + "=" + s[bad].map(repr) + " is not a number or yes/no like the rest of the column")
+              .reindex(s.index).to_numpy())
+        values[snake(col)] = v
+    records = values.to_dict("records")
+    return pd.Series(
+        [json.dumps({k: v for k, v in r.items() if v == v}, sort_keys=True) if any(v == v for v in r.values())
+         else None for r in records],
+        index=frame.index, dtype=object,
+    )
+
+
+def import_diary(db, path, fmt, options) -> ImportResult:
+    return _import(db, path, fmt, options, "diary", _validate_diary, "diary", DIARY_COLUMNS,
+                   ["patient_id", "date"])
+
+
+# ------------------------------------------------------------------------------------ attacks
+
+ATTACK_COLUMNS = ["patient_id", "start", "end", "start_local", "end_local", "intensity", "kind", "aura",
+                  "symptoms", "medications", "relief", "source", "imported_at"]
+_OFFSET = r"(?:[zZ]|[+-]\d\d:?\d\d)$"
+
+
+def parse_instants(s: pd.Series, tz: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """ISO 8601 text -> UTC timestamps. Text without an offset is local time in the row's ``tz``.
+
+    Returns (UTC datetime64 series, mask of unparseable non-empty cells). A local time that falls in the
+    spring-forward gap is shifted forward; one repeated in the autumn takes the first (summer) instant.
+    """
+    out = pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns, UTC]")
+    present = s.notna()
+    aware = present & s.str.contains(_OFFSET, regex=True).fillna(False).astype(bool)
+    if aware.any():
+        out[aware] = pd.to_datetime(s[aware], utc=True, format="ISO8601", errors="coerce")
+    naive = present & ~aware
+    if naive.any():
+        local = pd.to_datetime(s[naive], format="ISO8601", errors="coerce")
+        for zone, idx in tz[naive].groupby(tz[naive]).groups.items():
+            vals = local.loc[idx]
+            ok = vals.notna()
+            if ok.any():
+                loc = vals[ok].dt.tz_localize(zone, ambiguous=np.ones(ok.sum(), dtype=bool),
+                                              nonexistent="shift_forward")
+                out.loc[vals[ok].index] = loc.dt.tz_convert("UTC")
+    bad = (present & out.isna()).to_numpy()
+    return out, bad
+
+
+def _local_text(utc: pd.Series, tz: pd.Series) -> pd.Series:
+    out = pd.Series([None] * len(utc), index=utc.index, dtype=object)
+    for zone, idx in tz.groupby(tz).groups.items():
+        vals = utc.loc[idx]
+        ok = vals.notna()
+        if ok.any():
+            out.loc[vals[ok].index] = vals[ok].dt.tz_convert(zone).dt.strftime("%Y-%m-%dT%H:%M:%S")
+    return out
+
+
+def _utc_text(ts: pd.Series) -> pd.Series:
+    return ts.dt.strftime("%Y-%m-%dT%H:%M:%SZ").where(ts.notna(), None).astype(object)
+
+
+def _validate_attacks(batch, c: Checker, options, known, result, state) -> pd.DataFrame:
+    out = pd.DataFrame(index=batch.frame.index)
+    out["patient_id"] = _diary_patient_ids(batch, c, options)
+    tz = out["patient_id"].map(lambda p: known.get(p) or options.default_timezone, na_action="ignore")
+    tz = tz.fillna(options.default_timezone)
+    start_text = c.required("start", "ISO 8601 date-time")
+    end_text = c.text("end")
+    start, bad_start = parse_instants(start_text, tz)
+    end, bad_end = parse_instants(end_text, tz)
+    c.add(bad_start, ("start=" + start_text[bad_start].map(repr)
+                      + " is not an ISO 8601 date-time (e.g. 2026-03-02T07:30 or 2026-03-02T07:30+01:00)")
+          .reindex(start.index).to_numpy())
+    c.add(bad_end, ("end=" + end_text[bad_end].map(repr) + " is not an ISO 8601 date-time")
+          .reindex(end.index).to_numpy())
+    before = (end < start).to_numpy()
+    c.add(before, ("end " + end_text[before] + " is before start " + start_text[before]).reindex(end.index)
+          .to_numpy())
+    tomorrow = pd.Timestamp(options.today, tz="UTC") + pd.Timedelta(days=1, hours=14)
+    future = (start > tomorrow).to_numpy()
+    c.add(future, ("start " + start_text[future] + f" is in the future (today is {options.today})")
+          .reindex(start.index).to_numpy())
+    out["start"] = _utc_text(start)
+    out["end"] = _utc_text(end)
+    out["start_local"] = _local_text(start, tz)
+    out["end_local"] = _local_text(end, tz)
+    out["intensity"] = c.number("intensity", 0, 10)
+    kind = c.text("kind").map(lambda v: v.lower(), na_action="ignore")
+    bad_kind = (kind.notna() & ~kind.isin(["migraine", "headache"])).to_numpy()
+    c.add(bad_kind, ("kind=" + kind[bad_kind].map(repr) + " must be migraine or headache")
+          .reindex(kind.index).to_numpy())
+    out["kind"] = kind.fillna("migraine")
+    out["aura"] = c.boolean("aura")
+    out["symptoms"] = c.tags("symptoms")
+    meds = normalise_tags(c.text("medications"), keep=":.")
+    dose = meds.map(lambda v: [t.split(":", 1)[1] for t in v.split(";") if ":" in t], na_action="ignore")
+    bad_dose = dose.map(lambda ds: any(not _is_number(d) for d in ds), na_action="ignore").fillna(False)
+    bad_dose = bad_dose.astype(bool).to_numpy()
+    c.add(bad_dose, ("medications=" + meds[bad_dose].map(repr)
+                     + " has a dose that is not a number (write name:dose_mg, e.g. sumatriptan:50)")
+          .reindex(meds.index).to_numpy())
+    out["medications"] = meds
+    out["relief"] = c.number("relief", 0, 10)
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return float(text) >= 0
+    except ValueError:
+        return False
+
+
+def import_attacks(db, path, fmt, options) -> ImportResult:
+    return _import(db, path, fmt, options, "attacks", _validate_attacks, "attacks", ATTACK_COLUMNS,
+                   ["patient_id", "start"])
+
+
+# ------------------------------------------------------------------------------------ treatments
+
+TREATMENT_COLUMNS = ["patient_id", "date", "treatment", "dose_mg", "route", "notes", "source", "imported_at"]
+
+
+def _validate_treatments(batch, c: Checker, options, known, result, state) -> pd.DataFrame:
+    frame = batch.frame
+    out = pd.DataFrame(index=frame.index)
+    out["patient_id"] = _diary_patient_ids(batch, c, options)
+    if "date" not in frame.columns and "start" in frame.columns:
+        start = c.text("start")
+        frame["date"] = start.map(lambda v: str(v)[:10], na_action="ignore")
+    out["date"] = c.day("date", options.today)
+    treatment = c.required("treatment", "e.g. ketamine_infusion, botox, erenumab")
+    out["treatment"] = normalise_tags(treatment.map(lambda v: str(v).replace(";", " "), na_action="ignore"))
+    out["dose_mg"] = c.number("dose_mg", 0, None)
+    out["route"] = c.text("route")
+    out["notes"] = c.text("notes")
+    return out
+
+
+def import_treatments(db, path, fmt, options) -> ImportResult:
+    return _import(db, path, fmt, options, "treatments", _validate_treatments, "treatments", TREATMENT_COLUMNS,
+                   ["patient_id", "date", "treatment"])
+
+
+IMPORTERS.update(patients=import_patients, diary=import_diary, attacks=import_attacks,
+                 treatments=import_treatments)
+
+
+# ------------------------------------------------------------------------------------ forget
+
+#: Functions ``(db, config, patient_id)`` that erase what other modules keep outside the tables
+#: (model files, report history...). Called inside forget's transaction.
+FORGET_HOOKS: list[Callable] = []
+
+
+def forget(db: sqlite_utils.Database, patient_id: str, *, reports_dir: Path | None = None,
+           config=None) -> dict[str, int]:
+    """Erase every stored record of a patient, in one transaction, and their report folder.
+
+    Returns rows deleted per table. Raises :class:`UnknownPatient` when nothing of the patient exists.
+    """
+    storage._load_all_migrations()
+    tables = set(db.table_names())
+    deleted: dict[str, int] = {}
+    with storage.transaction(db):
+        for table, column in storage.PATIENT_TABLES:
+            if table in tables:
+                n = db.conn.execute(f'DELETE FROM "{table}" WHERE "{column}" = ?', (patient_id,)).rowcount
+                if n:
+                    deleted[table] = n
+        for hook in FORGET_HOOKS:
+            hook(db, config, patient_id)
+        if not deleted:
+            raise UnknownPatient(patient_id)
+    if reports_dir is not None:
+        folder = Path(reports_dir) / patient_id
+        if folder.is_dir():
+            shutil.rmtree(folder)
+            deleted["report files"] = 1
+    return deleted

@@ -1,0 +1,541 @@
+"""Reading import files and the machinery every importer shares.
+
+A file is checked before anything is written (exists, is a file, not empty, not binary, decodable), then
+streamed in batches of rows with their line numbers, so a file of millions of rows never sits in memory
+whole. Each batch is validated column by column with vectorised pandas operations; a row that fails any
+rule is quarantined with every reason found, the others are written. One file is one transaction: a crash
+half-way leaves the database as it was before the import.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import json
+import re
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlite_utils
+
+from trigger_watch import storage
+from trigger_watch.errors import InputFileError
+
+FORMATS = ("csv", "json", "ndjson")
+_EXT_FORMAT = {".csv": "csv", ".json": "json", ".ndjson": "ndjson", ".jsonl": "ndjson"}
+UNKNOWN_TOKENS = {"", "null", "none", "na", "n/a", "nan"}
+PATIENT_ID_RE = r"[A-Za-z0-9_.\-]{1,64}"
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+@dataclass
+class ImportOptions:
+    """What the user said about an import besides the file."""
+
+    today: date
+    patient: str | None = None
+    create_patients: bool = False
+    default_timezone: str = "UTC"
+    renames: dict[str, str] = field(default_factory=dict)
+    skips: set[str] = field(default_factory=set)
+    batch_rows: int = 50000
+    config: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    #: called as ``progress(rows_done)`` after each batch; None for silence
+    progress: Callable[..., None] | None = None
+
+    def report(self, done: int) -> None:
+        if self.progress is not None:
+            self.progress(done)
+
+
+@dataclass
+class ImportResult:
+    kind: str
+    file: str
+    accepted: int = 0
+    replaced: int = 0
+    unchanged: int = 0
+    quarantined: int = 0
+    messages: list[str] = field(default_factory=list)
+    patients: set[str] = field(default_factory=set)
+
+    def lines(self) -> list[str]:
+        out = [
+            f"{self.kind} from {self.file}: {self.accepted} new, {self.replaced} replaced, "
+            f"{self.unchanged} unchanged, {self.quarantined} quarantined"
+        ]
+        if self.quarantined:
+            out.append(f"  see the reasons with: trigger-watch rejects --kind {self.kind}")
+        out.extend(f"  note: {m}" for m in self.messages)
+        return out
+
+
+Importer = Callable[[sqlite_utils.Database, Path, str, ImportOptions], ImportResult]
+
+#: kind -> importer. Core kinds are registered by ``diary``; sleep and weather register themselves.
+IMPORTERS: dict[str, Importer] = {}
+KINDS = ("patients", "diary", "attacks", "sleep", "treatments", "weather")
+
+
+def get_importer(kind: str) -> Importer:
+    if kind not in KINDS:
+        raise InputFileError(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
+    if kind not in IMPORTERS:
+        import importlib
+
+        module = {"sleep": "sleep", "weather": "weather"}.get(kind, "diary")
+        importlib.import_module(f"trigger_watch.{module}")
+    if kind not in IMPORTERS:
+        raise InputFileError(f"importing {kind} is not available in this version")
+    return IMPORTERS[kind]
+
+
+def import_file(db: sqlite_utils.Database, kind: str, path: str | Path, options: ImportOptions,
+                fmt: str | None = None) -> ImportResult:
+    """Import one file of ``kind``: the single entry point used by the CLI, the daemon and tests."""
+    importer = get_importer(kind)
+    path = Path(path)
+    check_readable(path)
+    started = storage.utcnow_text()
+    try:
+        result = importer(db, path, fmt, options)
+    finally:
+        close = getattr(options.progress, "close", None)
+        if close:
+            close()
+    with storage.transaction(db):
+        db.conn.execute(
+            "INSERT INTO imports (kind, file, started_at, finished_at, accepted, replaced, unchanged, quarantined)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (kind, str(path), started, storage.utcnow_text(), result.accepted, result.replaced,
+             result.unchanged, result.quarantined),
+        )
+    return result
+
+
+# ------------------------------------------------------------------------------------ file checks
+
+def detect_format(path: Path, fmt: str | None, allowed: tuple[str, ...] = FORMATS) -> str:
+    if fmt:
+        fmt = fmt.lower()
+        if fmt == "jsonl":
+            fmt = "ndjson"
+        if fmt not in allowed:
+            raise InputFileError(f"unknown format {fmt!r} for {path.name}; use one of {', '.join(allowed)}")
+        return fmt
+    found = _EXT_FORMAT.get(path.suffix.lower())
+    if found is None or found not in allowed:
+        raise InputFileError(
+            f"cannot tell the format of {path.name} from its extension; name it .csv, .json or .ndjson "
+            f"or pass --format"
+        )
+    return found
+
+
+def check_readable(path: Path) -> None:
+    """Fail with one clear line when the file cannot be read at all."""
+    if not path.exists():
+        raise InputFileError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputFileError(f"{path} is a folder, not a file; name a file inside it")
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(8192)
+    except PermissionError:
+        raise InputFileError(f"{path}: permission denied; check the file's owner and mode") from None
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot be read ({exc.strerror})") from None
+    if size == 0 or not head.strip(b" \t\r\n\xef\xbb\xbf"):
+        raise InputFileError(f"{path} is empty; nothing to import")
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return
+    if b"\x00" in head:
+        raise InputFileError(f"{path} looks like a binary file, not CSV or JSON text")
+
+
+def file_encoding(path: Path) -> str:
+    """``utf-8-sig`` or ``utf-16`` (by its BOM); raises when the text is not valid UTF-8 anywhere."""
+    with path.open("rb") as fh:
+        head = fh.read(4)
+        if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            return "utf-16"
+        fh.seek(0)
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        line = 1
+        while chunk := fh.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                bad_line = line + chunk[: exc.start].count(b"\n")
+                raise InputFileError(
+                    f"{path} is not UTF-8 text (first bad byte on line {bad_line}); "
+                    f"save it as UTF-8 (in a spreadsheet: 'CSV UTF-8') and import again"
+                ) from None
+            line += chunk.count(b"\n")
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise InputFileError(f"{path} ends in the middle of a UTF-8 character; save it as UTF-8 again") from None
+    return "utf-8-sig"
+
+
+# ------------------------------------------------------------------------------------ batches
+
+@dataclass
+class Batch:
+    """Rows of one chunk of a file: ``frame`` holds text (or None) per cell, columns normalised."""
+
+    frame: pd.DataFrame
+    lines: np.ndarray
+    raw: list[str]
+    problems: list[tuple[int, str, str]] = field(default_factory=list)  # rows unreadable as such
+
+
+def normalise_name(name: str) -> str:
+    return str(name).strip().lower()
+
+
+def snake(name: str) -> str:
+    s = re.sub(r"[^\w]+", "_", str(name).strip().lower(), flags=re.UNICODE)
+    return s.strip("_")
+
+
+def _cell(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return ";".join("" if x is None else str(x) for x in v)
+    if isinstance(v, dict):
+        return json.dumps(v)
+    return str(v)
+
+
+def iter_batches(path: Path, fmt: str, *, batch_rows: int = 50000, renames: dict[str, str] | None = None,
+                 skips: set[str] | None = None) -> Iterator[Batch]:
+    """Stream ``path`` as batches. ``renames`` maps source column names to ours; ``skips`` drops columns."""
+    encoding = file_encoding(path)
+    renames = {normalise_name(k): normalise_name(v) for k, v in (renames or {}).items()}
+    skips = {normalise_name(s) for s in (skips or set())}
+
+    def columns(names: list[str]) -> list[str]:
+        out = []
+        for n in names:
+            n = normalise_name(n)
+            out.append(renames.get(n, n))
+        return out
+
+    if fmt == "csv":
+        yield from _csv_batches(path, encoding, batch_rows, columns, skips)
+    elif fmt == "ndjson":
+        yield from _ndjson_batches(path, encoding, batch_rows, columns, skips)
+    else:
+        yield from _json_batches(path, encoding, batch_rows, columns, skips)
+
+
+def _frame(records: list[list], names: list[str], skips: set[str]) -> pd.DataFrame:
+    frame = pd.DataFrame.from_records(records, columns=names) if records else pd.DataFrame(columns=names)
+    frame = frame.astype(object)
+    if skips:
+        frame = frame.drop(columns=[c for c in frame.columns if c in skips])
+    if frame.columns.duplicated().any():
+        dup = frame.columns[frame.columns.duplicated()][0]
+        raise InputFileError(f"column {dup!r} appears twice (after renaming); rename or --skip one of them")
+    return frame
+
+
+def _csv_batches(path, encoding, batch_rows, columns, skips) -> Iterator[Batch]:
+    with path.open("r", encoding=encoding, newline="") as fh:
+        reader = csv.reader(fh)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise InputFileError(f"{path} has no header row") from None
+        except csv.Error as exc:
+            raise InputFileError(f"{path}: the header row is not valid CSV ({exc})") from None
+        if len([h for h in header if h.strip()]) < 1:
+            raise InputFileError(f"{path}: the first line must be a header row naming the columns")
+        names = columns(header)
+        width = len(names)
+        records, lines, problems = [], [], []
+        prev_line = reader.line_num
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                problems.append((prev_line + 1, f"not valid CSV ({exc})", ""))
+                prev_line = reader.line_num
+                continue
+            start_line, prev_line = prev_line + 1, reader.line_num
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) != width:
+                problems.append((start_line, f"has {len(row)} values but the header has {width} columns",
+                                 json.dumps(row, ensure_ascii=False)))
+                continue
+            records.append(row)
+            lines.append(start_line)
+            if len(records) >= batch_rows:
+                yield Batch(_frame(records, names, skips), np.asarray(lines), [], problems)
+                records, lines, problems = [], [], []
+        if records or problems:
+            yield Batch(_frame(records, names, skips), np.asarray(lines, dtype=int), [], problems)
+
+
+def _objects_to_batch(objs: list[dict], lines: list[int], columns, skips, problems) -> Batch:
+    keys: dict[str, None] = {}
+    for o in objs:
+        keys.update(dict.fromkeys(o))
+    raw_names = list(keys)
+    names = columns(raw_names)
+    records = [[_cell(o.get(k)) for k in raw_names] for o in objs]
+    return Batch(_frame(records, names, skips), np.asarray(lines, dtype=int), [], problems)
+
+
+def _ndjson_batches(path, encoding, batch_rows, columns, skips) -> Iterator[Batch]:
+    with path.open("r", encoding=encoding) as fh:
+        objs, lines, problems = [], [], []
+        for n, text in enumerate(fh, start=1):
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                problems.append((n, f"is not valid JSON ({exc.msg} at column {exc.colno})", text.rstrip("\n")))
+                continue
+            if not isinstance(obj, dict):
+                problems.append((n, "is not a JSON object ({...})", text.rstrip("\n")))
+                continue
+            objs.append(obj)
+            lines.append(n)
+            if len(objs) >= batch_rows:
+                yield _objects_to_batch(objs, lines, columns, skips, problems)
+                objs, lines, problems = [], [], []
+        if objs or problems:
+            yield _objects_to_batch(objs, lines, columns, skips, problems)
+
+
+def _json_batches(path, encoding, batch_rows, columns, skips) -> Iterator[Batch]:
+    try:
+        with path.open("r", encoding=encoding) as fh:
+            data = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise InputFileError(f"{path} is not valid JSON: {exc.msg} on line {exc.lineno} column {exc.colno}") from None
+    if isinstance(data, dict):
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) == 1:
+            data = lists[0]
+    if not isinstance(data, list):
+        raise InputFileError(f"{path} must hold a JSON array of objects, one per row")
+    objs, lines, problems = [], [], []
+    for i, obj in enumerate(data, start=1):
+        if not isinstance(obj, dict):
+            problems.append((i, "is not a JSON object ({...})", json.dumps(obj)))
+            continue
+        objs.append(obj)
+        lines.append(i)
+        if len(objs) >= batch_rows:
+            yield _objects_to_batch(objs, lines, columns, skips, problems)
+            objs, lines, problems = [], [], []
+    if objs or problems:
+        yield _objects_to_batch(objs, lines, columns, skips, problems)
+
+
+def raw_rows(frame: pd.DataFrame, mask: np.ndarray) -> list[str]:
+    """The rows selected by ``mask`` as JSON objects of their cells, verbatim (for quarantine)."""
+    sub = frame.loc[mask]
+    return [json.dumps({k: v for k, v in zip(sub.columns, row) if v is not None}, ensure_ascii=False)
+            for row in sub.itertuples(index=False, name=None)]
+
+
+# ------------------------------------------------------------------------------------ validation
+
+class Checker:
+    """Collects, per row of a batch, every reason it must be quarantined. Vectorised."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self.frame = frame
+        self.n = len(frame)
+        self._reasons = np.full(self.n, None, dtype=object)
+
+    def add(self, mask, message) -> None:
+        mask = np.asarray(mask, dtype=bool)
+        if not mask.any():
+            return
+        if isinstance(message, str):
+            msgs = np.full(mask.sum(), message, dtype=object)
+        else:
+            msgs = np.asarray(pd.Series(message).to_numpy()[mask] if len(message) == self.n else message,
+                              dtype=object)
+        current = self._reasons[mask]
+        self._reasons[mask] = [m if c is None else f"{c}; {m}" for c, m in zip(current, msgs)]
+
+    @property
+    def bad(self) -> np.ndarray:
+        return pd.notna(self._reasons)
+
+    @property
+    def reasons(self) -> np.ndarray:
+        return self._reasons
+
+    def text(self, col: str) -> pd.Series:
+        """Cells of ``col`` as stripped text, None where unknown (missing column: all None)."""
+        if col not in self.frame.columns:
+            return pd.Series([None] * self.n, index=self.frame.index, dtype=object)
+        s = self.frame[col].astype(object)
+        s = s.where(s.notna(), None)
+        stripped = s.map(lambda v: v.strip() if isinstance(v, str) else v, na_action="ignore")
+        unknown = stripped.map(lambda v: v is None or str(v).lower() in UNKNOWN_TOKENS)
+        return stripped.where(~unknown, None).astype(object)
+
+    def _shown(self, col: str, s: pd.Series, mask) -> pd.Series:
+        return col + "=" + s[mask].map(lambda v: repr(v)[:60])
+
+    def required(self, col: str, what: str | None = None) -> pd.Series:
+        s = self.text(col)
+        self.add(s.isna().to_numpy(), f"{col} is missing{' (' + what + ')' if what else ''}")
+        return s
+
+    def number(self, col: str, lo: float | None = None, hi: float | None = None, *,
+               integer: bool = False, lo_open: bool = False) -> pd.Series:
+        s = self.text(col)
+        v = pd.to_numeric(s, errors="coerce").astype(float)
+        bad = (s.notna() & v.isna()).to_numpy()
+        if bad.any():
+            self.add(bad, (self._shown(col, s, bad) + " is not a number").reindex(s.index).to_numpy())
+        v = v.where(~bad)
+        v = v.where(np.isfinite(v))
+        if integer:
+            frac = (v.notna() & (v != np.round(v))).to_numpy()
+            self.add(frac, (self._shown(col, s, frac) + " must be a whole number").reindex(s.index).to_numpy())
+        out = np.zeros(self.n, dtype=bool)
+        if lo is not None:
+            out |= (v < lo).to_numpy() if not lo_open else (v <= lo).to_numpy()
+        if hi is not None:
+            out |= (v > hi).to_numpy()
+        if out.any():
+            if lo is not None and hi is not None:
+                rng = f"outside {_fmt(lo)}-{_fmt(hi)}"
+            elif lo is not None:
+                rng = "negative" if lo == 0 and not lo_open else f"not above {_fmt(lo)}"
+            else:
+                rng = f"above {_fmt(hi)}"
+            self.add(out, (self._shown(col, s, out) + f" is {rng}").reindex(s.index).to_numpy())
+        return v.where(~out)
+
+    def boolean(self, col: str) -> pd.Series:
+        s = self.text(col)
+        low = s.map(lambda x: str(x).lower(), na_action="ignore")
+        v = low.map(_BOOL, na_action="ignore").astype(float)
+        bad = (s.notna() & v.isna()).to_numpy()
+        self.add(bad, (self._shown(col, s, bad) + " is not yes/no (use 1/0, true/false, yes/no or y/n)")
+                 .reindex(s.index).to_numpy())
+        return v
+
+    def day(self, col: str, today: date, *, required: bool = True) -> pd.Series:
+        """A local calendar date ``YYYY-MM-DD``; not after ``today``."""
+        s = self.text(col)
+        if required:
+            self.add(s.isna().to_numpy(), f"{col} is missing (YYYY-MM-DD)")
+        parsed = pd.to_datetime(s, format="%Y-%m-%d", errors="coerce")
+        bad = (s.notna() & parsed.isna()).to_numpy()
+        self.add(bad, (self._shown(col, s, bad) + " is not a date (use YYYY-MM-DD)").reindex(s.index).to_numpy())
+        future = (parsed > pd.Timestamp(today)).to_numpy()
+        self.add(future, (self._shown(col, s, future) + f" is in the future (today is {today})")
+                 .reindex(s.index).to_numpy())
+        return parsed.dt.strftime("%Y-%m-%d").where(parsed.notna() & ~future, None).astype(object)
+
+    def patient_id(self, col: str = "patient_id") -> pd.Series:
+        s = self.required(col)
+        ok = s.str.fullmatch(PATIENT_ID_RE).fillna(False).astype(bool).to_numpy()
+        bad = (s.notna().to_numpy() & ~ok)
+        self.add(bad, (self._shown(col, s, bad) + " must be 1-64 letters, digits, '_', '-' or '.'")
+                 .reindex(s.index).to_numpy())
+        return s.where(ok, None)
+
+    def tags(self, col: str) -> pd.Series:
+        return normalise_tags(self.text(col))
+
+
+_BOOL = {"1": 1.0, "true": 1.0, "yes": 1.0, "y": 1.0, "1.0": 1.0,
+         "0": 0.0, "false": 0.0, "no": 0.0, "n": 0.0, "0.0": 0.0}
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def normalise_tags(s: pd.Series, *, keep: str = "") -> pd.Series:
+    """``"Red Wine; Cheese"`` -> ``"red_wine;cheese"``; None stays None; duplicates dropped, order kept.
+
+    ``keep`` lists extra characters kept inside a tag (``":."`` for doses like ``sumatriptan:50``).
+    """
+    pattern = re.compile(rf"[^\w{re.escape(keep)}]+", flags=re.UNICODE)
+
+    def norm(v: str) -> str:
+        seen: dict[str, None] = {}
+        for part in str(v).split(";"):
+            t = pattern.sub("_", part.strip().lower()).strip("_")
+            if t:
+                seen[t] = None
+        return ";".join(seen)
+
+    return s.map(norm, na_action="ignore").astype(object)
+
+
+# ------------------------------------------------------------------------------------ quarantine
+
+def quarantine(db: sqlite_utils.Database, kind: str, file: str | Path,
+               rows: list[tuple[int | None, str, str]], patient_ids: list[str | None] | None = None) -> int:
+    """Store rejected rows verbatim with where they came from and why. Must run inside a transaction.
+
+    Re-importing the same bad file does not store its rejects twice. Returns how many rows were given.
+    """
+    if not rows:
+        return 0
+    now = storage.utcnow_text()
+    pids = patient_ids or [None] * len(rows)
+    db.conn.executemany(
+        "INSERT OR IGNORE INTO rejects (kind, file, line, reason, raw, patient_id, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(kind, str(file), None if line is None else int(line), reason, raw, pid, now)
+         for (line, reason, raw), pid in zip(rows, pids)],
+    )
+    return len(rows)
+
+
+def list_rejects(db: sqlite_utils.Database, kind: str | None = None, limit: int | None = None) -> list[dict]:
+    sql = "SELECT kind, file, line, reason, raw, created_at FROM rejects"
+    params: list = []
+    if kind:
+        sql += " WHERE kind = ?"
+        params.append(kind)
+    sql += " ORDER BY id"
+    if limit:
+        sql += f" LIMIT {int(limit)}"
+    return list(db.query(sql, params))
+
+
+def location(file: str, line: int | None) -> str:
+    if line is None:
+        return file
+    unit = "item" if str(file).lower().endswith(".json") else "line"
+    return f"{file} {unit} {line}"
+
+
+def to_rows(frame: pd.DataFrame, columns: list[str]) -> list[tuple]:
+    """DataFrame -> tuples of Python values with None for missing (for executemany)."""
+    sub = frame[columns].astype(object)
+    sub = sub.where(sub.notna(), None)
+    return list(sub.itertuples(index=False, name=None))

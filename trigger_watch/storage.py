@@ -1,0 +1,327 @@
+"""The SQLite store: opening, versioned migrations, transactions and set-based upserts.
+
+One file, opened through sqlite-utils over a connection we configure ourselves: WAL journal so the daemon
+and a command can read and write side by side, and a busy timeout so a second writer waits instead of
+failing. Every multi-row write runs inside :func:`transaction` (``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled
+back whole on any error), so a crash or a kill never leaves half a write behind.
+
+Conventions of the schema (the contract between modules):
+- dates are ``YYYY-MM-DD`` text in the patient's local calendar; instants are UTC text
+  ``YYYY-MM-DDTHH:MM:SSZ``;
+- unknown is ``NULL``, never 0; booleans are 0/1 integers;
+- tag lists (foods, symptoms, medication) are normalised snake-case tags joined by ``;``
+  (``red_wine;cheese``); attack medications keep an optional dose (``sumatriptan:50``);
+- custom diary factors live in ``diary.custom`` as a JSON object ``{"factor": number}``;
+- ``changes`` holds, per patient, when its stored inputs last changed (the daemon re-analyses those).
+
+Migrations are numbered; a database records which ones it has in ``schema_migrations`` and is upgraded
+in place, never recreated. Module owners append migrations to :data:`MIGRATIONS`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import sqlite_utils
+
+from trigger_watch.errors import StorageError
+
+
+def utcnow_text() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --------------------------------------------------------------------------------------------- schema
+
+_V1 = [
+    """CREATE TABLE patients (
+        patient_id TEXT PRIMARY KEY,
+        timezone TEXT,
+        latitude REAL,
+        longitude REAL,
+        sex TEXT,
+        birth_year INTEGER,
+        clinician_id TEXT,
+        source TEXT,
+        imported_at TEXT
+    )""",
+    """CREATE TABLE diary (
+        patient_id TEXT NOT NULL,
+        date TEXT NOT NULL,
+        stress REAL, alcohol_units REAL, caffeine_mg REAL, menstruation INTEGER, skipped_meal INTEGER,
+        exercise_minutes REAL, water_l REAL, screen_hours REAL, sleep_hours REAL, sleep_quality REAL,
+        foods TEXT, symptoms TEXT, medication TEXT,
+        headache INTEGER, headache_intensity REAL,
+        notes TEXT,
+        custom TEXT,
+        source TEXT, imported_at TEXT,
+        PRIMARY KEY (patient_id, date)
+    )""",
+    """CREATE TABLE attacks (
+        patient_id TEXT NOT NULL,
+        start TEXT NOT NULL,
+        "end" TEXT,
+        start_local TEXT,
+        end_local TEXT,
+        intensity REAL,
+        kind TEXT,
+        aura INTEGER,
+        symptoms TEXT,
+        medications TEXT,
+        relief REAL,
+        source TEXT, imported_at TEXT,
+        PRIMARY KEY (patient_id, start)
+    )""",
+    """CREATE TABLE treatments (
+        patient_id TEXT NOT NULL,
+        date TEXT NOT NULL,
+        treatment TEXT NOT NULL,
+        dose_mg REAL,
+        route TEXT,
+        notes TEXT,
+        source TEXT, imported_at TEXT,
+        PRIMARY KEY (patient_id, date, treatment)
+    )""",
+    """CREATE TABLE rejects (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        file TEXT NOT NULL,
+        line INTEGER,
+        reason TEXT NOT NULL,
+        raw TEXT,
+        patient_id TEXT,
+        created_at TEXT NOT NULL,
+        UNIQUE (kind, file, line, raw)
+    )""",
+    """CREATE TABLE imports (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        file TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        accepted INTEGER, replaced INTEGER, unchanged INTEGER, quarantined INTEGER
+    )""",
+    """CREATE TABLE changes (
+        patient_id TEXT PRIMARY KEY,
+        changed_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX attacks_local ON attacks (patient_id, start_local)",
+    "CREATE INDEX treatments_patient ON treatments (patient_id)",
+]
+
+# v2: the clinician filter of the ranking reads patients by clinician.
+_V2 = ["CREATE INDEX patients_clinician ON patients (clinician_id)"]
+
+
+Migration = tuple[int, str, Sequence[str] | Callable[[sqlite3.Connection], None]]
+
+#: (version, name, SQL statements or a function of the connection). Applied in version order.
+#: Blocks: 1-9 core, 10-19 weather, 20-29 sleep, 30-39 models, 40-49 reports, 50-59 daemon.
+MIGRATIONS: list[Migration] = [
+    (1, "core tables: patients, diary, attacks, treatments, rejects, imports, changes", _V1),
+    (2, "index patients by clinician", _V2),
+]
+
+
+def register_migration(version: int, name: str, steps) -> None:
+    """Add a migration (called at import time by the module that owns the tables)."""
+    if any(v == version for v, _, _ in MIGRATIONS):
+        if any(v == version and n == name for v, n, _ in MIGRATIONS):
+            return
+        raise StorageError(f"migration {version} is registered twice")
+    MIGRATIONS.append((version, name, steps))
+    MIGRATIONS.sort(key=lambda m: m[0])
+
+
+def _load_all_migrations() -> None:
+    # Modules that own tables register their migrations when imported.
+    import importlib
+
+    for mod in ("weather", "sleep", "models", "reports", "daemon"):
+        try:
+            importlib.import_module(f"trigger_watch.{mod}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"trigger_watch.{mod}":
+                raise
+
+
+# ----------------------------------------------------------------------------------------- opening
+
+def connect(path: str | Path, *, busy_timeout_ms: int = 30000, migrate: bool = True) -> sqlite_utils.Database:
+    """Open (creating if needed) the database at ``path``, in WAL mode, migrated to the current schema."""
+    path = Path(path)
+    if str(path) != ":memory:":
+        if path.exists() and path.is_dir():
+            raise StorageError(f"database path {str(path)!r} is a directory, not a file")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the folder for the database {str(path)!r}: {exc.strerror}") from None
+    try:
+        conn = sqlite3.connect(str(path), timeout=busy_timeout_ms / 1000, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        db = sqlite_utils.Database(conn)
+        if str(path) != ":memory:":
+            db.enable_wal()
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        if migrate:
+            migrate_db(db)
+    except sqlite3.DatabaseError as exc:
+        raise StorageError(f"cannot open the database {str(path)!r}: {exc}") from None
+    return db
+
+
+def memory_db() -> sqlite_utils.Database:
+    """A fresh, migrated in-memory database (tests)."""
+    return connect(":memory:")
+
+
+@contextmanager
+def transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
+    """One write transaction; joins the outer one when nested. Rolled back whole on any exception."""
+    conn = db.conn
+    if conn.in_transaction:
+        yield conn
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.rollback()
+        raise
+    else:
+        conn.commit()
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    if "schema_migrations" not in db.table_names():
+        return 0
+    row = db.execute("SELECT max(version) FROM schema_migrations").fetchone()
+    return row[0] or 0
+
+
+def applied_versions(db: sqlite_utils.Database) -> set[int]:
+    if "schema_migrations" not in db.table_names():
+        return set()
+    return {r[0] for r in db.execute("SELECT version FROM schema_migrations")}
+
+
+def migrate_db(db: sqlite_utils.Database, *, up_to: int | None = None) -> list[int]:
+    """Apply every migration not yet applied (each in its own transaction). Returns the versions applied."""
+    _load_all_migrations()
+    conn = db.conn
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at TEXT)"
+    )
+    conn.commit()
+    done = applied_versions(db)
+    applied = []
+    for version, name, steps in MIGRATIONS:
+        if version in done or (up_to is not None and version > up_to):
+            continue
+        with transaction(db):
+            # Another process may have migrated while we waited for the write lock.
+            if conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (version,)).fetchone():
+                continue
+            if callable(steps):
+                steps(conn)
+            else:
+                for sql in steps:
+                    conn.execute(sql)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (version, name, utcnow_text()),
+            )
+        applied.append(version)
+    return applied
+
+
+# ----------------------------------------------------------------------------------------- writing
+
+def columns_of(db: sqlite_utils.Database, table: str) -> list[str]:
+    return [r[1] for r in db.execute(f'PRAGMA table_info("{table}")')]
+
+
+def upsert_rows(
+    db: sqlite_utils.Database,
+    table: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence],
+    key: Sequence[str],
+    *,
+    ignore_in_compare: Sequence[str] = ("source", "imported_at"),
+) -> tuple[int, int, int, list[str]]:
+    """Insert or replace rows by ``key``, set-based through a temporary staging table.
+
+    Must run inside :func:`transaction`. Rows later in ``rows`` win over earlier ones with the same key.
+    Returns ``(inserted, replaced, unchanged, changed_patient_ids)``: a row identical to the stored one
+    (ignoring ``ignore_in_compare`` columns) is counted as unchanged and not written again.
+    """
+    conn = db.conn
+    if not conn.in_transaction:
+        raise StorageError("upsert_rows must run inside storage.transaction()")
+    cols = list(columns)
+    q = lambda c: f'"{c}"'  # noqa: E731
+    stage = f"stage_{table}"
+    conn.execute(f"DROP TABLE IF EXISTS temp.{stage}")
+    # seq keeps file order so the last row for a key wins.
+    conn.execute(f"CREATE TEMP TABLE {stage} (seq INTEGER PRIMARY KEY, {', '.join(q(c) for c in cols)})")
+    placeholders = ", ".join("?" for _ in cols)
+    conn.executemany(f"INSERT INTO temp.{stage} ({', '.join(q(c) for c in cols)}) VALUES ({placeholders})", rows)
+    keyjoin = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in key)
+    # Drop rows overridden by a later row with the same key in this batch.
+    dupes = conn.execute(
+        f"DELETE FROM temp.{stage} AS s WHERE EXISTS (SELECT 1 FROM temp.{stage} t WHERE {keyjoin} AND t.seq > s.seq)"
+    ).rowcount
+    compare = [c for c in cols if c not in key and c not in ignore_in_compare]
+    same = " AND ".join([keyjoin] + [f"t.{q(c)} IS s.{q(c)}" for c in compare])
+    unchanged = conn.execute(
+        f'DELETE FROM temp.{stage} AS s WHERE EXISTS (SELECT 1 FROM "{table}" t WHERE {same})'
+    ).rowcount
+    replaced = conn.execute(
+        f'SELECT count(*) FROM temp.{stage} s WHERE EXISTS (SELECT 1 FROM "{table}" t WHERE {keyjoin})'
+    ).fetchone()[0]
+    total = conn.execute(f"SELECT count(*) FROM temp.{stage}").fetchone()[0]
+    changed: list[str] = []
+    if "patient_id" in cols:
+        changed = [r[0] for r in conn.execute(f"SELECT DISTINCT patient_id FROM temp.{stage}")]
+    collist = ", ".join(q(c) for c in cols)
+    conn.execute(f'INSERT OR REPLACE INTO "{table}" ({collist}) SELECT {collist} FROM temp.{stage} ORDER BY seq')
+    conn.execute(f"DROP TABLE temp.{stage}")
+    return total - replaced, replaced + dupes, unchanged, changed
+
+
+def mark_changed(db: sqlite_utils.Database, patient_ids: Iterable[str], when: str | None = None) -> None:
+    """Record that these patients' inputs changed (the daemon re-analyses them)."""
+    when = when or utcnow_text()
+    db.conn.executemany(
+        "INSERT INTO changes (patient_id, changed_at) VALUES (?, ?) "
+        "ON CONFLICT(patient_id) DO UPDATE SET changed_at = excluded.changed_at",
+        [(p, when) for p in patient_ids],
+    )
+
+
+#: Tables holding per-patient rows; ``forget`` empties each of them for a patient. Owners of new
+#: per-patient tables add them here (table name, patient column).
+PATIENT_TABLES: list[tuple[str, str]] = [
+    ("diary", "patient_id"),
+    ("attacks", "patient_id"),
+    ("treatments", "patient_id"),
+    ("changes", "patient_id"),
+    ("rejects", "patient_id"),
+    ("patients", "patient_id"),
+]
+
+
+def register_patient_table(table: str, column: str = "patient_id") -> None:
+    if (table, column) not in PATIENT_TABLES:
+        PATIENT_TABLES.insert(0, (table, column))
+
+
+def patient_exists(db: sqlite_utils.Database, patient_id: str) -> bool:
+    return db.execute("SELECT 1 FROM patients WHERE patient_id = ?", (patient_id,)).fetchone() is not None
