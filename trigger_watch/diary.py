@@ -236,7 +236,7 @@ def _custom_factors(frame: pd.DataFrame, c: Checker, state: dict, exclude: set[s
     values = pd.DataFrame(index=frame.index)
     for col, kind in numeric.items():
         s = c.text(col)
-        low = s.map(lambda v: str(v).lower(), na_action="ignore")
+        low = s.astype("string").str.lower()
         as_bool = low.map({"true": 1.0, "yes": 1.0, "y": 1.0, "false": 0.0, "no": 0.0, "n": 0.0},
                           na_action="ignore").astype(float)
         as_num = pd.to_numeric(s, errors="coerce").astype(float)
@@ -245,12 +245,20 @@ def _custom_factors(frame: pd.DataFrame, c: Checker, state: dict, exclude: set[s
         c.add(bad, (col + "=" + s[bad].map(repr) + " is not a number or yes/no like the rest of the column")
               .reindex(s.index).to_numpy())
         values[snake(col)] = v
-    records = values.to_dict("records")
-    return pd.Series(
-        [json.dumps({k: v for k, v in r.items() if v == v}, sort_keys=True) if any(v == v for v in r.values())
-         else None for r in records],
-        index=frame.index, dtype=object,
-    )
+    return _json_objects(values)
+
+
+def _json_objects(values: pd.DataFrame) -> pd.Series:
+    """Each row's non-missing values as a JSON object with sorted keys, or None. Vectorised per column."""
+    body = pd.Series("", index=values.index, dtype=object)
+    for name in sorted(values.columns):
+        v = values[name]
+        present = v.notna().to_numpy()
+        text = v.to_numpy(dtype=float).astype(str).astype(object)
+        piece = np.where(present, (json.dumps(name) + ": ") + text, "")
+        sep = np.where((body.to_numpy() != "") & present, ", ", "")
+        body = body + sep + piece
+    return ("{" + body + "}").where(body != "", None)
 
 
 def import_diary(db, path, fmt, options) -> ImportResult:

@@ -368,6 +368,7 @@ class Checker:
         self.frame = frame
         self.n = len(frame)
         self._reasons = np.full(self.n, None, dtype=object)
+        self._text: dict[str, pd.Series] = {}
 
     def add(self, mask, message) -> None:
         mask = np.asarray(mask, dtype=bool)
@@ -390,14 +391,18 @@ class Checker:
         return self._reasons
 
     def text(self, col: str) -> pd.Series:
-        """Cells of ``col`` as stripped text, None where unknown (missing column: all None)."""
+        """Cells of ``col`` as stripped text, None where unknown (missing column: all None). Cached."""
+        cached = self._text.get(col)
+        if cached is not None:
+            return cached
         if col not in self.frame.columns:
-            return pd.Series([None] * self.n, index=self.frame.index, dtype=object)
-        s = self.frame[col].astype(object)
-        s = s.where(s.notna(), None)
-        stripped = s.map(lambda v: v.strip() if isinstance(v, str) else v, na_action="ignore")
-        unknown = stripped.map(lambda v: v is None or str(v).lower() in UNKNOWN_TOKENS)
-        return stripped.where(~unknown, None).astype(object)
+            out = pd.Series([None] * self.n, index=self.frame.index, dtype=object)
+        else:
+            st = self.frame[col].astype("string").str.strip()
+            unknown = st.isna() | st.str.lower().isin(UNKNOWN_TOKENS)
+            out = st.astype(object).where(~unknown.to_numpy(dtype=bool), None)
+        self._text[col] = out
+        return out
 
     def _shown(self, col: str, s: pd.Series, mask) -> pd.Series:
         return col + "=" + s[mask].map(lambda v: repr(v)[:60])
@@ -436,8 +441,7 @@ class Checker:
 
     def boolean(self, col: str) -> pd.Series:
         s = self.text(col)
-        low = s.map(lambda x: str(x).lower(), na_action="ignore")
-        v = low.map(_BOOL, na_action="ignore").astype(float)
+        v = s.astype("string").str.lower().map(_BOOL, na_action="ignore").astype(float)
         bad = (s.notna() & v.isna()).to_numpy()
         self.add(bad, (self._shown(col, s, bad) + " is not yes/no (use 1/0, true/false, yes/no or y/n)")
                  .reindex(s.index).to_numpy())
@@ -477,21 +481,14 @@ def _fmt(x: float) -> str:
 
 
 def normalise_tags(s: pd.Series, *, keep: str = "") -> pd.Series:
-    """``"Red Wine; Cheese"`` -> ``"red_wine;cheese"``; None stays None; duplicates dropped, order kept.
+    """``"Red Wine; Cheese"`` -> ``"red_wine;cheese"``; None stays None. Vectorised.
 
     ``keep`` lists extra characters kept inside a tag (``":."`` for doses like ``sumatriptan:50``).
     """
-    pattern = re.compile(rf"[^\w{re.escape(keep)}]+", flags=re.UNICODE)
-
-    def norm(v: str) -> str:
-        seen: dict[str, None] = {}
-        for part in str(v).split(";"):
-            t = pattern.sub("_", part.strip().lower()).strip("_")
-            if t:
-                seen[t] = None
-        return ";".join(seen)
-
-    return s.map(norm, na_action="ignore").astype(object)
+    st = s.astype("string").str.lower()
+    st = st.str.replace(rf"[^\w;{re.escape(keep)}]+", "_", regex=True)
+    st = st.str.replace(r"_*;[_;]*", ";", regex=True).str.strip("_;")
+    return st.astype(object).where(st.notna() & (st != ""), None)
 
 
 # ------------------------------------------------------------------------------------ quarantine

@@ -273,6 +273,7 @@ def upsert_rows(
     conn.execute(f"CREATE TEMP TABLE {stage} (seq INTEGER PRIMARY KEY, {', '.join(q(c) for c in cols)})")
     placeholders = ", ".join("?" for _ in cols)
     conn.executemany(f"INSERT INTO temp.{stage} ({', '.join(q(c) for c in cols)}) VALUES ({placeholders})", rows)
+    conn.execute(f"CREATE INDEX temp.{stage}_key ON {stage} ({', '.join(q(k) for k in key)}, seq)")
     keyjoin = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in key)
     # Drop rows overridden by a later row with the same key in this batch.
     dupes = conn.execute(
