@@ -178,6 +178,193 @@ def forget(app: App, patient: str) -> None:
     app.say(f"forgot patient {patient}: {what}")
 
 
+@cli.command()
+@click.argument("patient")
+@click.option("--as-of", "as_of", type=click.DateTime(formats=["%Y-%m-%d"]), metavar="DATE",
+              help="Build it as `analyze --as-of` would (default: today); nothing after DATE is used.")
+@click.option("--csv", "as_csv", is_flag=True, help="Every column as CSV, for a spreadsheet or a diff.")
+@pass_app
+def panel(app: App, patient: str, as_of, as_csv: bool) -> None:
+    """Show PATIENT's panel: one row per day, exactly what the models see (docs/features.md)."""
+    from trigger_watch.features import panel_for_patient
+
+    frame = panel_for_patient(app.db, patient, as_of.date() if as_of else app.today)
+    if as_csv:
+        click.echo(frame.to_csv(index=False, date_format="%Y-%m-%d"), nl=False)
+        return
+    shown = [c for c in frame.columns if "@" not in c or (c.endswith("@0") and frame[c].notna().any())]
+    with_dates = frame[shown].assign(date=frame["date"].dt.strftime("%Y-%m-%d"))
+    app.say(with_dates.to_string(index=False, na_rep="."))
+    app.say(f"{len(frame)} days, {int(frame['onset'].sum())} attack onsets, "
+            f"{int(frame['at_risk'].sum())} at risk; lag-0 factors with any value shown (--csv for all)")
+
+
+def _as_of(value: str | None, today: date) -> date:
+    if value is None:
+        return today
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint="--as-of") from None
+
+
+@cli.command("fetch-weather")
+@click.option("--start", metavar="DATE", help="First day to fill (default: from the patients' data).")
+@click.option("--end", metavar="DATE", help="Last day to fill (default: tomorrow, from the forecast).")
+@pass_app
+def fetch_weather_cmd(app: App, start: str | None, end: str | None) -> None:
+    """Fetch the weather that patients' days need from Open-Meteo, history and tomorrow's forecast.
+
+    Requests go per grid cell, never per patient, within the free tier's limits; what is stored is not
+    fetched again. A cell that fails is named and retried on the next run.
+    """
+    import requests
+
+    from trigger_watch import weather
+
+    with requests.Session() as session:
+        result = weather.fetch_weather(
+            app.db, app.config, session, start=_as_of(start, app.today) if start else None,
+            end=_as_of(end, app.today) if end else None, today=app.today,
+            progress=app.progress("fetching weather"))
+    for line in result.lines():
+        app.say(line)
+
+
+@cli.command()
+@click.option("--patient", "patients", multiple=True, metavar="ID", help="Only this patient (repeatable).")
+@click.option("--as-of", metavar="DATE", help="Analyse as if this date were today; no later data is used.")
+@pass_app
+def analyze(app: App, patients: tuple[str, ...], as_of: str | None) -> None:
+    """Build features, fit the models and write every report (and the cohort ranking)."""
+    from trigger_watch import analysis
+    from trigger_watch.errors import UnknownPatient
+
+    known = set(analysis.all_patient_ids(app.db))
+    for p in patients:
+        if p not in known:
+            raise UnknownPatient(p)
+    bar = app.progress("writing reports")
+    outcome = analysis.analyze(app.db, app.config, as_of=_as_of(as_of, app.today),
+                               patient_ids=list(patients) or None, progress=bar)
+    bar.close()
+    for line in outcome.lines():
+        app.say(line)
+    app.say(f"reports in {app.config.reports_dir}")
+    if outcome.failed and not outcome.analysed:
+        raise click.exceptions.Exit(1)
+
+
+@cli.command()
+@click.option("--wait", "wait_seconds", type=click.FloatRange(min=0), default=0, metavar="SECONDS",
+              help="If another cycle is running, wait this long for it instead of exiting.")
+@click.option("--no-weather", is_flag=True, help="Do not fetch weather in this cycle.")
+@pass_app
+def run(app: App, wait_seconds: float, no_weather: bool) -> None:
+    """One scheduled cycle: fetch weather, analyse the patients whose data changed, rank the cohort."""
+    from trigger_watch import daemon
+
+    bar = app.progress("analysing")
+    result = daemon.run_cycle(app.db, app.config, today=app.today, fetch=not no_weather,
+                              wait_seconds=wait_seconds, progress=bar)
+    bar.close()
+    for line in result.lines():
+        app.say(line)
+    if result.status == "failed":
+        raise click.exceptions.Exit(1)
+
+
+@cli.command("daemon")
+@pass_app
+def daemon_cmd(app: App) -> None:
+    """Run the cycle on the schedule in config.toml until SIGTERM or SIGINT, then stop cleanly (exit 0)."""
+    import logging
+
+    from trigger_watch import daemon, storage
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = app.config
+    storage.connect(cfg.database).conn.close()  # create and migrate before the first job
+
+    def log(line: str) -> None:
+        click.echo(f"{storage.utcnow_text()} {line}", err=True)
+
+    code = daemon.serve(cfg, open_db=lambda: storage.connect(cfg.database,
+                                                               busy_timeout_ms=cfg["storage.busy_timeout_ms"]),
+                        log=log)
+    raise click.exceptions.Exit(code)
+
+
+@cli.command()
+@click.option("--runs", default=10, show_default=True, type=click.IntRange(min=1), help="How many recent runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@pass_app
+def status(app: App, runs: int, as_json: bool) -> None:
+    """The last runs, the next scheduled ones, and patients whose analysis keeps failing."""
+    import json as json_mod
+
+    from trigger_watch import daemon
+
+    info = daemon.status(app.db, app.config, runs=runs)
+    if as_json:
+        app.say(json_mod.dumps(info, indent=2, default=str))
+        return
+    app.say("next runs: " + ", ".join(f"{k} {v}" for k, v in info["next_runs"].items()))
+    if not info["runs"]:
+        app.say("no runs yet")
+    for r in info["runs"]:
+        app.say(f"  #{r['id']} {r['kind']:8} {r['started_at']} -> {r['ended_at'] or '...'} {r['status']:9} "
+                f"{r['patients_analysed'] or 0} analysed, {r['failures'] or 0} failed"
+                + (f": {r['error']}" if r["error"] else ""))
+    if info["failing_patients"]:
+        app.say("patients whose analysis keeps failing:")
+        for f in info["failing_patients"]:
+            app.say(f"  {f['patient_id']}: {f['failures']} time(s), last: {f['last_error']}")
+
+
+@cli.command()
+@click.argument("patient")
+@click.option("--as-of", metavar="DATE", help="The panel as it was on this date.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV with every column (default: a readable summary).")
+@pass_app
+def panel(app: App, patient: str, as_of: str | None, as_csv: bool) -> None:
+    """Show exactly what the model saw for PATIENT: one row per day, every factor at lags 0 and 1."""
+    from trigger_watch import features
+
+    frame = features.panel_for_patient(app.db, patient, _as_of(as_of, app.today) if as_of else None)
+    if as_csv:
+        click.echo(frame.to_csv(index=False), nl=False)
+        return
+    days = len(frame)
+    at_risk = int(frame["at_risk"].sum()) if days else 0
+    onsets = int(frame.loc[frame["at_risk"], "onset"].sum()) if days else 0
+    app.say(f"{patient}: {days} days, {at_risk} at risk, {onsets} attack onsets; "
+            f"{frame.shape[1]} columns (use --csv for all of them)")
+    if days:
+        cols = [c for c in frame.columns if c.endswith("@0")]
+        known = frame.loc[frame["at_risk"], cols].notna().mean().sort_values(ascending=False)
+        for c, share in known.items():
+            app.say(f"  {c[:-2]:32} known on {share:5.0%} of at-risk days")
+
+
+@cli.command()
+@click.option("--dir", "workspace", default="demo-workspace", show_default=True, type=click.Path(file_okay=False),
+              help="Scratch workspace to (re)create.")
+@click.option("--patients", default=36, show_default=True, type=click.IntRange(2, 100000), help="Cohort size.")
+@click.option("--days", default=365, show_default=True, type=click.IntRange(30, 3650), help="Days of diary.")
+@click.option("--seed", default=20261121, show_default=True, help="Random seed of the simulation.")
+@pass_app
+def demo(app: App, workspace: str, patients: int, days: int, seed: int) -> None:
+    """Simulate a clinic, import it, analyse it offline, and say where the reports are."""
+    from trigger_watch.demo import run_demo
+
+    log = (lambda line: click.echo(line, err=True)) if not app.quiet else None
+    result = run_demo(Path(workspace), today=app.today, n_patients=patients, n_days=days, seed=seed, log=log,
+                      progress=app.progress("analysing"))
+    for line in result.lines():
+        app.say(line)
+
+
 def main() -> None:
     try:
         cli(prog_name="trigger-watch")

@@ -1,0 +1,388 @@
+"""The scheduled cycle: fetch weather, re-analyse the patients whose inputs changed, rebuild the ranking.
+
+- **One cycle at a time, across processes.** A cycle holds an exclusive ``flock`` on ``<database>.lock``;
+  the kernel releases it when the process dies, however it dies, so a crash never leaves a stale lease.
+  A second ``run`` waits (``--wait SECONDS``) or exits with a message naming the holder.
+- **Only what changed.** Every import marks the patients it changed (``changes``); a patient is analysed
+  when its inputs changed after its last successful analysis, when the model version changed, or when
+  its last analysis failed (it is retried each cycle). A cycle with nothing new fetches weather and stops.
+- **Every run is recorded** in ``runs`` (start, end, status, patients analysed, failures, error text),
+  and per patient in ``patient_state`` (last analysis, consecutive failures, last error).
+- **Stopping.** SIGTERM/SIGINT set a stop flag that the pipeline checks between patients: the patient in
+  hand is finished (its reports are written atomically), the rest are left for the next cycle, and the
+  process exits 0.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import sqlite_utils
+
+from trigger_watch import storage
+from trigger_watch.errors import ConfigError, CycleBusy, TriggerWatchError, WeatherError
+
+storage.register_migration(50, "cycle runs, per-patient analysis state", [
+    """CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        ended_at TEXT,
+        status TEXT NOT NULL,
+        patients_analysed INTEGER DEFAULT 0,
+        failures INTEGER DEFAULT 0,
+        error TEXT,
+        pid INTEGER,
+        host TEXT
+    )""",
+    """CREATE TABLE patient_state (
+        patient_id TEXT PRIMARY KEY,
+        analysed_at TEXT,
+        model_version TEXT,
+        failures INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        last_failed_at TEXT
+    )""",
+])
+storage.register_patient_table("patient_state")
+
+
+# ------------------------------------------------------------------------------------------ lease
+
+class Lease:
+    """An exclusive, crash-safe lock on ``<database>.lock`` (``flock``; released when the process dies)."""
+
+    def __init__(self, database: Path):
+        self.path = Path(str(database) + ".lock")
+        self._fh = None
+
+    def acquire(self, wait_seconds: float = 0.0, poll: float = 0.2) -> "Lease":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = self.holder()
+                    fh.close()
+                    who = f" (pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')})" \
+                        if holder else ""
+                    raise CycleBusy(
+                        f"another trigger-watch cycle is running{who}; it will pick up the same changes, "
+                        f"or run again later (--wait SECONDS waits for it)"
+                    ) from None
+                time.sleep(poll)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": storage.utcnow_text()}))
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def holder(self) -> dict:
+        try:
+            return json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> "Lease":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+@dataclass
+class CycleResult:
+    run_id: int
+    status: str = "ok"
+    analysed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    weather: list[str] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        out = [f"cycle {self.run_id}: {self.status} in {self.seconds:.1f} s; {len(self.analysed)} patient(s) "
+               f"analysed, {len(self.failed)} failed"]
+        out.extend(f"  weather: {w}" for w in self.weather)
+        if not self.analysed and not self.failed and self.status == "ok":
+            out.append("  nothing changed since the last cycle")
+        out.extend(f"  failed {p}: {e}" for p, e in sorted(self.failed.items())[:20])
+        if self.skipped:
+            out.append(f"  stopped early: {len(self.skipped)} patient(s) left for the next cycle")
+        if self.error:
+            out.append(f"  error: {self.error}")
+        return out
+
+
+def _start_run(db: sqlite_utils.Database, kind: str) -> int:
+    with storage.transaction(db):
+        cur = db.conn.execute(
+            "INSERT INTO runs (kind, started_at, status, pid, host) VALUES (?, ?, 'running', ?, ?)",
+            (kind, storage.utcnow_text(), os.getpid(), socket.gethostname()),
+        )
+    return cur.lastrowid
+
+
+def _end_run(db, run_id: int, status: str, analysed: int, failures: int, error: str | None) -> None:
+    with storage.transaction(db):
+        db.conn.execute(
+            "UPDATE runs SET ended_at = ?, status = ?, patients_analysed = ?, failures = ?, error = ? WHERE id = ?",
+            (storage.utcnow_text(), status, analysed, failures, error, run_id),
+        )
+
+
+def _close_orphan_runs(db) -> None:
+    """Runs left 'running' by a process that died (we hold the lease, so none is really running)."""
+    with storage.transaction(db):
+        db.conn.execute(
+            "UPDATE runs SET status = 'abandoned', ended_at = coalesce(ended_at, ?), "
+            "error = coalesce(error, 'the process ended before the run finished (killed or crashed)') "
+            "WHERE status = 'running'",
+            (storage.utcnow_text(),),
+        )
+
+
+def patients_to_analyse(db: sqlite_utils.Database, model_version: str) -> list[str]:
+    """Patients whose inputs changed since their last good analysis, or who failed, or an old model."""
+    rows = db.execute(
+        """SELECT p.patient_id FROM patients p
+           LEFT JOIN changes c ON c.patient_id = p.patient_id
+           LEFT JOIN patient_state s ON s.patient_id = p.patient_id
+           WHERE s.analysed_at IS NULL
+              OR s.failures > 0
+              OR s.model_version IS NOT ?
+              OR (c.changed_at IS NOT NULL AND c.changed_at >= s.analysed_at)
+           ORDER BY p.patient_id""",
+        (model_version,),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def record_outcomes(db, analysed: list[str], failed: dict[str, str], model_version: str, when: str) -> None:
+    with storage.transaction(db):
+        db.conn.executemany(
+            "INSERT INTO patient_state (patient_id, analysed_at, model_version, failures, last_error) "
+            "VALUES (?, ?, ?, 0, NULL) ON CONFLICT(patient_id) DO UPDATE SET analysed_at = excluded.analysed_at, "
+            "model_version = excluded.model_version, failures = 0, last_error = NULL",
+            [(p, when, model_version) for p in analysed],
+        )
+        db.conn.executemany(
+            "INSERT INTO patient_state (patient_id, failures, last_error, last_failed_at) VALUES (?, 1, ?, ?) "
+            "ON CONFLICT(patient_id) DO UPDATE SET failures = failures + 1, last_error = excluded.last_error, "
+            "last_failed_at = excluded.last_failed_at",
+            [(p, e, when) for p, e in failed.items()],
+        )
+
+
+# ------------------------------------------------------------------------------------------ the cycle
+
+def run_cycle(db: sqlite_utils.Database, config, *, today: date, session=None, fetch: bool = True,
+              wait_seconds: float = 0.0, stop: threading.Event | None = None,
+              progress: Callable | None = None, analyse: Callable | None = None) -> CycleResult:
+    """One cycle under the lease. ``analyse(db, config, patient_ids, as_of, stop, progress)`` defaults to
+    :func:`trigger_watch.analysis.analyze` and must return an object with ``analysed``, ``failed``,
+    ``skipped`` and ``model_version``."""
+    stop = stop or threading.Event()
+    with Lease(config.database).acquire(wait_seconds):
+        _close_orphan_runs(db)
+        run_id = _start_run(db, "cycle")
+        result = CycleResult(run_id=run_id)
+        t0 = time.monotonic()
+        try:
+            if fetch:
+                result.weather = _fetch_weather(db, config, session, today, progress)
+            if analyse is None:
+                from trigger_watch.analysis import MODEL_VERSION, analyze as analyse_fn
+            else:
+                analyse_fn, MODEL_VERSION = analyse, getattr(analyse, "model_version", "test")
+            todo = patients_to_analyse(db, MODEL_VERSION)
+            started = storage.utcnow_text()
+            if todo and not stop.is_set():
+                outcome = analyse_fn(db, config, patient_ids=todo, as_of=today, stop=stop, progress=progress)
+                result.analysed, result.failed = list(outcome.analysed), dict(outcome.failed)
+                result.skipped = list(outcome.skipped)
+                record_outcomes(db, result.analysed, result.failed, MODEL_VERSION, started)
+            if result.failed:
+                result.status = "partial"
+            if result.skipped or stop.is_set():
+                result.status = "stopped"
+        except TriggerWatchError as exc:
+            result.status, result.error = "failed", str(exc)
+        except Exception as exc:  # recorded, then re-raised: a bug must be seen, not hidden
+            result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
+            _end_run(db, run_id, result.status, len(result.analysed), len(result.failed), result.error)
+            raise
+        result.seconds = time.monotonic() - t0
+        _end_run(db, run_id, result.status, len(result.analysed), len(result.failed), result.error)
+    return result
+
+
+def _fetch_weather(db, config, session, today: date, progress) -> list[str]:
+    if not config["weather.enabled"]:
+        return ["fetching is disabled ([weather] enabled = false)"]
+    try:
+        from trigger_watch import weather
+    except ImportError:
+        return ["weather module not available"]
+    import requests
+
+    own = session is None
+    session = session or requests.Session()
+    try:
+        fetched = weather.fetch_weather(db, config, session, today=today, progress=progress)
+        return list(fetched.lines())
+    except WeatherError as exc:
+        return [f"failed, will retry next cycle: {exc}"]
+    finally:
+        if own:
+            session.close()
+
+
+def fetch_weather_job(db, config, *, today: date, session=None) -> list[str]:
+    """The hourly weather job: fetch under the lease (skipped quietly while a cycle runs)."""
+    try:
+        with Lease(config.database).acquire(0):
+            run_id = _start_run(db, "weather")
+            lines = _fetch_weather(db, config, session, today, None)
+            failed = any("failed" in line for line in lines)
+            _end_run(db, run_id, "partial" if failed else "ok", 0, 0, "; ".join(lines) if failed else None)
+            return lines
+    except CycleBusy:
+        return ["skipped: a cycle is running and fetches weather itself"]
+
+
+# ------------------------------------------------------------------------------------------ schedule
+
+def make_trigger(spec: str, tz: str):
+    """A cron string (5 fields; or 6 with seconds first) or ``every N seconds|minutes|hours``."""
+    from apscheduler.triggers.cron import CronTrigger
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    text = spec.strip()
+    parts = text.split()
+    try:
+        if parts and parts[0] == "every" and len(parts) == 3:
+            unit = parts[2].rstrip("s") + "s"
+            if unit not in ("seconds", "minutes", "hours"):
+                raise ValueError(f"unknown unit {parts[2]!r}")
+            return IntervalTrigger(**{unit: int(parts[1])}, timezone=tz)
+        if len(parts) == 5:
+            return CronTrigger.from_crontab(text, timezone=tz)
+        if len(parts) == 6:
+            second, minute, hour, day, month, dow = parts
+            return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month, day_of_week=dow,
+                               timezone=tz)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"schedule {spec!r} is not valid: {exc}") from None
+    raise ConfigError(f"schedule {spec!r} is not valid: use cron (e.g. '30 2 * * *') or 'every 10 minutes'")
+
+
+def next_runs(config, now: datetime | None = None) -> dict[str, datetime | None]:
+    now = now or datetime.now(timezone.utc)
+    tz = config["schedule.timezone"]
+    return {name: make_trigger(config[f"schedule.{name}"], tz).get_next_fire_time(None, now)
+            for name in ("weather", "analysis")}
+
+
+def serve(config, *, open_db: Callable[[], sqlite_utils.Database], log: Callable[[str], None],
+          today: Callable[[], date] = date.today) -> int:
+    """Run the schedule until SIGTERM/SIGINT; returns the exit code (0 after a clean stop)."""
+    from apscheduler.schedulers.blocking import BlockingScheduler
+
+    stop = threading.Event()
+    busy = threading.Lock()
+    tz = config["schedule.timezone"]
+    triggers = {name: make_trigger(config[f"schedule.{name}"], tz) for name in ("weather", "analysis")}
+    scheduler = BlockingScheduler(timezone=tz, job_defaults={
+        "coalesce": True, "max_instances": 1, "misfire_grace_time": config["schedule.misfire_grace_seconds"]})
+
+    def analysis_job() -> None:
+        if stop.is_set():
+            return
+        with busy:
+            db = open_db()
+            try:
+                result = run_cycle(db, config, today=today(), stop=stop)
+                for line in result.lines():
+                    log(line)
+            except CycleBusy as exc:
+                log(f"analysis skipped: {exc}")
+            except Exception as exc:  # keep the daemon alive; the run row has the error
+                log(f"analysis failed: {type(exc).__name__}: {exc}")
+            finally:
+                db.conn.close()
+
+    def weather_job() -> None:
+        if stop.is_set():
+            return
+        with busy:
+            db = open_db()
+            try:
+                for line in fetch_weather_job(db, config, today=today()):
+                    log(f"weather: {line}")
+            except Exception as exc:
+                log(f"weather failed: {type(exc).__name__}: {exc}")
+            finally:
+                db.conn.close()
+
+    scheduler.add_job(weather_job, triggers["weather"], id="weather", name="fetch weather", replace_existing=True)
+    scheduler.add_job(analysis_job, triggers["analysis"], id="analysis", name="analysis cycle",
+                      replace_existing=True)
+
+    def on_signal(signum, frame) -> None:
+        log(f"received {signal.Signals(signum).name}: finishing the current patient, then stopping")
+        stop.set()
+        scheduler.shutdown(wait=False)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for name, trig in triggers.items():
+        log(f"{name}: next run {trig.get_next_fire_time(None, datetime.now(timezone.utc))}")
+    log(f"daemon started (pid {os.getpid()}, timezone {tz})")
+    scheduler.start()
+    # The scheduler has stopped; wait for a job in progress to notice the stop flag and finish.
+    with busy:
+        pass
+    log("daemon stopped cleanly")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ status
+
+def status(db: sqlite_utils.Database, config, *, runs: int = 10) -> dict:
+    last = list(db.query(
+        "SELECT id, kind, started_at, ended_at, status, patients_analysed, failures, error FROM runs "
+        "ORDER BY id DESC LIMIT ?", [runs]))
+    failing = list(db.query(
+        "SELECT patient_id, failures, last_error, last_failed_at FROM patient_state WHERE failures > 0 "
+        "ORDER BY failures DESC, patient_id"))
+    try:
+        upcoming = {k: (v.isoformat() if v else None) for k, v in next_runs(config).items()}
+    except ConfigError as exc:
+        upcoming = {"error": str(exc)}
+    holder = Lease(config.database).holder() if Path(str(config.database) + ".lock").exists() else {}
+    return {"runs": last, "failing_patients": failing, "next_runs": upcoming, "lease_file": holder}
