@@ -48,6 +48,7 @@ storage.register_migration(50, "cycle runs, per-patient analysis state", [
     """CREATE TABLE patient_state (
         patient_id TEXT PRIMARY KEY,
         analysed_at TEXT,
+        seen_version INTEGER,
         model_version TEXT,
         failures INTEGER NOT NULL DEFAULT 0,
         last_error TEXT,
@@ -166,29 +167,33 @@ def _close_orphan_runs(db) -> None:
         )
 
 
-def patients_to_analyse(db: sqlite_utils.Database, model_version: str) -> list[str]:
-    """Patients whose inputs changed since their last good analysis, or who failed, or an old model."""
+def patients_to_analyse(db: sqlite_utils.Database, model_version: str) -> dict[str, int]:
+    """Patients to analyse, with the change counter seen now: their inputs changed since the last good
+    analysis (a different counter), their last analysis failed, it used another model version, or they
+    were never analysed."""
     rows = db.execute(
-        """SELECT p.patient_id FROM patients p
+        """SELECT p.patient_id, coalesce(c.version, 0) FROM patients p
            LEFT JOIN changes c ON c.patient_id = p.patient_id
            LEFT JOIN patient_state s ON s.patient_id = p.patient_id
            WHERE s.analysed_at IS NULL
               OR s.failures > 0
               OR s.model_version IS NOT ?
-              OR (c.changed_at IS NOT NULL AND c.changed_at >= s.analysed_at)
+              OR s.seen_version IS NOT coalesce(c.version, 0)
            ORDER BY p.patient_id""",
         (model_version,),
     ).fetchall()
-    return [r[0] for r in rows]
+    return {r[0]: r[1] for r in rows}
 
 
-def record_outcomes(db, analysed: list[str], failed: dict[str, str], model_version: str, when: str) -> None:
+def record_outcomes(db, analysed: list[str], failed: dict[str, str], model_version: str, when: str,
+                    seen: dict[str, int]) -> None:
     with storage.transaction(db):
         db.conn.executemany(
-            "INSERT INTO patient_state (patient_id, analysed_at, model_version, failures, last_error) "
-            "VALUES (?, ?, ?, 0, NULL) ON CONFLICT(patient_id) DO UPDATE SET analysed_at = excluded.analysed_at, "
-            "model_version = excluded.model_version, failures = 0, last_error = NULL",
-            [(p, when, model_version) for p in analysed],
+            "INSERT INTO patient_state (patient_id, analysed_at, seen_version, model_version, failures, last_error)"
+            " VALUES (?, ?, ?, ?, 0, NULL) ON CONFLICT(patient_id) DO UPDATE SET analysed_at = excluded.analysed_at,"
+            " seen_version = excluded.seen_version, model_version = excluded.model_version, failures = 0,"
+            " last_error = NULL",
+            [(p, when, seen.get(p, 0), model_version) for p in analysed],
         )
         db.conn.executemany(
             "INSERT INTO patient_state (patient_id, failures, last_error, last_failed_at) VALUES (?, 1, ?, ?) "
@@ -219,13 +224,13 @@ def run_cycle(db: sqlite_utils.Database, config, *, today: date, session=None, f
                 from trigger_watch.analysis import MODEL_VERSION, analyze as analyse_fn
             else:
                 analyse_fn, MODEL_VERSION = analyse, getattr(analyse, "model_version", "test")
-            todo = patients_to_analyse(db, MODEL_VERSION)
+            seen = patients_to_analyse(db, MODEL_VERSION)
             started = storage.utcnow_text()
-            if todo and not stop.is_set():
-                outcome = analyse_fn(db, config, patient_ids=todo, as_of=today, stop=stop, progress=progress)
+            if seen and not stop.is_set():
+                outcome = analyse_fn(db, config, patient_ids=list(seen), as_of=today, stop=stop, progress=progress)
                 result.analysed, result.failed = list(outcome.analysed), dict(outcome.failed)
                 result.skipped = list(outcome.skipped)
-                record_outcomes(db, result.analysed, result.failed, MODEL_VERSION, started)
+                record_outcomes(db, result.analysed, result.failed, MODEL_VERSION, started, seen)
             if result.failed:
                 result.status = "partial"
             if result.skipped or stop.is_set():

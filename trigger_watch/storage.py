@@ -121,9 +121,14 @@ Migration = tuple[int, str, Sequence[str] | Callable[[sqlite3.Connection], None]
 
 #: (version, name, SQL statements or a function of the connection). Applied in version order.
 #: Blocks: 1-9 core, 10-19 weather, 20-29 sleep, 30-39 models, 40-49 reports, 50-59 daemon.
+# v3: a change counter per patient, bumped in the same transaction as the data it marks, so a cycle can
+# tell exactly which changes it has seen (timestamps cannot: two imports can share a second).
+_V3 = ["ALTER TABLE changes ADD COLUMN version INTEGER NOT NULL DEFAULT 1"]
+
 MIGRATIONS: list[Migration] = [
     (1, "core tables: patients, diary, attacks, treatments, rejects, imports, changes", _V1),
     (2, "index patients by clinician", _V2),
+    (3, "change counter per patient", _V3),
 ]
 
 
@@ -298,11 +303,12 @@ def upsert_rows(
 
 
 def mark_changed(db: sqlite_utils.Database, patient_ids: Iterable[str], when: str | None = None) -> None:
-    """Record that these patients' inputs changed (the daemon re-analyses them)."""
+    """Record that these patients' inputs changed (the daemon re-analyses them). Call it inside the
+    transaction that writes the change, so the marker and the data become visible together."""
     when = when or utcnow_text()
     db.conn.executemany(
-        "INSERT INTO changes (patient_id, changed_at) VALUES (?, ?) "
-        "ON CONFLICT(patient_id) DO UPDATE SET changed_at = excluded.changed_at",
+        "INSERT INTO changes (patient_id, changed_at, version) VALUES (?, ?, 1) "
+        "ON CONFLICT(patient_id) DO UPDATE SET changed_at = excluded.changed_at, version = changes.version + 1",
         [(p, when) for p in patient_ids],
     )
 
