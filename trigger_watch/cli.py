@@ -178,27 +178,6 @@ def forget(app: App, patient: str) -> None:
     app.say(f"forgot patient {patient}: {what}")
 
 
-@cli.command()
-@click.argument("patient")
-@click.option("--as-of", "as_of", type=click.DateTime(formats=["%Y-%m-%d"]), metavar="DATE",
-              help="Build it as `analyze --as-of` would (default: today); nothing after DATE is used.")
-@click.option("--csv", "as_csv", is_flag=True, help="Every column as CSV, for a spreadsheet or a diff.")
-@pass_app
-def panel(app: App, patient: str, as_of, as_csv: bool) -> None:
-    """Show PATIENT's panel: one row per day, exactly what the models see (docs/features.md)."""
-    from trigger_watch.features import panel_for_patient
-
-    frame = panel_for_patient(app.db, patient, as_of.date() if as_of else app.today)
-    if as_csv:
-        click.echo(frame.to_csv(index=False, date_format="%Y-%m-%d"), nl=False)
-        return
-    shown = [c for c in frame.columns if "@" not in c or (c.endswith("@0") and frame[c].notna().any())]
-    with_dates = frame[shown].assign(date=frame["date"].dt.strftime("%Y-%m-%d"))
-    app.say(with_dates.to_string(index=False, na_rep="."))
-    app.say(f"{len(frame)} days, {int(frame['onset'].sum())} attack onsets, "
-            f"{int(frame['at_risk'].sum())} at risk; lag-0 factors with any value shown (--csv for all)")
-
-
 def _as_of(value: str | None, today: date) -> date:
     if value is None:
         return today
@@ -363,6 +342,50 @@ def demo(app: App, workspace: str, patients: int, days: int, seed: int) -> None:
                       progress=app.progress("analysing"))
     for line in result.lines():
         app.say(line)
+
+
+@cli.command()
+@click.argument("patient")
+@click.option("--for", "audience", type=click.Choice(["patient", "clinician"]), default="patient",
+              show_default=True, help="Who the report is for.")
+@click.option("--format", "fmt", type=click.Choice(["md", "html", "json"]), default=None,
+              help="md or html for the patient (default md), html or json for the clinician (default html).")
+@click.option("--history", "show_history", is_flag=True, help="List every stored report of PATIENT instead.")
+@pass_app
+def report(app: App, patient: str, audience: str, fmt: str | None, show_history: bool) -> None:
+    """Print PATIENT's latest report as stored by the last analysis (nothing is recomputed)."""
+    from trigger_watch import reports
+
+    if show_history:
+        for line in reports.history_lines(app.db, patient):
+            app.say(line)
+        return
+    fmt = fmt or ("md" if audience == "patient" else "html")
+    click.echo(reports.stored_report(app.db, patient, audience, fmt), nl=False)
+
+
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+              help="Aligned columns with the first reason, CSV, or the ranking.json entries.")
+@click.option("--clinician", metavar="ID", help="Only this clinician's patients, ranked 1..n among them.")
+@pass_app
+def rank(app: App, fmt: str, clinician: str | None) -> None:
+    """Print the latest cohort ranking, highest priority first (nothing is recomputed; docs/clinical.md)."""
+    import json as json_mod
+
+    from trigger_watch import ranking
+
+    entries = ranking.read_ranking(app.config.reports_dir)
+    if clinician is not None:
+        entries = ranking.filter_by_clinician(entries, clinician)
+    if fmt == "json":
+        app.say(json_mod.dumps(entries, indent=2))
+    elif fmt == "csv":
+        click.echo(ranking.to_csv(entries), nl=False)
+    elif entries:
+        app.say(ranking.to_table(entries))
+    else:
+        app.say("no patients" + (f" of clinician {clinician}" if clinician else "") + " in the ranking")
 
 
 def main() -> None:

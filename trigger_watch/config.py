@@ -78,6 +78,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("analysis", "no_association_low", 0.8, "an OR interval inside [low, high] means no association", float),
     Setting("analysis", "no_association_high", 1.25, "upper end of the no-association band", float),
     Setting("analysis", "max_history_days", 730, "days of history used for a fit (most recent first)", int),
+    Setting("analysis", "validation_origins", 3,
+            "rolling-origin validation of the forecast: cohort refits on the days before each origin "
+            "(0: off; each costs about one fit)", int),
+    Setting("analysis", "validation_step_days", 30,
+            "days between validation origins; each origin's model forecasts the days up to the next one", int),
     # schedule
     Setting("schedule", "timezone", "UTC", "the daemon's clock"),
     Setting("schedule", "weather", "15 * * * *", "cron: when the daemon fetches weather"),

@@ -1,0 +1,225 @@
+"""The cycle and the daemon as a clinic runs them: incremental work, one cycle at a time, clean stops."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from trigger_watch import config as config_mod
+from trigger_watch import daemon, storage
+from trigger_watch.demo import run_demo
+from trigger_watch.importing import ImportOptions, import_file
+
+TODAY = date(2026, 11, 20)
+SEED = 4242
+
+
+@pytest.fixture(scope="module")
+def analysed_workspace(tmp_path_factory) -> Path:
+    """A demo workspace (8 patients x 150 days, seed 4242) after one full cycle."""
+    ws = tmp_path_factory.mktemp("demo") / "ws"
+    print(f"simulation seed {SEED}")
+    run_demo(ws, today=TODAY, n_patients=8, n_days=150, seed=SEED)
+    return ws
+
+
+@pytest.fixture
+def ws(analysed_workspace, tmp_path) -> Path:
+    copy = tmp_path / "ws"
+    shutil.copytree(analysed_workspace, copy)
+    return copy
+
+
+def cfg_of(ws: Path):
+    return config_mod.load(ws / "config.toml")
+
+
+def snapshot(reports: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(reports)): p.read_bytes() for p in sorted(reports.rglob("*")) if p.is_file()}
+
+
+def add_diary_row(db, ws: Path, patient: str, day: str, stress: int = 5) -> None:
+    f = ws / f"new-{patient}-{day}.csv"
+    f.write_text(f"patient_id,date,stress\n{patient},{day},{stress}\n")
+    import_file(db, "diary", f, ImportOptions(today=TODAY))
+
+
+def tw(ws: Path, *args: str, **kw) -> subprocess.Popen | subprocess.CompletedProcess:
+    env = {**os.environ, "TRIGGER_WATCH_CONFIG": str(ws / "config.toml")}
+    return subprocess.run([sys.executable, "-m", "trigger_watch", *args], cwd=ws, env=env, capture_output=True,
+                          text=True, timeout=180, **kw)
+
+
+def test_first_cycle_analysed_everyone_and_wrote_reports(analysed_workspace):
+    cfg = cfg_of(analysed_workspace)
+    reports = cfg.reports_dir
+    patients = sorted(p.name for p in reports.iterdir() if p.is_dir() and p.name != "cohort")
+    assert len(patients) == 8
+    for p in patients:
+        doc = json.loads((reports / p / "triggers.json").read_text())
+        assert doc["patient_id"] == p and doc["as_of"] == "2026-11-19"
+    ranking = json.loads((reports / "cohort" / "ranking.json").read_text())
+    assert sorted(r["patient_id"] for r in ranking) == patients
+
+
+def test_one_new_diary_row_reanalyses_that_patient_only(ws):
+    cfg = cfg_of(ws)
+    db = storage.connect(cfg.database)
+    quiet = daemon.run_cycle(db, cfg, today=date(2026, 11, 19), fetch=False)
+    assert quiet.analysed == [] and quiet.failed == {}          # nothing changed: nothing to do
+    before = snapshot(cfg.reports_dir)
+    add_diary_row(db, ws, "p00003", "2026-11-19", stress=9)
+    result = daemon.run_cycle(db, cfg, today=date(2026, 11, 19), fetch=False)
+    assert result.analysed == ["p00003"]
+    after = snapshot(cfg.reports_dir)
+    changed = {k.split("/")[0] for k in after if after[k] != before.get(k)}
+    assert changed <= {"p00003", "cohort"} and "p00003" in changed
+    runs = db.execute("SELECT status, patients_analysed FROM runs ORDER BY id").fetchall()
+    assert runs[-2:] == [("ok", 0), ("ok", 1)]
+
+
+def test_a_failing_patient_does_not_stop_the_others_and_is_retried(ws, monkeypatch):
+    from trigger_watch import reports
+
+    cfg = cfg_of(ws)
+    db = storage.connect(cfg.database)
+    for p in ("p00001", "p00002"):
+        add_diary_row(db, ws, p, "2026-11-19")
+    original = reports.write_patient_reports
+
+    def flaky(reports_dir, triggers, charts):
+        if triggers["patient_id"] == "p00001":
+            raise OSError("disk full (simulated)")
+        return original(reports_dir, triggers, charts)
+
+    monkeypatch.setattr(reports, "write_patient_reports", flaky)
+    first = daemon.run_cycle(db, cfg, today=date(2026, 11, 19), fetch=False)
+    assert first.analysed == ["p00002"] and list(first.failed) == ["p00001"]
+    assert "disk full" in first.failed["p00001"] and first.status == "partial"
+    info = daemon.status(db, cfg)
+    assert info["failing_patients"][0]["patient_id"] == "p00001"
+    monkeypatch.setattr(reports, "write_patient_reports", original)
+    second = daemon.run_cycle(db, cfg, today=date(2026, 11, 19), fetch=False)
+    assert second.analysed == ["p00001"]
+    assert daemon.status(db, cfg)["failing_patients"] == []
+
+
+def test_second_run_while_one_runs_exits_clearly_and_changes_nothing(ws):
+    cfg = cfg_of(ws)
+    before = snapshot(cfg.reports_dir)
+    with daemon.Lease(cfg.database).acquire():
+        r = tw(ws, "run", "--no-weather")
+    assert r.returncode == 1
+    assert "another trigger-watch cycle is running" in r.stderr and "Traceback" not in r.stderr
+    assert snapshot(cfg.reports_dir) == before
+    db = sqlite3.connect(cfg.database)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_run_waits_for_the_lease_when_asked(ws):
+    cfg = cfg_of(ws)
+    lease = daemon.Lease(cfg.database).acquire()
+    env = {**os.environ, "TRIGGER_WATCH_CONFIG": str(ws / "config.toml")}
+    proc = subprocess.Popen([sys.executable, "-m", "trigger_watch", "run", "--no-weather", "--wait", "60"], cwd=ws,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2)
+    assert proc.poll() is None  # still waiting
+    lease.release()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "cycle" in out and "nothing changed" in out
+
+
+def test_daemon_runs_scheduled_jobs_and_stops_on_sigterm(ws):
+    cfg_file = ws / "config.toml"
+    cfg_file.write_text(cfg_file.read_text() + textwrap.dedent("""
+        [schedule]
+        timezone = "UTC"
+        weather = "*/1 * * * * *"
+        analysis = "*/1 * * * * *"
+        misfire_grace_seconds = 5
+        """))
+    env = {**os.environ, "TRIGGER_WATCH_CONFIG": str(cfg_file)}
+    proc = subprocess.Popen([sys.executable, "-m", "trigger_watch", "daemon"], cwd=ws, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    db_path = cfg_of(ws).database
+    deadline = time.monotonic() + 60
+    kinds: set[str] = set()
+    while time.monotonic() < deadline and not {"cycle", "weather"} <= kinds:
+        time.sleep(0.5)
+        with sqlite3.connect(db_path) as con:
+            kinds = {r[0] for r in con.execute("SELECT kind FROM runs WHERE id > 1 AND status != 'running'")}
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert {"cycle", "weather"} <= kinds, err
+    assert proc.returncode == 0, err
+    assert "stopped cleanly" in err
+
+
+SLOW_RUN = """
+import sys, time
+from trigger_watch import reports
+original = reports.write_patient_reports
+def slow(*args, **kwargs):
+    paths = original(*args, **kwargs)
+    print("wrote", args[1]["patient_id"], flush=True)
+    time.sleep(1.0)
+    return paths
+reports.write_patient_reports = slow
+from trigger_watch.cli import main
+sys.argv = ["trigger-watch", "run", "--no-weather"]
+main()
+"""
+
+
+def test_sigkill_mid_cycle_leaves_reports_whole_and_next_cycle_completes(ws):
+    cfg = cfg_of(ws)
+    db = storage.connect(cfg.database)
+    for i in range(8):
+        add_diary_row(db, ws, f"p{i:05d}", "2026-11-19", stress=i)
+    db.conn.close()
+    env = {**os.environ, "TRIGGER_WATCH_CONFIG": str(ws / "config.toml")}
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_RUN], cwd=ws, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    written = []
+    while len(written) < 2:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+        if line.startswith("wrote"):
+            written.append(line.split()[1])
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    for folder in cfg.reports_dir.iterdir():
+        for f in folder.iterdir():
+            if f.suffix == ".json":
+                json.loads(f.read_text())  # every JSON file is whole
+            if f.suffix == ".html":
+                assert f.read_text().rstrip().endswith("</html>")
+    db = storage.connect(cfg.database)
+    result = daemon.run_cycle(db, cfg, today=date(2026, 11, 19), fetch=False)
+    assert result.status == "ok"
+    assert sorted(result.analysed) == [f"p{i:05d}" for i in range(8)]
+    statuses = [r[0] for r in db.execute("SELECT status FROM runs ORDER BY id")]
+    assert statuses[-2:] == ["abandoned", "ok"]
+
+
+def test_schedule_strings(tmp_path):
+    assert daemon.make_trigger("30 2 * * *", "UTC") is not None
+    assert daemon.make_trigger("every 10 minutes", "UTC") is not None
+    from trigger_watch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not valid"):
+        daemon.make_trigger("at noon", "UTC")

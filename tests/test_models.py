@@ -1,0 +1,192 @@
+"""Recovery tests of the trigger models: planted triggers are found, nulls are not, warning signs stay warning
+signs, avoidance never becomes a protective factor. Every cohort is simulated with a fixed, printed seed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+from trigger_watch import config, models, simulate
+
+SEED_PLANTED = 1101
+SEED_NULL = 2202
+N, DAYS = 60, 365
+
+
+def _long(res: dict) -> pd.DataFrame:
+    rows = [a.summary.assign(patient_id=pid, status=a.status) for pid, a in res.items()]
+    return pd.concat(rows, ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """Everyone has pressure_drop (lag 0) as a trigger with OR 3-4, and premonitory yawning and friends."""
+    print(f"planted cohort: seed {SEED_PLANTED}")
+    c = simulate.simulate_cohort(N, DAYS, SEED_PLANTED, plant=(("pressure_drop", 0, 1.0, 1.0),),
+                                 or_range=(3.0, 4.0), premonitory=1.0)
+    panel = simulate.panel_from_cohort(c)
+    res = models.analyse(panel, config.defaults(), store=False)
+    return c, panel, res, _long(res)
+
+
+@pytest.fixture(scope="module")
+def null():
+    print(f"null cohort: seed {SEED_NULL}")
+    c = simulate.simulate_cohort(N, DAYS, SEED_NULL, triggers=False, premonitory=1.0)
+    panel = simulate.panel_from_cohort(c)
+    res = models.analyse(panel, config.defaults(), store=False)
+    return c, panel, res, _long(res)
+
+
+def test_planted_trigger_is_recovered(planted):
+    c, _, _, s = planted
+    pd_rows = s[(s["factor"] == "pressure_drop") & (s["lag_days"] == 0)].merge(
+        c.truth.rename(columns={"lag": "lag_days"}), on=["patient_id", "factor", "lag_days"])
+    assert len(pd_rows) == N
+    inside = (np.log(pd_rows["ci_low"]) <= pd_rows["log_odds_ratio"]) & (
+        pd_rows["log_odds_ratio"] <= np.log(pd_rows["ci_high"]))
+    assert inside.mean() >= 0.85  # 95% intervals cover the planted log odds ratio
+    assert (pd_rows["verdict"] == "trigger").mean() >= 0.6
+    top = pd_rows[pd_rows["verdict"] == "trigger"]["rank"]
+    assert (top == 1).mean() >= 0.8  # and it is ranked first
+    # very few triggers that were not planted
+    trig = s[s["verdict"] == "trigger"]
+    false = trig[~((trig["factor"] == "pressure_drop") & (trig["lag_days"] == 0))]
+    assert len(false) <= 0.1 * len(trig)
+
+
+def test_planted_null_gives_no_trigger(null):
+    _, _, _, s = null
+    assert (s["verdict"] == "trigger").sum() == 0
+    assert (s["verdict"] == "protective").sum() == 0
+
+
+def test_symptoms_are_warning_signs_never_triggers(planted, null):
+    for _, _, _, s in (planted, null):
+        sym = s[s["factor"].str.startswith("symptom:")]
+        assert not (sym["verdict"] == "trigger").any()
+        assert (sym["verdict"] == "warning_sign").sum() >= N // 2
+        assert set(sym["verdict"]) <= {"warning_sign", "no_association", "insufficient_data"}
+
+
+def test_avoidance_at_lag_0_is_never_protective(null):
+    _, _, _, s = null
+    beh0 = s[s["factor"].isin(["alcohol_units", "exercise_minutes"]) & (s["lag_days"] == 0)]
+    est = beh0.dropna(subset=["odds_ratio"])
+    assert (est["odds_ratio"] < 1).mean() > 0.8  # the artefact is there (people skip drinks in an attack)
+    assert (est["ci_high"] < 1).sum() >= 10  # and strong
+    assert not (beh0["verdict"] == "protective").any()  # but never reported as protective
+
+
+def test_summary_follows_the_report_contract(planted):
+    _, _, res, _ = planted
+    a = next(iter(res.values()))
+    assert list(a.summary.columns) == models.SUMMARY_COLUMNS
+    assert set(a.data) == {"first_day", "last_day", "diary_days", "missing_days", "at_risk_days", "attacks",
+                           "migraine_days_last_30"}
+    assert a.status == "ok"
+    assert a.model["method"] and a.model["model_id"].startswith(models.MODEL_VERSION)
+    for r in res.values():
+        s = r.summary
+        ranks = s.loc[s["verdict"] == "trigger", "rank"].tolist()
+        assert ranks == list(range(1, len(ranks) + 1))
+        assert s.loc[s["verdict"] != "trigger", "rank"].isna().all()
+        assert s.loc[s["verdict"] != "insufficient_data", "days_needed"].isna().all()
+        assert set(s["verdict"]) <= {"trigger", "protective", "no_association", "insufficient_data",
+                                     "warning_sign"}
+        booleans = s["factor"].isin(["pressure_drop", "weekend"])
+        assert (s.loc[booleans, "exposure"] == "yes").all()
+        cont = s[s["factor"] == "alcohol_units"]
+        assert cont["exposure"].str.match(r"^>= [\d.]+ drinks$").all()
+
+
+def test_short_history_is_insufficient_data():
+    print(f"short cohort: seed {SEED_NULL + 1}")
+    c = simulate.simulate_cohort(3, 40, SEED_NULL + 1)
+    res = models.analyse(simulate.panel_from_cohort(c), config.defaults(), store=False)
+    for a in res.values():
+        assert a.status == "insufficient_data"
+        assert (a.summary["verdict"] == "insufficient_data").all() or not (
+            a.summary["verdict"].isin(["trigger", "protective"])).any()
+        assert (a.summary["days_needed"].dropna() >= 20).all()
+
+
+def test_model_store_reuses_unchanged_patients(tmp_path):
+    print(f"store cohort: seed {SEED_PLANTED + 1}")
+    cfg = config.defaults(tmp_path).with_values(storage__models_dir=str(tmp_path / "models"))
+    c = simulate.simulate_cohort(8, 120, SEED_PLANTED + 1)
+    panel = simulate.panel_from_cohort(c)
+    first = models.analyse(panel, cfg)
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["analyses.joblib", "index.joblib"]
+    store = models.ModelStore(cfg.models_dir)
+    pid = next(iter(first))
+    fp = first[pid].model["fingerprint"]
+    assert store.is_current(pid, fp, first[pid].model["prior_id"])
+    assert store.load(pid).summary.equals(first[pid].summary)
+    again = models.analyse(panel, cfg)
+    assert again[pid].model["model_id"] == first[pid].model["model_id"]
+    assert again[pid].model["fitted_at"] == first[pid].model["fitted_at"]  # not refitted
+    changed = panel.copy()
+    changed.attrs = panel.attrs
+    changed.loc[changed["patient_id"] == pid, "stress@0"] += 1.0
+    third = models.analyse(changed, cfg)
+    assert third[pid].model["fingerprint"] != fp
+    assert not models.ModelStore(cfg.models_dir).is_current(pid, fp)
+    other = next(p for p in first if p != pid)
+    assert third[other].model["fingerprint"] == first[other].model["fingerprint"]
+
+
+def test_trigger_model_follows_sklearn_conventions(planted):
+    _, panel, res, _ = planted
+    m = models.TriggerModel(fdr=0.2)
+    assert m.get_params() == {"prior": None, "fdr": 0.2}
+    assert clone(m).get_params() == m.get_params()
+    with pytest.raises(NotFittedError):
+        m.predict_proba(panel.head())
+    one = panel[(panel["patient_id"] == panel["patient_id"].iloc[0]) & panel["at_risk"]]
+    X = one[panel.attrs["factors"]["column"]]
+    assert m.fit(X, one["onset"], factors=panel.attrs["factors"]) is m
+    assert list(m.summary.columns) == models.SUMMARY_COLUMNS
+    proba = m.predict_proba(X)
+    assert proba.shape == (len(X), 2) and np.allclose(proba.sum(1), 1) and (proba > 0).all()
+    # the cohort estimator predicts higher risk on pressure-drop days for a patient with that trigger
+    est = res[one["patient_id"].iloc[0]].estimator
+    p = est.predict_proba(X)[:, 1]
+    drop = X["pressure_drop@0"].to_numpy() == 1
+    assert p[drop].mean() > p[~drop].mean()
+    contrib = est.contributions(X)
+    assert contrib.loc[drop, "pressure_drop@0"].gt(0).all()
+    assert abs(p.mean() - one["onset"].mean()) < 0.05  # calibrated in the large
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=50))
+def test_q_values_are_monotone_running_means(lfsr):
+    a = np.array(lfsr)
+    q = models.q_values(a)
+    order = np.argsort(a, kind="stable")
+    assert (np.diff(q[order]) >= -1e-12).all()
+    assert (q >= a.min() - 1e-12).all() and (q <= a.max() + 1e-12).all()
+
+
+def test_a_run_over_some_patients_under_the_stored_prior_adds_to_the_store(tmp_path):
+    print(f"store cohort: seed {SEED_PLANTED + 2}")
+    cfg = config.defaults(tmp_path).with_values(storage__models_dir=str(tmp_path / "models"))
+    c = simulate.simulate_cohort(6, 120, SEED_PLANTED + 2)
+    panel = simulate.panel_from_cohort(c)
+    full = models.analyse(panel, cfg)
+    store = models.ModelStore(cfg.models_dir)
+    one = min(full)
+    sub = panel[panel["patient_id"] == one].copy()
+    sub.attrs = panel.attrs
+    sub.loc[sub.index[-1], "stress@0"] = 9.0  # the patient's data changed
+    part = models.analyse(sub, cfg, prior=store.load_prior())
+    after = models.ModelStore(cfg.models_dir)
+    assert after.is_current(one, part[one].model["fingerprint"])
+    others = [p for p in full if p != one]
+    assert all(after.is_current(p, full[p].model["fingerprint"]) for p in others)

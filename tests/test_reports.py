@@ -1,0 +1,448 @@
+"""Reports: the words of every verdict, odd patients, hostile text, atomic writes, history, the CLI."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+import os
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trigger_watch import charts, reports, storage
+from trigger_watch.errors import TriggerWatchError, UnknownPatient
+
+HOSTILE = '<script>alert(1)</script>'
+QUOTES = 'he said "stop" & it\'s <b>bold</b>'
+LONG = "x" * 5000
+CHINESE = "头痛"
+GERMAN = "Kopfschmerz ü"
+
+
+def factor(fid="alcohol_units", lag=1, verdict="trigger", **kw) -> dict:
+    base = {"factor": fid, "label": f"{fid} label", "lag_days": lag, "verdict": verdict,
+            "rank": 1 if verdict == "trigger" else None, "odds_ratio": 2.4, "ci_low": 1.5, "ci_high": 3.9,
+            "q_value": 0.01, "exposed_days": 31, "attacks_after_exposure": 14, "days_needed": None,
+            "unexposed_days": 160, "attacks_without_exposure": 20, "exposure": ">= 3 drinks", "group": "behaviour"}
+    base.update(kw)
+    return base
+
+
+def triggers_doc(pid="p1", factors=None, **kw) -> dict:
+    doc = {
+        "schema_version": 1, "patient_id": pid, "generated_at": "2026-11-21T02:30:00Z", "as_of": "2026-11-20",
+        "data": {"first_day": "2026-05-01", "last_day": "2026-11-20", "diary_days": 190, "missing_days": 14,
+                 "at_risk_days": 151, "attacks": 23, "migraine_days_last_30": 5},
+        "status": "ok",
+        "factors": factors if factors is not None else [
+            factor(),
+            factor("symptom:yawning", 1, "warning_sign", exposure="yes", group="symptom"),
+            factor("screen_hours", 0, "no_association", exposure=">= 6 h", odds_ratio=1.0, ci_low=0.9, ci_high=1.1),
+            factor("sleep_short", 1, "insufficient_data", exposure="yes", days_needed=40, odds_ratio=1.4,
+                   ci_low=0.7, ci_high=2.8),
+            factor("exercise_minutes", 1, "protective", exposure=">= 30 min", odds_ratio=0.5, ci_low=0.3,
+                   ci_high=0.8, attacks_after_exposure=2, exposed_days=30),
+        ],
+        "forecast": {"date": "2026-11-21", "attack_probability": 0.31, "baseline_probability": 0.15,
+                     "drivers": [{"factor": "pressure_drop", "lag_days": 0, "contribution": 0.08}]},
+        "flags": {"chronic_migraine": False, "medication_overuse": True, "details": ["triptans on 12 days"]},
+        "treatments": [{"treatment": "erenumab", "date": "2026-08-02", "migraine_days_per_30_before": 9.1,
+                        "migraine_days_per_30_after": 4.2, "responder": True, "caveat": None}],
+        "model": {"method": "hazard", "model_id": "m1", "fitted_at": "2026-11-21T02:29:00Z", "cv_auc": 0.68,
+                  "cv_brier": 0.12, "cv_days": 90, "base_rate_brier": 0.13,
+                  "calibration": [{"bin_low": 0, "bin_high": 0.2, "predicted": 0.1, "observed": 0.12, "n": 40},
+                                  {"bin_low": 0.2, "bin_high": 0.4, "predicted": 0.3, "observed": 0.25, "n": 12}]},
+    }
+    doc.update(kw)
+    return doc
+
+
+def charts_doc(days=60, start_month="2026-09") -> dict:
+    y, m = map(int, start_month.split("-"))
+    cal = []
+    from datetime import date, timedelta
+    d0 = date(y, m, 1)
+    for k in range(days):
+        d = d0 + timedelta(days=k)
+        status = ["free", "onset", "attack", "missing"][k % 4]
+        cal.append({"date": d.isoformat(), "status": status, "intensity": 6.0 if status in ("onset", "attack")
+                    else None})
+    months = sorted({c["date"][:7] for c in cal})
+    return {"calendar": cal,
+            "monthly": [{"month": mo, "migraine_days": 5, "headache_days": 7, "days_logged": 25} for mo in months],
+            "gaps": [{"start": "2026-09-10", "end": "2026-09-20", "days": 11}]}
+
+
+class TextOf(HTMLParser):
+    """The visible text of a page (script and style excluded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.parts, self._skip = [], 0
+
+    def handle_starttag(self, tag, attrs):
+        self._skip += tag in ("script", "style", "title")
+
+    def handle_endtag(self, tag):
+        self._skip -= tag in ("script", "style", "title")
+
+    def handle_data(self, data):
+        if not self._skip:
+            self.parts.append(data)
+
+
+def visible_text(html: str) -> str:
+    p = TextOf()
+    p.feed(html)
+    return " ".join(" ".join(p.parts).split())
+
+
+# ------------------------------------------------------------------------------------------- wording
+
+@pytest.mark.parametrize("f, expected", [
+    (factor(), "Alcohol seems to be one of your triggers. On 14 of the 31 days after 3 or more drinks you had an "
+               "attack; on other days it was 1 in 8."),
+    (factor(lag=0), "Alcohol seems to be one of your triggers. On 14 of the 31 days with 3 or more drinks you had "
+                    "an attack; on other days it was 1 in 8."),
+    (factor("symptom:yawning", verdict="warning_sign", exposure="yes"),
+     "Yawning often comes before your attacks: it may be an early sign of the attack rather than its cause."),
+    (factor("caffeine_mg", verdict="insufficient_data", days_needed=45),
+     "We can't tell yet whether caffeine matters; about 45 more days of logging would help."),
+    (factor("caffeine_mg", verdict="insufficient_data", days_needed=None),
+     "We can't tell yet whether caffeine matters; keep logging it."),
+    (factor("temperature_change", verdict="insufficient_data", days_needed=20),
+     "We can't tell yet whether changes in temperature matter; about 20 more days of logging would help."),
+    (factor("screen_hours", verdict="no_association"), "Screen time did not make a difference for you."),
+    (factor("exercise_minutes", verdict="protective", exposure=">= 30 min", attacks_after_exposure=2,
+            exposed_days=30),
+     "Exercise seemed to come with fewer attacks. That does not prove it prevents them. On 2 of the 30 days "
+     "after 30 minutes or more of exercise you had an attack; on other days it was 1 in 8."),
+    (factor("pressure_drop", exposure="yes", attacks_without_exposure=0),
+     "A drop in air pressure seems to be one of your triggers. On 14 of the 31 days after a big drop in air "
+     "pressure you had an attack; on other days you had none."),
+    (factor("food:red_wine", lag=0, exposure="yes"),
+     "Red wine seems to be one of your triggers. On 14 of the 31 days with having red wine you had an attack; "
+     "on other days it was 1 in 8."),
+    (factor("sleep_hours", exposure="> 8.5 h", exposed_days=None),
+     "How long you sleep seems to be one of your triggers."),
+])
+def test_every_verdict_has_its_sentence(f, expected):
+    assert reports.factor_sentence(f) == expected
+
+
+def test_protective_and_no_association_never_claim_a_cause():
+    protective = reports.factor_sentence(factor("exercise_minutes", verdict="protective"))
+    assert "trigger" not in protective and "prevents" in protective and "does not prove" in protective
+    warning = reports.factor_sentence(factor("symptom:yawning", verdict="warning_sign"))
+    assert "trigger" not in warning and "early sign" in warning
+
+
+@pytest.mark.parametrize("events, days, words", [(20, 160, "1 in 8"), (0, 50, "none"), (3, 4, "3 of 4"),
+                                                 (None, 10, None), (3, 0, None), (1, 1, "1 of 1")])
+def test_rates_read_as_people_say_them(events, days, words):
+    assert reports.one_in(events, days) == words
+
+
+def test_a_factor_is_told_once_under_its_strongest_verdict():
+    doc = triggers_doc(factors=[factor("alcohol_units", 0, "no_association"), factor("alcohol_units", 1),
+                                factor("stress", 0, "no_association"), factor("stress", 1, "no_association")])
+    md = reports.render_patient_md(doc, {})
+    assert "Alcohol seems to be one of your triggers" in md
+    assert "Alcohol did not make a difference" not in md
+    assert "Stress did not make a difference for you." in md
+
+
+def test_forecast_in_words_and_percent():
+    lines = reports.forecast_sentences(triggers_doc())
+    text = " ".join(lines)
+    assert "Your chance of an attack tomorrow (Saturday 21 November 2026) is about 31% (about 1 in 3)." in text
+    assert "higher than usual for you (usually 15%)" in text
+    assert "a big drop in air pressure" in text
+    assert reports.forecast_sentences(triggers_doc(forecast=None)) == []
+
+
+def test_patient_summary_has_every_section_and_the_disclaimer():
+    md = reports.render_patient_md(triggers_doc(), charts_doc())
+    for heading in ("## What seems to set off your attacks", "## Early warning signs",
+                    "## What seemed to come with fewer attacks", "## What we can't tell yet",
+                    "## What did not seem to matter", "## Tomorrow"):
+        assert heading in md
+    assert "1. Alcohol seems to be one of your triggers." in md
+    assert "not medical advice" in md and "clinician" in md
+    assert "190 days you logged between 1 May 2026 and 20 November 2026" in md
+    html = visible_text(reports.render_patient_html(triggers_doc(), charts_doc()))
+    assert "Yawning often comes before your attacks" in html and "not medical advice" in html
+
+
+def test_triggers_are_listed_in_rank_order_and_capped():
+    fs = [factor(f"custom_{i}", rank=r, exposure="yes") for i, r in enumerate([3, 1, 2, 4, 5, 6, 7])]
+    md = reports.render_patient_md(triggers_doc(factors=fs), {})
+    order = [md.index(f"Custom {i} seems") for i in (1, 2, 0, 3, 4)]
+    assert order == sorted(order)
+    assert "Custom 5 seems" not in md and "We found 2 more" in md
+
+
+def test_clinician_page_shows_every_verdict_flags_model_and_charts():
+    html = reports.render_clinician_html(triggers_doc(), charts_doc())
+    text = visible_text(html)
+    for v in ("trigger", "protective", "warning sign", "insufficient data", "no association"):
+        assert v in text
+    assert "Medication overuse: yes" in text and "hazard" in text and "m1" in text
+    assert html.count("<svg") == 5  # calendar, legend, monthly, forest, calibration
+    assert "erenumab" in text and "2026-09-10" in text
+
+
+# ------------------------------------------------------------------------------------- odd patients
+
+def test_a_patient_with_no_data_renders_everything():
+    doc = {"schema_version": 1, "patient_id": "p0", "generated_at": "2026-11-21T02:30:00Z", "as_of": "2026-11-20",
+           "data": {"diary_days": 0, "attacks": 0}, "status": "insufficient_data", "factors": []}
+    texts = reports.patient_texts(doc, {})
+    assert "nothing logged from you yet" in texts["summary.md"]
+    assert "## Tomorrow" not in texts["summary.md"]
+    assert "No factors were tested: too little data so far" in visible_text(texts["clinician.html"])
+    assert "No model was fitted" in visible_text(texts["clinician.html"])
+    bare = reports.patient_texts({"patient_id": "p0"}, None)  # every optional block missing
+    assert "nothing logged" in bare["summary.md"] and "Patient p0" in bare["clinician.html"]
+
+
+def test_a_patient_with_only_attacks():
+    doc = triggers_doc(factors=[], forecast=None, model=None, status="insufficient_data",
+                       data={"first_day": "2026-10-01", "last_day": "2026-11-20", "diary_days": 0, "attacks": 4})
+    cal = [{"date": f"2026-10-{d:02d}", "status": "onset", "intensity": None} for d in (3, 9, 20, 27)]
+    md = reports.render_patient_md(doc, {"calendar": cal})
+    assert "We have 4 attacks from you between 1 October 2026 and 20 November 2026, but no diary days yet." in md
+    html = reports.render_clinician_html(doc, {"calendar": cal})
+    assert html.count("<title>2026-10-") == 4
+
+
+def test_a_patient_with_one_month():
+    ch_ = charts_doc(days=30, start_month="2026-11")
+    doc = triggers_doc(data={"first_day": "2026-11-01", "last_day": "2026-11-30", "diary_days": 1, "attacks": 1})
+    html = reports.render_clinician_html(doc, ch_)
+    assert html.count("<title>2026-11-") == 30
+    md = reports.render_patient_md(doc, ch_)
+    assert "the 1 day you logged" in md and "You had 1 attack in that time." in md
+
+
+# --------------------------------------------------------------------------------------- hostile text
+
+def hostile_doc():
+    fs = [factor(f"custom:{HOSTILE}", label=HOSTILE, exposure="yes"),
+          factor(f"custom:{QUOTES}", 0, "no_association", label=QUOTES, exposure=QUOTES),
+          factor(f"custom:{LONG}", 1, "insufficient_data", label=LONG, days_needed=30),
+          factor(f"custom:{CHINESE}", 1, "warning_sign", label=CHINESE, exposure="yes"),
+          factor(f"food:{GERMAN}", 1, "protective", label=GERMAN, exposure="yes")]
+    doc = triggers_doc(factors=fs)
+    doc["flags"]["details"] = [HOSTILE, QUOTES]
+    doc["treatments"][0]["treatment"] = HOSTILE
+    doc["treatments"][0]["caveat"] = QUOTES
+    doc["model"]["method"] = HOSTILE
+    return doc
+
+
+def test_hostile_text_is_escaped_in_html_and_round_trips():
+    doc = hostile_doc()
+    for html in (reports.render_patient_html(doc, charts_doc()), reports.render_clinician_html(doc, charts_doc())):
+        assert "<script" not in html
+        assert "alert(1)" in html and "&lt;script&gt;" in html
+        assert "<b>bold</b>" not in html
+        text = visible_text(html)  # the browser shows exactly what was typed
+        assert HOSTILE in text and CHINESE in text and GERMAN in text
+    clinician = visible_text(reports.render_clinician_html(doc, charts_doc()))
+    assert QUOTES in clinician and LONG in clinician
+    assert "\u2026" in reports.render_clinician_html(doc, {})  # the forest plot label is shortened
+
+
+def test_hostile_text_in_markdown_is_shown_not_run():
+    md = reports.render_patient_md(hostile_doc(), {})
+    assert "<script>" not in md and r"\<script\>alert(1)\</script\>" in md
+    assert CHINESE in md and GERMAN in md
+    assert "<b>" not in md
+
+
+def test_json_keeps_non_latin_text_and_round_trips():
+    doc = hostile_doc()
+    text = reports.to_json(doc)
+    assert CHINESE in text and GERMAN in text
+    assert json.loads(text) == doc
+
+
+def test_ranking_page_escapes_and_links(tmp_path):
+    rows = [{"patient_id": 'p"1<x>', "clinician_id": HOSTILE, "rank": 1, "risk_next_day": 0.4, "risk_band": "high",
+             "migraine_days_last_30": 14, "migraine_days_prev_90_per_30": 6.0, "trend": "worse",
+             "chronic_migraine": True, "medication_overuse": False, "top_triggers": ["alcohol_units"],
+             "days_logged_last_30": 28, "last_entry": "2026-11-20", "latest_treatment_response": None,
+             "reasons": ["14 migraine days in the last 30, up from 6", CHINESE]},
+            {"patient_id": "p2", "clinician_id": "dr_b", "rank": 2, "risk_next_day": None, "reasons": []}]
+    html = reports.render_ranking_html(rows)
+    assert html.count("<script") == 1  # our own sorter only
+    assert 'href="../p2/clinician.html"' in html
+    assert 'href="../p%221%3Cx%3E/clinician.html"' in html
+    assert "14 migraine days in the last 30, up from 6" in visible_text(html) and CHINESE in html
+
+
+def test_ranking_csv_is_a_safe_spreadsheet():
+    rows = [{"patient_id": "=HYPERLINK(1)", "rank": 1, "top_triggers": ["a", "b"], "chronic_migraine": True,
+             "reasons": ["one", "two"], "risk_next_day": 0.25}]
+    table = list(csv.DictReader(io.StringIO(reports.ranking_csv(rows))))
+    assert table[0]["patient_id"] == "'=HYPERLINK(1)"
+    assert table[0]["top_triggers"] == "a; b" and table[0]["reasons"] == "one; two"
+    assert table[0]["chronic_migraine"] == "1" and table[0]["risk_next_day"] == "0.25"
+    assert table[0]["clinician_id"] == ""
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.text(min_size=1, max_size=60).filter(lambda s: s.strip() and "\x00" not in s and "\r" not in s))
+def test_any_factor_name_shows_exactly_as_typed(name):
+    f = factor(f"custom:{name}", exposure="yes")
+    html = reports.render_patient_html(triggers_doc(factors=[f]), {})
+    sentence = reports.factor_sentence(f)
+    assert " ".join(sentence.split()) in visible_text(html)
+
+
+# -------------------------------------------------------------------------------------------- charts
+
+def test_charts_draw_what_they_are_given():
+    cal = charts.calendar_svg(charts_doc(days=45)["calendar"])
+    assert cal.count("<rect") == 45 and "stroke=\"#222\"" in cal  # onsets outlined
+    forest = charts.forest_svg(triggers_doc()["factors"] + [factor("x", odds_ratio=None, ci_low=None, ci_high=None)])
+    assert forest.count("<rect x=") == 1 + 5  # no-association band + one square per estimate
+    assert "no estimate" in forest
+    monthly = charts.monthly_svg(charts_doc()["monthly"], [{"treatment": "botox", "date": "2026-10-15"}])
+    assert "botox" in monthly
+    assert charts.calendar_svg([]) == "" and charts.forest_svg([]) == "" and charts.calibration_svg(None) == ""
+
+
+def test_json_has_no_nan():
+    doc = triggers_doc(factors=[factor(odds_ratio=math.nan, ci_high=math.inf)])
+    out = json.loads(reports.to_json(doc))
+    assert out["factors"][0]["odds_ratio"] is None and out["factors"][0]["ci_high"] is None
+
+
+# ----------------------------------------------------------------------------------- atomic writing
+
+def test_writes_the_four_files_and_the_cohort(tmp_path):
+    paths = reports.write_patient_reports(tmp_path, triggers_doc(), charts_doc())
+    assert sorted(p.name for p in paths) == sorted(reports.PATIENT_FILES)
+    assert json.loads((tmp_path / "p1" / "triggers.json").read_text(encoding="utf-8")) == triggers_doc()
+    cohort = reports.write_cohort_reports(tmp_path, [{"patient_id": "p1", "rank": 1, "reasons": []}])
+    assert sorted(p.name for p in cohort) == sorted(reports.COHORT_FILES)
+    assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+def test_a_render_failure_leaves_the_old_reports_and_other_patients_intact(tmp_path):
+    reports.write_patient_reports(tmp_path, triggers_doc("p1"), charts_doc())
+    reports.write_patient_reports(tmp_path, triggers_doc("p2"), charts_doc())
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    broken = triggers_doc("p2", as_of="2026-12-01")
+    broken["forecast"]["attack_probability"] = "high"  # not a number: rendering raises
+    with pytest.raises(TypeError):
+        reports.write_patient_reports(tmp_path, broken, charts_doc())
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_a_crash_during_the_rename_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "summary.md"
+    reports.atomic_write(target, "old")
+
+    def boom(src, dst):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        reports.atomic_write(target, "new" * 1000)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.md"]
+
+
+@pytest.mark.parametrize("pid", ["../escape", "a/b", "", ".."])
+def test_a_patient_id_cannot_escape_the_reports_folder(tmp_path, pid):
+    with pytest.raises(TriggerWatchError):
+        reports.write_patient_reports(tmp_path / "reports", triggers_doc(pid), {})
+    assert not (tmp_path / "escape").exists()
+
+
+# ------------------------------------------------------------------------------------------- history
+
+def test_history_keeps_what_we_told_each_time(db):
+    assert 40 in storage.applied_versions(db)
+    first = triggers_doc(generated_at="2026-10-21T02:30:00Z", as_of="2026-10-20")
+    second = triggers_doc(generated_at="2026-11-21T02:30:00Z", factors=[factor("stress")])
+    reports.record_history(db, first, charts_doc())
+    with storage.transaction(db):  # inside the caller's transaction too
+        reports.record_history(db, second, charts_doc(days=10))
+    rows = reports.history(db, "p1")
+    assert [r["as_of"] for r in rows] == ["2026-11-20", "2026-10-20"]
+    assert rows[1]["triggers"] == first and rows[1]["charts"] is None  # only the newest keeps its charts
+    assert rows[0]["charts"] == charts_doc(days=10)
+    assert reports.latest(db, "p1") == second and reports.latest(db, "nobody") is None
+    reports.record_history(db, second, None)  # the same run again replaces, does not duplicate
+    assert len(reports.history(db, "p1")) == 2
+
+
+def test_stored_report_and_errors(patients):
+    db = patients
+    with pytest.raises(UnknownPatient):
+        reports.stored_report(db, "nobody")
+    with pytest.raises(TriggerWatchError, match="has not been analysed yet"):
+        reports.stored_report(db, "p1")
+    reports.record_history(db, triggers_doc("p1"), charts_doc())
+    assert "Alcohol seems to be one of your triggers" in reports.stored_report(db, "p1", "patient", "md")
+    assert json.loads(reports.stored_report(db, "p1", "clinician", "json"))["patient_id"] == "p1"
+    assert "<svg" in reports.stored_report(db, "p1", "clinician", "html")
+    with pytest.raises(TriggerWatchError, match="no md report for the clinician"):
+        reports.stored_report(db, "p1", "clinician", "md")
+
+
+def test_forget_erases_the_history(patients):
+    from trigger_watch.diary import forget
+
+    reports.record_history(patients, triggers_doc("p1"), {})
+    deleted = forget(patients, "p1")
+    assert deleted.get("reports") == 1 and reports.history(patients, "p1") == []
+
+
+def test_cli_report_prints_the_stored_report(tmp_path):
+    (tmp_path / "config.toml").write_text('[storage]\ndatabase = "tw.db"\n')
+    db = storage.connect(tmp_path / "tw.db")
+    db.conn.execute("INSERT INTO patients (patient_id) VALUES ('p1')")
+    db.conn.commit()
+    reports.record_history(db, triggers_doc("p1", factors=[factor(label=CHINESE)]), charts_doc())
+    db.conn.close()
+    from click.testing import CliRunner
+
+    from trigger_watch.cli import cli
+
+    def tw(*args):
+        return CliRunner().invoke(cli, ["--config", str(tmp_path / "config.toml"), *args])
+
+    r = tw("report", "p1")
+    assert r.exit_code == 0 and "Alcohol seems to be one of your triggers" in r.output
+    r = tw("report", "p1", "--for", "clinician", "--format", "html")
+    assert r.exit_code == 0 and r.output.startswith("<!DOCTYPE html>") and CHINESE in r.output
+    r = tw("report", "p1", "--history")
+    assert r.exit_code == 0 and "as of 2026-11-20  ok  model m1  triggers: alcohol_units@1" in r.output
+    r = tw("report", "ghost")  # main() turns this into one line on stderr and exit 1
+    assert isinstance(r.exception, UnknownPatient)
+
+
+def test_benchmark_builder_output_renders(tmp_path):
+    """The fake cohort of the benchmark and screenshots is a valid input (guards the demo pages)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    try:
+        import render_reports
+    finally:
+        sys.path.pop(0)
+    doc, ch_ = render_reports.fake_patient(1, days=60)
+    texts = reports.patient_texts(copy.deepcopy(doc), ch_)
+    assert "Your migraine report" in texts["summary.html"]
+    assert "rank" in reports.render_ranking_html(render_reports.fake_ranking(5))

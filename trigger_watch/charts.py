@@ -1,0 +1,307 @@
+"""Charts for the report pages: inline SVG written directly as strings.
+
+No plotting library: a chart is a few hundred ``<rect>``/``<line>`` elements, built with f-strings in well
+under a millisecond, so thousands of patients render in seconds and every page stays one self-contained
+file that prints cleanly. Every function takes plain lists/dicts (the ``charts`` and ``triggers`` blocks of
+``reports``), computes no statistics, escapes every piece of text it places in the SVG, and returns
+:class:`markupsafe.Markup` (an empty one when there is nothing to draw).
+"""
+
+from __future__ import annotations
+
+import calendar as _calendar
+import math
+from datetime import date
+
+from markupsafe import Markup, escape
+
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+#: Colour of each verdict (forest plot, legends, badges).
+VERDICT_COLOURS = {
+    "trigger": "#c0392b",
+    "protective": "#1f6fb2",
+    "warning_sign": "#b9770e",
+    "insufficient_data": "#8e9aa6",
+    "no_association": "#4d5656",
+}
+VERDICT_ORDER = ("trigger", "protective", "warning_sign", "insufficient_data", "no_association")
+
+CAL_COLOURS = {"free": "#dcefd6", "missing": "#ffffff", "attack": "#fb8a6a", "onset": "#e0442f"}
+_LOW, _HIGH = (252, 200, 175), (140, 10, 20)   # attack days: mild -> severe
+
+
+def _e(text) -> str:
+    return str(escape("" if text is None else text))
+
+
+def _short(text, n: int) -> str:
+    text = "" if text is None else str(text)
+    return text if len(text) <= n else text[: n - 1] + "\u2026"
+
+
+def _num(x: float) -> str:
+    return f"{x:.1f}".rstrip("0").rstrip(".")
+
+
+def _svg(width: float, height: float, label: str, body: list[str]) -> Markup:
+    return Markup(
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" aria-label="{_e(label)}" '
+        f'viewBox="0 0 {_num(width)} {_num(height)}" width="{_num(width)}" height="{_num(height)}" '
+        f'font-family="system-ui, sans-serif" font-size="11">{"".join(body)}</svg>'
+    )
+
+
+def intensity_colour(intensity: float | None, status: str) -> str:
+    """Fill of an attack day: light for mild, dark red for severe (intensity 0-10); fixed when unknown."""
+    if intensity is None or (isinstance(intensity, float) and math.isnan(intensity)):
+        return CAL_COLOURS[status]
+    t = min(max(float(intensity) / 10.0, 0.0), 1.0)
+    r, g, b = (round(lo + (hi - lo) * t) for lo, hi in zip(_LOW, _HIGH))
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+# ------------------------------------------------------------------------------------ attack calendar
+
+def calendar_svg(days: list[dict], *, cell: int = 15) -> Markup:
+    """Heat map of days: one row per month, one cell per day of the month.
+
+    ``days``: ``[{"date": "YYYY-MM-DD", "status": "onset"|"attack"|"free"|"missing", "intensity": 0-10 or
+    None}]``. Onset days are outlined; attack days are coloured by intensity; missing days are blank.
+    """
+    if not days:
+        return Markup("")
+    by_month: dict[tuple[int, int], list[tuple[int, dict]]] = {}
+    for d in days:
+        day = date.fromisoformat(d["date"])
+        by_month.setdefault((day.year, day.month), []).append((day.day, d))
+    first, last = min(by_month), max(by_month)
+    months = []
+    y, m = first
+    while (y, m) <= last:
+        months.append((y, m))
+        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+    left, top = 62, 16
+    width, height = left + 31 * cell + 4, top + len(months) * cell + 4
+    out = []
+    for d in (1, 5, 10, 15, 20, 25, 30):
+        out.append(f'<text x="{left + (d - 1) * cell + cell / 2:.1f}" y="11" text-anchor="middle" '
+                   f'fill="#555">{d}</text>')
+    for row, (y, m) in enumerate(months):
+        yy = top + row * cell
+        out.append(f'<text x="{left - 6}" y="{yy + cell - 3}" text-anchor="end" fill="#333">'
+                   f'{MONTHS[m - 1]} {y}</text>')
+        for dom, d in by_month.get((y, m), ()):
+            status = d.get("status")
+            if status not in CAL_COLOURS:
+                status = "missing"
+            fill = intensity_colour(d.get("intensity"), status) if status in ("onset", "attack") \
+                else CAL_COLOURS.get(status, "#ffffff")
+            stroke = ' stroke="#222" stroke-width="1.5"' if status == "onset" else ' stroke="#ccc" stroke-width="0.5"'
+            # Safe without escaping: the date was parsed above, the status is one of CAL_COLOURS.
+            tip = f'{y:04d}-{m:02d}-{dom:02d}: {status}'
+            if d.get("intensity") is not None and status in ("onset", "attack"):
+                tip += f", intensity {_num(float(d['intensity']))}"
+            out.append(f'<rect x="{left + (dom - 1) * cell + 0.5}" y="{yy + 0.5}" width="{cell - 2}" '
+                       f'height="{cell - 2}" fill="{fill}"{stroke}><title>{tip}</title></rect>')
+    return _svg(width, height, "Attack calendar: one row per month, one square per day", out)
+
+
+def calendar_legend() -> Markup:
+    items = [("free", "no attack"), ("missing", "nothing logged"), ("attack", "attack day (darker = worse)"),
+             ("onset", "attack started (outlined)")]
+    out, x = [], 2
+    for status, text in items:
+        stroke = "#222" if status == "onset" else "#999"
+        out.append(f'<rect x="{x}" y="3" width="11" height="11" fill="{CAL_COLOURS[status]}" stroke="{stroke}"/>'
+                   f'<text x="{x + 15}" y="12" fill="#333">{text}</text>')
+        x += 22 + len(text) * 6
+    return _svg(x, 18, "Legend of the attack calendar", out)
+
+
+# ------------------------------------------------------------------------------------ monthly chart
+
+def monthly_svg(monthly: list[dict], treatments: list[dict] | None = None, *, width: int = 720,
+                height: int = 230) -> Markup:
+    """Bars of migraine days per month over days logged, a line of headache days, treatments marked.
+
+    ``monthly``: ``[{"month": "YYYY-MM", "migraine_days", "headache_days", "days_logged"}]``;
+    ``treatments``: the ``treatments`` block of triggers.json (``treatment``, ``date``).
+    """
+    if not monthly:
+        return Markup("")
+    rows = sorted(monthly, key=lambda r: r["month"])
+    left, right, top, bottom = 34, 10, 34, 26
+    pw, ph = width - left - right, height - top - bottom
+    band = pw / len(rows)
+    ymax = 31
+
+    def yv(v: float) -> float:
+        return top + ph - ph * min(max(v, 0), ymax) / ymax
+
+    out = []
+    for tick in (0, 5, 10, 15, 20, 25, 30):
+        y = yv(tick)
+        dash = ' stroke-dasharray="4 3"' if tick == 15 else ""
+        colour = "#999" if tick == 15 else "#e3e3e3"
+        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="{colour}"{dash}/>'
+                   f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end" fill="#555">{tick}</text>')
+    step = 1 if len(rows) <= 14 else 3 if len(rows) <= 40 else 6
+    points = []
+    for i, r in enumerate(rows):
+        x = left + i * band
+        bw = max(band * 0.7, 1)
+        bx = x + (band - bw) / 2
+        logged, mig, head = r.get("days_logged") or 0, r.get("migraine_days") or 0, r.get("headache_days")
+        out.append(f'<rect x="{bx:.1f}" y="{yv(logged):.1f}" width="{bw:.1f}" height="{yv(0) - yv(logged):.1f}" '
+                   f'fill="#eceff1"><title>{_e(r["month"])}: {logged} days logged</title></rect>')
+        out.append(f'<rect x="{bx:.1f}" y="{yv(mig):.1f}" width="{bw:.1f}" height="{yv(0) - yv(mig):.1f}" '
+                   f'fill="#c0392b"><title>{_e(r["month"])}: {mig} migraine days</title></rect>')
+        if head is not None:
+            points.append(f"{x + band / 2:.1f},{yv(head):.1f}")
+        if i % step == 0:
+            yy, mm = r["month"][:4], int(r["month"][5:7])
+            text = f"{MONTHS[mm - 1]}" + (f" {yy}" if (i == 0 or mm == 1) else "")
+            out.append(f'<text x="{x + band / 2:.1f}" y="{top + ph + 14}" text-anchor="middle" fill="#333">'
+                       f'{_e(text)}</text>')
+    if len(points) > 1:
+        out.append(f'<polyline points="{" ".join(points)}" fill="none" stroke="#34495e" stroke-width="1.5"/>')
+    for p in points:
+        x, y = p.split(",")
+        out.append(f'<circle cx="{x}" cy="{y}" r="2.5" fill="#34495e"/>')
+    months = [r["month"] for r in rows]
+    for k, t in enumerate(treatments or []):
+        try:
+            when = date.fromisoformat(str(t.get("date")))
+        except ValueError:
+            continue
+        key = f"{when.year:04d}-{when.month:02d}"
+        if key not in months:
+            continue
+        frac = (when.day - 1) / _calendar.monthrange(when.year, when.month)[1]
+        x = left + (months.index(key) + frac) * band
+        label = _short(t.get("treatment"), 22)
+        ly = 10 + (k % 2) * 11
+        out.append(f'<g class="treatment"><title>{_e(t.get("treatment"))} started {_e(t.get("date"))}</title>'
+                   f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{ly + 3}" y2="{top + ph}" stroke="#1f6fb2" '
+                   f'stroke-width="1.5" stroke-dasharray="3 2"/>'
+                   f'<path d="M{x - 4:.1f},{top - 6} L{x + 4:.1f},{top - 6} L{x:.1f},{top} Z" fill="#1f6fb2"/>'
+                   f'<text x="{x + 3:.1f}" y="{ly}" fill="#1f6fb2">{_e(label)}</text></g>')
+    return _svg(width, height, "Migraine days per month (bars), headache days (line), treatments (blue)", out)
+
+
+# --------------------------------------------------------------------------------------- forest plot
+
+def verdict_sort_key(f: dict) -> tuple:
+    """Order of factors on the clinician page: by verdict, then rank, q-value, id and lag."""
+    verdict = f.get("verdict")
+    order = VERDICT_ORDER.index(verdict) if verdict in VERDICT_ORDER else len(VERDICT_ORDER)
+    rank = f.get("rank")
+    q = f.get("q_value")
+    return (order, rank if rank is not None else 10**9, q if q is not None else 2.0, str(f.get("factor")),
+            f.get("lag_days") or 0)
+
+
+def forest_svg(factors: list[dict], *, width: int = 780) -> Markup:
+    """Every factor's odds ratio and 95% interval on a log axis, grouped and coloured by verdict.
+
+    A vertical line marks OR = 1 and a grey band the no-association zone 0.8-1.25; whiskers running off
+    the axis end in an arrow; a factor with no estimate says so.
+    """
+    if not factors:
+        return Markup("")
+    rows = sorted(factors, key=verdict_sort_key)
+    finite = [v for f in rows for v in (f.get("ci_low"), f.get("ci_high"), f.get("odds_ratio"))
+              if isinstance(v, (int, float)) and v > 0 and math.isfinite(v)]
+    span = max([abs(math.log(v)) for v in finite] + [math.log(2.5)])
+    span = min(span * 1.05, math.log(20))
+    lo_v, hi_v = math.exp(-span), math.exp(span)
+    label_w, text_w, row_h, top = 290, 150, 17, 24
+    pw = width - label_w - text_w
+    heads = len({f.get("verdict") for f in rows})
+    height = top + (len(rows) + heads) * row_h + 26
+
+    def xv(v: float) -> float:
+        v = min(max(v, lo_v), hi_v)
+        return label_w + pw * (math.log(v) + span) / (2 * span)
+
+    band = (f'<rect x="{xv(0.8):.1f}" y="{top - 4}" width="{xv(1.25) - xv(0.8):.1f}" '
+            f'height="{height - top - 18}" fill="#f2f3f4"/>')
+    out = [band]
+    ticks = [t for t in (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 10, 20) if lo_v <= t <= hi_v]
+    for t in ticks:
+        x = xv(t)
+        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top - 4}" y2="{height - 22}" '
+                   f'stroke="{"#333" if t == 1 else "#e0e0e0"}"/>'
+                   f'<text x="{x:.1f}" y="{height - 8}" text-anchor="middle" fill="#555">{_num(t)}</text>')
+    out.append(f'<text x="{label_w + pw / 2:.1f}" y="12" text-anchor="middle" fill="#333">'
+               f'odds ratio (log scale), 95% interval &#8592; fewer attacks | more attacks &#8594;</text>')
+    y = top
+    current = None
+    for f in rows:
+        verdict = f.get("verdict")
+        colour = VERDICT_COLOURS.get(verdict, "#555")
+        if verdict != current:
+            current = verdict
+            out.append(f'<text x="4" y="{y + 12}" font-weight="bold" fill="{colour}">'
+                       f'{_e(str(verdict).replace("_", " "))}</text>')
+            y += row_h
+        name = f.get("label") or f"{f.get('factor')} (lag {f.get('lag_days')})"
+        cy = y + row_h / 2
+        out.append(f'<text x="12" y="{cy + 4:.1f}" fill="#222"><title>{_e(name)}</title>{_e(_short(name, 44))}'
+                   f'</text>')
+        orr, lo, hi = f.get("odds_ratio"), f.get("ci_low"), f.get("ci_high")
+        ok = all(isinstance(v, (int, float)) and v > 0 and math.isfinite(v) for v in (orr, lo, hi))
+        if ok:
+            x1, x2, xc = xv(lo), xv(hi), xv(orr)
+            out.append(f'<line x1="{x1:.1f}" x2="{x2:.1f}" y1="{cy:.1f}" y2="{cy:.1f}" stroke="{colour}" '
+                       f'stroke-width="1.5"/>')
+            if lo < lo_v:
+                out.append(f'<path d="M{x1:.1f},{cy:.1f} l5,-3 l0,6 Z" fill="{colour}"/>')
+            if hi > hi_v:
+                out.append(f'<path d="M{x2:.1f},{cy:.1f} l-5,-3 l0,6 Z" fill="{colour}"/>')
+            out.append(f'<rect x="{xc - 3.5:.1f}" y="{cy - 3.5:.1f}" width="7" height="7" fill="{colour}">'
+                       f'<title>{_e(name)}: OR {orr:.2f} ({lo:.2f}-{hi:.2f})</title></rect>')
+            text = f"{orr:.2f} ({lo:.2f}\u2013{hi:.2f})"
+        else:
+            text = "no estimate"
+        out.append(f'<text x="{label_w + pw + 8}" y="{cy + 4:.1f}" fill="#333">{_e(text)}</text>')
+        y += row_h
+    return _svg(width, height, "Forest plot of every factor's odds ratio by verdict", out)
+
+
+# ---------------------------------------------------------------------------------- calibration plot
+
+def calibration_svg(bins: list[dict] | None, *, size: int = 260) -> Markup:
+    """Predicted against observed attack rate per bin; points sized by days; the diagonal is perfect."""
+    pts = [b for b in (bins or []) if b.get("predicted") is not None and b.get("observed") is not None]
+    if not pts:
+        return Markup("")
+    top_v = max([b["predicted"] for b in pts] + [b["observed"] for b in pts] + [0.1])
+    top_v = min(math.ceil(top_v * 10) / 10, 1.0)
+    pad = 36
+    plot = size - pad - 10
+
+    def xy(p: float, o: float) -> tuple[float, float]:
+        return pad + plot * p / top_v, 10 + plot - plot * o / top_v
+
+    out = []
+    for i in range(6):
+        v = top_v * i / 5
+        x, y = xy(v, v)
+        out.append(f'<line x1="{pad}" x2="{pad + plot}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
+                   f'<text x="{pad - 4}" y="{y + 4:.1f}" text-anchor="end" fill="#555">{v:.0%}</text>'
+                   f'<text x="{x:.1f}" y="{size - 12}" text-anchor="middle" fill="#555">{v:.0%}</text>')
+    (x0, y0), (x1, y1) = xy(0, 0), xy(top_v, top_v)
+    out.append(f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y1}" stroke="#999" stroke-dasharray="4 3"/>')
+    nmax = max((b.get("n") or 1) for b in pts)
+    for b in pts:
+        x, y = xy(min(b["predicted"], top_v), min(b["observed"], top_v))
+        r = 2.5 + 6 * math.sqrt((b.get("n") or 1) / nmax)
+        out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r:.1f}" fill="#1f6fb2" fill-opacity="0.7">'
+                   f'<title>predicted {b["predicted"]:.0%}, observed {b["observed"]:.0%}, {b.get("n")} days'
+                   f'</title></circle>')
+    out.append(f'<text x="{pad + plot / 2:.1f}" y="{size}" text-anchor="middle" fill="#333">predicted</text>'
+               f'<text x="10" y="{10 + plot / 2:.1f}" transform="rotate(-90 10 {10 + plot / 2:.1f})" '
+               f'text-anchor="middle" fill="#333">observed</text>')
+    return _svg(size, size + 4, "Calibration of the forecast: predicted against observed attack rate", out)

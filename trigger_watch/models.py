@@ -1,0 +1,945 @@
+"""Per-patient trigger models: a discrete-time hazard of attack onset, pooled across the cohort, with FDR control.
+
+The method (docs/models.md has the why and the accuracy table):
+
+1. **One hazard model per patient**: a logistic regression of ``onset`` on every factor and lag together, over
+   the patient's at-risk days only (days inside an episode are not at risk). Factors are standardised within
+   the patient for the fit (continuous ones clipped at 2.5 SD so a storm or a sleepless night cannot carry an
+   estimate); a missing value is imputed from the adjacent day (same factor, other lag, the patient's own
+   day-to-day correlation), else the patient's mean, and a missing-indicator per source (diary, sleep,
+   weather) and lag absorbs what missingness says about attacks (diary days go missing in attacks).
+2. **Partial pooling** (empirical Bayes): per column (factor and lag) the patients' effects are modelled as a
+   spike-and-slab, ``0`` with probability ``pi0``, else ``N(mu, tau^2)`` (log odds ratio per exposure for
+   booleans, per cohort-typical within-patient SD for continuous factors), estimated from the whole cohort.
+   It enters each patient's fit as EMVS (Rockova & George 2014): a ridge ``p1/tau^2 + (1-p1)/SPIKE_TAU^2``
+   with ``p1`` the posterior probability that the patient's effect is real, so nil factors leave the
+   adjustment set and common triggers need less evidence per patient. The fit is a batched penalised Newton
+   over blocks of patients (numpy), three rounds (a ridge seeded by one-step score statistics, two EMVS).
+3. **Columns that are consequences of the attack** -- lag-0 behaviour (avoidance on attack days) and
+   ``symptom:*`` (the premonitory phase) -- are not adjustment covariates (adjusting for a consequence of the
+   outcome biases every other coefficient); each gets a one-step added-variable (score) estimate against the
+   fitted model and its own pooled prior.
+4. **Calls**: the posterior (with each patient's own data left out of its prior) gives each patient, factor
+   and lag a local false sign rate (``lfsr``: the posterior probability that the called direction is wrong).
+   q-values are running means of the sorted ``lfsr`` over every call the cohort run can make, triggers and
+   protective factors in one family, warning signs in another; calling every q <= ``analysis.fdr`` keeps the
+   expected share of false calls at or below it. Verdicts follow reports.md (symptoms are warning signs,
+   lag-0 behaviour is never called).
+
+The odds ratio and 95% interval reported are the patient's own adjusted estimate: the posterior with the
+pooled prior divided out again (Gaussian approximation; a weak N(0, 1.5^2) is kept against sparse-data bias),
+so the interval says what this patient's data say;
+the pooled posterior decides verdict and rank and drives the next-day risk (:meth:`TriggerModel.predict_proba`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import pairwise
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+from scipy.special import expit
+from scipy.stats import norm
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
+from trigger_watch.errors import ModelError
+
+MODEL_VERSION = "eb-hazard-1"
+METHOD = ("discrete-time hazard (logistic over at-risk days, all factors and lags jointly) with empirical-Bayes "
+          "partial pooling across the cohort; q-values from the local false sign rate")
+
+SUMMARY_COLUMNS = ["factor", "label", "lag_days", "verdict", "rank", "odds_ratio", "ci_low", "ci_high", "q_value",
+                   "exposed_days", "attacks_after_exposure", "days_needed", "p_value", "unexposed_days",
+                   "attacks_without_exposure", "exposure"]
+
+UNITS = {"alcohol_units": "drinks", "caffeine_mg": "mg", "exercise_minutes": "min", "water_l": "l",
+         "screen_hours": "h", "sleep_hours": "h", "stress": "/10", "sleep_quality": "/10", "pressure_change": "hPa",
+         "temperature_max": "C", "temperature_change": "C", "humidity": "%", "precipitation": "mm",
+         "awakenings": "awakenings", "sleep_efficiency": "%", "bedtime_shift": "h"}
+
+_MIN_OBS = 20  # non-missing at-risk days a column needs in a patient
+_MIN_EXPOSED = 10  # exposed (and unexposed) days a boolean column needs (fewer: the Wald approximation fails)
+_WINSOR = 2.5  # continuous factors are clipped at this many within-patient SDs for the fit
+_EB_MIN_PATIENTS = 30  # fewer patients inform a column: the given (or default) prior is used for it
+_MISS_SD = 1.0  # prior SD of a missing-indicator coefficient
+_Z = norm.ppf(0.975)
+
+
+# ----------------------------------------------------------------------------------------------- prior
+
+TAU_MIN = 0.25  # narrowest first-round ridge spread (cohort units): it regularises, it must not erase
+SLAB_TAU_MIN = 0.3  # a slab narrower than this cannot be told from the spike by one patient's data
+SPIKE_TAU = 0.05  # the spike as a prior N(0, SPIKE_TAU^2) inside the fit (cohort units)
+NULL_WEIGHT = 10.0  # Dirichlet weight on pi0 (as ashr's nullweight): when the data cannot tell, favour "no effect"
+WEAK_SD = 1.5  # weakly informative prior kept in the reported estimate (log OR per exposure / per cohort SD)
+DEFAULT_PRIOR = {"pi0": 0.8, "mu": 0.0, "tau": 0.5}  # for columns that fewer than 30 patients inform
+
+
+@dataclass
+class CohortPrior:
+    """The pooled spike-and-slab prior per panel column: a coefficient is 0 with probability ``pi0``, else
+    ``N(mu, tau^2)``, in units of ``scale`` (1 for booleans: log odds ratio exposed vs not; for a continuous
+    factor the cohort's typical within-patient SD); ``n_patients`` informed it."""
+
+    table: pd.DataFrame  # column, pi0, mu, tau, scale, n_patients
+
+    @classmethod
+    def default(cls, columns, scale) -> CohortPrior:
+        return cls(pd.DataFrame({"column": list(columns), **DEFAULT_PRIOR,
+                                 "scale": np.asarray(scale, dtype=float), "n_patients": 0}))
+
+    def lookup(self, columns) -> pd.DataFrame:
+        return self.table.set_index("column").reindex(list(columns))
+
+    @property
+    def id(self) -> str:
+        t = self.table[["column", "pi0", "mu", "tau"]].round(3)
+        return hashlib.sha256(pd.util.hash_pandas_object(t, index=False).to_numpy().tobytes()).hexdigest()[:12]
+
+
+def _normal_prior_ml(b: np.ndarray, s: np.ndarray, ok: np.ndarray, n_iter: int = 100) -> np.ndarray:
+    """Spread ``tau`` of a centred normal prior, ``b_i ~ N(0, tau^2 + s_i^2)``, by marginal ML per column."""
+    okf = ok.astype(float)
+    b = np.where(ok, b, 0.0)
+    s2 = np.where(ok, s ** 2, 1.0)
+    tau2 = np.full(b.shape[1], 0.25)
+    for _ in range(n_iter):
+        w = okf / (tau2 + s2)
+        tau2 = np.clip((w ** 2 * (b ** 2 - s2)).sum(0) / np.maximum((w ** 2).sum(0), 1e-12), TAU_MIN ** 2, 9.0)
+    return np.sqrt(tau2)
+
+
+def _fit_spike_slab(b: np.ndarray, s: np.ndarray, ok: np.ndarray, n_iter: int = 200, init=None):
+    """EM for ``b_i ~ pi0 N(0, s_i^2) + (1 - pi0) N(mu, tau^2 + s_i^2)``, one prior per column (arrays (P, J)).
+
+    ``tau`` is kept >= SLAB_TAU_MIN and ``pi0`` carries a null-favouring penalty: without them a narrow slab
+    at a small nonzero mean is indistinguishable from the spike for noisy patients, yet turns into confident
+    sign calls for all of them."""
+    okf = ok.astype(float)
+    b = np.where(ok, b, 0.0)
+    s2 = np.where(ok, s ** 2, 1.0)
+    n = okf.sum(axis=0)
+    J = b.shape[1]
+    pi0, mu, tau2 = np.full(J, 0.8), np.full(J, 0.2), np.full(J, 0.25)
+    if init is not None:
+        pi0, mu, tau2 = init[0].copy(), init[1].copy(), init[2] ** 2
+    l0 = -0.5 * (np.log(s2) + b ** 2 / s2)
+    for _ in range(n_iter):
+        v1 = tau2 + s2
+        l1 = -0.5 * (np.log(v1) + (b - mu) ** 2 / v1)
+        r1 = expit(np.log1p(-pi0) + l1 - np.log(pi0) - l0) * okf
+        pi0 = np.clip((n - r1.sum(axis=0) + NULL_WEIGHT - 1) / (n + NULL_WEIGHT - 1), 1e-3, 1 - 1e-3)
+        w = 1 / v1
+        mu = (r1 * w * b).sum(axis=0) / np.maximum((r1 * w).sum(axis=0), 1e-12)
+        rw2 = r1 * w ** 2
+        tau2 = (rw2 * ((b - mu) ** 2 - s2)).sum(axis=0) / np.maximum(rw2.sum(axis=0), 1e-12)
+        tau2 = np.clip(tau2, SLAB_TAU_MIN ** 2, 3.0 ** 2)
+    return pi0, mu, np.sqrt(tau2), n
+
+
+def _loo_prior(b, s, ok, pi0, mu, tau):
+    """Each patient's prior with that patient left out (one EM step from the cohort fit), arrays (P, J).
+
+    Without it a single patient's extreme estimate can build its own slab ("one patient in 60 has OR 12 for
+    chocolate") and then support its own call; with it, a call must be supported by the *other* patients'
+    data (and its own)."""
+    okf = ok.astype(float)
+    b = np.where(ok, b, 0.0)
+    s2 = np.where(ok, s ** 2, 1.0)
+    n = okf.sum(0)
+    tau2 = tau ** 2
+    v1 = tau2 + s2
+    l0 = -0.5 * (np.log(s2) + b ** 2 / s2)
+    l1 = -0.5 * (np.log(v1) + (b - mu) ** 2 / v1)
+    r1 = expit(np.log1p(-pi0) + l1 - np.log(pi0) - l0) * okf
+    w = 1 / v1
+    R, A, B = r1.sum(0), (r1 * w * b).sum(0), (r1 * w).sum(0)
+    C, D = (r1 * w ** 2 * ((b - mu) ** 2 - s2)).sum(0), (r1 * w ** 2).sum(0)
+    n_i = np.maximum(n - okf, 0)
+    pi0_i = np.clip((n_i - (R - r1) + NULL_WEIGHT - 1) / (n_i + NULL_WEIGHT - 1), 1e-3, 1 - 1e-3)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mu_i = np.where(B - r1 * w > 1e-9, (A - r1 * w * b) / (B - r1 * w), mu)
+        t2 = np.where(D - r1 * w ** 2 > 1e-12, (C - r1 * w ** 2 * ((b - mu) ** 2 - s2)) / (D - r1 * w ** 2), tau2)
+    tau_i = np.sqrt(np.clip(t2, SLAB_TAU_MIN ** 2, 9.0))
+    return (np.where(ok, pi0_i, pi0), np.where(ok, mu_i, mu), np.where(ok, tau_i, tau))
+
+
+def _posterior(b, s, pi0, mu, tau):
+    """Spike-and-slab posterior of each estimate: P(slab), slab mean and SD, P(beta > 0), P(beta < 0)."""
+    s2 = s ** 2
+    v = tau ** 2 + s2
+    l0 = -0.5 * (np.log(s2) + b ** 2 / s2)
+    l1 = -0.5 * (np.log(v) + (b - mu) ** 2 / v)
+    p1 = expit(np.log1p(-pi0) + l1 - np.log(pi0) - l0)
+    v1 = 1 / (1 / tau ** 2 + 1 / s2)
+    m1 = v1 * (mu / tau ** 2 + b / s2)
+    sd1 = np.sqrt(v1)
+    return p1, m1, sd1, p1 * norm.cdf(m1 / sd1), p1 * norm.cdf(-m1 / sd1)
+
+
+def q_values(lfsr: np.ndarray) -> np.ndarray:
+    """q-value of each call: the mean local false sign rate of all calls at least as strong (NaN stays NaN)."""
+    lfsr = np.asarray(lfsr, dtype=float)
+    q = np.full(lfsr.shape, np.nan)
+    ok = np.isfinite(lfsr)
+    order = np.argsort(lfsr[ok], kind="stable")
+    run = np.cumsum(lfsr[ok][order]) / np.arange(1, order.size + 1)
+    run = np.minimum.accumulate(run[::-1])[::-1]
+    qq = np.empty(order.size)
+    qq[order] = run
+    q[ok] = qq
+    return q
+
+
+# ------------------------------------------------------------------------------------------ the design
+
+@dataclass
+class _Design:
+    """Columns of a panel and their roles: ``main`` are modelled jointly, ``side`` get added-variable estimates."""
+
+    meta: pd.DataFrame  # column, factor, lag, kind, group, label, behaviour, side
+    main: list[str]
+    side: list[str]
+
+    @classmethod
+    def from_panel(cls, panel: pd.DataFrame) -> _Design:
+        meta = panel.attrs.get("factors")
+        if meta is None:
+            raise ModelError("the panel has no attrs['factors'] metadata; build it with features.build_panel")
+        meta = meta[meta["column"].isin(panel.columns)].copy().reset_index(drop=True)
+        meta["behaviour"] = meta["behaviour"].astype(bool)
+        meta["lag"] = meta["lag"].astype(int)
+        meta["side"] = (meta["group"] == "symptom") | (meta["behaviour"] & (meta["lag"] == 0))
+        return cls(meta, meta.loc[~meta["side"], "column"].tolist(), meta.loc[meta["side"], "column"].tolist())
+
+    @property
+    def columns(self) -> list[str]:
+        return self.main + self.side
+
+    @property
+    def is_bool(self) -> np.ndarray:
+        return self.meta.set_index("column").loc[self.columns, "kind"].to_numpy() == "boolean"
+
+    def lag_pairs(self) -> list[tuple[int, int]]:
+        """(lag 0, lag 1) index pairs of the same factor among the main columns."""
+        where = {(f, int(lag)): i for i, (f, lag) in enumerate(
+            self.meta.set_index("column").loc[self.main, ["factor", "lag"]].itertuples(index=False))}
+        return [(i, where[(f, 1)]) for (f, lag), i in where.items() if lag == 0 and (f, 1) in where]
+
+    def miss_groups(self) -> dict[tuple[str, int], list[int]]:
+        """Missing-indicator groups: main-column indices per (source, lag); calendar factors are never missing."""
+        if "_miss" not in self.__dict__:
+            m = self.meta.set_index("column").loc[self.main]
+            out: dict[tuple[str, int], list[int]] = {}
+            for i, (g, lag) in enumerate(zip(m["group"], m["lag"])):
+                if _source(g) != "calendar":
+                    out.setdefault((_source(g), int(lag)), []).append(i)
+            self.__dict__["_miss"] = out
+        return self.__dict__["_miss"]
+
+
+def _source(group: str) -> str:
+    return group if group in ("sleep", "weather", "calendar") else "diary"
+
+
+def _gram(X: np.ndarray, sw: np.ndarray, which: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    """Penalised Hessian X'WX + diag(lam) of the patients ``which`` (one small BLAS call per patient, in
+    float32: faster than a stacked matmul and precise enough for Newton steps)."""
+    K = X.shape[2]
+    out = np.empty((len(which), K, K))
+    sw = sw.astype(np.float32)
+    for i, p in enumerate(which):
+        B = X[p] * sw[p][:, None]
+        out[i] = B.T @ B
+    out += np.eye(K)[None] * lam[which][:, None, :]
+    return out
+
+
+@dataclass
+class _Chunk:
+    """A block of patients ready to fit: the standardised design and the descriptive counts."""
+
+    pids: np.ndarray
+    X: np.ndarray  # (P, T, K): main columns, missing indicators, intercept
+    Zs: np.ndarray  # (P, T, S): side columns
+    y: np.ndarray
+    w: np.ndarray
+    usable: np.ndarray  # (P, J) all columns
+    mean: np.ndarray
+    sd: np.ndarray
+    miss_use: np.ndarray  # (P, G)
+    counts: dict
+    beta: np.ndarray | None = None
+
+
+def _nice(x: np.ndarray) -> np.ndarray:
+    """x rounded to two significant digits (thresholds people read: 2.4 drinks, 150 mg)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mag = 10.0 ** (np.floor(np.log10(np.abs(x))) - 1)
+        return np.where(np.isfinite(mag) & (mag > 0), np.round(x / mag) * mag, x)
+
+
+def _chunks(rows: pd.DataFrame, design: _Design, chunk_cells: int = 8_000_000) -> list[_Chunk]:
+    """Cut at-risk rows (sorted by patient) into blocks of patients, standardise them and pad them into
+    (patients, days, columns) arrays for the batched fit. Per-patient statistics come from segment sums."""
+    cols = design.columns
+    Km, S = len(design.main), len(design.side)
+    groups = list(design.miss_groups().values())
+    G = len(groups)
+    pairs = design.lag_pairs()
+    is_bool = design.is_bool
+    K = Km + G + 1
+    pid_all = rows["patient_id"].to_numpy()
+    bounds = np.flatnonzero(np.r_[True, pid_all[1:] != pid_all[:-1], True])
+    starts, ends = bounds[:-1], bounds[1:]
+    V_all = rows[cols].to_numpy(dtype=np.float32)
+    y_all = rows["onset"].to_numpy(dtype=float)
+    per = max(1, int(chunk_cells // max(1, int((ends - starts).max(initial=1)) * (K + S))))
+    out = []
+    for c0 in range(0, len(starts), per):
+        cs, ce = starts[c0:c0 + per], ends[c0:c0 + per]
+        r0, r1 = cs[0], ce[-1]
+        V, y2 = V_all[r0:r1], y_all[r0:r1]
+        seg, lens = cs - r0, ce - cs
+        Pc, T = len(cs), int(lens.max())
+        pidx = np.repeat(np.arange(Pc), lens)
+        ridx = np.arange(r1 - r0) - np.repeat(seg, lens)
+        obs = np.isfinite(V)
+        Vo = np.where(obs, V, 0.0).astype(float)
+        nobs = np.add.reduceat(obs.astype(np.int32), seg, axis=0)
+        n1 = np.maximum(nobs, 1)
+        mean = np.add.reduceat(Vo, seg, axis=0) / n1
+        sd = np.sqrt(np.maximum(np.add.reduceat(Vo * Vo, seg, axis=0) / n1 - mean ** 2, 0.0))
+        n_exp = np.add.reduceat((obs & (V > 0.5)).astype(np.int32), seg, axis=0)
+        usable = (nobs >= _MIN_OBS) & (sd > 1e-6 * np.maximum(np.abs(mean), 1))
+        usable &= ~is_bool[None] | ((n_exp >= _MIN_EXPOSED) & (nobs - n_exp >= _MIN_EXPOSED))
+        sd_safe = np.where(usable, sd, 1.0)
+        Z = np.where(obs & usable[pidx], (Vo - mean[pidx]) / sd_safe[pidx], 0.0)
+        # A day missing from the diary is imputed from the adjacent day (the same factor at the other lag,
+        # scaled by the patient's own day-to-day correlation), not just set to the mean: diary days go
+        # missing in attacks, and with mean imputation yesterday's value would stand in for today's and
+        # take its effect (the missing-indicators still absorb the level).
+        for j0, j1 in pairs:
+            both = obs[:, j0] & obs[:, j1]
+            nb = np.add.reduceat(both.astype(np.int32), seg)
+            rho = np.add.reduceat(Z[:, j0] * Z[:, j1] * both, seg) / np.maximum(nb, 1)
+            rho = np.where(nb >= 10, np.clip(rho, -0.95, 0.95), 0.0)[pidx]
+            z0, z1 = Z[:, j0].copy(), Z[:, j1].copy()
+            Z[:, j0] = np.where(~obs[:, j0] & obs[:, j1], rho * z1, z0)
+            Z[:, j1] = np.where(~obs[:, j1] & obs[:, j0], rho * z0, z1)
+        Z = np.where(is_bool[None], Z, np.clip(Z, -_WINSOR, _WINSOR))
+        X = np.zeros((Pc, T, K), dtype=np.float32)
+        X[pidx, ridx, :Km] = Z[:, :Km]
+        miss_use = np.zeros((Pc, G), dtype=bool)
+        for gi, ix in enumerate(groups):
+            ind = (~obs[:, ix]).all(1)  # the whole source is missing that day
+            n_ind = np.add.reduceat(ind.astype(np.int32), seg)
+            miss_use[:, gi] = (n_ind >= 3) & (n_ind <= lens - 3)
+            X[pidx, ridx, Km + gi] = ind & miss_use[pidx, gi]
+        X[pidx, ridx, -1] = 1.0
+        Zs = np.zeros((Pc, T, S), dtype=np.float32)
+        Zs[pidx, ridx] = Z[:, Km:]
+        y = np.zeros((Pc, T))
+        w = np.zeros((Pc, T))
+        y[pidx, ridx] = y2
+        w[pidx, ridx] = 1.0
+        # descriptive counts over at-risk days with the factor observed; "exposed" for a continuous factor is
+        # a value at or above about its upper quartile for this patient (mean + 0.67 SD, rounded)
+        mx = np.maximum.reduceat(np.where(obs, V, -np.inf), seg, axis=0)
+        thr = np.minimum(_nice(mean + 0.6745 * sd), mx)
+        thr = np.where(is_bool[None], 1.0, thr)
+        with np.errstate(invalid="ignore"):
+            expo = obs & (V >= thr[pidx])
+        unexp = obs & ~expo
+        att = (y2 > 0)[:, None]
+
+        def per_patient(m, seg=seg):
+            return np.add.reduceat(m.astype(np.int32), seg, axis=0)
+
+        counts = {"exposed_days": per_patient(expo), "attacks_after_exposure": per_patient(expo & att),
+                  "unexposed_days": per_patient(unexp), "attacks_without_exposure": per_patient(unexp & att),
+                  "threshold": thr, "nobs": nobs}
+        out.append(_Chunk(pid_all[cs], X, Zs, y, w, usable, mean, sd, miss_use, counts))
+    return out
+
+
+def _prior_arrays(ch: _Chunk, Km: int, G: int, lam_c: np.ndarray, centre_c: np.ndarray, scale: np.ndarray):
+    """Per-patient ridge penalty and centre of the main columns, from cohort units to the fit's units."""
+    K = Km + G + 1
+    Pc = len(ch.pids)
+    f = np.where(ch.sd[:, :Km] > 0, ch.sd[:, :Km], 1.0) / scale[None, :Km]  # cohort -> standardised units
+    lam = np.empty((Pc, K))
+    centre = np.zeros((Pc, K))
+    lam[:, :Km] = np.where(ch.usable[:, :Km], np.broadcast_to(lam_c, (Pc, Km)) / f ** 2, 1e8)
+    centre[:, :Km] = np.where(ch.usable[:, :Km], np.broadcast_to(centre_c, (Pc, Km)) * f, 0.0)
+    lam[:, Km:Km + G] = np.where(ch.miss_use, 1 / _MISS_SD ** 2, 1e8)
+    lam[:, -1] = 1e-4
+    return lam, centre
+
+
+def _fit_chunk(ch: _Chunk, lam: np.ndarray, centre: np.ndarray, max_iter: int = 25, tol: float = 1e-4):
+    """Penalised logistic Newton for a block of patients (warm-started from the last round). Returns (beta,
+    diagonal of the posterior covariance, side-column score U and efficient information I)."""
+    X, y, w = ch.X, ch.y, ch.w
+    P, _, K = X.shape
+    if ch.beta is None:
+        beta = centre.copy()
+        ybar = np.clip((y * w).sum(1) / np.maximum(w.sum(1), 1), 1e-3, 1 - 1e-3)
+        beta[:, -1] = np.log(ybar / (1 - ybar))
+    else:
+        beta = ch.beta.copy()
+    active = np.ones(P, dtype=bool)
+    for _ in range(max_iter):
+        mu = expit(np.einsum("ptk,pk->pt", X, beta.astype(np.float32)).astype(float))
+        a = np.flatnonzero(active)
+        g = np.einsum("ptk,pt->pk", X[a], (w[a] * (y[a] - mu[a])).astype(np.float32)) - lam[a] * (
+            beta[a] - centre[a])
+        H = _gram(X, np.sqrt(w * mu * (1 - mu)), a, lam)
+        step = np.clip(np.linalg.solve(H, g[..., None])[..., 0], -3, 3)
+        beta[a] += step
+        active[a] = np.abs(step).max(1) > tol
+        if not active.any():
+            break
+    mu = expit(np.einsum("ptk,pk->pt", X, beta.astype(np.float32)).astype(float))
+    wt = w * mu * (1 - mu)
+    # one weighted Gram of [main | side] gives the covariance and the side columns' efficient information
+    Zs = ch.Zs
+    S = Zs.shape[2]
+    full = np.empty((P, K + S, K + S))
+    sw = np.sqrt(wt).astype(np.float32)
+    for p in range(P):
+        B = np.concatenate([X[p], Zs[p]], axis=1) * sw[p][:, None]
+        full[p] = B.T @ B
+    H = full[:, :K, :K] + np.eye(K)[None] * lam[:, None, :]
+    Hinv = np.linalg.inv(H)
+    var = np.einsum("pkk->pk", Hinv)
+    ZWX = full[:, K:, :K]
+    ZWZ = np.einsum("pss->ps", full[:, K:, K:])
+    U = np.einsum("pts,pt->ps", Zs, (w * (y - mu)).astype(np.float32)).astype(float)
+    info = np.maximum(ZWZ - np.einsum("psk,pks->ps", ZWX, Hinv @ ZWX.transpose(0, 2, 1)), 0.0)
+    ch.beta = beta
+    return beta, var, U, info
+
+
+def _score_stats(chunks: list[_Chunk], Km: int):
+    """One-step score statistics of each main column alone (against an intercept-only model), standardised
+    units: the first, cheap look at the cohort that seeds the prior."""
+    b, s = [], []
+    for ch in chunks:
+        p0 = (ch.y * ch.w).sum(1) / np.maximum(ch.w.sum(1), 1)
+        Z = ch.X[..., :Km]
+        U = np.einsum("ptk,pt->pk", Z, (ch.w * (ch.y - p0[:, None])).astype(np.float32)).astype(float)
+        info = np.maximum((p0 * (1 - p0))[:, None] * np.einsum("ptk,ptk->pk", Z, Z).astype(float), 1e-9)
+        b.append(U / info)
+        s.append(1 / np.sqrt(info))
+    return np.concatenate(b), np.concatenate(s)
+
+
+# ----------------------------------------------------------------------------------------------- fitting
+
+@dataclass
+class _Fit:
+    """Per-patient results of a cohort fit, in cohort units (arrays (P, J) over design.columns)."""
+
+    pids: list[str]
+    lik_b: np.ndarray  # the patient's own estimate: the fit with this column's prior divided out
+    lik_se: np.ndarray
+    usable: np.ndarray
+    lfsr: np.ndarray  # local false sign rate under the pooled prior
+    direction: np.ndarray  # +1 / -1
+    post_mean: np.ndarray  # pooled posterior mean (cohort units)
+    sd: np.ndarray
+    mean: np.ndarray
+    intercept: np.ndarray
+    miss_coef: np.ndarray
+    counts: dict
+    prior: CohortPrior
+
+
+def _cohort_scale(chunks: list[_Chunk], design: _Design) -> np.ndarray:
+    sd = np.concatenate([c.sd for c in chunks])
+    us = np.concatenate([c.usable for c in chunks])
+    med = np.array([np.median(sd[us[:, j], j]) if us[:, j].any() else 1.0 for j in range(sd.shape[1])])
+    return np.where(design.is_bool, 1.0, med)
+
+
+def _fit_cohort(rows: pd.DataFrame, design: _Design, prior: CohortPrior | None, eligible: dict[str, bool],
+                rounds: int = 3, progress: Callable | None = None) -> _Fit:
+    """Fit every patient of ``rows`` (at-risk rows sorted by patient) with a pooled spike-and-slab prior.
+
+    Round 1 fits a ridge whose per-column spread comes from one-step score statistics (centred: it pools
+    the size of effects, never their sign). Each later round is an EM step of spike-and-slab regression
+    (EMVS, Rockova & George 2014): the spike-and-slab prior per column is re-estimated from the patients'
+    own estimates, and each patient's ridge becomes ``p1/tau^2 + (1-p1)/SPIKE_TAU^2`` with ``p1`` the
+    posterior probability that the effect is real -- factors that are nil for this patient drop out of the
+    adjustment set instead of diluting the others.
+    """
+    cols = design.columns
+    Km = len(design.main)
+    G = len(design.miss_groups())
+    chunks = _chunks(rows, design)
+    pids = np.concatenate([c.pids for c in chunks]).astype(str)
+    ok = np.array([eligible.get(p, True) for p in pids])
+    usable = np.concatenate([c.usable for c in chunks])
+    sd_all = np.concatenate([c.sd for c in chunks])
+    scale = _cohort_scale(chunks, design)
+    to_c = scale[None, :] / np.where(sd_all > 0, sd_all, 1.0)  # standardised -> cohort units
+    inform = usable & ok[:, None]
+    n_inf = inform.sum(0)
+    learn = (n_inf >= _EB_MIN_PATIENTS) & (prior is None)
+    given = (prior or CohortPrior.default(cols, scale)).lookup(cols)
+    g_pi0 = given["pi0"].fillna(DEFAULT_PRIOR["pi0"]).to_numpy()
+    g_mu = given["mu"].fillna(DEFAULT_PRIOR["mu"]).to_numpy()
+    g_tau = given["tau"].fillna(DEFAULT_PRIOR["tau"]).to_numpy()
+    # round-1 ridge: the second moment of the effects
+    ridge = np.maximum(np.sqrt((1 - g_pi0) * (g_mu ** 2 + g_tau ** 2)), TAU_MIN)[:Km]
+    if learn[:Km].any():
+        b0, s0 = _score_stats(chunks, Km)
+        est = _normal_prior_ml(b0 * to_c[:, :Km], s0 * to_c[:, :Km], inform[:, :Km])
+        ridge = np.where(learn[:Km], est, ridge)
+    lam_c = np.broadcast_to(1 / ridge ** 2, (len(pids), Km)).copy()
+    centre_c = np.zeros((len(pids), Km))
+    pi0, mu, tau = g_pi0.copy(), g_mu.copy(), g_tau.copy()
+    e_pi0, e_mu, e_tau = pi0, mu, tau
+    for r in range(rounds):
+        betas, vars_, Us, Is = [], [], [], []
+        at = 0
+        for ch in chunks:
+            sl = slice(at, at + len(ch.pids))
+            at += len(ch.pids)
+            lam, centre = _prior_arrays(ch, Km, G, lam_c[sl], centre_c[sl], scale)
+            with threadpool_limits(1, user_api="blas"):  # many tiny matrices: threads only contend
+                beta, var, U, info = _fit_chunk(ch, lam, centre)
+            betas.append(beta)
+            vars_.append(var)
+            Us.append(U)
+            Is.append(info)
+        beta, var = np.concatenate(betas), np.concatenate(vars_)
+        U, info = np.concatenate(Us), np.concatenate(Is)
+        # the patient's own estimate: divide this column's prior out of its posterior (Gaussian approximation)
+        m_c = beta[:, :Km] * to_c[:, :Km]
+        v_c = var[:, :Km] * to_c[:, :Km] ** 2
+        prec = 1 / v_c - lam_c
+        informative = (prec > 0.01) & (prec * v_c > 1e-6)  # the data say something (SE < 10 cohort units)
+        prec = np.where(informative, prec, 1.0)
+        b_main = (m_c / v_c - lam_c * centre_c) / prec
+        # ... keeping a weakly informative N(0, WEAK_SD^2) (Gelman et al. 2008): a patient with 5 attacks on
+        # 12 exposed days would otherwise show an odds ratio of 9 (sparse-data bias away from 1)
+        b_main = b_main * prec / (prec + 1 / WEAK_SD ** 2)
+        prec = prec + 1 / WEAK_SD ** 2
+        side_ok = usable[:, Km:] & (info > 1e-9)
+        info_w = info / to_c[:, Km:] ** 2 + 1 / WEAK_SD ** 2  # precision in cohort units, weak prior kept
+        b_side = np.where(side_ok, U / np.where(side_ok, info, 1) * to_c[:, Km:] * (info / to_c[:, Km:] ** 2)
+                          / info_w, 0.0)
+        s_side = np.where(side_ok, 1 / np.sqrt(info_w), 1.0)
+        lik_b = np.concatenate([b_main, b_side], axis=1)
+        lik_se = np.concatenate([1 / np.sqrt(prec), s_side], axis=1)
+        use = usable & np.concatenate([informative, side_ok], axis=1)
+        if learn.any():
+            e_pi0, e_mu, e_tau, _ = _fit_spike_slab(lik_b, lik_se, use & ok[:, None], n_iter=200 if r == 0 else 60,
+                                                    init=None if r == 0 else (e_pi0, e_mu, e_tau))
+            pi0, mu, tau = (np.where(learn, e_pi0, g_pi0), np.where(learn, e_mu, g_mu),
+                            np.where(learn, e_tau, g_tau))
+        bb, ss = np.where(use, lik_b, 0.0), np.where(use, lik_se, 1.0)
+        loo = _loo_prior(bb, ss, use & ok[:, None] & learn[None], pi0, mu, tau)
+        p1, m1, _, ppos, pneg = _posterior(bb, ss, *loo)
+        p1 = np.where(use, p1, 1 - pi0[None])
+        if r < rounds - 1:  # EMVS update of every patient's ridge
+            lam_c = p1[:, :Km] / tau[:Km] ** 2 + (1 - p1[:, :Km]) / SPIKE_TAU ** 2
+            centre_c = p1[:, :Km] * mu[:Km] / tau[:Km] ** 2 / lam_c
+        if progress:
+            progress(r + 1, rounds)
+    lfsr = np.where(use, 1 - np.maximum(ppos, pneg), np.nan)
+    direction = np.where(ppos >= pneg, 1, -1)
+    post_mean = np.where(use, p1 * m1, 0.0)
+    counts = {k: np.concatenate([c.counts[k] for c in chunks]) for k in chunks[0].counts}
+    table = pd.DataFrame({"column": cols, "pi0": pi0, "mu": mu, "tau": tau, "scale": scale, "n_patients": n_inf})
+    return _Fit(list(pids), lik_b, lik_se, use, lfsr, direction, post_mean, sd_all,
+                np.concatenate([c.mean for c in chunks]), beta[:, -1], beta[:, Km:Km + G], counts,
+                CohortPrior(table))
+
+
+# ----------------------------------------------------------------------------------------- the estimator
+
+class TriggerModel(BaseEstimator):
+    """One patient's trigger model (scikit-learn conventions).
+
+    ``fit(X, y, factors=meta)``: X holds the patient's at-risk panel rows (``"<factor>@<lag>"`` columns), y the
+    0/1 onsets, ``factors`` the panel's ``attrs["factors"]``. Alone, a patient is fitted under ``prior`` (a
+    :class:`CohortPrior`, e.g. from the last cohort run) or the default prior; :func:`analyse` fits a whole
+    cohort at once with the pooled prior and returns fitted models.
+    """
+
+    def __init__(self, prior: CohortPrior | None = None, fdr: float = 0.10):
+        self.prior = prior
+        self.fdr = fdr
+
+    def fit(self, X: pd.DataFrame, y, factors: pd.DataFrame | None = None) -> TriggerModel:
+        meta = factors if factors is not None else X.attrs.get("factors")
+        if meta is None:
+            raise ModelError("TriggerModel.fit needs the factor metadata (factors=panel.attrs['factors'])")
+        rows = X.copy()
+        rows["onset"] = np.asarray(y, dtype=float)
+        if not np.isin(rows["onset"].unique(), (0.0, 1.0)).all():
+            raise ModelError("y must be 0/1 attack onsets")
+        rows["patient_id"] = "patient"
+        rows.attrs["factors"] = meta
+        design = _Design.from_panel(rows)
+        fit = _fit_cohort(rows, design, self.prior, {"patient": True}, rounds=2)
+        n = len(rows)
+        data = {"patient": {"diary_days": n, "at_risk_days": n, "attacks": int(rows["onset"].sum())}}
+        summary = _verdicts(fit, design, {"patient": "ok"}, data, self.fdr, 0.8, 1.25, 0, 0)["patient"]
+        self._set_state(fit, 0, design, summary)
+        return self
+
+    def _set_state(self, fit: _Fit, i: int, design: _Design, summary: pd.DataFrame) -> None:
+        Km = len(design.main)
+        scale = fit.prior.table["scale"].to_numpy()
+        self.columns_ = list(design.main)
+        self.mean_ = fit.mean[i, :Km]
+        self.coef_ = np.where(fit.usable[i, :Km] | np.isfinite(fit.post_mean[i, :Km]),
+                              fit.post_mean[i, :Km] / scale[:Km], 0.0)
+        self.coef_ = np.where(fit.sd[i, :Km] > 0, self.coef_, 0.0)
+        # deviations are clipped as in the fit (continuous factors at _WINSOR within-patient SDs)
+        self.clip_ = np.where(design.is_bool[:Km], np.inf, _WINSOR * fit.sd[i, :Km])
+        self.intercept_ = float(fit.intercept[i])
+        self.miss_groups_ = list(design.miss_groups().values())
+        self.miss_coef_ = np.asarray(fit.miss_coef[i])
+        self.prior_ = fit.prior
+        self.summary_ = summary
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        """One row per factor and lag: the triggers.json ``factors`` entries plus p_value, unexposed days, ...."""
+        check_is_fitted(self, "coef_")
+        return self.summary_
+
+    def _eta(self, X: pd.DataFrame) -> np.ndarray:
+        check_is_fitted(self, "coef_")
+        x = X.reindex(columns=self.columns_).to_numpy(dtype=float)
+        miss = ~np.isfinite(x)
+        eta = self.intercept_ + self._dev(x) @ self.coef_
+        for ix, c in zip(self.miss_groups_, self.miss_coef_):
+            eta = eta + c * miss[:, ix].all(1)
+        return eta
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        """Attack-onset probability for each row (a day's factor values): array (n, 2) of [no onset, onset]."""
+        p = expit(self._eta(X))
+        return np.column_stack([1 - p, p])
+
+    def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Each factor's push on the log odds of each row, relative to the patient's usual day (the drivers)."""
+        check_is_fitted(self, "coef_")
+        x = X.reindex(columns=self.columns_).to_numpy(dtype=float)
+        return pd.DataFrame(self._dev(x) * self.coef_, columns=self.columns_, index=X.index)
+
+    def _dev(self, x: np.ndarray) -> np.ndarray:
+        """Deviation of each value from the patient's usual (0 when unknown), clipped as in the fit."""
+        return np.where(np.isfinite(x), np.clip(x - self.mean_, -self.clip_, self.clip_), 0.0)
+
+
+# ---------------------------------------------------------------------------------------- the cohort
+
+@dataclass
+class PatientAnalysis:
+    """What the models say about one patient (see docs/internals.md). ``estimator`` predicts next-day risk."""
+
+    status: str  # ok | insufficient_data
+    data: dict
+    summary: pd.DataFrame
+    model: dict
+    estimator: TriggerModel | None = field(default=None, repr=False)
+
+
+class ModelStore:
+    """Fitted models under ``models_dir``, one cohort run at a time:
+
+    - ``index.joblib``: model version, the cohort prior and its id, and per patient the fingerprint of the
+      panel rows the model was fitted on (small: read to decide whether anything changed);
+    - ``analyses.joblib``: every patient's :class:`PatientAnalysis` (summary, data block, fitted estimator).
+
+    One file per run, not one per patient: 10,000 small files cost more to write and read than the fit.
+    """
+
+    INDEX, ANALYSES = "index.joblib", "analyses.joblib"
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self._analyses: dict | None = None
+
+    def load_index(self) -> dict | None:
+        rec = self._read(self.root / self.INDEX)
+        return rec if rec and rec.get("version") == MODEL_VERSION else None
+
+    def load_prior(self) -> CohortPrior | None:
+        idx = self.load_index()
+        return idx["prior"] if idx else None
+
+    def is_current(self, patient_id: str, fingerprint: str, prior_id: str | None = None) -> bool:
+        """The stored model of this patient was fitted on exactly these data (and this prior, if given)."""
+        idx = self.load_index()
+        return (idx is not None and idx["fingerprints"].get(patient_id) == fingerprint
+                and (prior_id is None or idx["prior_id"] == prior_id))
+
+    def load(self, patient_id: str) -> PatientAnalysis | None:
+        if self._analyses is None:
+            self._analyses = self._read(self.root / self.ANALYSES) or {}
+        return self._analyses.get(patient_id)
+
+    def save_run(self, prior: CohortPrior, fingerprints: dict[str, str], results: dict, *,
+                 merge: bool = False) -> None:
+        """Keep this run. ``merge``: a run over some patients under the stored prior (the daemon refitting the
+        changed ones) adds to the stored run instead of replacing it."""
+        idx = self.load_index() if merge else None
+        if idx is not None and idx["prior_id"] == prior.id:
+            self.load("")  # read the stored analyses once
+            results = {**self._analyses, **results}
+            fingerprints = {**idx["fingerprints"], **fingerprints}
+        self._write(self.root / self.ANALYSES, results)
+        self._write(self.root / self.INDEX, {"version": MODEL_VERSION, "prior": prior, "prior_id": prior.id,
+                                             "fingerprints": dict(fingerprints),
+                                             "saved_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})
+        self._analyses = dict(results)
+
+    @staticmethod
+    def _read(p: Path):
+        if not p.exists():
+            return None
+        try:
+            return joblib.load(p)
+        except Exception:  # noqa: BLE001 -- a damaged or foreign file is refitted, never fatal
+            return None
+
+    def _write(self, p: Path, obj) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp")
+        joblib.dump(obj, tmp)
+        tmp.replace(p)  # atomic: a reader never sees half a file
+
+
+def fingerprints(panel: pd.DataFrame, columns: list[str]) -> dict[str, str]:
+    """A hash per patient of the panel rows a fit uses (any change of a value, a day or a column changes it)."""
+    h = pd.util.hash_pandas_object(panel[["patient_id", "date", "at_risk", "onset"] + columns], index=False)
+    hv = h.to_numpy()
+    pid = panel["patient_id"].to_numpy()
+    bounds = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1], True])
+    head = hashlib.sha256(("|".join(columns) + MODEL_VERSION).encode()).digest()
+    return {str(pid[a]): hashlib.sha256(head + hv[a:b].tobytes()).hexdigest()[:20]
+            for a, b in pairwise(bounds)}
+
+
+def analyse(panel: pd.DataFrame, config, *, prior: CohortPrior | None = None,
+            progress: Callable[[int, int], None] | None = None,
+            store: ModelStore | bool | None = None) -> dict[str, PatientAnalysis]:
+    """Fit every patient of ``panel`` (the panel of docs/internals.md) and make the cohort's calls.
+
+    ``config``: reads ``analysis.*`` and ``storage.models_dir``. ``prior``: a :class:`CohortPrior` to use
+    instead of estimating one (a clinic of a few patients can borrow a big cohort's prior); columns that fewer
+    than 30 patients of this run inform use it (or the default) anyway. ``store``: a :class:`ModelStore`,
+    ``None`` for the one under ``config.models_dir``, ``False`` for none. With a store, a run whose patients'
+    data are unchanged (same fingerprints) and whose prior is unchanged reuses the stored fits.
+    """
+    if panel.empty:
+        return {}
+    fdr = float(config["analysis.fdr"])
+    lo, hi = float(config["analysis.no_association_low"]), float(config["analysis.no_association_high"])
+    min_days, min_att = int(config["analysis.min_at_risk_days"]), int(config["analysis.min_attacks"])
+    if store is None:
+        store = ModelStore(config.models_dir)
+    meta = panel.attrs.get("factors")
+    panel = panel.sort_values(["patient_id", "date"], kind="stable")
+    last = panel.groupby("patient_id", sort=False)["date"].transform("max")
+    panel = panel[panel["date"] > last - pd.Timedelta(days=int(config["analysis.max_history_days"]))]
+    panel.attrs["factors"] = meta
+    design = _Design.from_panel(panel)
+    data = _data_blocks(panel)
+    status = {p: ("ok" if d["at_risk_days"] >= min_days and d["attacks"] >= min_att else "insufficient_data")
+              for p, d in data.items()}
+    fps = fingerprints(panel, design.columns)
+    cached = _cached(store, data, fps, prior) if store else None
+    if cached is not None:
+        return cached
+    at = panel[panel["at_risk"].astype(bool) & (panel["onset"].notna())]
+    at = at[at.groupby("patient_id")["onset"].transform("size") >= 2]
+    results: dict[str, PatientAnalysis] = {}
+    if len(at):
+        at.attrs["factors"] = meta
+        fit = _fit_cohort(at, design, prior, {p: s == "ok" for p, s in status.items()}, progress=progress)
+        summaries = _verdicts(fit, design, status, data, fdr, lo, hi, min_days, min_att)
+        fitted_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        n_ok = sum(s == "ok" for s in status.values())
+        prior_id = fit.prior.id
+        for i, pid in enumerate(fit.pids):
+            est = TriggerModel(prior=fit.prior, fdr=fdr)
+            est._set_state(fit, i, design, summaries[pid])
+            model = {"method": METHOD, "version": MODEL_VERSION, "fingerprint": fps[pid],
+                     "model_id": f"{MODEL_VERSION}:{fps[pid]}:{prior_id}", "prior_id": prior_id,
+                     "fitted_at": fitted_at, "pooled_over": n_ok}
+            results[pid] = PatientAnalysis(status[pid], data[pid], summaries[pid], model, est)
+    for pid in data:
+        if pid not in results:
+            results[pid] = PatientAnalysis(status[pid], data[pid], _empty_summary(design, data[pid], min_days),
+                                           {"method": METHOD, "version": MODEL_VERSION, "fingerprint": fps[pid]})
+    if store and len(at):
+        store.save_run(fit.prior, fps, results, merge=prior is not None)
+    return results
+
+
+def _cached(store: ModelStore, data: dict, fps: dict, prior: CohortPrior | None):
+    """Every patient unchanged since the stored run (same patients, same data, same prior): the stored analyses."""
+    idx = store.load_index()
+    if idx is None or (prior is not None and prior.id != idx["prior_id"]):
+        return None
+    if any(idx["fingerprints"].get(pid) != fp for pid, fp in fps.items()):
+        return None
+    if prior is None and set(idx["fingerprints"]) != set(fps):  # a full run over another set of patients
+        return None
+    out = {pid: store.load(pid) for pid in data}
+    return None if any(v is None for v in out.values()) else out
+
+
+def _data_blocks(panel: pd.DataFrame) -> dict[str, dict]:
+    pid = panel["patient_id"]
+    g = panel.groupby("patient_id", sort=False)
+    last = g["date"].transform("max")
+    recent = panel["date"] > last - pd.Timedelta(days=30)
+    at = panel["at_risk"].astype(bool)
+    agg = pd.DataFrame({
+        "first_day": g["date"].min(), "last_day": g["date"].max(),
+        "diary_days": g["diary_kept"].sum(),
+        "missing_days": (~panel["observed"].astype(bool)).groupby(pid, sort=False).sum(),
+        "at_risk_days": at.groupby(pid, sort=False).sum(),
+        "attacks": (panel["onset"].fillna(0).astype(int) * at).groupby(pid, sort=False).sum(),
+        "migraine_days_last_30": (panel["migraine_day"].astype(bool) & recent).groupby(pid, sort=False).sum(),
+    })
+    first = agg["first_day"].dt.strftime("%Y-%m-%d").to_numpy()
+    lastd = agg["last_day"].dt.strftime("%Y-%m-%d").to_numpy()
+    ints = agg[["diary_days", "missing_days", "at_risk_days", "attacks", "migraine_days_last_30"]].astype(int)
+    out = {}
+    for i, (p, r) in enumerate(zip(agg.index, ints.to_dict("records"))):
+        out[str(p)] = {"first_day": first[i], "last_day": lastd[i], **r}
+    return out
+
+
+def _labels(meta: pd.DataFrame) -> np.ndarray:
+    """The panel's labels already say the lag ("... the day before"; docs/internals.md)."""
+    return meta["label"].astype(str).to_numpy()
+
+
+def _days_needed(bc, sc, lo, hi, diary_days, at_risk, usable, exposed, min_days, attacks, min_att):
+    """Rough extra diary days to settle a factor at its observed effect: 80% power at the 5% level, or an
+    interval narrow enough to fall inside the no-association band (whichever comes first). Arrays (P, J)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = np.abs(bc)
+        f_trig = np.where(a > 0, (sc * (_Z + 0.84) / a) ** 2, np.inf)
+        room = min(np.log(hi), -np.log(lo)) - a
+        f_null = np.where(room > 0, (sc * _Z / room) ** 2, np.inf)
+        f = np.minimum(f_trig, f_null)
+        per_day = (diary_days / np.maximum(at_risk, 1))[:, None]
+        need = np.where(np.isfinite(f), np.maximum(f - 1, 0) * at_risk[:, None] * per_day, np.nan)
+        rate = exposed / np.maximum(at_risk, 1)[:, None]
+        need_exp = np.where(rate > 0, (10 - exposed) / rate, np.nan)  # until ~10 exposed days
+        need = np.where(usable, need, need_exp)
+        base = np.maximum(min_days - at_risk, 0) + np.maximum(min_att - attacks, 0) * at_risk / np.maximum(
+            attacks, 1)
+        need = np.maximum(need, base[:, None])
+    return np.where(np.isfinite(need), np.minimum(np.ceil(need), 3650), np.nan)
+
+
+def _verdicts(fit: _Fit, design: _Design, status, data, fdr, lo, hi, min_days, min_att) -> dict[str, pd.DataFrame]:
+    """Cohort-wide calls (q-values over every possible call) and the per-patient summaries."""
+    meta = design.meta.set_index("column").loc[design.columns].reset_index()
+    P, J = fit.post_mean.shape
+    lag = meta["lag"].to_numpy()
+    behaviour = meta["behaviour"].to_numpy()
+    symptom = (meta["group"] == "symptom").to_numpy()
+    ok = np.array([status[p] == "ok" for p in fit.pids])[:, None]
+    usable = fit.usable
+    direction, lfsr, m = fit.direction, fit.lfsr, fit.post_mean
+    # Lag-0 behaviour is recorded in the evening of the onset day and is changed by the attack in both
+    # directions (drinks skipped in pain: "protective"; coffee or a skipped meal because of the attack:
+    # "trigger"), so it is estimated and shown but never called; its lag-1 row carries the answer.
+    lag0_behaviour = (behaviour & (lag == 0))[None]
+    callable_ = usable & ok & ~lag0_behaviour & ~(symptom[None] & (direction < 0))
+    # two families, each with its own FDR: triggers and protective factors; warning signs. Near-certain
+    # warning signs in the same ranking would let weak trigger calls ride on them.
+    q = np.full((P, J), np.nan)
+    for fam in (~symptom[None], symptom[None]):
+        sel = callable_ & fam
+        q = np.where(sel, q_values(np.where(sel, lfsr, np.nan).ravel()).reshape(P, J), q)
+    called = callable_ & (q <= fdr)
+    scale = fit.prior.table["scale"].to_numpy()[None]
+    bc, sc = fit.lik_b, fit.lik_se
+    in_band = usable & ok & (bc - _Z * sc >= np.log(lo)) & (bc + _Z * sc <= np.log(hi))
+    verdict = np.full((P, J), "insufficient_data", dtype=object)
+    verdict[in_band] = "no_association"
+    verdict[called & (direction > 0) & ~symptom[None]] = "trigger"
+    verdict[called & (direction < 0)] = "protective"
+    verdict[called & symptom[None]] = "warning_sign"
+    b, se = bc / scale, sc / scale  # natural units
+    with np.errstate(over="ignore", invalid="ignore"):
+        orr = np.where(usable, np.exp(b), np.nan)
+        cil = np.where(usable, np.exp(b - _Z * se), np.nan)
+        cih = np.where(usable, np.exp(b + _Z * se), np.nan)
+        pval = np.where(usable, 2 * norm.sf(np.abs(b / se)), np.nan)
+    diary = np.array([data[p]["diary_days"] for p in fit.pids], dtype=float)
+    at_risk = np.array([data[p]["at_risk_days"] for p in fit.pids], dtype=float)
+    attacks = np.array([data[p]["attacks"] for p in fit.pids], dtype=float)
+    cnt = fit.counts
+    need = _days_needed(bc, sc, lo, hi, diary, at_risk, usable, cnt["exposed_days"], min_days, attacks, min_att)
+    need = np.where((verdict == "insufficient_data") & ~lag0_behaviour, need, np.nan)
+    # rank the triggers within each patient: strongest evidence (smallest lfsr) first, then the larger effect
+    trig = verdict == "trigger"
+    key = np.where(trig, np.nan_to_num(lfsr, nan=1.0) - 1e-9 * np.nan_to_num(m), np.inf)
+    rank = np.argsort(np.argsort(key, axis=1, kind="stable"), axis=1, kind="stable") + 1.0
+    rank = np.where(trig, rank, np.nan)
+    kinds = meta["kind"].to_numpy()
+    units = np.array([UNITS.get(f, "") for f in meta["factor"]])
+    units = np.array([("" if not u else (u if u.startswith("/") else " " + u)) for u in units])
+    thr = cnt["threshold"]
+    expo_txt = np.where(kinds[None] == "boolean", "yes",
+                        np.char.add(np.char.add(">= ", np.char.mod("%g", np.nan_to_num(thr))), units[None]))
+    labels = _labels(meta)
+    long = pd.DataFrame({
+        "factor": np.tile(meta["factor"].to_numpy(), P), "label": np.tile(labels, P),
+        "lag_days": np.tile(lag, P), "verdict": verdict.ravel(), "rank": pd.array(rank.ravel(), dtype="Int64"),
+        "odds_ratio": orr.ravel(), "ci_low": cil.ravel(), "ci_high": cih.ravel(), "q_value": q.ravel(),
+        "exposed_days": cnt["exposed_days"].ravel().astype(int),
+        "attacks_after_exposure": cnt["attacks_after_exposure"].ravel().astype(int),
+        "days_needed": pd.array(need.ravel(), dtype="Int64"), "p_value": pval.ravel(),
+        "unexposed_days": cnt["unexposed_days"].ravel().astype(int),
+        "attacks_without_exposure": cnt["attacks_without_exposure"].ravel().astype(int),
+        "exposure": expo_txt.ravel(),
+        "_p": np.repeat(np.arange(P), J), "_o": np.where(trig, rank, J + 1 + np.nan_to_num(q, nan=2.0)).ravel(),
+    })
+    long = long.sort_values(["_p", "_o"], kind="stable")
+    out = {}
+    bounds = np.flatnonzero(np.r_[True, np.diff(long["_p"].to_numpy()) != 0, True])
+    body = long[SUMMARY_COLUMNS]
+    for a, e in pairwise(bounds):
+        out[fit.pids[int(long["_p"].iat[a])]] = body.iloc[a:e].reset_index(drop=True)
+    return out
+
+
+def _empty_summary(design: _Design, d: dict, min_days: int) -> pd.DataFrame:
+    """A patient with nothing to fit (no at-risk days): every factor insufficient_data."""
+    m = design.meta
+    n = len(m)
+    need = max(min_days - d["at_risk_days"], 0) or min_days
+    s = pd.DataFrame({
+        "factor": m["factor"], "label": _labels(m), "lag_days": m["lag"].astype(int),
+        "verdict": "insufficient_data", "rank": pd.array([pd.NA] * n, dtype="Int64"),
+        "odds_ratio": np.nan, "ci_low": np.nan, "ci_high": np.nan, "q_value": np.nan, "exposed_days": 0,
+        "attacks_after_exposure": 0, "days_needed": pd.array([need] * n, dtype="Int64"), "p_value": np.nan,
+        "unexposed_days": 0, "attacks_without_exposure": 0, "exposure": "",
+    })
+    return s[SUMMARY_COLUMNS].reset_index(drop=True)

@@ -1,0 +1,675 @@
+"""Reports people read: the patient summary, the clinician page, the cohort ranking; atomic writes; history.
+
+Rendering only. Every number on a page comes from the ``triggers`` dict (``../shared/spec/reports.md``) or
+the ``charts`` dict the analysis hands over; nothing here computes a statistic. What it adds is words:
+each verdict has one plain sentence (:func:`factor_sentence`), written for a reader of about twelve, that
+never claims more than the verdict promises.
+
+Inputs
+    triggers : dict, triggers.json exactly as the contract shows; ``factors`` entries may also carry
+        ``unexposed_days``, ``attacks_without_exposure``, ``exposure`` (``">= 3 drinks"``, ``"yes"``) and
+        ``group``. Optional blocks (``forecast``, ``flags``, ``treatments``, ``model``) may be missing/None.
+    charts : dict, ``{"calendar": [{"date", "status": onset|attack|free|missing, "intensity": 0-10|None}],
+        "monthly": [{"month": "YYYY-MM", "migraine_days", "headache_days", "days_logged"}],
+        "gaps": [{"start", "end", "days"}]}``; any key may be missing.
+
+Files are written atomically (temporary file in the same folder, fsync, ``os.replace``): a reader never sees
+half a report and a failure leaves the previous one in place. Each analysis is also kept in the ``reports``
+table (migration 40) so we can say what we told a patient last month.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import secrets
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from trigger_watch import charts as ch
+from trigger_watch import storage
+from trigger_watch.errors import TriggerWatchError, UnknownPatient
+
+# ------------------------------------------------------------------------------------------- history
+
+storage.register_migration(40, "report history", [
+    """CREATE TABLE reports (
+        id INTEGER PRIMARY KEY,
+        patient_id TEXT NOT NULL,
+        generated_at TEXT NOT NULL,
+        as_of TEXT,
+        model_id TEXT,
+        status TEXT,
+        triggers_json TEXT NOT NULL,
+        charts_json TEXT,
+        recorded_at TEXT NOT NULL,
+        UNIQUE (patient_id, generated_at)
+    )""",
+    "CREATE INDEX reports_patient ON reports (patient_id, generated_at)",
+])
+storage.register_patient_table("reports")
+
+PATIENT_FILES = ("triggers.json", "summary.md", "summary.html", "clinician.html")
+COHORT_FILES = ("ranking.json", "ranking.csv", "ranking.html")
+
+# ------------------------------------------------------------------------------------ plain language
+
+#: Patient-facing names of the standard factors (factors.md); anything else is named from its id.
+NAMES = {
+    "stress": "Stress", "stress_letdown": "Relaxing after stress", "alcohol_units": "Alcohol",
+    "caffeine_mg": "Caffeine", "caffeine_withdrawal": "Having less caffeine than usual",
+    "menstrual_window": "Your period", "skipped_meal": "Skipping a meal", "exercise_minutes": "Exercise",
+    "water_l": "How much water you drink", "screen_hours": "Screen time", "sleep_quality": "Sleep quality",
+    "sleep_hours": "How long you sleep", "sleep_short": "Short sleep", "sleep_long": "Sleeping longer than usual",
+    "sleep_efficiency": "Restless sleep", "awakenings": "Waking up in the night",
+    "bedtime_shift": "Going to bed at an unusual time", "pressure_change": "Changes in air pressure",
+    "pressure_drop": "A drop in air pressure", "temperature_max": "Hot days",
+    "temperature_change": "Changes in temperature", "humidity": "Humidity", "precipitation": "Rain",
+    "weekend": "Weekends",
+}
+#: What a yes/no factor's exposed day had, to fit "days with ..." / "days after ...".
+THINGS = {
+    "stress_letdown": "a big drop in stress", "caffeine_withdrawal": "much less caffeine than usual",
+    "menstrual_window": "the start of your period", "skipped_meal": "a skipped meal",
+    "sleep_short": "a short night's sleep", "sleep_long": "a long night's sleep",
+    "pressure_drop": "a big drop in air pressure", "weekend": "a weekend day",
+}
+#: Measurement units of ``exposure`` texts (models.UNITS), in words; other units are counted nouns ("drinks").
+MEASURES = {"h": "{} hours", "min": "{} minutes", "l": "{} litres", "mg": "{} mg", "%": "{}%", "C": "{} °C",
+            "hPa": "{} hPa", "mm": "{} mm", "/10": "{} out of 10"}
+#: How an amount of a measured factor reads: ``"{}"`` is ``"0.7 hours or more"``.
+AMOUNT_OF = {"caffeine_mg": "{} of caffeine", "exercise_minutes": "{} of exercise", "water_l": "{} of water",
+             "screen_hours": "{} of screen time", "sleep_hours": "{} of sleep",
+             "bedtime_shift": "going to bed {} away from your usual time", "stress": "stress of {}",
+             "sleep_quality": "sleep quality of {}", "sleep_efficiency": "sleep efficiency of {}",
+             "pressure_change": "an air pressure change of {}", "temperature_max": "a top temperature of {}",
+             "temperature_change": "a temperature change of {}", "humidity": "humidity of {}",
+             "precipitation": "{} of rain"}
+PLURAL = {"Changes in air pressure", "Changes in temperature", "Hot days", "Weekends"}
+_EXPOSED_DAYS = {("weekend", 0): "weekend days", ("menstrual_window", 0): "days around the start of your period",
+                 ("menstrual_window", 1): "days just after the start of your period"}
+_OPS = {">=": "{} or more", "<=": "{} or less", ">": "more than {}", "<": "less than {}", "=": "{}"}
+_EXPOSURE = re.compile(r"^\s*(>=|<=|>|<|=|≥|≤)\s*(-?\d+(?:\.\d+)?)\s*(.*)$")
+MONTH_NAMES = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
+               "October", "November", "December")
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+#: One verdict per factor on the patient page, the strongest of its lags, in this order of precedence.
+_PRECEDENCE = ("trigger", "warning_sign", "protective", "insufficient_data", "no_association")
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _lower(text: str) -> str:
+    """Lower-case the first letter unless the word is an acronym (``"REM sleep"`` stays)."""
+    return text if text[1:2].isupper() else text[:1].lower() + text[1:]
+
+
+def _humanise(factor_id: str) -> str:
+    return str(factor_id).split(":", 1)[-1].replace("_", " ").strip()
+
+
+def factor_name(f: dict) -> str:
+    """The factor as a patient says it, capitalised: ``"Alcohol"``, ``"Yawning"``, ``"Red wine"``."""
+    fid = str(f.get("factor", ""))
+    if fid in NAMES:
+        return NAMES[fid]
+    return _cap(_humanise(fid)) or "This factor"
+
+
+def _number(text: str) -> str:
+    """``"0.675"`` -> ``"0.7"``, ``"3.0"`` -> ``"3"``: at most one decimal, as people say amounts."""
+    try:
+        v = float(text)
+    except ValueError:
+        return text
+    if abs(v) >= 10 or v == int(v):
+        return f"{v:.0f}"
+    return f"{v:.1f}"
+
+
+def _matters(name: str) -> str:
+    return "matter" if name in PLURAL else "matters"
+
+
+def _amount(op: str, number: str, unit: str) -> str:
+    """``(">=", "3", "drinks")`` -> ``"3 or more drinks"``; ``(">=", "0.7", "h")`` -> ``"0.7 hours or more"``."""
+    if unit in MEASURES:
+        value = MEASURES[unit].format(number)
+        return {">=": "{} or more", "<=": "{} or less", ">": "more than {}", "<": "less than {}"}.get(
+            op, "{}").format(value)
+    return (_OPS[op].format(number) + (f" {unit}" if unit else "")).strip()
+
+
+def exposure_words(f: dict) -> str:
+    """What an exposed day had: ``"3 or more drinks"``, ``"0.7 hours or more of sleep"``, ``"a skipped meal"``,
+    ``"having chocolate"``; built from the ``exposure`` text the analysis gives (``">= 3 drinks"``, ``"yes"``)."""
+    fid = str(f.get("factor", ""))
+    raw = f.get("exposure")
+    m = _EXPOSURE.match(str(raw)) if raw not in (None, "", "yes", True) else None
+    if m:
+        op = {"≥": ">=", "≤": "<="}.get(m.group(1), m.group(1))
+        number, unit = _number(m.group(2)), m.group(3).strip()
+        amount = _amount(op, number, unit)
+        if unit in MEASURES or not unit:
+            return AMOUNT_OF.get(fid, _lower(factor_name(f)) + " of {}").format(amount)
+        return amount
+    if fid in THINGS:
+        return THINGS[fid]
+    if fid.startswith("food:"):
+        return f"having {_humanise(fid)}"
+    if raw not in (None, "", "yes", True):
+        return f"{_lower(factor_name(f))} {raw}"
+    return _lower(factor_name(f))
+
+
+def exposed_days_phrase(f: dict) -> str:
+    """``"days after 3 or more drinks"`` (lag 1) or ``"days with 3 or more drinks"`` (lag 0)."""
+    lag = f.get("lag_days") or 0
+    special = _EXPOSED_DAYS.get((f.get("factor"), lag))
+    if special:
+        return special
+    return f"days {'after' if lag else 'with'} {exposure_words(f)}"
+
+
+def one_in(events: int | None, days: int | None) -> str | None:
+    """A rate as people say it: ``"1 in 8"``, ``"3 of 4"``, ``"none"``; None when unknown."""
+    if events is None or not days:
+        return None
+    if events <= 0:
+        return "none"
+    ratio = days / events
+    return f"1 in {round(ratio)}" if ratio >= 1.5 else f"{events} of {days}"
+
+
+def evidence_sentence(f: dict) -> str | None:
+    """``"On 14 of the 31 days after 3 or more drinks you had an attack; on other days it was 1 in 8."``"""
+    n, a = f.get("exposed_days"), f.get("attacks_after_exposure")
+    if not n or a is None:
+        return None
+    text = f"On {a} of the {n} {exposed_days_phrase(f)} you had an attack"
+    other = one_in(f.get("attacks_without_exposure"), f.get("unexposed_days"))
+    if other is not None:
+        text += "; on other days you had none" if other == "none" else f"; on other days it was {other}"
+    return text + "."
+
+
+def factor_sentence(f: dict) -> str:
+    """The one plain sentence (or two) a patient reads about a factor, by verdict."""
+    name, verdict = factor_name(f), f.get("verdict")
+    evidence = evidence_sentence(f)
+    if verdict == "trigger":
+        head = f"{name} {'seem' if name in PLURAL else 'seems'} to be one of your triggers."
+    elif verdict == "protective":
+        head = f"{name} seemed to come with fewer attacks. That does not prove it prevents them."
+    elif verdict == "warning_sign":
+        return (f"{name} often comes before your attacks: it may be an early sign of the attack rather "
+                f"than its cause.")
+    elif verdict == "no_association":
+        return f"{name} did not make a difference for you."
+    else:
+        needed = f.get("days_needed")
+        if isinstance(needed, (int, float)) and needed > 0 and math.isfinite(needed):
+            return (f"We can't tell yet whether {_lower(name)} {_matters(name)}; about {round(needed)} more days "
+                    f"of logging would help.")
+        return f"We can't tell yet whether {_lower(name)} {_matters(name)}; keep logging it."
+    return f"{head} {evidence}" if evidence else head
+
+
+def patient_factors(factors: list[dict] | None) -> dict[str, list[dict]]:
+    """Each factor once, under the strongest verdict of its lags; triggers in rank order."""
+    best: dict[str, dict] = {}
+    for f in factors or []:
+        key = str(f.get("factor"))
+        v = f.get("verdict")
+        if v not in _PRECEDENCE:
+            continue
+        old = best.get(key)
+        if old is None or _PRECEDENCE.index(v) < _PRECEDENCE.index(old["verdict"]) or (
+                v == old["verdict"] == "trigger" and (f.get("rank") or 10**9) < (old.get("rank") or 10**9)):
+            best[key] = f
+    groups: dict[str, list[dict]] = {v: [] for v in _PRECEDENCE}
+    for f in best.values():
+        groups[f["verdict"]].append(f)
+    groups["trigger"].sort(key=lambda f: (f.get("rank") or 10**9, f.get("q_value") or 1.0))
+    groups["insufficient_data"].sort(key=lambda f: (f.get("days_needed") is None, f.get("days_needed") or 0))
+    for v in ("warning_sign", "protective", "no_association"):
+        groups[v].sort(key=lambda f: factor_name(f).lower())
+    return groups
+
+
+def long_date(text: str | None, *, weekday: bool = False) -> str:
+    """``"20 November 2026"`` (English whatever the locale); the text itself if it is not a date."""
+    if not text:
+        return ""
+    try:
+        d = date.fromisoformat(str(text)[:10])
+    except ValueError:
+        return str(text)
+    out = f"{d.day} {MONTH_NAMES[d.month - 1]} {d.year}"
+    return f"{WEEKDAYS[d.weekday()]} {out}" if weekday else out
+
+
+def percent(p: float | None) -> str:
+    """``0.31`` -> ``"31%"``; tiny values -> ``"under 1%"``."""
+    if p is None or isinstance(p, jinja2.Undefined):
+        return "unknown"
+    v = 100 * p
+    return f"{v:.0f}%" if v >= 1 or v == 0 else "under 1%"
+
+
+def data_sentences(triggers: dict) -> list[str]:
+    """What the report is based on, or why there is nothing yet."""
+    d = triggers.get("data") or {}
+    diary, attacks = d.get("diary_days") or 0, d.get("attacks") or 0
+    if not diary and not attacks:
+        return [("We have nothing logged from you yet. When you log your days and your attacks, this report "
+                 "will show what seems to set off your migraines.")]
+    out = []
+    span = ""
+    if d.get("first_day") and d.get("last_day"):
+        span = f" between {long_date(d['first_day'])} and {long_date(d['last_day'])}"
+    if not diary:
+        out.append(f"We have {attacks} attack{'s' if attacks != 1 else ''} from you{span}, but no diary days yet.")
+        out.append("Logging your day (sleep, drinks, stress, food) is what lets us look for your triggers.")
+    else:
+        out.append(f"This report uses the {diary} day{'s' if diary != 1 else ''} you logged{span}. "
+                   f"You had {attacks} attack{'s' if attacks != 1 else ''} in that time.")
+    missing = d.get("missing_days")
+    if missing:
+        out.append(f"{missing} day{'s were' if missing != 1 else ' was'} not logged.")
+    if d.get("migraine_days_last_30") is not None:
+        n = d["migraine_days_last_30"]
+        out.append(f"In the last 30 days you had {n} migraine day{'s' if n != 1 else ''}.")
+    if triggers.get("status") == "insufficient_data" and diary:
+        out.append("That is not enough yet to name your triggers. Please keep logging every day, "
+                   "including days without a headache.")
+    return out
+
+
+def forecast_sentences(triggers: dict) -> list[str]:
+    """Tomorrow's risk in words and %, against the patient's usual; empty when there is no forecast."""
+    fc = triggers.get("forecast")
+    if not fc or fc.get("attack_probability") is None:
+        return []
+    p, base = fc["attack_probability"], fc.get("baseline_probability")
+    when = long_date(fc.get("date"), weekday=True)
+    try:
+        tomorrow = (date.fromisoformat(str(fc.get("date"))) - date.fromisoformat(str(triggers.get("as_of")))).days == 1
+    except ValueError:
+        tomorrow = False
+    day = f"tomorrow ({when})" if tomorrow else (f"on {when}" if when else "on the next day")
+    rate = one_in(round(p * 100), 100) if p > 0 else None
+    words = f" (about {rate})" if rate and rate != "none" and "of" not in rate else ""
+    out = [f"Your chance of an attack {day} is about {percent(p)}{words}."]
+    if base:
+        if p >= 1.5 * base:
+            out.append(f"That is higher than usual for you (usually {percent(base)}).")
+        elif p <= base / 1.5:
+            out.append(f"That is lower than usual for you (usually {percent(base)}).")
+        else:
+            out.append(f"That is about usual for you ({percent(base)}).")
+    drivers = [dr for dr in fc.get("drivers") or [] if (dr.get("contribution") or 0) > 0]
+    if drivers:
+        names = [exposure_words(dr) for dr in drivers[:3]]
+        out.append("Mostly because of " + (", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1
+                                           else names[0]) + ".")
+    out.append("This is an estimate, not a promise.")
+    return out
+
+
+def _more(n: int) -> str:
+    """The closing line of a shortened list, or "" when nothing was left out."""
+    if n <= 0:
+        return ""
+    return f"And {n} more thing{'s' if n != 1 else ''} we are still watching."
+
+
+DISCLAIMER = ("This report is not medical advice. Talk to your clinician before you change your treatment "
+              "or what you avoid.")
+
+
+def patient_context(triggers: dict, charts: dict | None) -> dict[str, Any]:
+    """Everything the patient templates show, as plain strings and lists."""
+    groups = patient_factors(triggers.get("factors"))
+    said = lambda v: [{"name": factor_name(f), "text": factor_sentence(f), "f": f} for f in groups[v]]  # noqa: E731
+    triggers_shown = said("trigger")
+    return {
+        "t": triggers, "charts": charts or {},
+        "as_of": long_date(triggers.get("as_of")),
+        "data_lines": data_sentences(triggers),
+        "triggers": triggers_shown[:5], "more_triggers": max(len(triggers_shown) - 5, 0),
+        "warning_signs": said("warning_sign"), "protective": said("protective"),
+        "unsure": said("insufficient_data")[:6], "more_unsure": _more(len(groups["insufficient_data"]) - 6),
+        "no_effect": said("no_association"),
+        "forecast": forecast_sentences(triggers),
+        "disclaimer": DISCLAIMER,
+    }
+
+
+# ------------------------------------------------------------------------------------------ rendering
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|!{}~])")
+
+
+def md_escape(value: Any) -> str:
+    """Backslash-escape Markdown and inline HTML, so patient text shows as typed and never runs."""
+    return _MD_SPECIAL.sub(r"\\\1", "" if value is None else str(value))
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or isinstance(value, jinja2.Undefined) or (isinstance(value, float) and not math.isfinite(value)):
+        return "\u2013"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _env(autoescape: bool) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("trigger_watch", "templates"),
+        autoescape=autoescape, trim_blocks=True, keep_trailing_newline=True, auto_reload=False, lstrip_blocks=True, undefined=jinja2.ChainableUndefined,
+        finalize=None if autoescape else md_escape,
+    )
+    env.filters.update(fmt=_fmt, pct=percent, long_date=long_date, verdict_colour=lambda v: ch.VERDICT_COLOURS.get(
+        v, "#555"), words=lambda v: str(v or "").replace("_", " "))
+    return env
+
+
+_HTML = _env(True)
+_MD = _env(False)
+
+
+def _html_charts(triggers: dict, charts: dict | None) -> dict[str, Markup]:
+    charts = charts or {}
+    model = triggers.get("model") or {}
+    return {
+        "calendar": ch.calendar_svg(charts.get("calendar") or []),
+        "legend": ch.calendar_legend(),
+        "monthly": ch.monthly_svg(charts.get("monthly") or [], triggers.get("treatments") or []),
+        "forest": ch.forest_svg(triggers.get("factors") or []),
+        "calibration": ch.calibration_svg(model.get("calibration")),
+    }
+
+
+def render_patient_md(triggers: dict, charts: dict | None = None) -> str:
+    """summary.md: the patient summary as Markdown (patient text backslash-escaped)."""
+    return _MD.get_template("summary.md.j2").render(**patient_context(triggers, charts))
+
+
+def render_patient_html(triggers: dict, charts: dict | None = None, *, svg: dict | None = None) -> str:
+    """summary.html: the patient summary as a self-contained page with the calendar and monthly chart."""
+    svg = svg or _html_charts(triggers, charts)
+    return _HTML.get_template("summary.html.j2").render(svg=svg, **patient_context(triggers, charts))
+
+
+def render_clinician_html(triggers: dict, charts: dict | None = None, *, svg: dict | None = None) -> str:
+    """clinician.html: data quality, calendar, monthly migraine days with treatments, forest plot, flags,
+    forecast validation and the model."""
+    svg = svg or _html_charts(triggers, charts)
+    return _HTML.get_template("clinician.html.j2").render(
+        t=triggers, charts=charts or {}, svg=svg,
+        factors=sorted(triggers.get("factors") or [], key=ch.verdict_sort_key),
+        verdicts=ch.VERDICT_ORDER, colours=ch.VERDICT_COLOURS)
+
+
+def render_ranking_html(ranking: list[dict]) -> str:
+    """cohort/ranking.html: the ranking as a sortable table linking each row to its clinician page."""
+    rows = [{**dict.fromkeys(CSV_COLUMNS), **r} for r in ranking or []]  # a missing key reads as None
+    return _HTML.get_template("ranking.html.j2").render(rows=rows)
+
+
+CSV_COLUMNS = ("rank", "patient_id", "clinician_id", "risk_next_day", "risk_band", "migraine_days_last_30",
+               "migraine_days_prev_90_per_30", "trend", "chronic_migraine", "medication_overuse", "top_triggers",
+               "days_logged_last_30", "last_entry", "latest_treatment_response", "reasons")
+
+
+def _csv_cell(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        v = "; ".join(str(x) for x in v)
+    if isinstance(v, bool):
+        return int(v)
+    if v is None:
+        return ""
+    # A spreadsheet must not run patient-entered text as a formula.
+    if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + v
+    return v
+
+
+def ranking_csv(ranking: list[dict]) -> str:
+    """cohort/ranking.csv: one row per patient; lists joined with ``"; "``; booleans 0/1."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for r in ranking or []:
+        w.writerow([_csv_cell(r.get(c)) for c in CSV_COLUMNS])
+    return buf.getvalue()
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-ready: NaN/inf -> None, numpy scalars -> Python, tuples -> lists."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (bool, str, int)) or obj is None:
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if hasattr(obj, "item"):  # numpy scalar
+        return _clean(obj.item())
+    return str(obj)
+
+
+def to_json(obj: Any) -> str:
+    """Readable JSON, fast: one line per top-level key and per list item (C encoder for each piece)."""
+    obj = _clean(obj)
+    dump = lambda v: json.dumps(v, ensure_ascii=False, allow_nan=False)  # noqa: E731 (a local alias)
+
+    def block(value: Any, pad: str) -> str:
+        if isinstance(value, list) and value:
+            return "[\n" + ",\n".join(pad + "  " + dump(v) for v in value) + "\n" + pad + "]"
+        return dump(value)
+
+    if isinstance(obj, dict):
+        body = ",\n".join(f"  {dump(k)}: {block(v, '  ')}" for k, v in obj.items())
+        return "{\n" + body + "\n}\n" if obj else "{}\n"
+    return block(obj, "") + "\n"
+
+
+def render_report(triggers: dict, charts: dict | None, audience: str = "patient", fmt: str = "md") -> str:
+    """One report as text: ``patient`` md|html|json, ``clinician`` html|json."""
+    if fmt == "json":
+        return to_json(triggers)
+    if audience == "patient" and fmt == "md":
+        return render_patient_md(triggers, charts)
+    if audience == "patient" and fmt == "html":
+        return render_patient_html(triggers, charts)
+    if audience == "clinician" and fmt == "html":
+        return render_clinician_html(triggers, charts)
+    raise TriggerWatchError(f"there is no {fmt} report for the {audience}; the clinician report is html or json")
+
+
+# ------------------------------------------------------------------------------------------- writing
+
+def _safe_folder(reports_dir: Path, name: str) -> Path:
+    name = str(name)
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
+        raise TriggerWatchError(f"patient id {name!r} cannot be used as a report folder name")
+    return Path(reports_dir) / name
+
+
+def atomic_write(path: Path, text: str, *, fsync: bool = True) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` via a temporary file in the same folder and ``os.replace``.
+
+    A reader sees the old file or the new one, never a part; on any error the temporary file is removed
+    and the old file is untouched.
+    """
+    path = Path(path)
+    data = text.encode("utf-8")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_all(folder: Path, texts: dict[str, str], fsync: bool) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [atomic_write(folder / name, text, fsync=fsync) for name, text in texts.items()]
+    if fsync:
+        _fsync_dir(folder)
+    return paths
+
+
+def patient_texts(triggers: dict, charts: dict | None) -> dict[str, str]:
+    """The four patient files as text, keyed by file name (charts drawn once for both pages)."""
+    svg = _html_charts(triggers, charts)
+    return {
+        "triggers.json": to_json(triggers),
+        "summary.md": render_patient_md(triggers, charts),
+        "summary.html": render_patient_html(triggers, charts, svg=svg),
+        "clinician.html": render_clinician_html(triggers, charts, svg=svg),
+    }
+
+
+def write_patient_reports(reports_dir: str | os.PathLike, triggers: dict, charts: dict | None = None, *,
+                          fsync: bool = True) -> list[Path]:
+    """Write ``<reports_dir>/<patient_id>/{triggers.json, summary.md, summary.html, clinician.html}``.
+
+    Everything is rendered before anything is written, so a rendering error leaves every old file in place;
+    each file is then replaced atomically. Returns the paths written.
+    """
+    folder = _safe_folder(Path(reports_dir), triggers.get("patient_id"))
+    return _write_all(folder, patient_texts(triggers, charts), fsync)
+
+
+def write_cohort_reports(reports_dir: str | os.PathLike, ranking: list[dict], *, fsync: bool = True) -> list[Path]:
+    """Write ``<reports_dir>/cohort/{ranking.json, ranking.csv, ranking.html}`` atomically."""
+    texts = {"ranking.json": to_json(ranking or []), "ranking.csv": ranking_csv(ranking),
+             "ranking.html": render_ranking_html(ranking)}
+    return _write_all(Path(reports_dir) / "cohort", texts, fsync)
+
+
+# --------------------------------------------------------------------------------------- history API
+
+def record_history(db, triggers: dict, charts: dict | None = None) -> int:
+    """Keep what we told the patient (triggers.json, and the charts to re-render it). Returns the row id.
+
+    Runs inside the caller's transaction when there is one. Only the newest row of a patient keeps its
+    charts (they are re-derivable and large); every row keeps its triggers.json.
+    """
+    pid = triggers.get("patient_id")
+    if not pid:
+        raise TriggerWatchError("triggers has no patient_id; cannot record it in the report history")
+    model = triggers.get("model") or {}
+    with storage.transaction(db) as conn:
+        conn.execute("UPDATE reports SET charts_json = NULL WHERE patient_id = ?", (pid,))
+        conn.execute(
+            "INSERT INTO reports (patient_id, generated_at, as_of, model_id, status, triggers_json, charts_json, "
+            "recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (patient_id, generated_at) DO UPDATE SET "
+            "as_of = excluded.as_of, model_id = excluded.model_id, status = excluded.status, "
+            "triggers_json = excluded.triggers_json, charts_json = excluded.charts_json, "
+            "recorded_at = excluded.recorded_at",
+            (pid, triggers.get("generated_at") or storage.utcnow_text(), triggers.get("as_of"),
+             model.get("model_id"), triggers.get("status"), json.dumps(_clean(triggers), ensure_ascii=False),
+             None if charts is None else json.dumps(_clean(charts), ensure_ascii=False), storage.utcnow_text()),
+        )
+        row = conn.execute("SELECT id FROM reports WHERE patient_id = ? AND generated_at = ?",
+                           (pid, triggers.get("generated_at") or "")).fetchone()
+    return row[0] if row else conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+
+
+def _row(r: tuple) -> dict:
+    return {"id": r[0], "patient_id": r[1], "generated_at": r[2], "as_of": r[3], "model_id": r[4], "status": r[5],
+            "triggers": json.loads(r[6]), "charts": json.loads(r[7]) if r[7] else None}
+
+
+_COLS = "id, patient_id, generated_at, as_of, model_id, status, triggers_json, charts_json"
+
+
+def history(db, patient_id: str) -> list[dict]:
+    """Every report we made for the patient, newest first: ``id, generated_at, as_of, model_id, status,
+    triggers`` (the dict we wrote) and ``charts`` (newest row only, else None)."""
+    rows = db.execute(f"SELECT {_COLS} FROM reports WHERE patient_id = ? ORDER BY generated_at DESC, id DESC",
+                      (patient_id,)).fetchall()
+    return [_row(r) for r in rows]
+
+
+def latest_entry(db, patient_id: str) -> dict | None:
+    """The newest history row of the patient (see :func:`history`, with ``charts``), or None."""
+    r = db.execute(f"SELECT {_COLS} FROM reports WHERE patient_id = ? ORDER BY generated_at DESC, id DESC LIMIT 1",
+                   (patient_id,)).fetchone()
+    return _row(r) if r else None
+
+
+def latest(db, patient_id: str) -> dict | None:
+    """The triggers.json dict we last wrote for the patient, or None if never analysed."""
+    row = latest_entry(db, patient_id)
+    return row["triggers"] if row else None
+
+
+def stored_report(db, patient_id: str, audience: str = "patient", fmt: str = "md") -> str:
+    """The patient's latest report re-rendered from the history (``trigger-watch report``)."""
+    row = latest_entry(db, patient_id)
+    if row is None:
+        if not storage.patient_exists(db, patient_id):
+            raise UnknownPatient(patient_id)
+        raise TriggerWatchError(f"patient {patient_id!r} has not been analysed yet; run "
+                                f"`trigger-watch analyze --patient {patient_id}` first")
+    return render_report(row["triggers"], row["charts"], audience, fmt)
+
+
+def history_lines(db, patient_id: str) -> list[str]:
+    """One line per stored report, newest first: when, status, model and the triggers we named."""
+    rows = history(db, patient_id)
+    if not rows and not storage.patient_exists(db, patient_id):
+        raise UnknownPatient(patient_id)
+    if not rows:
+        return [f"no reports stored yet for patient {patient_id!r}; run `trigger-watch analyze --patient "
+                f"{patient_id}`"]
+    out = []
+    for r in rows:
+        trig = [f for f in r["triggers"].get("factors") or [] if f.get("verdict") == "trigger"]
+        trig.sort(key=lambda f: f.get("rank") or 10**9)
+        names = ", ".join(f"{f.get('factor')}@{f.get('lag_days')}" for f in trig) or "no triggers"
+        out.append(f"{r['generated_at']}  as of {r['as_of']}  {r['status']}  model {r['model_id'] or '-'}  "
+                   f"triggers: {names}")
+    return out

@@ -1,0 +1,552 @@
+"""Device sleep exports -> one table of sleep periods (pure parsing; nothing is written here).
+
+Every parser turns one file into a :data:`PERIOD_COLUMNS` frame, one row per sleep period, with true UTC
+instants and the local wall-clock times of the place where the sleep happened. Rows the parser cannot
+read carry a ``reason``; :mod:`trigger_watch.sleep` validates the rest, quarantines and stores.
+
+Time zones differ per format (``docs/sleep.md`` has the details):
+
+=====================  ============================================================================
+format                 how a true instant and the local date are found
+=====================  ============================================================================
+generic                ISO 8601 with an offset, or local time in the patient's time zone
+fitbit                 local device time without offset -> the patient's time zone
+fitabase               a date only: the night that ended on ``SleepDay`` (no clock times)
+oura                   ISO 8601 with the ring's offset; local = as written
+apple-health           ``startDate``/``endDate`` carry an offset (of the exporting phone); local
+                       time from the record's ``HKTimeZone`` metadata, else the patient's zone
+sleep-as-android       ``Id`` is the start in epoch ms; ``From``/``To`` are local in the ``Tz`` column
+=====================  ============================================================================
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import xml.etree.ElementTree as ET
+from array import array
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import numpy as np
+import pandas as pd
+
+from trigger_watch.errors import InputFileError
+
+#: One row per sleep period. ``start``/``end``: UTC datetime64 (NaT for a date-only night);
+#: ``start_local``/``end_local``: naive local wall-clock datetime64; ``night``: ``YYYY-MM-DD`` for a
+#: date-only row (else None, the date comes from ``end_local``); minutes are float minutes; ``efficiency``
+#: 0-100 as given by the file (None: computed later as asleep / in bed); ``device_efficiency`` the device's
+#: own score, kept for reference; ``reason``: why the parser could not read the row (None when it could).
+PERIOD_COLUMNS = ["line", "patient_id", "start", "end", "start_local", "end_local", "night", "minutes_asleep",
+                  "time_in_bed_minutes", "efficiency", "device_efficiency", "awakenings", "source", "raw",
+                  "reason"]
+
+#: Sleep periods (of one source) closer than this are one sleep, minutes (Apple records; nightly blocks).
+MERGE_GAP_MINUTES = 60.0
+
+DEVICE_FORMATS = ("fitbit", "fitabase", "oura", "apple-health", "sleep-as-android")
+_ALIASES = {"apple_health": "apple-health", "applehealth": "apple-health", "apple": "apple-health",
+            "sleep_as_android": "sleep-as-android", "sleepasandroid": "sleep-as-android", "saa": "sleep-as-android",
+            "fitbit-export": "fitbit", "jsonl": "ndjson"}
+
+
+def canonical_format(fmt: str | None) -> str | None:
+    """``Apple_Health`` -> ``apple-health``; None stays None."""
+    if fmt is None:
+        return None
+    f = fmt.strip().lower()
+    return _ALIASES.get(f, f)
+
+
+def empty_periods() -> pd.DataFrame:
+    return period_frame([])
+
+
+def period_frame(rows: list[dict]) -> pd.DataFrame:
+    """Rows (dicts with any of PERIOD_COLUMNS) -> a typed period frame."""
+    df = pd.DataFrame.from_records(rows, columns=PERIOD_COLUMNS)
+    for col in ("start", "end"):
+        df[col] = pd.to_datetime(df[col], utc=True)
+    for col in ("start_local", "end_local"):
+        df[col] = pd.to_datetime(df[col]).astype("datetime64[ns]")
+    for col in ("minutes_asleep", "time_in_bed_minutes", "efficiency", "device_efficiency", "awakenings"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    for col in ("patient_id", "night", "source", "raw", "reason"):
+        df[col] = df[col].astype(object).where(df[col].notna(), None)
+    return df
+
+
+@lru_cache(maxsize=256)
+def zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InputFileError(f"time zone {name!r} is not an IANA name (e.g. Europe/Vienna)") from None
+
+
+def localize(naive: datetime, tz: str) -> datetime:
+    """Local wall-clock time in ``tz`` -> aware UTC datetime (a repeated autumn hour takes the first)."""
+    aware = naive.replace(tzinfo=zone(tz), fold=0)
+    utc = aware.astimezone(UTC)
+    if utc.astimezone(zone(tz)).replace(tzinfo=None) != naive:  # spring-forward gap: shift forward
+        utc = naive.replace(tzinfo=zone(tz), fold=1).astimezone(UTC)
+    return utc
+
+
+def to_local(utc: datetime, tz: str) -> datetime:
+    return utc.astimezone(zone(tz)).replace(tzinfo=None)
+
+
+def _num(v: Any) -> float | None:
+    if v is None or isinstance(v, bool):
+        return None
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if np.isfinite(x) else None
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        with path.open("r", encoding="utf-8-sig") as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise InputFileError(f"{path} is not valid JSON: {exc.msg} on line {exc.lineno} column {exc.colno}") from None
+    except UnicodeDecodeError:
+        raise InputFileError(f"{path} is not UTF-8 text; export it again") from None
+
+
+# ------------------------------------------------------------------------------------------ Fitbit
+
+def parse_fitbit(path: Path, *, patient: str, tz: str) -> pd.DataFrame:
+    """Fitbit Web API v1.2 ``{"sleep": [...]}`` (or several such responses in an array), or the data-export
+    array of the same records. Times are local device time: they are placed in the patient's zone ``tz``.
+    """
+    data = _load_json(path)
+    records: list[tuple[int, Any]] = []
+
+    def collect(obj: Any) -> None:
+        if isinstance(obj, dict) and isinstance(obj.get("sleep"), list):
+            records.extend((len(records) + 1, r) for r in obj["sleep"])
+        elif isinstance(obj, dict) and "startTime" in obj:
+            records.append((len(records) + 1, obj))
+        elif isinstance(obj, list):
+            for o in obj:
+                collect(o)
+        else:
+            records.append((len(records) + 1, obj))
+
+    collect(data)
+    if not records and not (isinstance(data, dict) and "sleep" in data):
+        raise InputFileError(f"{path.name} does not look like a Fitbit sleep export (no 'sleep' list and no "
+                             f"records with startTime); check --format")
+    rows = []
+    for n, rec in records:
+        row: dict[str, Any] = {"line": n, "patient_id": patient, "source": "fitbit",
+                               "raw": json.dumps(_without_levels(rec), ensure_ascii=False)[:2000]}
+        if not isinstance(rec, dict):
+            row["reason"] = "record is not a JSON object"
+            rows.append(row)
+            continue
+        try:
+            start_l = datetime.fromisoformat(str(rec["startTime"]))
+            end_l = datetime.fromisoformat(str(rec["endTime"]))
+        except (KeyError, ValueError):
+            row["reason"] = (f"startTime={rec.get('startTime')!r} / endTime={rec.get('endTime')!r} are not "
+                             f"local date-times like 2025-03-29T22:11:30.000")
+            rows.append(row)
+            continue
+        start_l, end_l = start_l.replace(tzinfo=None), end_l.replace(tzinfo=None)
+        levels = rec.get("levels") if isinstance(rec.get("levels"), dict) else {}
+        summary = levels.get("summary") if isinstance(levels.get("summary"), dict) else {}
+        wake = summary.get("wake") or summary.get("awake") or {}
+        awakenings = _num(rec.get("awakeningsCount"))
+        if awakenings is None and isinstance(wake, dict):
+            awakenings = _num(wake.get("count"))
+        row.update(start=localize(start_l, tz), end=localize(end_l, tz), start_local=start_l, end_local=end_l,
+                   minutes_asleep=_num(rec.get("minutesAsleep")), time_in_bed_minutes=_num(rec.get("timeInBed")),
+                   device_efficiency=_num(rec.get("efficiency")), awakenings=awakenings)
+        rows.append(row)
+    return period_frame(rows)
+
+
+def _without_levels(rec: Any) -> Any:
+    if isinstance(rec, dict) and "levels" in rec:
+        return {k: v for k, v in rec.items() if k != "levels"}
+    return rec
+
+
+# ------------------------------------------------------------------------------------------ Fitabase
+
+def read_id_map(source: Any) -> dict[str, str]:
+    """The Fitabase ``Id`` -> patient id map: a dict, or a CSV file ``fitabase_id,patient_id``."""
+    if not source:
+        return {}
+    if isinstance(source, dict):
+        return {str(k).strip(): str(v).strip() for k, v in source.items()}
+    p = Path(source)
+    if not p.is_file():
+        raise InputFileError(f"Fitabase id map {str(p)!r} does not exist (a CSV with columns fitabase_id,patient_id)")
+    with p.open("r", encoding="utf-8-sig", newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+        if "fitabase_id" not in fields or "patient_id" not in fields:
+            raise InputFileError(f"Fitabase id map {p.name} needs the header fitabase_id,patient_id (has {fields})")
+        out = {}
+        for r in reader:
+            r = {k.strip().lower(): (v or "").strip() for k, v in r.items() if k}
+            if r.get("fitabase_id") and r.get("patient_id"):
+                out[r["fitabase_id"]] = r["patient_id"]
+        return out
+
+
+def parse_fitabase(path: Path, *, patient: str | None, id_map: dict[str, str]) -> pd.DataFrame:
+    """``sleepDay_merged.csv``: one row per Id and night; ``SleepDay`` (``4/12/2016 12:00:00 AM``) is the date the
+    night ended. Only the date is known, so start/end stay empty. With ``id_map`` the Id is mapped to a patient
+    (an Id not in the map is a rejected row); without it, ``patient`` if given (the file must then hold one Id),
+    else the Id itself is the patient id.
+    """
+    try:
+        fh = path.open("r", encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot be read ({exc.strerror})") from None
+    with fh:
+        reader = csv.reader(fh)
+        header = [h.strip().lower() for h in next(reader, [])]
+        need = ["id", "sleepday", "totalminutesasleep", "totaltimeinbed"]
+        if any(n not in header for n in need):
+            raise InputFileError(f"{path.name} is not a Fitabase sleepDay file: it needs the columns "
+                                 f"Id,SleepDay,TotalSleepRecords,TotalMinutesAsleep,TotalTimeInBed")
+        col = {h: i for i, h in enumerate(header)}
+        rows = []
+        prev = reader.line_num
+        for rec in reader:
+            line, prev = prev + 1, reader.line_num
+            if not rec or all(not c.strip() for c in rec):
+                continue
+            raw = ",".join(rec)
+            row: dict[str, Any] = {"line": line, "source": "fitabase", "raw": raw}
+            if len(rec) != len(header):
+                row["reason"] = f"has {len(rec)} values but the header has {len(header)} columns"
+                rows.append(row)
+                continue
+            fid = rec[col["id"]].strip()
+            row["patient_id"] = id_map.get(fid) if id_map else (patient or fid)
+            if id_map and fid not in id_map:
+                row["reason"] = (f"Fitabase Id {fid} is not in the id map; add a line '{fid},<patient_id>' to it")
+            day_text = rec[col["sleepday"]].strip()
+            try:
+                day = datetime.strptime(day_text.split(" ")[0], "%m/%d/%Y").date()
+                row["night"] = day.isoformat()
+            except ValueError:
+                row["reason"] = f"SleepDay={day_text!r} is not a date like 4/12/2016 12:00:00 AM"
+            row["minutes_asleep"] = _num(rec[col["totalminutesasleep"]])
+            row["time_in_bed_minutes"] = _num(rec[col["totaltimeinbed"]])
+            row["_fid"] = fid
+            rows.append(row)
+    if patient and not id_map:
+        ids = {r.get("_fid") for r in rows if r.get("_fid")}
+        if len(ids) > 1:
+            raise InputFileError(f"{path.name} holds {len(ids)} Fitabase Ids; --patient names only one. Map them with "
+                                 f"a CSV fitabase_id,patient_id (config sleep.fitabase_id_map) or drop --patient")
+    for r in rows:
+        r.pop("_fid", None)
+    return period_frame(rows)
+
+
+# ------------------------------------------------------------------------------------------ Oura
+
+def parse_oura(path: Path, *, patient: str) -> pd.DataFrame:
+    """Oura API v2 ``usercollection/sleep`` page(s): ``{"data": [...], "next_token": ...}``, an array of such
+    pages, or an array of sleep periods. Durations are seconds; times carry the ring's offset."""
+    data = _load_json(path)
+    items: list[Any] = []
+
+    def collect(obj: Any) -> None:
+        if isinstance(obj, dict) and isinstance(obj.get("data"), list):
+            items.extend(obj["data"])
+        elif isinstance(obj, list):
+            for o in obj:
+                collect(o)
+        else:
+            items.append(obj)
+
+    collect(data)
+    rows = []
+    for n, rec in enumerate(items, start=1):
+        slim = {k: v for k, v in rec.items() if k not in ("heart_rate", "hrv", "movement_30_sec",
+                                                           "sleep_phase_30_sec")} if isinstance(rec, dict) else rec
+        row: dict[str, Any] = {"line": n, "patient_id": patient, "source": "oura",
+                               "raw": json.dumps(slim, ensure_ascii=False)[:2000]}
+        rows.append(row)
+        if not isinstance(rec, dict):
+            row["reason"] = "record is not a JSON object"
+            continue
+        if rec.get("type") == "deleted":
+            row["reason"] = "the period was deleted in the Oura app (type 'deleted')"
+            continue
+        try:
+            s = datetime.fromisoformat(str(rec["bedtime_start"]))
+            e = datetime.fromisoformat(str(rec["bedtime_end"]))
+            if s.tzinfo is None or e.tzinfo is None:
+                raise ValueError
+        except (KeyError, ValueError):
+            row["reason"] = (f"bedtime_start={rec.get('bedtime_start')!r} / bedtime_end={rec.get('bedtime_end')!r} "
+                             f"are not ISO date-times with an offset")
+            continue
+        asleep = _num(rec.get("total_sleep_duration"))
+        in_bed = _num(rec.get("time_in_bed"))
+        row.update(start=s.astimezone(UTC), end=e.astimezone(UTC),
+                   start_local=s.replace(tzinfo=None), end_local=e.replace(tzinfo=None),
+                   minutes_asleep=None if asleep is None else asleep / 60,
+                   time_in_bed_minutes=None if in_bed is None else in_bed / 60,
+                   device_efficiency=_num(rec.get("efficiency")),
+                   awakenings=_awake_runs(rec.get("sleep_phase_5_min"), awake="4"))
+    return period_frame(rows)
+
+
+def _awake_runs(hypnogram: Any, awake: str) -> float | None:
+    """Awake runs between sleep in a hypnogram string (``"4433322211..."``); None when there is none."""
+    if not isinstance(hypnogram, str) or not hypnogram:
+        return None
+    inner = hypnogram.strip(awake)
+    return float(len(re.findall(f"{re.escape(awake)}+", inner)))
+
+
+# ------------------------------------------------------------------------------------------ Sleep as Android
+
+_SAA_TIME = "%d. %m. %Y %H:%M"
+
+
+def parse_sleep_as_android(path: Path, *, patient: str) -> pd.DataFrame:
+    """``sleep-export.csv``: each record is a header line (``Id,Tz,From,To,...``) followed by its data line; the
+    column count differs per record. ``Hours`` is the tracked length, ``LenAdjust`` minus the awake minutes."""
+    rows = []
+    header: list[str] | None = None
+    try:
+        fh = path.open("r", encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot be read ({exc.strerror})") from None
+    with fh:
+        reader = csv.reader(fh)
+        prev = 0
+        try:
+            for rec in reader:
+                line, prev = prev + 1, reader.line_num
+                if not rec or all(not c.strip() for c in rec):
+                    continue
+                if rec[0].strip() == "Id":
+                    header = rec
+                    continue
+                if header is None:
+                    raise InputFileError(f"{path.name} line {line}: a Sleep as Android export starts with a header "
+                                         f"line 'Id,Tz,From,To,...'; check --format")
+                rows.append(_saa_record(header, rec, line, patient))
+        except csv.Error as exc:
+            raise InputFileError(f"{path.name} line {prev + 1} is not valid CSV ({exc})") from None
+    if header is None:
+        raise InputFileError(f"{path.name} has no 'Id,Tz,From,To,...' header line; is it a Sleep as Android export?")
+    return period_frame(rows)
+
+
+def _saa_record(header: list[str], rec: list[str], line: int, patient: str) -> dict:
+    named = {h: v for h, v in zip(header[:15], rec[:15])}
+    row: dict[str, Any] = {"line": line, "patient_id": patient, "source": "sleep-as-android",
+                           "raw": json.dumps(named, ensure_ascii=False)}
+    tz = named.get("Tz", "").strip()
+    try:
+        zone(tz)
+        f = datetime.strptime(named.get("From", "").strip(), _SAA_TIME)
+        t = datetime.strptime(named.get("To", "").strip(), _SAA_TIME)
+    except (ValueError, InputFileError):
+        row["reason"] = (f"Tz={tz!r}, From={named.get('From')!r}, To={named.get('To')!r}: expected an IANA zone and "
+                         f"times like '14. 07. 2020 4:46'")
+        return row
+    ident = _num(named.get("Id"))
+    start = (datetime.fromtimestamp(ident / 1000, UTC).replace(microsecond=0) if ident
+             else localize(f, tz))
+    hours = _num(named.get("Hours"))
+    end = start + timedelta(seconds=round(hours * 3600)) if hours is not None and hours >= 0 else localize(t, tz)
+    adjust = _num(named.get("LenAdjust")) or 0.0
+    in_bed = (end - start).total_seconds() / 60
+    asleep = in_bed + adjust if -in_bed < adjust <= 0 else in_bed
+    events = [c.split("-", 1)[0] for c in rec[15:] if c[:1].isalpha() and "-" in c]
+    tracked = any(e.endswith(("_START", "_END")) and e != "TRACKING_STOPPED_BY_USER" for e in events)
+    row.update(start=start, end=end, start_local=to_local(start, tz), end_local=to_local(end, tz),
+               minutes_asleep=round(asleep, 2), time_in_bed_minutes=round(in_bed, 2),
+               awakenings=float(events.count("AWAKE_START")) if tracked else None)
+    return row
+
+
+# ------------------------------------------------------------------------------------------ Apple Health
+
+APPLE_SLEEP = "HKCategoryTypeIdentifierSleepAnalysis"
+_IN_BED, _ASLEEP, _AWAKE, _STAGE = 0, 1, 2, 3
+_APPLE_VALUES = {"HKCategoryValueSleepAnalysisInBed": _IN_BED, "0": _IN_BED,
+                 "HKCategoryValueSleepAnalysisAsleep": _ASLEEP, "HKCategoryValueSleepAnalysisAsleepUnspecified": _ASLEEP,
+                 "1": _ASLEEP,
+                 "HKCategoryValueSleepAnalysisAwake": _AWAKE, "2": _AWAKE,
+                 "HKCategoryValueSleepAnalysisAsleepCore": _STAGE, "HKCategoryValueSleepAnalysisAsleepDeep": _STAGE,
+                 "HKCategoryValueSleepAnalysisAsleepREM": _STAGE, "3": _STAGE, "4": _STAGE, "5": _STAGE}
+
+
+def _apple_instant(text: str) -> int:
+    """``2019-06-15 08:13:44 -0400`` -> epoch seconds (raises ValueError)."""
+    return int(datetime.strptime(text.strip(), "%Y-%m-%d %H:%M:%S %z").timestamp())
+
+
+def iter_apple_sleep_records(path: Path) -> Iterator[tuple[ET.Element | None, str | None]]:
+    """Stream ``export.xml``: yield every sleep ``Record`` element (valid only until the next one) and clear
+    everything else as it goes, so memory stays flat for files of any size."""
+    try:
+        context = ET.iterparse(str(path), events=("start", "end"))
+        root = None
+        count = 0
+        for event, elem in context:
+            if root is None:
+                root = elem
+                if elem.tag != "HealthData":
+                    raise InputFileError(f"{path.name} is not an Apple Health export.xml (root <{elem.tag}>, "
+                                         f"expected <HealthData>)")
+                continue
+            if event != "end":
+                continue
+            if elem.tag == "Record":
+                if elem.get("type") == APPLE_SLEEP:
+                    yield elem, None
+                count += 1
+                if count % 2000 == 0:
+                    root.clear()
+            elif elem.tag in ("Workout", "ActivitySummary", "Correlation", "ClinicalRecord", "Audiogram",
+                              "VisionPrescription", "ExportDate", "Me"):
+                root.clear()
+    except ET.ParseError as exc:
+        raise InputFileError(f"{path.name} is not well-formed XML ({exc}); export it from the Health app again") from None
+
+
+def parse_apple_health(path: Path, *, patient: str, tz: str,
+                       gap_minutes: float = MERGE_GAP_MINUTES) -> pd.DataFrame:
+    """Apple Health ``export.xml`` sleep records -> merged sleep periods, streamed.
+
+    All sources are merged: the records whose intervals (in bed, asleep, awake, stages) lie closer than
+    ``gap_minutes`` form one period; its time in bed is the union of all of them, its minutes asleep the union of
+    the asleep-type ones (so a Watch and a phone app covering the same night count once), awakenings the gaps
+    between asleep intervals (known only when the period has Awake or stage records). Bad records are rows
+    with a ``reason`` of their own.
+    """
+    starts, ends = array("q"), array("q")
+    kinds, zones_ix, srcs = array("b"), array("h"), array("h")
+    zone_names: dict[str, int] = {}
+    source_names: dict[str, int] = {}
+    bad: list[dict] = []
+    n = 0
+    for elem, _ in iter_apple_sleep_records(path):
+        n += 1
+        value = elem.get("value", "")
+        kind = _APPLE_VALUES.get(value)
+        try:
+            s, e = _apple_instant(elem.get("startDate", "")), _apple_instant(elem.get("endDate", ""))
+        except ValueError:
+            s = e = None
+        reason = None
+        if kind is None:
+            reason = f"sleep record #{n}: value={value!r} is not a known HKCategoryValueSleepAnalysis value"
+        elif s is None:
+            reason = (f"sleep record #{n}: startDate={elem.get('startDate')!r} / endDate={elem.get('endDate')!r} are "
+                      f"not like '2019-06-15 08:13:44 -0400'")
+        elif e < s:
+            reason = (f"sleep record #{n}: endDate {elem.get('endDate')} is before startDate {elem.get('startDate')}")
+        elif e - s > 24 * 3600:
+            reason = (f"sleep record #{n}: {elem.get('startDate')} to {elem.get('endDate')} is longer than 24 h")
+        if reason:
+            bad.append({"line": None, "patient_id": patient, "source": "apple-health", "reason": reason,
+                        "raw": ET.tostring(elem, encoding="unicode")[:2000]})
+            continue
+        tzname = None
+        for meta in elem.iter("MetadataEntry"):
+            if meta.get("key") == "HKTimeZone":
+                tzname = meta.get("value")
+        starts.append(s)
+        ends.append(e)
+        kinds.append(kind)
+        zones_ix.append(zone_names.setdefault(tzname, len(zone_names)) if tzname else -1)
+        srcs.append(source_names.setdefault(elem.get("sourceName") or "?", len(source_names)))
+    periods = _merge_apple(np.frombuffer(starts, dtype=np.int64), np.frombuffer(ends, dtype=np.int64),
+                           np.frombuffer(kinds, dtype=np.int8), np.frombuffer(zones_ix, dtype=np.int16),
+                           np.frombuffer(srcs, dtype=np.int16), gap_minutes)
+    names_by_ix = {i: z for z, i in zone_names.items()}
+    sources_by_ix = {i: s for s, i in source_names.items()}
+    rows = []
+    for p in periods:
+        ztz = names_by_ix.get(p["zone"], tz) if p["zone"] >= 0 else tz
+        try:
+            zone(ztz)
+        except InputFileError:
+            ztz = tz
+        s = datetime.fromtimestamp(p["start"], UTC)
+        e = datetime.fromtimestamp(p["end"], UTC)
+        rows.append({"line": None, "patient_id": patient, "source": "apple-health", "start": s, "end": e,
+                     "start_local": to_local(s, ztz), "end_local": to_local(e, ztz),
+                     "minutes_asleep": p["asleep"], "time_in_bed_minutes": p["in_bed"],
+                     "awakenings": p["awakenings"],
+                     "raw": json.dumps({"records": p["records"],
+                                        "sources": sorted(sources_by_ix[i] for i in p["sources"]),
+                                        "time_zone": ztz})})
+    return period_frame(rows + bad)
+
+
+def _union_pieces(s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted-by-start intervals -> their union as disjoint (starts, ends)."""
+    if len(s) == 0:
+        return s, e
+    run_end = np.maximum.accumulate(e)
+    new = np.ones(len(s), dtype=bool)
+    new[1:] = s[1:] > run_end[:-1]
+    idx = np.flatnonzero(new)
+    piece_end = np.maximum.reduceat(e, idx)
+    return s[idx], piece_end
+
+
+def _merge_apple(s: np.ndarray, e: np.ndarray, kind: np.ndarray, zone_ix: np.ndarray, src: np.ndarray,
+                 gap_minutes: float) -> list[dict]:
+    """Group record intervals into periods (gaps < ``gap_minutes`` join) and measure unions per period."""
+    if len(s) == 0:
+        return []
+    order = np.argsort(s, kind="stable")
+    s, e, kind, zone_ix, src = s[order], e[order], kind[order], zone_ix[order], src[order]
+    run_end = np.maximum.accumulate(e)
+    brk = np.ones(len(s), dtype=bool)
+    brk[1:] = s[1:] > run_end[:-1] + gap_minutes * 60
+    bounds = np.append(np.flatnonzero(brk), len(s))
+    out = []
+    for a, b in pairwise(bounds):
+        ps, pe, pk = s[a:b], e[a:b], kind[a:b]
+        bs, be = _union_pieces(ps, pe)
+        asleep_mask = (pk == _ASLEEP) | (pk == _STAGE)
+        sleep_s, sleep_e = _union_pieces(ps[asleep_mask], pe[asleep_mask])
+        has_detail = bool(((pk == _AWAKE) | (pk == _STAGE)).any())
+        zi = zone_ix[a:b][zone_ix[a:b] >= 0]
+        out.append({
+            "start": int(ps.min()), "end": int(pe.max()),
+            "in_bed": float((be - bs).sum()) / 60,
+            "asleep": float((sleep_e - sleep_s).sum()) / 60 if asleep_mask.any() else None,
+            "awakenings": float(max(len(sleep_s) - 1, 0)) if has_detail and asleep_mask.any() else None,
+            "zone": int(zi[np.argmax(pe[zone_ix[a:b] >= 0])]) if len(zi) else -1,
+            "sources": set(src[a:b].tolist()), "records": int(b - a),
+        })
+    return out
+
+
+# ------------------------------------------------------------------------------------------ dispatch
+
+Parser = Callable[..., pd.DataFrame]
+PARSERS: dict[str, Parser] = {"fitbit": parse_fitbit, "fitabase": parse_fitabase, "oura": parse_oura,
+                              "apple-health": parse_apple_health, "sleep-as-android": parse_sleep_as_android}
