@@ -101,6 +101,13 @@ def _ar2(rng: np.random.Generator, n_series: int, n: int, phi1: float, phi2: flo
     return x / x.std(axis=1, keepdims=True)
 
 
+def _localize(local: pd.Series, tz: str) -> pd.DatetimeIndex:
+    """Wall-clock times -> instants in ``tz``: a time in the spring gap moves forward, a repeated autumn
+    time takes its first (summer) instant. Never NaT."""
+    idx = pd.DatetimeIndex(local)
+    return idx.tz_localize(tz, nonexistent="shift_forward", ambiguous=np.ones(len(idx), dtype=bool))
+
+
 def _offset_text(stamps: pd.DatetimeIndex) -> np.ndarray:
     s = pd.Series(stamps.strftime("%Y-%m-%dT%H:%M:%S%z"))
     return (s.str[:-2] + ":" + s.str[-2:]).to_numpy()
@@ -307,8 +314,10 @@ def simulate_cohort(
         onset[new, t] = 1
         dur = rng.choice([1, 2, 3], P, p=[0.5, 0.3, 0.2])
         sh = rng.uniform(4, 20, P)
-        sh = np.where(busy_until == t - 1, np.minimum(np.maximum(sh, last_end_hour + 0.5), 23.0), sh)
-        eh = np.where(dur == 1, np.minimum(sh + rng.uniform(3, 10, P), 22.0), rng.uniform(1, 20, P))
+        sh = np.where(busy_until == t - 1, np.minimum(np.maximum(sh, last_end_hour + 0.5), 22.5), sh)
+        # a one-day attack ends by 22:00 and lasts at least half an hour; one starting later runs overnight
+        dur = np.where((dur == 1) & (sh > 21.5), 2, dur)
+        eh = np.where(dur == 1, np.clip(sh + rng.uniform(3, 10, P), sh + 0.5, 22.0), rng.uniform(1, 20, P))
         st_hour[new, t] = sh[new]
         end_day[new, t] = t + dur[new] - 1
         end_hour[new, t] = eh[new]
@@ -385,10 +394,10 @@ def simulate_cohort(
     attacks["start"] = ""
     attacks["end"] = ""
     for tz, g in attacks.groupby("_tz"):
-        s = pd.DatetimeIndex(g["_s"]).tz_localize(tz, nonexistent="shift_forward", ambiguous="NaT")
-        en = pd.DatetimeIndex(g["_e"]).tz_localize(tz, nonexistent="shift_forward", ambiguous="NaT")
-        attacks.loc[g.index, "start"] = _offset_text(s.fillna(s.min()))
-        attacks.loc[g.index, "end"] = _offset_text(en.fillna(en.min()))
+        s = _localize(g["_s"], tz)
+        en = _localize(g["_e"], tz)
+        attacks.loc[g.index, "start"] = _offset_text(s)
+        attacks.loc[g.index, "end"] = _offset_text(en)
     open_attack = end_day[ai, at] >= D  # still running at the end of the record: no end yet
     attacks.loc[open_attack, "end"] = ""
     attacks["intensity"] = intensity[ai, at]
@@ -415,11 +424,13 @@ def simulate_cohort(
                           "source": "simulated_wearable"})
     sleep["start"] = ""
     sleep["end"] = ""
+    sleep["_bed"] = pd.to_timedelta(np.round(in_bed[si, sd] * 60), unit="min")
     for tz, g in sleep.groupby("_tz"):
-        s = pd.DatetimeIndex(g["_s"]).tz_localize(tz, nonexistent="shift_forward", ambiguous="NaT")
-        en = pd.DatetimeIndex(g["_e"]).tz_localize(tz, nonexistent="shift_forward", ambiguous="NaT")
-        sleep.loc[g.index, "start"] = _offset_text(s.fillna(s.min()))
-        sleep.loc[g.index, "end"] = _offset_text(en.fillna(en.min()))
+        s = _localize(g["_s"], tz)
+        # the end is the start plus the real time in bed (over a clock change the wall clock differs)
+        en = (s + pd.TimedeltaIndex(g["_bed"])).tz_convert(tz)
+        sleep.loc[g.index, "start"] = _offset_text(s)
+        sleep.loc[g.index, "end"] = _offset_text(en)
     sleep = sleep[["patient_id", "start", "end", "minutes_asleep", "awakenings", "efficiency", "source"]]
     sleep_nightly = pd.DataFrame({
         "patient_id": pid[si], "date": pd.to_datetime(datestr[sd]),
@@ -527,10 +538,10 @@ def panel_from_cohort(cohort: Cohort) -> pd.DataFrame:
     dy = cohort.diary
     kept = ~np.isnan(grid(dy.assign(one=1.0), "one"))
     a = cohort.attacks
-    ai = a["patient_id"].map(pos).to_numpy()
-    a_s = ((pd.to_datetime(a["start"].str[:10]) - day0) // pd.Timedelta(days=1)).to_numpy()
+    ai = a["patient_id"].map(pos).to_numpy().astype(int)  # int even when there is no attack at all
+    a_s = ((pd.to_datetime(a["start"].str[:10]) - day0) // pd.Timedelta(days=1)).to_numpy().astype(int)
     end_txt = a["end"].where(a["end"] != "", None).fillna(str(dates[-1].date()))
-    a_e = ((pd.to_datetime(end_txt.str[:10]) - day0) // pd.Timedelta(days=1)).to_numpy()
+    a_e = ((pd.to_datetime(end_txt.str[:10]) - day0) // pd.Timedelta(days=1)).to_numpy().astype(int)
     onset = np.zeros((P, D), dtype=np.int8)
     onset[ai, a_s] = 1
     in_ep = np.zeros((P, D), dtype=bool)
