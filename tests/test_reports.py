@@ -199,6 +199,12 @@ def test_clinician_page_shows_every_verdict_flags_model_and_charts():
     assert "erenumab" in text and "2026-09-10" in text
 
 
+def test_pages_credit_open_meteo_as_its_licence_requires():
+    for html in (reports.render_clinician_html(triggers_doc(), charts_doc()),
+                 reports.render_patient_html(triggers_doc(), charts_doc())):
+        assert "Weather data by Open-Meteo.com (CC BY 4.0)" in visible_text(html)
+
+
 # ------------------------------------------------------------------------------------- odd patients
 
 def test_a_patient_with_no_data_renders_everything():

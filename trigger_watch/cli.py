@@ -381,7 +381,9 @@ def rank(app: App, fmt: str, clinician: str | None) -> None:
     if fmt == "json":
         app.say(json_mod.dumps(entries, indent=2))
     elif fmt == "csv":
-        click.echo(ranking.to_csv(entries), nl=False)
+        from trigger_watch.reports import ranking_csv
+
+        click.echo(ranking_csv(entries), nl=False)  # exactly the format of cohort/ranking.csv
     elif entries:
         app.say(ranking.to_table(entries))
     else:

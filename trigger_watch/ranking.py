@@ -245,31 +245,6 @@ def read_ranking(reports_dir: str | Path) -> list[dict]:
     return data
 
 
-def _cell(key: str, value) -> str:
-    if value is None:
-        return ""
-    if key == "reasons":
-        return " | ".join(value)
-    if key == "top_triggers":
-        return ";".join(value)
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def to_csv(ranking: list[dict]) -> str:
-    """CSV text: the entry keys as columns; triggers ``;``-joined, reasons ``|``-joined, the treatment
-    response as JSON text."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(ENTRY_KEYS)
-    for e in ranking:
-        w.writerow([_cell(k, e.get(k)) for k in ENTRY_KEYS])
-    return buf.getvalue()
-
-
 def to_table(ranking: list[dict]) -> str:
     """Aligned plain-text columns, one line per patient, with the first reason."""
     head = ["rank", "patient", "clinician", "risk", "migraine/30", "trend", "flags", "logged", "first reason"]
@@ -295,4 +270,4 @@ def to_table(ranking: list[dict]) -> str:
 
 
 __all__ = ["ENTRY_KEYS", "POINTS", "build_ranking", "cohort_rows", "filter_by_clinician", "priority",
-           "read_ranking", "risk_band", "to_csv", "to_table"]
+           "read_ranking", "risk_band", "to_table"]

@@ -36,6 +36,7 @@ from markupsafe import Markup
 
 from trigger_watch import charts as ch
 from trigger_watch import storage
+from trigger_watch.ranking import ENTRY_KEYS
 from trigger_watch.errors import TriggerWatchError, UnknownPatient
 
 # ------------------------------------------------------------------------------------------- history
@@ -431,9 +432,8 @@ def render_ranking_html(ranking: list[dict]) -> str:
     return _HTML.get_template("ranking.html.j2").render(rows=rows)
 
 
-CSV_COLUMNS = ("rank", "patient_id", "clinician_id", "risk_next_day", "risk_band", "migraine_days_last_30",
-               "migraine_days_prev_90_per_30", "trend", "chronic_migraine", "medication_overuse", "top_triggers",
-               "days_logged_last_30", "last_entry", "latest_treatment_response", "reasons")
+#: ranking.csv columns: the ranking.json entry keys of reports.md, in the contract's order.
+CSV_COLUMNS = tuple(ENTRY_KEYS)
 
 
 def _csv_cell(v: Any) -> Any:
