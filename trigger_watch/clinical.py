@@ -16,6 +16,7 @@ from datetime import date, datetime
 from functools import lru_cache
 
 import numpy as np
+from scipy.stats import binom
 import pandas as pd
 
 # ------------------------------------------------------------------------------------------ the rules
@@ -34,6 +35,11 @@ COMBINED_OVERUSE_DAYS = 10
 #: Trend: worse when the last 30 days' rate is at least the earlier rate plus max(2, 30%) (better: minus).
 TREND_MIN_CHANGE = 2.0
 TREND_MIN_FRACTION = 0.3
+#: ... and only when chance alone is unlikely to explain it: under "no change", a patient's attack onsets
+#: fall into the last 30 days and the 90 before in proportion to their logged days (binomial), and the
+#: split seen must be this unlikely (one-sided). Without it, a cohort whose rates never change shows
+#: most patients as better or worse by noise.
+TREND_ALPHA = 0.05
 #: Logged days needed before a rate is compared: in the last 30 days, and in the 90 before them.
 TREND_MIN_LOGGED_LAST = 14
 TREND_MIN_LOGGED_PREV = 28
@@ -307,6 +313,7 @@ def _panel_counts(panel: pd.DataFrame, asof: int) -> tuple[_Counts, np.ndarray]:
         "migraine": panel["migraine_day"].to_numpy(dtype=bool)[keep],
         "observed": observed,
         "logged": observed | ~keeps[code],
+        "onset": np.nan_to_num(panel["onset"].to_numpy(dtype=float, na_value=0.0))[keep] > 0,
     }
     last = np.full(n, -np.inf)
     if observed.any():
@@ -412,8 +419,14 @@ def flags(panel: pd.DataFrame, med_days: pd.DataFrame, as_of) -> pd.DataFrame:
         rate_prev = np.where(prev_l > 0, prev_m * MONTH_DAYS / np.maximum(prev_l, 1), np.nan)
     comparable = (last_logged >= TREND_MIN_LOGGED_LAST) & (prev_l >= TREND_MIN_LOGGED_PREV)
     margin = np.maximum(TREND_MIN_CHANGE, TREND_MIN_FRACTION * np.nan_to_num(rate_prev))
-    trend = np.where(rate_last >= rate_prev + margin, "worse",
-                     np.where(rate_last <= rate_prev - margin, "better", "stable")).astype(object)
+    O = _window_matrix(counts, "onset", asof, MONTHS_REQUIRED)
+    k_last, k_all = O[:, 0], O.sum(axis=1)
+    share = last_logged / np.maximum(last_logged + prev_l, 1)
+    p_up = binom.sf(k_last - 1, k_all, share)     # P(this many or more onsets in the last 30 | no change)
+    p_down = binom.cdf(k_last, k_all, share)      # P(this few or fewer | no change)
+    trend = np.where((rate_last >= rate_prev + margin) & (p_up < TREND_ALPHA), "worse",
+                     np.where((rate_last <= rate_prev - margin) & (p_down < TREND_ALPHA), "better",
+                              "stable")).astype(object)
     trend[~comparable] = None
 
     since = asof - last_day
