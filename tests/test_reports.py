@@ -168,6 +168,19 @@ def test_forecast_in_words_and_percent():
     assert reports.forecast_sentences(triggers_doc(forecast=None)) == []
 
 
+@pytest.mark.parametrize("p,base,phrase", [
+    (0.31, 0.15, "That is higher than usual for you (usually 15%)."),
+    (0.20, 0.15, "That is a little higher than usual for you (usually 15%)."),
+    (0.16, 0.15, "That is about usual for you (15%)."),
+    (0.12, 0.15, "That is a little lower than usual for you (usually 15%)."),
+    (0.08, 0.15, "That is lower than usual for you (usually 15%)."),
+])
+def test_forecast_compares_with_the_usual_day(p, base, phrase):
+    doc = triggers_doc()
+    doc["forecast"] = dict(doc["forecast"], attack_probability=p, baseline_probability=base)
+    assert phrase in reports.forecast_sentences(doc)
+
+
 def test_patient_summary_has_every_section_and_the_disclaimer():
     md = reports.render_patient_md(triggers_doc(), charts_doc())
     for heading in ("## What seems to set off your attacks", "## Early warning signs",

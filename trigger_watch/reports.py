@@ -318,6 +318,10 @@ def forecast_sentences(triggers: dict) -> list[str]:
             out.append(f"That is higher than usual for you (usually {percent(base)}).")
         elif p <= base / 1.5:
             out.append(f"That is lower than usual for you (usually {percent(base)}).")
+        elif p >= 1.2 * base:
+            out.append(f"That is a little higher than usual for you (usually {percent(base)}).")
+        elif p <= base / 1.2:
+            out.append(f"That is a little lower than usual for you (usually {percent(base)}).")
         else:
             out.append(f"That is about usual for you ({percent(base)}).")
     drivers = [dr for dr in fc.get("drivers") or [] if (dr.get("contribution") or 0) > 0]
