@@ -532,7 +532,6 @@ def location(file: str, line: int | None) -> str:
 
 
 def to_rows(frame: pd.DataFrame, columns: list[str]) -> list[tuple]:
-    """DataFrame -> tuples of Python values with None for missing (for executemany)."""
-    sub = frame[columns].astype(object)
-    sub = sub.where(sub.notna(), None)
-    return list(sub.itertuples(index=False, name=None))
+    """DataFrame -> tuples of Python values with None for missing (for executemany). Column-wise."""
+    cols = [frame[c].to_numpy(dtype=object, na_value=None).tolist() for c in columns]
+    return list(zip(*cols))
