@@ -1,10 +1,11 @@
 """Accuracy of trigger-watch against the classical per-patient method, on simulated cohorts with planted triggers.
 
-    python benchmarks/accuracy.py [--patients 300] [--seed 20261121] [--days 90 180 365]
+    python benchmarks/accuracy.py [--patients 300] [--seed 20261121] [--days 365 180 90]
+                                  [--path pipeline|shortcut|both]
 
-For each diary length it simulates a cohort (trigger_watch.simulate), runs ``models.analyse`` and the classical
-baseline (one univariate logistic regression per factor and lag over at-risk days, complete cases, "trigger"
-when the odds ratio is above 1 at p < 0.05), and prints side by side:
+For each diary length it simulates a cohort (trigger_watch.simulate), builds the panel, runs ``models.analyse``
+and the classical baseline (one univariate logistic regression per factor and lag over at-risk days, complete
+cases, "trigger" when the odds ratio is above 1 at p < 0.05), and prints side by side:
 
 - FDR: share of reported triggers that are not planted (same patient, factor and lag);
 - recall of planted triggers, overall and for planted odds ratio >= 2.5 (the OR of the factor's reference
@@ -14,13 +15,28 @@ when the odds ratio is above 1 at p < 0.05), and prints side by side:
 
 A third row runs the same univariate tests with Benjamini-Hochberg at 10% across the cohort: the classical
 method at the error rate trigger-watch promises.
+
+Two ways to build the panel (``--path``):
+
+- ``pipeline`` (the default; what a clinic gets): ``simulate.write_files`` -> ``importing.import_file`` of every
+  file (patients, diary, attacks, sleep, weather, treatments) into a temporary SQLite database ->
+  ``features.load_inputs`` -> ``features.build_panel`` as of the cohort's last day. Episodes come from the
+  24-hour merge rule, baselines from earlier days only, rare tags are dropped, weather is aggregated per local
+  day from the imported hourly series.
+- ``shortcut``: ``simulate.panel_from_cohort``, a test adapter that builds the panel straight from the
+  simulator's frames.
+
+Planted triggers are matched by patient, factor id and lag. A planted trigger whose column is not in the panel,
+or whose patient is not, counts as missed (the number is printed as ``absent``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +47,10 @@ from scipy.stats import norm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trigger_watch import config as tw_config
-from trigger_watch import models, simulate
+from trigger_watch import features, importing, models, simulate, storage
+
+#: import order: patients first (the other kinds need them), as the CLI would
+IMPORT_KINDS = ("patients", "diary", "attacks", "sleep", "weather", "treatments")
 
 
 def baseline(panel: pd.DataFrame) -> pd.DataFrame:
@@ -107,10 +126,14 @@ def baseline_bh(base: pd.DataFrame, fdr: float = 0.10) -> pd.DataFrame:
 def score(calls: pd.DataFrame, truth: pd.DataFrame) -> dict:
     """calls: patient_id, factor, lag_days, verdict, log_or, se (natural unit)."""
     t = truth.rename(columns={"lag": "lag_days"})
-    m = calls.merge(t, on=["patient_id", "factor", "lag_days"], how="left")
+    key = ["patient_id", "factor", "lag_days"]
+    m = calls.merge(t, on=key, how="left")
     m["planted"] = m["log_odds_ratio"].notna()
     trig = m[m["verdict"] == "trigger"]
-    pl = m[m["planted"]]
+    # every planted trigger, called or not: one whose column (or patient) is not in the panel is missed
+    pl = t.merge(calls, on=key, how="left", indicator=True)
+    absent = int((pl["_merge"] == "left_only").sum())
+    pl["verdict"] = pl["verdict"].fillna("absent")
     strong = pl[pl["odds_ratio_ref"] >= 2.5]
     cov = pl[np.isfinite(pl["log_or"]) & np.isfinite(pl["se"])]
     inside = (cov["log_or"] - 1.959964 * cov["se"] <= cov["log_odds_ratio"]) & (
@@ -123,7 +146,8 @@ def score(calls: pd.DataFrame, truth: pd.DataFrame) -> dict:
         "symptom_triggers": int((trig["factor"].str.startswith("symptom:")).sum()),
         "false_protective": int((m["verdict"] == "protective").sum()),
         "coverage": inside.mean() if len(cov) else float("nan"),
-        "covered_n": len(cov), "planted": len(pl),
+        "covered_n": len(cov), "planted": len(pl), "absent": absent,
+        "false_by_factor": trig[~trig["planted"]].groupby(["factor", "lag_days"]).size().to_dict(),
     }
 
 
@@ -138,9 +162,44 @@ def ours(res: dict, scale_unused=None) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)
 
 
-def run(n_patients: int, days: int, seed: int) -> tuple[dict, dict, float]:
-    cohort = simulate.simulate_cohort(n_patients, days, seed)
-    panel = simulate.panel_from_cohort(cohort)
+def simulated(n_patients: int, days: int, seed: int) -> simulate.Cohort:
+    return simulate.simulate_cohort(n_patients, days, seed)
+
+
+def shortcut_panel(cohort: simulate.Cohort) -> pd.DataFrame:
+    """The test adapter's panel, straight from the simulator's frames."""
+    return simulate.panel_from_cohort(cohort)
+
+
+def pipeline_panel(cohort: simulate.Cohort) -> tuple[pd.DataFrame, dict]:
+    """The product's panel: write the import files, import them into a fresh SQLite database (a temporary
+    folder, removed afterwards), load and build. Returns the panel and the seconds each step took."""
+    secs = {}
+    with tempfile.TemporaryDirectory(prefix="tw-accuracy-") as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        files = simulate.write_files(cohort, tmp / "files")
+        secs["write"] = time.perf_counter() - t0
+        db = storage.connect(tmp / "acc.db")
+        try:
+            today = cohort.start + timedelta(days=cohort.n_days)  # the day after the cohort ends
+            as_of = today - timedelta(days=1)
+            t0 = time.perf_counter()
+            for kind in IMPORT_KINDS:
+                r = importing.import_file(db, kind, files[kind], importing.ImportOptions(today=today))
+                if r.quarantined:
+                    print(f"<!-- {kind}: {r.quarantined} rows quarantined -->")
+            secs["import"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            panel = features.build_panel(features.load_inputs(db, None, as_of), as_of)
+            secs["panel"] = time.perf_counter() - t0
+        finally:
+            db.conn.close()
+    return panel, secs
+
+
+def evaluate(panel: pd.DataFrame, cohort: simulate.Cohort) -> tuple[dict, dict, dict, float]:
+    """trigger-watch, baseline and baseline + BH on one panel, scored against the cohort's truth."""
     cfg = tw_config.defaults()
     t0 = time.perf_counter()
     res = models.analyse(panel, cfg, store=False)
@@ -150,24 +209,54 @@ def run(n_patients: int, days: int, seed: int) -> tuple[dict, dict, float]:
             elapsed)
 
 
+def run(n_patients: int, days: int, seed: int, path: str = "pipeline") -> tuple[dict, dict, dict, float]:
+    cohort = simulated(n_patients, days, seed)
+    panel = pipeline_panel(cohort)[0] if path == "pipeline" else shortcut_panel(cohort)
+    return evaluate(panel, cohort)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--patients", type=int, default=300)
     ap.add_argument("--seed", type=int, default=20261121)
     ap.add_argument("--days", type=int, nargs="+", default=[365, 180, 90])
+    ap.add_argument("--path", choices=("pipeline", "shortcut", "both"), default="pipeline",
+                    help="how the panel is built: import + features.build_panel (default), the simulator's "
+                         "adapter, or both side by side on the same cohort")
+    ap.add_argument("--shortcut", action="store_const", const="shortcut", dest="path",
+                    help="same as --path shortcut (the old benchmark)")
     args = ap.parse_args(argv)
-    print(f"seed {args.seed}, {args.patients} simulated patients per cohort")
-    head = ("days", "method", "triggers", "FDR", "recall", "recall OR>=2.5", "symptom->trigger",
+    paths = ("pipeline", "shortcut") if args.path == "both" else (args.path,)
+    print(f"seed {args.seed} (cohort seed = seed + days), {args.patients} simulated patients per cohort, "
+          f"panel: {' and '.join(paths)}")
+    head = ("days", "panel", "method", "triggers", "FDR", "recall", "recall OR>=2.5", "symptom->trigger",
             "false protective", "95% coverage")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for days in args.days:
-        o, b, bh, secs = run(args.patients, days, args.seed + days)
-        for name, r in (("trigger-watch", o), ("baseline p<0.05", b), ("baseline + BH 10%", bh)):
-            print(f"| {days} | {name} | {r['triggers']} | {r['fdr']:.1%} | {r['recall']:.1%} | "
-                  f"{r['recall_or2.5']:.1%} | {r['symptom_triggers']} | {r['false_protective']} | "
-                  f"{r['coverage']:.1%} (n={r['covered_n']}) |")
-        print(f"<!-- {days} days: {o['planted']} planted triggers; analyse() took {secs:.1f} s -->")
+        t0 = time.perf_counter()
+        cohort = simulated(args.patients, days, args.seed + days)
+        notes = [f"simulate {time.perf_counter() - t0:.0f} s"]
+        for path in paths:
+            t0 = time.perf_counter()
+            if path == "pipeline":
+                panel, secs = pipeline_panel(cohort)
+                notes.append("write {write:.0f} s, import {import:.0f} s, build_panel {panel:.0f} s"
+                             .format(**secs))
+            else:
+                panel = shortcut_panel(cohort)
+                notes.append(f"panel_from_cohort {time.perf_counter() - t0:.0f} s")
+            o, b, bh, secs = evaluate(panel, cohort)
+            for name, r in (("trigger-watch", o), ("baseline p<0.05", b), ("baseline + BH 10%", bh)):
+                print(f"| {days} | {path} | {name} | {r['triggers']} | {r['fdr']:.1%} | {r['recall']:.1%} | "
+                      f"{r['recall_or2.5']:.1%} | {r['symptom_triggers']} | {r['false_protective']} | "
+                      f"{r['coverage']:.1%} (n={r['covered_n']}) |")
+            false = ", ".join(f"{f}@{lag} {n}" for (f, lag), n in sorted(o["false_by_factor"].items()))
+            notes.append(f"{path}: {o['planted']} planted triggers, {o['absent']} absent from the panel, "
+                         f"{panel['patient_id'].nunique()} patients, {len(panel.attrs['factors'])} factor "
+                         f"columns; analyse() {secs:.0f} s; false triggers: {false or 'none'}")
+            sys.stdout.flush()
+        print(f"<!-- {days} days, cohort seed {args.seed + days}: " + "; ".join(notes) + " -->")
         sys.stdout.flush()
 
 

@@ -101,10 +101,10 @@ def run(seed: int, args, cfg, *, triggers: bool = True) -> None:
     print(f"origins {strict.cohort['origins']} (blocks of {args.step} days)")
     pred_cpu = s_cpu - sum(strict.cohort["fit_cpu_seconds"])
     print("(timings include the same-day diagnostic; --cost-only times what the pipeline runs)")
-    print("(timings include the same-day diagnostic; --cost-only times what the pipeline runs)")
     print(f"cost: one full cohort fit {fit_wall:.1f} s wall / {fit_cpu:.1f} s CPU; rolling origin "
           f"(prior re-estimated) {s_wall:.1f} s / {s_cpu:.1f} s CPU = {s_cpu / fit_cpu:.2f}x; "
-          f"(prior given) {g_wall:.1f} s / {g_cpu:.1f} s CPU = {g_cpu / fit_cpu:.2f}x; strict run: refits "
+          + (f"(prior given) {g_wall:.1f} s / {g_cpu:.1f} s CPU = {g_cpu / fit_cpu:.2f}x; " if given else "")
+          + "strict run: refits "
           f"{strict.cohort['fit_cpu_seconds']} s CPU, forecasts and scoring {pred_cpu:.1f} s CPU")
     truth = cohort.daily_truth[["patient_id", "date", "p_onset"]].rename(columns={"p_onset": "p_true"})
     for label, v in (("prior re-estimated at each origin (strict)", strict), ("prior given (pipeline)", given)):

@@ -1,9 +1,11 @@
 """Screenshots of the report pages for docs/screenshots/, taken with headless Chromium (Debian's package).
 
     python docs/make_screenshots.py [--out docs/screenshots] [--keep DIR]
+    python docs/make_screenshots.py --from-demo demo-workspace     # after `trigger-watch demo`
 
-Renders the realistic fake patient p00001 (a year of diary) and a 40-patient cohort with
-benchmarks/render_reports.py, then photographs the patient summary, the clinician page and the cohort page.
+With --from-demo, photographs the real reports of a demo workspace (its top-ranked patient); otherwise
+renders the realistic fake patient p00001 (a year of diary) and a 40-patient cohort with
+benchmarks/render_reports.py. Takes the patient summary, the clinician page and the cohort page.
 """
 
 from __future__ import annotations
@@ -31,15 +33,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     ap.add_argument("--keep", type=Path, help="write the demo pages here instead of a temporary folder")
+    ap.add_argument("--from-demo", type=Path, metavar="WORKSPACE",
+                    help="photograph the reports of this `trigger-watch demo` workspace")
     args = ap.parse_args()
     browser = shutil.which("chromium")
     if not browser:
         sys.exit("needs Chromium: apt-get install -y chromium")
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        pages = args.keep or Path(tmp)
-        render_reports.demo(pages)
-        for name, page, size in SHOTS:
+        shots = SHOTS
+        if args.from_demo:
+            import json
+
+            pages = args.from_demo / "reports"
+            top = json.loads((pages / "cohort" / "ranking.json").read_text())[0]["patient_id"]
+            shots = [(name, page.replace("p00001", top), size) for name, page, size in SHOTS]
+        else:
+            pages = args.keep or Path(tmp)
+            render_reports.demo(pages)
+        for name, page, size in shots:
             with tempfile.TemporaryDirectory() as profile:
                 subprocess.run([browser, *FLAGS, f"--user-data-dir={profile}", f"--screenshot={args.out / name}",
                                 f"--window-size={size}", (pages / page).as_uri()],

@@ -311,10 +311,25 @@ def test_menstrual_window_when_the_cycle_starts_on_a_missing_day():
 
 
 def test_menstrual_window_unknown_when_a_long_gap_could_hide_a_period():
+    # a week without any diary could hold a whole period: the days it could reach are unknown
+    days = [i for i in range(24) if not 8 <= i <= 14]
+    p = build_panel(inputs(diary("a", days, menstruation=0)), as_of(23))
+    w = col(p, "a", "menstrual_window@0")
+    assert w[6:16] == [None] * 10 and w[5] == 0.0 and w[16] == 0.0
+
+
+def test_a_short_gap_like_an_attack_does_not_blank_the_window():
+    # 2-4 unlogged days (typically an attack) between "no bleeding" days: the window stays a known 0, so
+    # whether it is known does not depend on attacks
     days = [i for i in range(21) if not 8 <= i <= 11]
     p = build_panel(inputs(diary("a", days, menstruation=0)), as_of(20))
     w = col(p, "a", "menstrual_window@0")
-    assert w[6:13] == [None] * 7 and w[5] == 0.0 and w[13] == 0.0
+    assert w[5:14] == [0.0] * 9
+
+
+def test_menstrual_window_is_tested_on_the_day_only():
+    p = build_panel(inputs(diary("a", range(10), menstruation=0)), as_of(9))
+    assert "menstrual_window@0" in p.columns and "menstrual_window@1" not in p.columns
 
 
 def test_menstrual_tick_box_diary_reads_empty_cells_as_no_bleeding():
@@ -330,14 +345,16 @@ def test_menstrual_window_nan_for_patients_who_never_record_it():
     assert col(p, "a", "menstrual_window@0") == [None] * 5
 
 
-def test_food_and_symptom_tags_null_means_unknown():
+def test_food_and_symptom_tags_read_as_a_tick_box_list_from_first_use():
+    # an empty list on a kept diary day is "none of these" once the patient has used the column;
+    # before the first use it is unknown
     foods = {0: "cheese;red_wine", 1: "cheese", 2: None, 3: "bread", 4: "", 5: "cheese;red_wine",
              6: "red_wine"}
     symptoms = {1: "yawning", 2: "yawning", 3: "yawning", 4: "fatigue"}
     p = build_panel(inputs(diary("a", range(8), foods=foods, symptoms=symptoms)), as_of(7))
-    assert col(p, "a", "food:cheese@0") == [1.0, 1.0, None, 0.0, 0.0, 1.0, 0.0, None]
-    assert col(p, "a", "food:red_wine@1") == [None, 1.0, 0.0, None, 0.0, 0.0, 1.0, 1.0]
-    assert col(p, "a", "symptom:yawning@0") == [None, 1.0, 1.0, 1.0, 0.0, None, None, None]
+    assert col(p, "a", "food:cheese@0") == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+    assert col(p, "a", "food:red_wine@1") == [None, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+    assert col(p, "a", "symptom:yawning@0") == [None, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
     assert "food:bread@0" not in p.columns and "symptom:fatigue@0" not in p.columns
     dropped = p.attrs["dropped"].set_index("factor")["reason"]
     assert "fewer than 3" in dropped["food:bread"] and "symptom:fatigue" in dropped.index
@@ -345,6 +362,12 @@ def test_food_and_symptom_tags_null_means_unknown():
     assert meta.loc["food:cheese@0", "group"] == "food" and meta.loc["food:cheese@0", "behaviour"]
     assert meta.loc["symptom:yawning@1", "group"] == "symptom"
     assert not meta.loc["symptom:yawning@1", "behaviour"]
+
+
+def test_tags_are_unknown_on_days_without_a_diary():
+    symptoms = {0: "yawning", 2: "yawning", 5: "yawning"}
+    p = build_panel(inputs(diary("a", [0, 1, 2, 4, 5], symptoms=symptoms)), as_of(5))
+    assert col(p, "a", "symptom:yawning@0") == [1.0, 0.0, 1.0, None, 0.0, 1.0]
 
 
 def test_custom_factors_from_json_text_and_from_the_unpacked_frame():
@@ -402,7 +425,7 @@ def test_panel_shape_dtypes_and_attrs():
     assert str(p["date"].dtype) == "datetime64[ns]"
     factor_cols = [c for c in p.columns if "@" in c]
     assert all(p[c].dtype == np.float64 for c in factor_cols)
-    assert {column_name(f.id, lag) for f in features.FACTORS for lag in (0, 1)} <= set(factor_cols)
+    assert {column_name(f.id, lag) for f in features.FACTORS for lag in f.lags} <= set(factor_cols)
     meta = p.attrs["factors"]
     assert list(meta.columns) == ["column", "factor", "lag", "kind", "group", "label", "behaviour"]
     assert meta.set_index("column").loc["alcohol_units@1", "label"] == "Alcohol (drinks) the day before"
@@ -504,6 +527,17 @@ def test_simulated_cohort_through_import_gives_the_planted_onsets(db, tmp_path):
     missed = ((seen["onset_true"] == 1) & (seen["onset"] == 0)).sum()
     assert missed <= 0.03 * (seen["onset_true"] == 1).sum()
     assert seen["pressure_change@0"].notna().mean() > 0.9 and seen["sleep_hours@0"].notna().mean() > 0.8
+
+
+def test_loading_a_long_patient_list_leaves_no_transaction_open(file_db):
+    """More than 200 patients go through a temporary table; filling it must commit, or every later write of
+    the cycle joins an implicit transaction that is never committed and is lost when the connection closes."""
+    ids = [f"p{i:04d}" for i in range(250)]
+    file_db.conn.executemany("INSERT INTO patients (patient_id, timezone) VALUES (?, 'UTC')", [(p,) for p in ids])
+    file_db.conn.commit()
+    loaded = features.load_inputs(file_db, ids, date(2026, 11, 20))
+    assert len(loaded.patients) == 250
+    assert not file_db.conn.in_transaction
 
 
 # ------------------------------------------------------------------------------------------ properties

@@ -156,6 +156,15 @@ def test_custom_columns_become_factors_and_text_columns_are_reported(patients, w
     assert any("'city' was not imported: its values are text (e.g. 'Graz')" in m for m in result.messages)
 
 
+def test_none_in_a_tag_column_is_a_known_empty_list(patients, write, do_import):
+    text = HEADER + "p1,2026-03-01,,,,,none,\np1,2026-03-02,,,,,,\np1,2026-03-03,,,,,None; cheese,\n"
+    do_import("diary", write("d.csv", text))
+    assert rows(patients, "SELECT foods FROM diary ORDER BY date") == [("",), (None,), ("cheese",)]
+    do_import("diary", write("d.json", json.dumps([{"patient_id": "p1", "date": "2026-03-04", "foods": []},
+                                                   {"patient_id": "p1", "date": "2026-03-05", "foods": None}])))
+    assert rows(patients, "SELECT foods FROM diary WHERE date > '2026-03-03' ORDER BY date") == [("",), (None,)]
+
+
 def test_caffeine_servings_convert_to_mg(patients, write, do_import):
     do_import("diary", write("d.csv", "patient_id,date,caffeine_servings\np1,2026-03-01,2\n"))
     assert rows(patients, "SELECT caffeine_mg FROM diary") == [(190.0,)]

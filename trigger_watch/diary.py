@@ -345,7 +345,7 @@ def _validate_attacks(batch, c: Checker, options, known, result, state) -> pd.Da
     out["kind"] = kind.fillna("migraine")
     out["aura"] = c.boolean("aura")
     out["symptoms"] = c.tags("symptoms")
-    meds = normalise_tags(c.text("medications"), keep=":.")
+    meds = c.tags("medications", keep=":.")
     dose = meds.map(lambda v: [t.split(":", 1)[1] for t in v.split(";") if ":" in t], na_action="ignore")
     bad_dose = dose.map(lambda ds: any(not _is_number(d) for d in ds), na_action="ignore").fillna(False)
     bad_dose = bad_dose.astype(bool).to_numpy()

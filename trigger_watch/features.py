@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.indexers import BaseIndexer
 
+from trigger_watch import storage
 from trigger_watch.errors import UnknownPatient
 
 # ------------------------------------------------------------------------------------- the registry
@@ -41,6 +42,12 @@ MIN_TAG_DAYS = 3
 #: that period; the first recorded day of a period may be up to this many days after its real start.
 PERIOD_CONTINUE_DAYS = 3
 PERIOD_MAX_UNSEEN_DAYS = 5
+#: A run of unknown days this long may hide a whole period (menstrual_window NaN around it). Shorter runs
+#: are mostly attack days without a diary: blanking the window's zeros around them made the missingness
+#: depend on attacks, and that alone produced false menstrual "triggers" (odds ratio about 1.15 in
+#: cycling patients without the trigger). A 3-6 day period wholly inside a shorter gap is read as 0:
+#: a rare misclassification, which can only hide an effect, never invent one.
+PERIOD_HIDE_RUN_DAYS = 7
 
 LAGS = (0, 1)
 KINDS = ("continuous", "boolean")
@@ -56,10 +63,11 @@ class Factor:
     kind: str
     group: str
     behaviour: bool = False
+    lags: tuple[int, ...] = (0, 1)
 
 
-def _f(id, label, kind="continuous", group="diary", behaviour=False):
-    return Factor(id, label, kind, group, behaviour)
+def _f(id, label, kind="continuous", group="diary", behaviour=False, lags=(0, 1)):
+    return Factor(id, label, kind, group, behaviour, lags)
 
 
 #: The standard factors of ``../shared/spec/factors.md``, in report order.
@@ -69,7 +77,9 @@ FACTORS: tuple[Factor, ...] = (
     _f("alcohol_units", "Alcohol (drinks)", group="behaviour", behaviour=True),
     _f("caffeine_mg", "Caffeine (mg)", group="behaviour", behaviour=True),
     _f("caffeine_withdrawal", "Caffeine under half the usual (yes/no)", "boolean", "behaviour", True),
-    _f("menstrual_window", "Menstrual window, day -2 to +3 (yes/no)", "boolean"),
+    # Lag 0 only: the window already spans six days, and its lag-1 copy shares five of them (correlation
+    # 0.86 in simulated cycles), so testing both called lag-1 "triggers" that were the lag-0 effect.
+    _f("menstrual_window", "Menstrual window, day -2 to +3 (yes/no)", "boolean", lags=(0,)),
     _f("skipped_meal", "Skipped meal (yes/no)", "boolean", "behaviour", True),
     _f("exercise_minutes", "Exercise (minutes)", group="behaviour", behaviour=True),
     _f("water_l", "Water (litres)", group="behaviour", behaviour=True),
@@ -173,9 +183,12 @@ def load_inputs(db, patient_ids=None, as_of: date | None = None) -> PanelInputs:
         if len(ids) <= 200:
             who, params = f"patient_id IN ({', '.join('?' for _ in ids)})", ids
         else:
-            conn.execute("CREATE TEMP TABLE IF NOT EXISTS tw_panel_ids (patient_id TEXT PRIMARY KEY)")
-            conn.execute("DELETE FROM temp.tw_panel_ids")
-            conn.executemany("INSERT OR IGNORE INTO temp.tw_panel_ids VALUES (?)", [(p,) for p in ids])
+            # In its own transaction: a bare DELETE/INSERT would open an implicit one that every later
+            # ``storage.transaction`` joins, and nothing the cycle writes would be committed.
+            with storage.transaction(db):
+                conn.execute("CREATE TEMP TABLE IF NOT EXISTS tw_panel_ids (patient_id TEXT PRIMARY KEY)")
+                conn.execute("DELETE FROM temp.tw_panel_ids")
+                conn.executemany("INSERT OR IGNORE INTO temp.tw_panel_ids VALUES (?)", [(p,) for p in ids])
             who, params = "patient_id IN (SELECT patient_id FROM temp.tw_panel_ids)", []
 
     def read(sql: str, extra: list) -> pd.DataFrame:
@@ -449,13 +462,15 @@ def build_panel(inputs: PanelInputs, as_of: date) -> pd.DataFrame:
         "intensity": meta["intensity"][rows],
     }
     # One float64 block, filled column by column (one allocation instead of one per column).
-    names = [column_name(f.id, lag) for f in registry for lag in LAGS]
+    names = [column_name(f.id, lag) for f in registry for lag in f.lags]
     block = np.empty((len(rows), len(names)), order="F")
     before = rows - 1  # the padding day keeps row - 1 inside the patient's block
-    for i, f in enumerate(registry):
+    j = 0
+    for f in registry:
         v = values.pop(f.id)  # freed as the block fills: a lower peak
-        np.take(v, rows, out=block[:, 2 * i], mode="clip")  # indices are valid; clip: unbuffered
-        np.take(v, before, out=block[:, 2 * i + 1], mode="clip")
+        for lag in f.lags:  # indices are valid; clip: unbuffered
+            np.take(v, rows if lag == 0 else before, out=block[:, j], mode="clip")
+            j += 1
     del v
     panel = pd.concat([pd.DataFrame(cols), pd.DataFrame(block, columns=names, copy=False)], axis=1)
     return _finish(panel, {f.id: f for f in registry}, as_of, dropped)
@@ -684,8 +699,8 @@ def _menstrual_window(g: _Grid, m: np.ndarray) -> np.ndarray:
     starts a period unless a recorded bleeding day lies at most PERIOD_CONTINUE_DAYS before it. When the
     day before it is unknown the real start may be any of the up to PERIOD_MAX_UNSEEN_DAYS unknown days
     before it: days inside the window of every possible start are 1, days inside only some are NaN. A run
-    of 3+ unknown days (or unknown days at either end of the data, including the days after as_of) may
-    hide a whole period: the days it could reach are NaN unless a known window covers them.
+    of PERIOD_HIDE_RUN_DAYS+ unknown days (or unknown days at either end of the data, including the days
+    after as_of) may hide a whole period: the days it could reach are NaN unless a known window covers them.
     """
     n = g.n
     idx = np.arange(n)
@@ -714,7 +729,7 @@ def _menstrual_window(g: _Grid, m: np.ndarray) -> np.ndarray:
     a, b = np.flatnonzero(run_head), np.flatnonzero(run_tail)
     at_start, at_end = a == block_start[a], b == block_end[b]
     length = b - a + 1
-    hide = (length >= 3) | at_start | at_end
+    hide = (length >= PERIOD_HIDE_RUN_DAYS) | at_start | at_end
     lo = np.where(at_start, g.day[a] - PERIOD_MAX_UNSEEN_DAYS - 2, g.day[a] - 2)
     hi = np.where(at_end, g.day[b], g.day[b] + 1)
     possible |= g.coverage(g.code[a][hide], lo[hide], hi[hide]) > 0
@@ -730,12 +745,19 @@ def _menstrual_window(g: _Grid, m: np.ndarray) -> np.ndarray:
 
 
 def _tag_factors(g: _Grid, diary, d_row, prefix: str, col: str, dropped) -> dict[str, np.ndarray]:
-    """``food:<tag>`` / ``symptom:<tag>``: 1 on days the tag is listed, 0 on days whose list is known
-    but lacks it, NaN on days with no diary or an empty (NULL) list."""
+    """``food:<tag>`` / ``symptom:<tag>``: 1 on days the tag is listed, 0 on kept diary days whose list
+    lacks it (an empty list counts from the patient's first use of the column), NaN otherwise."""
     if col not in diary.columns or diary.empty:
         return {}
     cell = diary[col].astype(object)
     listed = cell.notna().to_numpy()
+    # Tick-box reading: diaries leave the list empty on days with none of these, so from the first day a
+    # patient lists anything in this column on, an empty list on a kept diary day means "none". Before
+    # that day, and on days without a diary, it stays unknown (docs/features.md).
+    code, day = g.code[d_row], g.day[d_row]
+    first = np.full(len(g.ids), np.iinfo(np.int64).max)
+    np.minimum.at(first, code[listed], day[listed])
+    known_rows = d_row[listed | (day >= first[code])]
     rows = d_row[listed]
     # split each distinct list once, not each day's
     cell_code, cells = pd.factorize(cell[listed])
@@ -744,7 +766,7 @@ def _tag_factors(g: _Grid, diary, d_row, prefix: str, col: str, dropped) -> dict
         for tag in {t.strip() for t in str(text).split(";")} - {""}:
             tag_cells.setdefault(tag, []).append(i)
     base = np.full(g.n, np.nan)
-    base[rows] = 0.0
+    base[known_rows] = 0.0
     out = {}
     member = np.zeros(len(cells), dtype=bool)
     for name in sorted(tag_cells):

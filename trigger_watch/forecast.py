@@ -2,11 +2,15 @@
 
 **The forecast.** The panel handed in runs through tomorrow; tomorrow's row holds lag-1 values from today's
 diary and last night's sleep, the weather forecast and the calendar at lag 0, and unknown same-day values
-(no diary or night yet). The model is asked for the risk of a day whose unknown values are the patient's
-usual ones: a lag-0 value that is missing on the forecast day is set to the patient's own mean before
-:meth:`models.TriggerModel.predict_proba`, so the model's missing-indicators (which learned that diary days go
-missing *in* attacks) never fire for a day that is simply still in the future. The baseline probability is
-the model's risk for the patient's usual day (every factor at its own mean).
+(no diary or night yet). Unknown same-day values are averaged over: the risk is computed with them replaced
+in turn by the patient's own values of each of their last SAME_DAY_HISTORY at-risk days, and averaged
+(:func:`_marginal`). Left missing, the model's missing-indicators (which learned that a diary goes unkept
+*in* attacks) would fire for a day that is simply still in the future and double the risk; set to the
+patient's mean, the risk would be that of a day whose diary was surely kept, a little too low. A missing
+lag-0 value that could be known (no weather forecast fetched) is set to the patient's mean. The baseline
+probability is the risk of the patient's usual day (every known factor at its own mean, the unknown ones
+averaged over in the same way), so ``attack_probability / baseline_probability`` is what tomorrow's known
+values do; the drivers are those values' pushes, largest first.
 
 **The validation** (:func:`rolling_origin`, docs/forecast.md). Rolling origin in blocks: at origins
 ``d_1 < ... < d_k`` (by default the last ``validation_origins x validation_step_days`` days of the panel), fit
@@ -182,10 +186,14 @@ def next_day(panel: pd.DataFrame, results: dict, tomorrow: date) -> dict[str, di
             continue
         masks = history.layout(est.columns_)[1]
         raw = rows.loc[[row]].reindex(columns=est.columns_)
-        p = float(_marginal(est, raw.to_numpy(dtype=float), history.of(pid, est.columns_), masks)[0])
+        values = raw.to_numpy(dtype=float)
+        past = history.of(pid, est.columns_)
+        p = float(_marginal(est, values, past, masks)[0])
+        # the usual day, with the same values unknown as tomorrow and averaged over the same way: the ratio
+        # p / base is then what tomorrow's known values do, nothing else
+        usual = np.where(masks[0][None, :] & ~np.isfinite(values), np.nan, np.asarray(est.mean_, dtype=float))
+        base = float(_marginal(est, usual, past, masks)[0])
         x = forecast_rows(raw, est)
-        usual = pd.DataFrame([est.mean_], columns=est.columns_)
-        base = float(est.predict_proba(usual)[0, 1])
         contrib = est.contributions(x).iloc[0]
         contrib = contrib[contrib.abs() > 1e-6]
         drivers = []

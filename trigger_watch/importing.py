@@ -213,8 +213,8 @@ def _cell(v: Any) -> str | None:
         return None
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, list):
-        return ";".join("" if x is None else str(x) for x in v)
+    if isinstance(v, list):  # [] is a known empty list ("none"), unlike null
+        return ";".join("" if x is None else str(x) for x in v) or "none"
     if isinstance(v, dict):
         return json.dumps(v)
     return str(v)
@@ -468,8 +468,13 @@ class Checker:
                  .reindex(s.index).to_numpy())
         return s.where(ok, None)
 
-    def tags(self, col: str) -> pd.Series:
-        return normalise_tags(self.text(col))
+    def tags(self, col: str, keep: str = "") -> pd.Series:
+        """A tag list; "none" here means a known empty list, not unknown."""
+        s = self.text(col)
+        if col in self.frame.columns:
+            said_none = (self.frame[col].astype("string").str.strip().str.lower() == "none").fillna(False)
+            s = s.where(~said_none.to_numpy(dtype=bool), "none")
+        return normalise_tags(s, keep=keep)
 
 
 _BOOL = {"1": 1.0, "true": 1.0, "yes": 1.0, "y": 1.0, "1.0": 1.0,
@@ -481,14 +486,17 @@ def _fmt(x: float) -> str:
 
 
 def normalise_tags(s: pd.Series, *, keep: str = "") -> pd.Series:
-    """``"Red Wine; Cheese"`` -> ``"red_wine;cheese"``; None stays None. Vectorised.
+    """``"Red Wine; Cheese"`` -> ``"red_wine;cheese"``; ``"none"`` -> ``""`` (known: nothing); None stays
+    None (unknown). Vectorised.
 
     ``keep`` lists extra characters kept inside a tag (``":."`` for doses like ``sumatriptan:50``).
     """
     st = s.astype("string").str.lower()
     st = st.str.replace(rf"[^\w;{re.escape(keep)}]+", "_", regex=True)
     st = st.str.replace(r"_*;[_;]*", ";", regex=True).str.strip("_;")
-    return st.astype(object).where(st.notna() & (st != ""), None)
+    # "none" (or "nothing", "-") is a known empty list: stored as "" and kept apart from unknown (NULL)
+    st = (";" + st + ";").str.replace(r";(?:none|nothing|no|_)(?=;)", "", regex=True).str.strip(";")
+    return st.astype(object).where(st.notna(), None)
 
 
 # ------------------------------------------------------------------------------------ quarantine
