@@ -76,11 +76,11 @@ def test_first_cycle_analysed_everyone_and_wrote_reports(analysed_workspace):
 def test_one_new_diary_row_reanalyses_that_patient_only(ws):
     cfg = cfg_of(ws)
     db = storage.connect(cfg.database)
-    quiet = daemon.run_cycle(db, cfg, today=date(2026, 11, 19), fetch=False)
+    quiet = daemon.run_cycle(db, cfg, today=date(2026, 11, 20), fetch=False)
     assert quiet.analysed == [] and quiet.failed == {}          # nothing changed: nothing to do
     before = snapshot(cfg.reports_dir)
     add_diary_row(db, ws, "p00003", "2026-11-19", stress=9)
-    result = daemon.run_cycle(db, cfg, today=date(2026, 11, 19), fetch=False)
+    result = daemon.run_cycle(db, cfg, today=date(2026, 11, 20), fetch=False)
     assert result.analysed == ["p00003"]
     after = snapshot(cfg.reports_dir)
     changed = {k.split("/")[0] for k in after if after[k] != before.get(k)}
@@ -104,13 +104,13 @@ def test_a_failing_patient_does_not_stop_the_others_and_is_retried(ws, monkeypat
         return original(reports_dir, triggers, charts)
 
     monkeypatch.setattr(reports, "write_patient_reports", flaky)
-    first = daemon.run_cycle(db, cfg, today=date(2026, 11, 19), fetch=False)
+    first = daemon.run_cycle(db, cfg, today=date(2026, 11, 20), fetch=False)
     assert first.analysed == ["p00002"] and list(first.failed) == ["p00001"]
     assert "disk full" in first.failed["p00001"] and first.status == "partial"
     info = daemon.status(db, cfg)
     assert info["failing_patients"][0]["patient_id"] == "p00001"
     monkeypatch.setattr(reports, "write_patient_reports", original)
-    second = daemon.run_cycle(db, cfg, today=date(2026, 11, 19), fetch=False)
+    second = daemon.run_cycle(db, cfg, today=date(2026, 11, 20), fetch=False)
     assert second.analysed == ["p00001"]
     assert daemon.status(db, cfg)["failing_patients"] == []
 
@@ -209,7 +209,7 @@ def test_sigkill_mid_cycle_leaves_reports_whole_and_next_cycle_completes(ws):
             if f.suffix == ".html":
                 assert f.read_text().rstrip().endswith("</html>")
     db = storage.connect(cfg.database)
-    result = daemon.run_cycle(db, cfg, today=date(2026, 11, 19), fetch=False)
+    result = daemon.run_cycle(db, cfg, today=date(2026, 11, 20), fetch=False)
     assert result.status == "ok"
     assert sorted(result.analysed) == [f"p{i:05d}" for i in range(8)]
     statuses = [r[0] for r in db.execute("SELECT status FROM runs ORDER BY id")]

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import sqlite_utils
@@ -208,7 +208,8 @@ def record_outcomes(db, analysed: list[str], failed: dict[str, str], model_versi
 def run_cycle(db: sqlite_utils.Database, config, *, today: date, session=None, fetch: bool = True,
               wait_seconds: float = 0.0, stop: threading.Event | None = None,
               progress: Callable | None = None, analyse: Callable | None = None) -> CycleResult:
-    """One cycle under the lease. ``analyse(db, config, patient_ids, as_of, stop, progress)`` defaults to
+    """One cycle under the lease, analysing through the day before ``today`` (the last complete diary day).
+    ``analyse(db, config, patient_ids, as_of, stop, progress)`` defaults to
     :func:`trigger_watch.analysis.analyze` and must return an object with ``analysed``, ``failed``,
     ``skipped`` and ``model_version``."""
     stop = stop or threading.Event()
@@ -227,7 +228,10 @@ def run_cycle(db: sqlite_utils.Database, config, *, today: date, session=None, f
             seen = patients_to_analyse(db, MODEL_VERSION)
             started = storage.utcnow_text()
             if seen and not stop.is_set():
-                outcome = analyse_fn(db, config, patient_ids=list(seen), as_of=today, stop=stop, progress=progress)
+                # Through the last complete day: at 02:30 today's diary cannot exist yet, and reading it as
+                # missing would raise the forecast. The forecast is then for the day now starting.
+                outcome = analyse_fn(db, config, patient_ids=list(seen), as_of=today - timedelta(days=1),
+                                     stop=stop, progress=progress)
                 result.analysed, result.failed = list(outcome.analysed), dict(outcome.failed)
                 result.skipped = list(outcome.skipped)
                 record_outcomes(db, result.analysed, result.failed, MODEL_VERSION, started, seen)

@@ -88,7 +88,7 @@ def run_demo(workspace: Path, *, today: date, n_patients: int = 36, n_days: int 
         result = import_file(db, kind, files[kind], options)
         imports.extend(result.lines())
     log("analysing")
-    cycle = daemon.run_cycle(db, cfg, today=as_of, fetch=False, progress=progress)
+    cycle = daemon.run_cycle(db, cfg, today=today, fetch=False, progress=progress)
     ranking = _top_patient(cfg)
     db.conn.close()
     return DemoResult(workspace, n_patients, n_days, as_of, imports, cycle.lines(), ranking)
