@@ -165,6 +165,14 @@ def test_none_in_a_tag_column_is_a_known_empty_list(patients, write, do_import):
     assert rows(patients, "SELECT foods FROM diary WHERE date > '2026-03-03' ORDER BY date") == [("",), (None,)]
 
 
+def test_date_format_option_reads_other_layouts(patients, write, do_import):
+    text = "patient_id,date,stress\np1,11-17-2018,3\np1,1-2-2020,4\np1,2020-01-03,5\n"
+    result = do_import("diary", write("us.csv", text), date_format="%m-%d-%Y")
+    assert (result.accepted, result.quarantined) == (2, 1)
+    assert rows(patients, "SELECT date FROM diary ORDER BY date") == [("2018-11-17",), ("2020-01-02",)]
+    assert "date='2020-01-03' is not a date (expected %m-%d-%Y)" in list_rejects(patients)[0]["reason"]
+
+
 def test_caffeine_servings_convert_to_mg(patients, write, do_import):
     do_import("diary", write("d.csv", "patient_id,date,caffeine_servings\np1,2026-03-01,2\n"))
     assert rows(patients, "SELECT caffeine_mg FROM diary") == [(190.0,)]

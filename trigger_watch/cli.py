@@ -122,9 +122,12 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
 @click.option("--skip", multiple=True, metavar="COLUMN", help="Ignore this column (repeatable).")
 @click.option("--id-map", type=click.Path(dir_okay=False), metavar="CSV",
               help="fitabase: CSV of fitabase_id,patient_id mapping device ids to patients.")
+@click.option("--date-format", metavar="FMT",
+              help="Layout of date columns when not YYYY-MM-DD, in strptime codes (e.g. '%m-%d-%Y').")
 @pass_app
 def import_cmd(app: App, kind: str, files: tuple[str, ...], fmt: str | None, patient: str | None,
-               create_patients: bool, rename: tuple[str, ...], skip: tuple[str, ...], id_map: str | None) -> None:
+               create_patients: bool, rename: tuple[str, ...], skip: tuple[str, ...], id_map: str | None,
+               date_format: str | None) -> None:
     """Import FILE(s) of KIND; bad rows are quarantined with file, line and reason.
 
     Prints how many rows were new, replaced, unchanged and quarantined. Importing the same file twice
@@ -139,7 +142,7 @@ def import_cmd(app: App, kind: str, files: tuple[str, ...], fmt: str | None, pat
             today=app.today, patient=patient, create_patients=create_patients or cfg["import.create_patients"],
             default_timezone=cfg["patients.default_timezone"], renames=_pairs(rename, "--rename"),
             skips={s.strip() for s in skip}, batch_rows=cfg["import.batch_rows"], config=cfg, extra=extra,
-            progress=app.progress(f"importing {Path(file).name}"),
+            progress=app.progress(f"importing {Path(file).name}"), date_format=date_format,
         )
         result = import_file(app.db, kind, file, options, fmt=fmt)
         for line in result.lines():

@@ -181,7 +181,7 @@ def _diary_dates(batch: Batch, c: Checker, options: ImportOptions, state: dict) 
         state.setdefault("notes", []).append("the date of each row was built from its year, month and day columns")
         for p in _DATE_PARTS:
             state.setdefault("date_parts", set()).add(p)
-    return c.day("date", options.today)
+    return c.day("date", options.today, fmt=options.date_format)
 
 
 def _validate_diary(batch, c: Checker, options, known, result, state) -> pd.DataFrame:
@@ -381,7 +381,7 @@ def _validate_treatments(batch, c: Checker, options, known, result, state) -> pd
     if "date" not in frame.columns and "start" in frame.columns:
         start = c.text("start")
         frame["date"] = start.map(lambda v: str(v)[:10], na_action="ignore")
-    out["date"] = c.day("date", options.today)
+    out["date"] = c.day("date", options.today, fmt=options.date_format)
     treatment = c.required("treatment", "e.g. ketamine_infusion, botox, erenumab")
     out["treatment"] = normalise_tags(treatment.map(lambda v: str(v).replace(";", " "), na_action="ignore"))
     out["dose_mg"] = c.number("dose_mg", 0, None)

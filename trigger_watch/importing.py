@@ -45,6 +45,8 @@ class ImportOptions:
     renames: dict[str, str] = field(default_factory=dict)
     skips: set[str] = field(default_factory=set)
     batch_rows: int = 50000
+    #: strptime format of date columns for files not in YYYY-MM-DD (e.g. "%m-%d-%Y")
+    date_format: str | None = None
     config: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
     #: called as ``progress(rows_done)`` after each batch; None for silence
@@ -447,14 +449,16 @@ class Checker:
                  .reindex(s.index).to_numpy())
         return v
 
-    def day(self, col: str, today: date, *, required: bool = True) -> pd.Series:
-        """A local calendar date ``YYYY-MM-DD``; not after ``today``."""
+    def day(self, col: str, today: date, *, required: bool = True, fmt: str | None = None) -> pd.Series:
+        """A local calendar date, ``YYYY-MM-DD`` (or ``fmt``); not after ``today``."""
         s = self.text(col)
+        shape = "YYYY-MM-DD" if not fmt else fmt
         if required:
-            self.add(s.isna().to_numpy(), f"{col} is missing (YYYY-MM-DD)")
-        parsed = pd.to_datetime(s, format="%Y-%m-%d", errors="coerce")
+            self.add(s.isna().to_numpy(), f"{col} is missing ({shape})")
+        parsed = pd.to_datetime(s, format=fmt or "%Y-%m-%d", errors="coerce")
         bad = (s.notna() & parsed.isna()).to_numpy()
-        self.add(bad, (self._shown(col, s, bad) + " is not a date (use YYYY-MM-DD)").reindex(s.index).to_numpy())
+        hint = "use YYYY-MM-DD, or --date-format for another layout" if not fmt else f"expected {fmt}"
+        self.add(bad, (self._shown(col, s, bad) + f" is not a date ({hint})").reindex(s.index).to_numpy())
         future = (parsed > pd.Timestamp(today)).to_numpy()
         self.add(future, (self._shown(col, s, future) + f" is in the future (today is {today})")
                  .reindex(s.index).to_numpy())
