@@ -38,7 +38,7 @@ def rows(db, sql):
         ("water_l", "-0.5", "water_l='-0.5' is negative"),
         ("menstruation", "maybe", "menstruation='maybe' is not yes/no"),
         ("headache", "2", "headache='2' is not yes/no"),
-        ("date", "2026-02-30", "date='2026-02-30' is not a date (use YYYY-MM-DD)"),
+        ("date", "2026-02-30", "date='2026-02-30' is not a date (use YYYY-MM-DD, or --date-format for another layout)"),
         ("date", "03/01/2026", "date='03/01/2026' is not a date"),
         ("date", "2027-01-01", "date='2027-01-01' is in the future (today is 2026-11-20)"),
         ("patient_id", "a b", "patient_id='a b' must be 1-64 letters, digits"),
