@@ -214,7 +214,10 @@ def test_a_drop_chance_could_explain_is_stable():
     # 3 migraine days against 8 per 30 before: past the margin, but with 27 attacks in all a split this
     # uneven happens by chance 8% of the time (binomial, 30 of 120 logged days) -> not called better
     maybe = panel_of("m", 120, migraine=list(range(3)) + [30 * w + i for w in (1, 2, 3) for i in range(8)])
-    assert one(flags(maybe, no_meds(), AS_OF), "m")["trend"] == "stable"
+    f = one(flags(maybe, no_meds(), AS_OF), "m")
+    assert f["trend"] == "stable"
+    assert ("3 migraine days per 30 in the last 30, down from 8 in the 90 before, but with this few attacks "
+            "chance alone could do that: stable") in f["details"]
 
 
 def test_a_cohort_whose_rate_never_changes_is_rarely_called_better_or_worse():

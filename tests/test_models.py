@@ -185,8 +185,18 @@ def test_a_run_over_some_patients_under_the_stored_prior_adds_to_the_store(tmp_p
     sub = panel[panel["patient_id"] == one].copy()
     sub.attrs = panel.attrs
     sub.loc[sub.index[-1], "stress@0"] = 9.0  # the patient's data changed
+    base = tmp_path / "models" / "analyses.joblib"
+    base_before = base.read_bytes()
     part = models.analyse(sub, cfg, prior=store.load_prior())
     after = models.ModelStore(cfg.models_dir)
     assert after.is_current(one, part[one].model["fingerprint"])
     others = [p for p in full if p != one]
     assert all(after.is_current(p, full[p].model["fingerprint"]) for p in others)
+    # the refit went to a small delta file; the full run's file was not rewritten
+    assert base.read_bytes() == base_before
+    assert len(list((tmp_path / "models").glob("analyses-delta-*.joblib"))) == 1
+    assert after.load(one).model["fingerprint"] == part[one].model["fingerprint"]
+    assert all(after.load(p).summary.equals(full[p].summary) for p in others)
+    # a full run replaces everything and drops the delta
+    models.analyse(panel, cfg)
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["analyses.joblib", "index.joblib"]

@@ -162,7 +162,10 @@ def test_a_factor_is_told_once_under_its_strongest_verdict():
 def test_forecast_in_words_and_percent():
     lines = reports.forecast_sentences(triggers_doc())
     text = " ".join(lines)
-    assert "Your chance of an attack tomorrow (Saturday 21 November 2026) is about 31% (about 1 in 3)." in text
+    # made at 02:30 on the 21st from data through the 20th: the forecast is for the day now starting
+    assert "Your chance of an attack today (Saturday 21 November 2026) is about 31% (about 1 in 3)." in text
+    evening = dict(triggers_doc(), generated_at="2026-11-20T19:00:00Z")
+    assert "an attack tomorrow (Saturday 21 November 2026)" in " ".join(reports.forecast_sentences(evening))
     assert "higher than usual for you (usually 15%)" in text
     assert "a big drop in air pressure" in text
     assert reports.forecast_sentences(triggers_doc(forecast=None)) == []
@@ -185,7 +188,7 @@ def test_patient_summary_has_every_section_and_the_disclaimer():
     md = reports.render_patient_md(triggers_doc(), charts_doc())
     for heading in ("## What seems to set off your attacks", "## Early warning signs",
                     "## What seemed to come with fewer attacks", "## What we can't tell yet",
-                    "## What did not seem to matter", "## Tomorrow"):
+                    "## What did not seem to matter", "## The day ahead"):
         assert heading in md
     assert "1. Alcohol seems to be one of your triggers." in md
     assert "not medical advice" in md and "clinician" in md
@@ -225,7 +228,7 @@ def test_a_patient_with_no_data_renders_everything():
            "data": {"diary_days": 0, "attacks": 0}, "status": "insufficient_data", "factors": []}
     texts = reports.patient_texts(doc, {})
     assert "nothing logged from you yet" in texts["summary.md"]
-    assert "## Tomorrow" not in texts["summary.md"]
+    assert "## The day ahead" not in texts["summary.md"]
     assert "No factors were tested: too little data so far" in visible_text(texts["clinician.html"])
     assert "No model was fitted" in visible_text(texts["clinician.html"])
     bare = reports.patient_texts({"patient_id": "p0"}, None)  # every optional block missing
@@ -407,6 +410,36 @@ def test_history_keeps_what_we_told_each_time(db):
     reports.record_history(db, second, None)  # the same run again replaces, does not duplicate
     assert len(reports.history(db, "p1")) == 2
 
+
+
+def test_the_ranking_reads_the_row_kept_with_the_newest_report(db):
+    """One query for the whole cohort; a report kept without its ranking row (before migration 41) has it made
+    from its triggers.json."""
+    from trigger_watch.analysis import ranking_row
+
+    old = triggers_doc("p1", generated_at="2026-10-21T02:30:00Z", as_of="2026-10-20")
+    new = triggers_doc("p1", generated_at="2026-11-21T02:30:00Z")
+    reports.record_history(db, old, None, ranking=ranking_row(old))
+    reports.record_history(db, new, None, ranking=ranking_row(new))
+    reports.record_history(db, triggers_doc("p2"), None)  # no ranking row kept
+    made = []
+    rows = reports.latest_ranking_rows(db, lambda t: made.append(t["patient_id"]) or ranking_row(t))
+    assert made == ["p2"]
+    assert rows == {"p1": ranking_row(new), "p2": ranking_row(triggers_doc("p2"))}
+    assert rows["p1"]["as_of"] == "2026-11-20"
+
+
+def test_writing_many_patients_at_once_writes_the_same_files(tmp_path):
+    docs = [(triggers_doc(f"p{i}"), charts_doc()) for i in range(3)]
+    for t, c in docs:
+        reports.write_patient_reports(tmp_path / "one", t, c)
+    bad = triggers_doc("..")  # not a usable folder name: that patient fails, the others are written
+    written, errors = reports.write_many_patient_reports(tmp_path / "many", [docs[0], (bad, None), *docs[1:]])
+    assert [t["patient_id"] for t, _ in written] == ["p0", "p1", "p2"] and list(errors) == [".."]
+    one = {str(p.relative_to(tmp_path / "one")): p.read_bytes() for p in (tmp_path / "one").rglob("*") if p.is_file()}
+    many = {str(p.relative_to(tmp_path / "many")): p.read_bytes() for p in (tmp_path / "many").rglob("*")
+            if p.is_file()}
+    assert one == many and len(many) == 3 * 4  # no temporary file left behind
 
 def test_stored_report_and_errors(patients):
     db = patients

@@ -10,6 +10,7 @@ and the weather forecast, and that row is what the next-day forecast is made fro
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 import sqlite_utils
 
-from trigger_watch import features, models, storage
+from trigger_watch import compute, features, models, storage
 
 #: Changes when the pipeline or model changes in a way that makes old reports stale.
 MODEL_VERSION = f"{models.MODEL_VERSION}+pipeline-1"
@@ -55,11 +56,12 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
     """Analyse ``patient_ids`` (all when None) as of ``as_of`` and write their reports and the ranking.
 
     A patient that fails (a rendering error, a damaged record) is named in ``failed`` and the others go
-    on. ``stop`` is checked between patients; the ones not reached are listed in ``skipped``.
+    on. ``stop`` is checked between patients (between chunks of patients when ``[compute]`` runs the reports
+    on several workers); the ones not reached are listed in ``skipped``.
     """
     import time
 
-    from trigger_watch import clinical, reports
+    from trigger_watch import clinical
 
     stop = stop or threading.Event()
     timings: dict[str, float] = {}
@@ -76,8 +78,11 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
 
     inputs = features.load_inputs(db, ids, as_of)
     _add_forecast_weather(db, inputs, as_of, tomorrow)
+    timings["load_inputs"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     panel = features.build_panel(inputs, tomorrow)
-    timings["features"] = time.perf_counter() - t
+    timings["build_panel"] = time.perf_counter() - t
 
     t = time.perf_counter()
     store = models.ModelStore(config.models_dir)
@@ -110,29 +115,28 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
 
     t = time.perf_counter()
     clinicians = inputs.patients.set_index("patient_id")["clinician_id"].to_dict()
-    total = len(ids)
-    for i, pid in enumerate(ids):
-        if stop.is_set():
-            outcome.skipped = ids[i:]
-            break
-        try:
-            triggers = build_triggers(
-                pid, results.get(pid), as_of=as_of, generated_at=generated_at,
-                forecast=next_day.get(pid), validation=validation.get(pid),
-                flags=flags.loc[pid].to_dict() if pid in flags.index else None,
-                treatments=responses[responses["patient_id"] == pid] if len(responses) else None,
-                clinician_id=clinicians.get(pid),
-            )
-            if write:
-                chart = charts.get(pid, {"calendar": [], "monthly": [], "gaps": []})
-                reports.write_patient_reports(config.reports_dir, triggers, chart)
-                with storage.transaction(db):
-                    reports.record_history(db, triggers, chart)
-            outcome.analysed.append(pid)
-        except Exception as exc:  # one patient's failure must not stop the others
-            outcome.failed[pid] = f"{type(exc).__name__}: {exc}"
-        if progress:
-            progress(i + 1, total)
+    del inputs, observed_panel, fit_panel, panel  # the reports need only the results from here on
+    treatments = dict(iter(responses.groupby("patient_id", sort=False))) if len(responses) else {}
+
+    def parts_of(pid: str) -> dict:
+        """What :func:`build_triggers` needs of one patient (picklable: the fitted estimator stays here)."""
+        result = results.get(pid)
+        return {"result": None if result is None else dataclasses.replace(result, estimator=None),
+                "as_of": as_of, "generated_at": generated_at, "forecast": next_day.get(pid),
+                "validation": validation.get(pid),
+                "flags": flags.loc[pid].to_dict() if pid in flags.index else None,
+                "treatments": treatments.get(pid), "clinician_id": clinicians.get(pid)}
+
+    def triggers_of(pid: str) -> dict:
+        parts = parts_of(pid)
+        return build_triggers(pid, parts.pop("result"), **parts)
+
+    empty_chart = {"calendar": [], "monthly": [], "gaps": []}
+    with compute.executor(config, len(ids) if write else 0) as ex:
+        if ex.kind == "serial":
+            _reports_serial(db, config, ids, triggers_of, charts, empty_chart, write, stop, progress, outcome)
+        else:
+            _reports_parallel(db, config, ex, ids, parts_of, charts, empty_chart, stop, progress, outcome)
     timings["reports"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -141,6 +145,90 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
     timings["ranking"] = time.perf_counter() - t
     outcome.timings = timings
     return outcome
+
+
+def _reports_serial(db, config, ids, triggers_of, charts, empty_chart, write, stop, progress, outcome) -> None:
+    """One patient after another in this process; ``stop`` is checked between patients."""
+    from trigger_watch import reports
+
+    total = len(ids)
+    for i, pid in enumerate(ids):
+        if stop.is_set():
+            outcome.skipped = ids[i:]
+            break
+        try:
+            triggers = triggers_of(pid)
+            if write:
+                chart = charts.get(pid, empty_chart)
+                reports.write_patient_reports(config.reports_dir, triggers, chart)
+                with storage.transaction(db):
+                    reports.record_history(db, triggers, chart, ranking=ranking_row(triggers))
+            outcome.analysed.append(pid)
+        except Exception as exc:  # one patient's failure must not stop the others
+            outcome.failed[pid] = f"{type(exc).__name__}: {exc}"
+        if progress:
+            progress(i + 1, total)
+
+
+def _reports_parallel(db, config, ex: compute.Executor, ids, parts_of, charts, empty_chart, stop, progress,
+                      outcome) -> None:
+    """Chunks of patients rendered and written by ``ex``'s workers; the history is stored here, one
+    transaction per chunk. ``stop`` is checked between chunks: chunks already sent are finished."""
+    from trigger_watch import reports
+
+    parts = compute.chunks(ids, ex.workers)
+    sent: list[list[str]] = []
+
+    def jobs():
+        for k, part in enumerate(parts):
+            if stop.is_set():
+                outcome.skipped = [p for rest in parts[k:] for p in rest]
+                return
+            items = []
+            for pid in part:
+                try:
+                    items.append((pid, parts_of(pid), charts.get(pid, empty_chart)))
+                except Exception as exc:
+                    outcome.failed[pid] = f"{type(exc).__name__}: {exc}"
+            sent.append(part)
+            yield (str(config.reports_dir), items)
+
+    done, total = 0, len(ids)
+    written: set[str] = set()
+    for k, (rows, errors) in enumerate(ex.map(write_report_chunk, jobs())):
+        outcome.failed.update(errors)
+        try:
+            reports.record_history_rows(db, rows)
+            written.update(r[0] for r in rows)
+        except Exception as exc:
+            for r in rows:
+                outcome.failed[r[0]] = f"{type(exc).__name__}: {exc}"
+        done += len(sent[k])
+        if progress:
+            progress(done, total)
+    outcome.analysed.extend(p for p in ids if p in written)
+
+
+def write_report_chunk(job: tuple[str, list[tuple[str, dict, dict]]]) -> tuple[list[tuple], dict[str, str]]:
+    """A worker's task: build, render and write the reports of a chunk of patients.
+
+    ``job`` is ``(reports_dir, [(patient_id, parts, charts), ...])`` with ``parts`` the keyword arguments of
+    :func:`build_triggers` (``result`` among them). Returns the history rows of the patients written
+    (``reports.history_row``, for the caller to store) and ``{patient_id: error}`` for the others.
+    """
+    from trigger_watch import reports
+
+    reports_dir, items = job
+    docs, errors = [], {}
+    for pid, parts, chart in items:
+        try:
+            parts = dict(parts)
+            docs.append((build_triggers(pid, parts.pop("result"), **parts), chart))
+        except Exception as exc:  # one patient's failure must not stop the others
+            errors[pid] = f"{type(exc).__name__}: {exc}"
+    written, failed = reports.write_many_patient_reports(reports_dir, docs)
+    errors.update(failed)
+    return [reports.history_row(t, c, ranking=ranking_row(t)) for t, c in written], errors
 
 
 def _prior_of(results: dict, given):
@@ -273,12 +361,8 @@ def _write_ranking(db, config, everyone: list[str]) -> list[dict]:
     """Rank every patient from their latest stored report and write the cohort files."""
     from trigger_watch import ranking, reports
 
-    rows = []
-    for pid in everyone:
-        latest = reports.latest(db, pid)
-        if latest is None:
-            continue
-        rows.append(ranking_row(latest))
+    latest = reports.latest_ranking_rows(db, ranking_row)
+    rows = [latest[pid] for pid in everyone if pid in latest]
     ranked = ranking.build_ranking(rows, as_of=max((r["as_of"] for r in rows), default=None))
     reports.write_cohort_reports(config.reports_dir, ranked)
     return ranked

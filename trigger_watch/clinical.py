@@ -451,6 +451,7 @@ def flags(panel: pd.DataFrame, med_days: pd.DataFrame, as_of) -> pd.DataFrame:
     since_l = since.tolist()
     chronic_l, multi_l, overuse_l, seen_l = chronic.tolist(), multi.tolist(), overuse.tolist(), seen_last.tolist()
     trend_l = trend.tolist()
+    past_margin = (np.abs(np.nan_to_num(rate_last) - np.nan_to_num(rate_prev)) >= margin).tolist()
     trend_words = {"worse": "up from", "better": "down from", "stable": "about the same as"}
     rows = []
     for i, pid in enumerate(ids):
@@ -489,6 +490,10 @@ def flags(panel: pd.DataFrame, med_days: pd.DataFrame, as_of) -> pd.DataFrame:
             details.append(f"too little diary to tell the trend ({lastlog[i]} logged days in the last 30, "
                            f"{prevlog[i]} in the 90 before; {TREND_MIN_LOGGED_LAST} and "
                            f"{TREND_MIN_LOGGED_PREV} needed)")
+        elif trend_l[i] == "stable" and past_margin[i]:
+            way = "up from" if r_last[i] > r_prev[i] else "down from"
+            details.append(f"{_fmt(r_last[i])} migraine days per 30 in the last 30, {way} {_fmt(r_prev[i])} in "
+                           f"the 90 before, but with this few attacks chance alone could do that: stable")
         else:
             details.append(f"{_fmt(r_last[i])} migraine days per 30 in the last 30, {trend_words[trend_l[i]]} "
                            f"{_fmt(r_prev[i])} in the 90 before: {trend_l[i]}")

@@ -35,6 +35,7 @@ the pooled posterior decides verdict and rank and drives the next-day risk (:met
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -664,17 +665,25 @@ class ModelStore:
     """Fitted models under ``models_dir``, one cohort run at a time:
 
     - ``index.joblib``: model version, the cohort prior and its id, and per patient the fingerprint of the
-      panel rows the model was fitted on (small: read to decide whether anything changed);
-    - ``analyses.joblib``: every patient's :class:`PatientAnalysis` (summary, data block, fitted estimator).
+      panel rows the model was fitted on (small: read to decide whether anything changed), and the name of
+      the current delta file, if any;
+    - ``analyses.joblib``: every patient's :class:`PatientAnalysis` (summary, data block, fitted estimator)
+      of the last full run;
+    - ``analyses-delta-<token>.joblib``: the patients refitted since then under the same prior (the daemon's
+      incremental cycles). A cycle that changes 1 % of the patients rewrites this small file, not the whole
+      store; when it holds more than a quarter of the patients it is folded into ``analyses.joblib``.
 
     One file per run, not one per patient: 10,000 small files cost more to write and read than the fit.
     """
 
-    INDEX, ANALYSES = "index.joblib", "analyses.joblib"
+    INDEX, ANALYSES, DELTA = "index.joblib", "analyses.joblib", "analyses-delta-{}.joblib"
+    #: fold the delta into the base file when it holds more than this share of the patients
+    COMPACT_SHARE = 0.25
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self._analyses: dict | None = None
+        self._delta: dict | None = None
 
     def load_index(self) -> dict | None:
         rec = self._read(self.root / self.INDEX)
@@ -690,7 +699,15 @@ class ModelStore:
         return (idx is not None and idx["fingerprints"].get(patient_id) == fingerprint
                 and (prior_id is None or idx["prior_id"] == prior_id))
 
+    def _load_delta(self, idx: dict | None) -> dict:
+        name = (idx or {}).get("delta")
+        return (self._read(self.root / name) or {}) if name else {}
+
     def load(self, patient_id: str) -> PatientAnalysis | None:
+        if self._delta is None:
+            self._delta = self._load_delta(self.load_index())
+        if patient_id in self._delta:
+            return self._delta[patient_id]
         if self._analyses is None:
             self._analyses = self._read(self.root / self.ANALYSES) or {}
         return self._analyses.get(patient_id)
@@ -700,15 +717,27 @@ class ModelStore:
         """Keep this run. ``merge``: a run over some patients under the stored prior (the daemon refitting the
         changed ones) adds to the stored run instead of replacing it."""
         idx = self.load_index() if merge else None
+        delta_name = None
         if idx is not None and idx["prior_id"] == prior.id:
-            self.load("")  # read the stored analyses once
-            results = {**self._analyses, **results}
             fingerprints = {**idx["fingerprints"], **fingerprints}
-        self._write(self.root / self.ANALYSES, results)
+            delta = {**self._load_delta(idx), **results}
+            if len(delta) > self.COMPACT_SHARE * len(fingerprints):
+                base = self._read(self.root / self.ANALYSES) or {}
+                self._write(self.root / self.ANALYSES, {**base, **delta})
+                self._analyses, self._delta = None, {}
+            else:
+                delta_name = self.DELTA.format(secrets.token_hex(4))
+                self._write(self.root / delta_name, delta)
+                self._delta = delta
+        else:
+            self._write(self.root / self.ANALYSES, results)
+            self._analyses, self._delta = dict(results), {}
         self._write(self.root / self.INDEX, {"version": MODEL_VERSION, "prior": prior, "prior_id": prior.id,
-                                             "fingerprints": dict(fingerprints),
+                                             "fingerprints": dict(fingerprints), "delta": delta_name,
                                              "saved_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})
-        self._analyses = dict(results)
+        for old in self.root.glob(self.DELTA.format("*")):  # deltas the index no longer names
+            if old.name != delta_name:
+                old.unlink(missing_ok=True)
 
     @staticmethod
     def _read(p: Path):

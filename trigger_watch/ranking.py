@@ -170,13 +170,14 @@ def build_ranking(rows, as_of=None) -> list[dict]:
             r["days_since_last_entry"] = (pd.Timestamp(as_of) - pd.Timestamp(r["last_entry"])).days
         score, reasons = priority(r)
         risk = r.get("risk_next_day")
+        risk = None if risk is None else round(float(risk), 3)  # ordered by the risk as shown
         key = (-score, -(r.get("migraine_days_last_30") or 0), -(risk if risk is not None else -1.0),
                str(r["patient_id"]))
         entry = {
             "patient_id": str(r["patient_id"]),
             "clinician_id": r.get("clinician_id"),
             "rank": None,
-            "risk_next_day": None if risk is None else round(float(risk), 3),
+            "risk_next_day": risk,
             "risk_band": risk_band(risk),
             "migraine_days_last_30": int(r.get("migraine_days_last_30") or 0),
             "migraine_days_prev_90_per_30": r.get("migraine_days_prev_90_per_30"),

@@ -56,7 +56,17 @@ storage.register_migration(40, "report history", [
     )""",
     "CREATE INDEX reports_patient ON reports (patient_id, generated_at)",
 ])
+storage.register_migration(41, "the cohort ranking's row of each patient's newest report", [
+    # ~1 KB per patient in a small table of its own, instead of the whole triggers.json (~25 KB, in the
+    # history's overflow pages): a ranking of 10,000 patients reads 10 MB, not 250 MB
+    """CREATE TABLE report_rankings (
+        patient_id TEXT PRIMARY KEY,
+        generated_at TEXT NOT NULL,
+        ranking_json TEXT NOT NULL
+    )""",
+])
 storage.register_patient_table("reports")
+storage.register_patient_table("report_rankings")
 
 PATIENT_FILES = ("triggers.json", "summary.md", "summary.html", "clinician.html")
 COHORT_FILES = ("ranking.json", "ranking.csv", "ranking.html")
@@ -299,17 +309,24 @@ def data_sentences(triggers: dict) -> list[str]:
 
 
 def forecast_sentences(triggers: dict) -> list[str]:
-    """Tomorrow's risk in words and %, against the patient's usual; empty when there is no forecast."""
+    """The forecast day's risk in words and %, against the patient's usual; empty without a forecast."""
     fc = triggers.get("forecast")
     if not fc or fc.get("attack_probability") is None:
         return []
     p, base = fc["attack_probability"], fc.get("baseline_probability")
     when = long_date(fc.get("date"), weekday=True)
+    # Named from when the report was made: the nightly run (data through yesterday) forecasts today.
+    made = str(triggers.get("generated_at") or "")[:10] or str(triggers.get("as_of") or "")
     try:
-        tomorrow = (date.fromisoformat(str(fc.get("date"))) - date.fromisoformat(str(triggers.get("as_of")))).days == 1
+        ahead = (date.fromisoformat(str(fc.get("date"))) - date.fromisoformat(made)).days
     except ValueError:
-        tomorrow = False
-    day = f"tomorrow ({when})" if tomorrow else (f"on {when}" if when else "on the next day")
+        ahead = None
+    if ahead == 0:
+        day = f"today ({when})"
+    elif ahead == 1:
+        day = f"tomorrow ({when})"
+    else:
+        day = f"on {when}" if when else "on the next day"
     rate = one_in(round(p * 100), 100) if p > 0 else None
     words = f" (about {rate})" if rate and rate != "none" and "of" not in rate else ""
     out = [f"Your chance of an attack {day} is about {percent(p)}{words}."]
@@ -585,6 +602,74 @@ def write_patient_reports(reports_dir: str | os.PathLike, triggers: dict, charts
     return _write_all(folder, patient_texts(triggers, charts), fsync)
 
 
+
+def write_many_patient_reports(reports_dir: str | os.PathLike, items: list[tuple[dict, dict | None]]
+                               ) -> tuple[list[tuple[dict, dict | None]], dict[str, str]]:
+    """:func:`write_patient_reports` for many patients, with two file-system syncs in all instead of five
+    per patient: every file is rendered and written to its temporary name, the file system is synced, every
+    file is renamed into place, and it is synced again. The guarantee is the same (a reader sees old or new
+    whole files; after a crash, a renamed file has its content). Returns the ``(triggers, charts)`` written
+    and ``{patient_id: error}`` for the patients that could not be (their old files are untouched).
+    """
+    staged: list[tuple[tuple[dict, dict | None], list[tuple[Path, Path]]]] = []
+    errors: dict[str, str] = {}
+    for triggers, charts in items:
+        pid = triggers.get("patient_id")
+        moves: list[tuple[Path, Path]] = []
+        try:
+            folder = _safe_folder(Path(reports_dir), pid)
+            texts = patient_texts(triggers, charts)
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, text in texts.items():
+                path = folder / name
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+                moves.append((tmp, path))
+                with open(tmp, "xb") as fh:
+                    fh.write(text.encode("utf-8"))
+            staged.append(((triggers, charts), moves))
+        except Exception as exc:  # one patient's failure must not stop the others
+            errors[str(pid)] = f"{type(exc).__name__}: {exc}"
+            _remove(tmp for tmp, _ in moves)
+    if not staged:
+        return [], errors
+    _sync_file_system(Path(reports_dir))
+    written = []
+    for item, moves in staged:
+        try:
+            for tmp, path in moves:
+                os.replace(tmp, path)
+            written.append(item)
+        except OSError as exc:
+            errors[str(item[0].get("patient_id"))] = f"{type(exc).__name__}: {exc}"
+            _remove(tmp for tmp, _ in moves)
+    _sync_file_system(Path(reports_dir))
+    return written, errors
+
+
+def _remove(paths) -> None:
+    for p in paths:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+
+
+def _sync_file_system(folder: Path) -> None:
+    """Flush the file system holding ``folder`` (``syncfs``; ``os.sync`` where that is not available)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            if libc.syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        pass
+    os.sync()
+
 def write_cohort_reports(reports_dir: str | os.PathLike, ranking: list[dict], *, fsync: bool = True) -> list[Path]:
     """Write ``<reports_dir>/cohort/{ranking.json, ranking.csv, ranking.html}`` atomically."""
     texts = {"ranking.json": to_json(ranking or []), "ranking.csv": ranking_csv(ranking),
@@ -594,32 +679,52 @@ def write_cohort_reports(reports_dir: str | os.PathLike, ranking: list[dict], *,
 
 # --------------------------------------------------------------------------------------- history API
 
-def record_history(db, triggers: dict, charts: dict | None = None) -> int:
+def record_history(db, triggers: dict, charts: dict | None = None, *, ranking: dict | None = None) -> int:
     """Keep what we told the patient (triggers.json, and the charts to re-render it). Returns the row id.
 
     Runs inside the caller's transaction when there is one. Only the newest row of a patient keeps its
-    charts (they are re-derivable and large); every row keeps its triggers.json.
+    charts (they are re-derivable and large); every row keeps its triggers.json. ``ranking``: the cohort
+    ranking's row made from this report, kept so the ranking need not re-read every triggers.json.
     """
+    row = history_row(triggers, charts, ranking=ranking)
+    with storage.transaction(db) as conn:
+        record_history_rows(db, [row])
+        found = conn.execute("SELECT id FROM reports WHERE patient_id = ? AND generated_at = ?",
+                             (row[0], triggers.get("generated_at") or "")).fetchone()
+    return found[0] if found else conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+
+
+def history_row(triggers: dict, charts: dict | None = None, *, ranking: dict | None = None) -> tuple:
+    """The values :func:`record_history_rows` stores for one report (made where the report is rendered, so a
+    worker can serialise its own documents)."""
     pid = triggers.get("patient_id")
     if not pid:
         raise TriggerWatchError("triggers has no patient_id; cannot record it in the report history")
     model = triggers.get("model") or {}
+    return (pid, triggers.get("generated_at") or storage.utcnow_text(), triggers.get("as_of"),
+            model.get("model_id"), triggers.get("status"), json.dumps(_clean(triggers), ensure_ascii=False),
+            None if charts is None else json.dumps(_clean(charts), ensure_ascii=False), storage.utcnow_text(),
+            None if ranking is None else json.dumps(_clean(ranking), ensure_ascii=False))
+
+
+def record_history_rows(db, rows: list[tuple]) -> None:
+    """Store many :func:`history_row` rows in one transaction (the caller's, when there is one)."""
     with storage.transaction(db) as conn:
-        conn.execute("UPDATE reports SET charts_json = NULL WHERE patient_id = ?", (pid,))
-        conn.execute(
+        conn.executemany("UPDATE reports SET charts_json = NULL WHERE patient_id = ?", [(r[0],) for r in rows])
+        conn.executemany(
             "INSERT INTO reports (patient_id, generated_at, as_of, model_id, status, triggers_json, charts_json, "
-            "recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (patient_id, generated_at) DO UPDATE SET "
-            "as_of = excluded.as_of, model_id = excluded.model_id, status = excluded.status, "
+            "recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (patient_id, generated_at) "
+            "DO UPDATE SET as_of = excluded.as_of, model_id = excluded.model_id, status = excluded.status, "
             "triggers_json = excluded.triggers_json, charts_json = excluded.charts_json, "
             "recorded_at = excluded.recorded_at",
-            (pid, triggers.get("generated_at") or storage.utcnow_text(), triggers.get("as_of"),
-             model.get("model_id"), triggers.get("status"), json.dumps(_clean(triggers), ensure_ascii=False),
-             None if charts is None else json.dumps(_clean(charts), ensure_ascii=False), storage.utcnow_text()),
+            [r[:8] for r in rows],
         )
-        row = conn.execute("SELECT id FROM reports WHERE patient_id = ? AND generated_at = ?",
-                           (pid, triggers.get("generated_at") or "")).fetchone()
-    return row[0] if row else conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-
+        conn.executemany(
+            "INSERT INTO report_rankings (patient_id, generated_at, ranking_json) VALUES (?, ?, ?) "
+            "ON CONFLICT (patient_id) DO UPDATE SET generated_at = excluded.generated_at, "
+            "ranking_json = excluded.ranking_json WHERE excluded.generated_at >= report_rankings.generated_at",
+            [(r[0], r[1], r[8]) for r in rows if r[8] is not None],
+        )
 
 def _row(r: tuple) -> dict:
     return {"id": r[0], "patient_id": r[1], "generated_at": r[2], "as_of": r[3], "model_id": r[4], "status": r[5],
@@ -649,6 +754,18 @@ def latest(db, patient_id: str) -> dict | None:
     row = latest_entry(db, patient_id)
     return row["triggers"] if row else None
 
+
+def latest_ranking_rows(db, make_row) -> dict[str, dict]:
+    """Per patient with a report, the ranking row kept with the newest one (one query);
+    ``make_row(triggers)`` makes it from the stored triggers.json for reports kept without one."""
+    rows = db.execute(
+        "SELECT l.patient_id, k.ranking_json, "
+        "CASE WHEN k.ranking_json IS NULL THEN (SELECT triggers_json FROM reports WHERE id = l.id) END "
+        "FROM (SELECT id, patient_id, generated_at FROM (SELECT id, patient_id, generated_at, row_number() OVER "
+        "(PARTITION BY patient_id ORDER BY generated_at DESC, id DESC) AS n FROM reports) WHERE n = 1) AS l "
+        "LEFT JOIN report_rankings k ON k.patient_id = l.patient_id AND k.generated_at = l.generated_at"
+    ).fetchall()
+    return {pid: json.loads(row) if row is not None else make_row(json.loads(text)) for pid, row, text in rows}
 
 def stored_report(db, patient_id: str, audience: str = "patient", fmt: str = "md") -> str:
     """The patient's latest report re-rendered from the history (``trigger-watch report``)."""

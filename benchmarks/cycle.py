@@ -1,0 +1,276 @@
+"""How long the nightly cycle takes for a large cohort, and how much memory it needs.
+
+    python benchmarks/cycle.py --patients 10000 --days 365 --changed 0.01 --workdir /tmp/tw-bench
+
+Three phases, each in its own process so one phase's memory does not show up in the next one's peak:
+
+1. **generate**: simulate ``patients x (days + 1)`` days (``simulate.simulate_cohort``), write the import
+   files (``simulate.write_files``) and import them through the public path (``importing.import_file``)
+   into a fresh database. The last simulated day's diary and attacks are held back.
+2. **full**: ``daemon.run_cycle(fetch=False)`` over everyone, as of the day before the held-back one.
+3. **incremental**: a ``changed`` share of the patients (1 % by default) logs the held-back day (one diary
+   row each, imported through ``import_file``), then ``run_cycle`` as of that day analyses only them.
+
+For each phase it prints the wall time, the peak memory and, for the cycles, the pipeline's time per
+stage (``AnalysisOutcome.timings``). Peak memory is the largest resident set of the phase's process plus
+its worker processes, sampled every 50 ms (``/proc``), next to the main process's own high-water mark
+(``VmHWM``). ``--json FILE`` also writes the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+SEED = 20261121
+AS_OF = date(2026, 11, 20)  # the full cycle's day; the incremental cycle runs the day after
+CONFIG = """[storage]
+database = "trigger_watch.db"
+reports_dir = "reports"
+models_dir = "models"
+
+[weather]
+enabled = false
+
+[compute]
+scheduler = "{scheduler}"
+workers = {workers}
+"""
+
+
+# ------------------------------------------------------------------------------------------ memory
+
+def _rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(name))
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+class PeakMemory:
+    """Samples the resident set of this process and its descendants (MB) on a thread."""
+
+    def __init__(self, every: float = 0.05):
+        self.every, self.peak_kb = every, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = os.getpid()
+        while not self._stop.is_set():
+            total = sum(_rss_kb(p) for p in _descendants(me))
+            self.peak_kb = max(self.peak_kb, total)
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak_kb / 1024
+
+
+def _hwm_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# ------------------------------------------------------------------------------------------ phases
+
+def _config(workdir: Path):
+    from trigger_watch import config as config_mod
+
+    return config_mod.load(workdir / "config.toml")
+
+
+def phase_generate(args) -> dict:
+    import pandas as pd
+
+    from trigger_watch import simulate, storage
+    from trigger_watch.importing import ImportOptions, import_file
+
+    workdir = Path(args.workdir)
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    (workdir / "input").mkdir(parents=True)
+    (workdir / "config.toml").write_text(CONFIG.format(scheduler=args.scheduler, workers=args.workers))
+    cfg = _config(workdir)
+    held = AS_OF + timedelta(days=1)
+    start = AS_OF - timedelta(days=args.days - 1)
+
+    t = time.perf_counter()
+    cohort = simulate.simulate_cohort(args.patients, args.days + 1, SEED, start=start)
+    last = held.isoformat()
+    late_diary = cohort.diary[cohort.diary["date"].astype(str) == last]
+    cohort.diary = cohort.diary[cohort.diary["date"].astype(str) != last]
+    cohort.attacks = cohort.attacks[pd.to_datetime(cohort.attacks["start"].astype(str).str[:10]) < pd.Timestamp(held)]
+    simulate_s = time.perf_counter() - t
+
+    t = time.perf_counter()
+    files = simulate.write_files(cohort, workdir / "input")
+    ids = sorted(late_diary["patient_id"].unique())
+    n_changed = max(1, round(args.changed * args.patients))
+    step = max(1, len(ids) // n_changed)
+    changed = ids[::step][:n_changed]
+    late_diary[late_diary["patient_id"].isin(changed)].to_csv(workdir / "input" / "late_diary.csv", index=False)
+    write_s = time.perf_counter() - t
+
+    t = time.perf_counter()
+    db = storage.connect(cfg.database)
+    options = ImportOptions(today=held + timedelta(days=1), default_timezone="UTC", config=cfg)
+    for kind in ("patients", "diary", "attacks", "sleep", "weather", "treatments"):
+        import_file(db, kind, files[kind], options)
+    db.conn.close()
+    import_s = time.perf_counter() - t
+    return {"simulate_s": simulate_s, "write_files_s": write_s, "import_s": import_s,
+            "diary_rows": len(cohort.diary), "changed_patients": len(changed)}
+
+
+def phase_cycle(args, incremental: bool) -> dict:
+    from trigger_watch import daemon, storage
+    from trigger_watch.importing import ImportOptions, import_file
+
+    workdir = Path(args.workdir)
+    cfg = _config(workdir)
+    db = storage.connect(cfg.database)
+    today = AS_OF + timedelta(days=1) if incremental else AS_OF
+    out: dict = {}
+    if incremental:
+        t = time.perf_counter()
+        options = ImportOptions(today=today + timedelta(days=1), default_timezone="UTC", config=cfg)
+        res = import_file(db, "diary", workdir / "input" / "late_diary.csv", options)
+        out["import_s"] = time.perf_counter() - t
+        out["imported_rows"] = res.accepted
+
+    # Capture the pipeline's per-stage timings by wrapping the analysis function the cycle calls.
+    from trigger_watch import analysis
+
+    captured: dict = {}
+
+    def analyse(db_, config_, **kw):
+        outcome = analysis.analyze(db_, config_, **kw)
+        captured.update(outcome.timings)
+        return outcome
+
+    analyse.model_version = analysis.MODEL_VERSION
+    with PeakMemory() as mem:
+        t = time.perf_counter()
+        result = daemon.run_cycle(db, cfg, today=today, fetch=False, analyse=analyse)
+        out["wall_s"] = time.perf_counter() - t
+    out.update(status=result.status, analysed=len(result.analysed), failed=len(result.failed),
+               peak_mb=mem.peak_mb, main_hwm_mb=_hwm_mb(), stages=captured)
+    if result.failed:
+        out["first_failures"] = dict(list(result.failed.items())[:3])
+    db.conn.close()
+    return out
+
+
+# ------------------------------------------------------------------------------------------ driver
+
+def _run_phase(name: str, argv: list[str]) -> dict:
+    cmd = [sys.executable, __file__, *argv, "--phase", name]
+    with PeakMemory() as mem:
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        raise SystemExit(f"phase {name} failed (exit {proc.returncode})")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_wall_s"] = wall
+    result.setdefault("peak_mb", mem.peak_mb)
+    return result
+
+
+def _print(results: dict, args) -> None:
+    g, f, i = results["generate"], results["full"], results["incremental"]
+    print(f"cohort: {args.patients} patients x {args.days} days ({g['diary_rows']} diary rows), "
+          f"{os.cpu_count()} cores, scheduler {args.scheduler or 'local'}")
+    print(f"generate: simulate {g['simulate_s']:.1f} s, write files {g['write_files_s']:.1f} s, "
+          f"import {g['import_s']:.1f} s (peak {g['peak_mb']:.0f} MB)")
+    for name, r in (("full", f), ("incremental", i)):
+        extra = f", import of {r['imported_rows']} diary row(s) {r['import_s']:.2f} s" if "import_s" in r else ""
+        print(f"{name} cycle: {r['wall_s']:.1f} s wall, {r['analysed']} analysed, {r['failed']} failed, "
+              f"peak {r['peak_mb']:.0f} MB (main process {r['main_hwm_mb']:.0f} MB){extra}")
+        stages = r["stages"]
+        print("  " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+              + f"  | sum {sum(stages.values()):.1f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--patients", type=int, default=10000)
+    ap.add_argument("--days", type=int, default=365)
+    ap.add_argument("--changed", type=float, default=0.01, help="share of patients with a new day")
+    ap.add_argument("--workdir", default="/tmp/trigger-watch-bench")
+    ap.add_argument("--scheduler", default="", help="[compute] scheduler (empty: this machine)")
+    ap.add_argument("--workers", type=int, default=0, help="[compute] workers (0: one per core)")
+    ap.add_argument("--skip-generate", action="store_true", help="reuse the database in --workdir")
+    ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--phase", choices=["generate", "full", "incremental"], help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.phase:
+        fn = {"generate": phase_generate, "full": lambda a: phase_cycle(a, False),
+              "incremental": lambda a: phase_cycle(a, True)}[args.phase]
+        print(json.dumps(fn(args)))
+        return 0
+
+    passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--skip-generate"]
+    passthrough = [a for j, a in enumerate(passthrough)
+                   if a != "--json" and (j == 0 or passthrough[j - 1] != "--json")]
+    results = {}
+    if args.skip_generate:
+        results["generate"] = {"simulate_s": 0, "write_files_s": 0, "import_s": 0, "diary_rows": 0,
+                               "peak_mb": 0}
+    else:
+        results["generate"] = _run_phase("generate", passthrough)
+    results["full"] = _run_phase("full", passthrough)
+    results["incremental"] = _run_phase("incremental", passthrough)
+    _print(results, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""Where the per-patient work runs does not change what it produces: one cycle in this process, on local
+worker processes and on a Dask cluster writes byte-identical reports (timestamps aside)."""
+
+from __future__ import annotations
+
+import re
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+
+from trigger_watch import compute, daemon, simulate, storage
+from trigger_watch import config as config_mod
+from trigger_watch.errors import ConfigError
+from trigger_watch.importing import ImportOptions, import_file
+
+TODAY = date(2026, 11, 20)
+SEED = 777
+STAMP = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """12 simulated patients x 150 days as import files (seed 777)."""
+    print(f"simulation seed {SEED}")
+    cohort = simulate.simulate_cohort(12, 150, SEED, start=TODAY - timedelta(days=150))
+    return simulate.write_files(cohort, tmp_path_factory.mktemp("input"))
+
+
+def cycle(workspace: Path, files: dict[str, Path], scheduler: str = "", workers: int = 0):
+    """Import ``files`` into a fresh workspace and run one cycle; returns the result and the report files."""
+    workspace.mkdir()
+    (workspace / "config.toml").write_text(
+        '[storage]\ndatabase = "tw.db"\nreports_dir = "reports"\nmodels_dir = "models"\n'
+        f'[weather]\nenabled = false\n[compute]\nscheduler = "{scheduler}"\nworkers = {workers}\n')
+    cfg = config_mod.load(workspace / "config.toml")
+    db = storage.connect(cfg.database)
+    options = ImportOptions(today=TODAY, default_timezone="UTC", config=cfg)
+    for kind in ("patients", "diary", "attacks", "sleep", "weather", "treatments"):
+        import_file(db, kind, files[kind], options)
+    result = daemon.run_cycle(db, cfg, today=TODAY - timedelta(days=1), fetch=False)
+    history = db.execute("SELECT count(*), count(DISTINCT patient_id) FROM reports").fetchone()
+    db.conn.close()
+    reports = Path(cfg.reports_dir)
+    out = {str(p.relative_to(reports)): STAMP.sub(b"<time>", p.read_bytes())
+           for p in sorted(reports.rglob("*")) if p.is_file()}
+    return result, out, history
+
+
+@pytest.fixture(scope="module")
+def serial(files, tmp_path_factory):
+    return cycle(tmp_path_factory.mktemp("serial") / "ws", files)
+
+
+def assert_same(serial, other) -> None:
+    (r1, files1, hist1), (r2, files2, hist2) = serial, other
+    assert r1.status == r2.status == "ok"
+    assert r1.analysed == r2.analysed and len(r1.analysed) == 12
+    assert hist1 == hist2 == (12, 12)
+    assert sorted(files1) == sorted(files2) and len(files1) == 12 * 4 + 3
+    different = [name for name in files1 if files1[name] != files2[name]]
+    assert different == []
+
+
+def test_local_worker_processes_write_the_same_reports(serial, files, tmp_path, monkeypatch):
+    monkeypatch.setattr(compute, "MIN_PARALLEL", 1)  # 12 patients would otherwise run serially
+    with compute.executor(config_mod.Config(values={"compute.workers": 2}), 12) as ex:
+        assert ex.kind == "local" and ex.workers == 2
+    assert_same(serial, cycle(tmp_path / "ws", files, workers=2))
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:distributed")
+def test_a_dask_cluster_writes_the_same_reports(serial, files, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        assert_same(serial, cycle(tmp_path / "ws", files, scheduler=cluster.scheduler_address))
+
+
+def test_a_scheduler_setting_that_is_not_an_address_is_an_error():
+    with pytest.raises(ConfigError, match="tcp://host:8786"):
+        compute.make_executor(config_mod.Config(values={"compute.scheduler": "localhost"}), 10)
+
+
+def test_chunks_cover_every_item_once_in_order():
+    items = [f"p{i}" for i in range(1003)]
+    parts = compute.chunks(items, 2)
+    assert [p for part in parts for p in part] == items
+    assert len(parts) >= 8 and max(len(p) for p in parts) <= 500

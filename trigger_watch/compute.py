@@ -1,0 +1,152 @@
+"""Where the per-patient work runs: this machine's cores, or a Dask cluster.
+
+``[compute] scheduler`` empty runs the work here: serially for a small batch, else in ``[compute] workers``
+local processes (joblib's loky backend; 0 = one per core). ``scheduler = "tcp://host:8786"`` sends it to a
+Dask scheduler (``dask.distributed``, the optional ``dask`` extra) and its workers. Either way a task is a
+plain function of picklable arguments that returns picklable results, so what a task computes cannot depend
+on where it ran: the reports of both backends are identical (``tests/test_compute.py``).
+
+A worker needs the ``trigger_watch`` package and write access to the reports folder; the database stays
+with the caller (tasks receive the data they need and return rows for the caller to store).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from trigger_watch.errors import ConfigError
+
+#: Fewer items than this run serially in the calling process (a process pool costs about a second to start).
+MIN_PARALLEL = 64
+
+
+def local_workers(config) -> int:
+    """``[compute] workers``, with 0 meaning one per core."""
+    n = int(config.values.get("compute.workers", 0) or 0)
+    return n if n > 0 else (os.cpu_count() or 1)
+
+
+class Executor:
+    """Runs ``fn(item)`` for each item and yields the results in the order of the items.
+
+    ``kind`` is ``serial``, ``local`` (processes on this machine) or ``dask``; ``workers`` the number of
+    workers the results came from (for logs and the benchmark).
+    """
+
+    kind = "serial"
+    workers = 1
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+        for item in items:
+            yield fn(item)
+
+    def close(self) -> None:
+        pass
+
+
+class LocalExecutor(Executor):
+    kind = "local"
+
+    def __init__(self, workers: int):
+        self.workers = workers
+
+    def map(self, fn, items):
+        from joblib import Parallel, delayed
+
+        # A generator both ways: items are dispatched a few at a time (so a caller's generator can stop
+        # dispatching) and results come back in order as they finish.
+        parallel = Parallel(n_jobs=self.workers, backend="loky", return_as="generator",
+                            pre_dispatch="2*n_jobs")
+        yield from parallel(delayed(fn)(item) for item in items)
+
+
+class DaskExecutor(Executor):
+    kind = "dask"
+
+    def __init__(self, address: str):
+        try:
+            from distributed import Client
+        except ImportError:
+            raise ConfigError(
+                f"[compute] scheduler = {address!r} needs dask.distributed; install it with "
+                "`pip install 'trigger-watch[dask]'` or leave the setting empty to run on this machine"
+            ) from None
+        try:
+            self.client = Client(address, timeout=30)
+        except OSError as exc:
+            raise ConfigError(f"cannot reach the Dask scheduler at {address!r} ([compute] scheduler): {exc}; "
+                              "is `dask scheduler` running there and the port open?") from None
+        self.workers = max(1, len(self.client.scheduler_info(n_workers=-1).get("workers", {})))
+
+    def map(self, fn, items):
+        from distributed import as_completed
+
+        # Keep twice as many tasks in flight as there are workers, submitting lazily, so a caller's
+        # generator that stops yielding (a stop request) stops the submissions.
+        items = iter(items)
+        in_flight: dict = {}  # future -> position
+        done: dict[int, Any] = {}
+        submitted = returned = 0
+
+        def submit() -> bool:
+            nonlocal submitted
+            for item in items:
+                in_flight[self.client.submit(fn, item, pure=False)] = submitted
+                submitted += 1
+                return True
+            return False
+
+        for _ in range(2 * self.workers):
+            if not submit():
+                break
+        if not in_flight:
+            return
+        finished = as_completed(list(in_flight))
+        for fut in finished:
+            done[in_flight.pop(fut)] = fut.result()
+            fut.release()
+            before = submitted
+            if submit():
+                finished.add(next(f for f, i in in_flight.items() if i == before))
+            while returned in done:
+                yield done.pop(returned)
+                returned += 1
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def make_executor(config, n_items: int) -> Executor:
+    """The executor ``config`` asks for, for a batch of ``n_items`` items."""
+    address = str(config.values.get("compute.scheduler", "") or "").strip()
+    if n_items <= 0:
+        return Executor()
+    if address:
+        if "://" not in address:
+            raise ConfigError(f"[compute] scheduler = {address!r} is not an address; use tcp://host:8786, "
+                              "or leave it empty to run on this machine")
+        return DaskExecutor(address)
+    workers = min(local_workers(config), n_items)
+    if n_items < MIN_PARALLEL or workers <= 1:
+        return Executor()
+    return LocalExecutor(workers)
+
+
+@contextmanager
+def executor(config, n_items: int) -> Iterator[Executor]:
+    ex = make_executor(config, n_items)
+    try:
+        yield ex
+    finally:
+        ex.close()
+
+
+def chunks(items: list, n_workers: int, *, size: int | None = None, max_size: int = 500) -> list[list]:
+    """Split ``items`` into chunks: about four per worker so the load evens out, at most ``max_size`` each."""
+    if not items:
+        return []
+    size = size or max(1, min(max_size, -(-len(items) // (4 * max(1, n_workers)))))
+    return [items[i:i + size] for i in range(0, len(items), size)]
