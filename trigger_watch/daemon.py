@@ -329,34 +329,27 @@ def serve(config, *, open_db: Callable[[], sqlite_utils.Database], log: Callable
     scheduler = BlockingScheduler(timezone=tz, job_defaults={
         "coalesce": True, "max_instances": 1, "misfire_grace_time": config["schedule.misfire_grace_seconds"]})
 
-    def analysis_job() -> None:
-        if stop.is_set():
-            return
-        with busy:
-            db = open_db()
-            try:
-                result = run_cycle(db, config, today=today(), stop=stop)
-                for line in result.lines():
-                    log(line)
-            except CycleBusy as exc:
-                log(f"analysis skipped: {exc}")
-            except Exception as exc:  # keep the daemon alive; the run row has the error
-                log(f"analysis failed: {type(exc).__name__}: {exc}")
-            finally:
-                db.conn.close()
+    def job(name: str, work: Callable[[sqlite_utils.Database], list[str]]) -> Callable[[], None]:
+        """A scheduled job: skipped once stopping, one at a time, its own connection, never kills the daemon."""
+        def run() -> None:
+            if stop.is_set():
+                return
+            with busy:
+                db = open_db()
+                try:
+                    for line in work(db):
+                        log(line)
+                except CycleBusy as exc:
+                    log(f"{name} skipped: {exc}")
+                except Exception as exc:  # keep the daemon alive; the run row has the error
+                    log(f"{name} failed: {type(exc).__name__}: {exc}")
+                finally:
+                    db.conn.close()
+        return run
 
-    def weather_job() -> None:
-        if stop.is_set():
-            return
-        with busy:
-            db = open_db()
-            try:
-                for line in fetch_weather_job(db, config, today=today()):
-                    log(f"weather: {line}")
-            except Exception as exc:
-                log(f"weather failed: {type(exc).__name__}: {exc}")
-            finally:
-                db.conn.close()
+    analysis_job = job("analysis", lambda db: run_cycle(db, config, today=today(), stop=stop).lines())
+    weather_job = job("weather", lambda db: [f"weather: {line}"
+                                             for line in fetch_weather_job(db, config, today=today())])
 
     scheduler.add_job(weather_job, triggers["weather"], id="weather", name="fetch weather", replace_existing=True)
     scheduler.add_job(analysis_job, triggers["analysis"], id="analysis", name="analysis cycle",

@@ -57,6 +57,14 @@ _ALIASES = {"apple_health": "apple-health", "applehealth": "apple-health", "appl
             "fitbit-export": "fitbit", "jsonl": "ndjson"}
 
 
+
+def _open_csv(path: Path):
+    """The file as text for the csv module (BOM dropped); one clear error when it cannot be opened."""
+    try:
+        return path.open("r", encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot be read ({exc.strerror})") from None
+
 def canonical_format(fmt: str | None) -> str | None:
     """``Apple_Health`` -> ``apple-health``; None stays None."""
     if fmt is None:
@@ -214,11 +222,7 @@ def parse_fitabase(path: Path, *, patient: str | None, id_map: dict[str, str]) -
     (an Id not in the map is a rejected row); without it, ``patient`` if given (the file must then hold one Id),
     else the Id itself is the patient id.
     """
-    try:
-        fh = path.open("r", encoding="utf-8-sig", newline="")
-    except OSError as exc:
-        raise InputFileError(f"{path}: cannot be read ({exc.strerror})") from None
-    with fh:
+    with _open_csv(path) as fh:
         reader = csv.reader(fh)
         header = [h.strip().lower() for h in next(reader, [])]
         need = ["id", "sleepday", "totalminutesasleep", "totaltimeinbed"]
@@ -331,11 +335,7 @@ def parse_sleep_as_android(path: Path, *, patient: str) -> pd.DataFrame:
     column count differs per record. ``Hours`` is the tracked length, ``LenAdjust`` minus the awake minutes."""
     rows = []
     header: list[str] | None = None
-    try:
-        fh = path.open("r", encoding="utf-8-sig", newline="")
-    except OSError as exc:
-        raise InputFileError(f"{path}: cannot be read ({exc.strerror})") from None
-    with fh:
+    with _open_csv(path) as fh:
         reader = csv.reader(fh)
         prev = 0
         try:
