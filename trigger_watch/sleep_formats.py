@@ -57,7 +57,6 @@ _ALIASES = {"apple_health": "apple-health", "applehealth": "apple-health", "appl
             "fitbit-export": "fitbit", "jsonl": "ndjson"}
 
 
-
 def _open_csv(path: Path):
     """The file as text for the csv module (BOM dropped); one clear error when it cannot be opened."""
     try:
