@@ -15,7 +15,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -76,8 +75,7 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
     generated_at = generated_at or storage.utcnow_text()
     tomorrow = as_of + timedelta(days=1)
 
-    inputs = features.load_inputs(db, ids, as_of)
-    _add_forecast_weather(db, inputs, as_of, tomorrow)
+    inputs = features.load_inputs(db, ids, as_of, weather_through=tomorrow)
     timings["load_inputs"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -97,16 +95,15 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
     from trigger_watch import forecast
 
     next_day = forecast.next_day(panel, results, tomorrow)
-    validation = forecast.stored_validation(store, results)
-    origins = config.values.get("analysis.validation_origins", 0)
-    if origins and hasattr(forecast, "rolling_origin"):
+    validation: dict[str, dict] = {}
+    if config["analysis.validation_origins"] > 0:
         checked = forecast.rolling_origin(fit_panel, config, prior=_prior_of(results, prior))
-        validation.update(checked.per_patient)
+        validation = dict(checked.per_patient)
         outcome.validation = checked.cohort
     timings["forecast"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    observed_panel = panel[panel["date"] <= pd.Timestamp(as_of)]
+    observed_panel = fit_panel  # the days up to as_of, without tomorrow's forecast row
     med_days = clinical.medication_days(inputs)
     flags = clinical.flags(observed_panel, med_days, as_of).set_index("patient_id")
     responses = clinical.treatment_response(observed_panel, inputs.treatments, as_of)
@@ -240,24 +237,6 @@ def _prior_of(results: dict, given):
     return given
 
 
-def _add_forecast_weather(db, inputs: features.PanelInputs, as_of: date, tomorrow: date) -> None:
-    """Extend the inputs' daily weather through tomorrow (the forecast), when weather is available."""
-    try:
-        from trigger_watch import weather
-    except ImportError:
-        return
-    located = inputs.patients[["patient_id", "timezone", "latitude", "longitude"]]
-    try:
-        extra = weather.daily_for_patients(db, located, as_of, tomorrow)
-    except Exception:
-        return
-    if len(extra):
-        wd = inputs.weather_daily
-        combined = pd.concat([wd, extra], ignore_index=True) if len(wd) else extra
-        combined["date"] = pd.to_datetime(combined["date"])
-        inputs.weather_daily = combined.drop_duplicates(["patient_id", "date"], keep="last")
-
-
 # ------------------------------------------------------------------------------------------ results
 
 def _clean(v):
@@ -381,7 +360,3 @@ def ranking_row(triggers: dict) -> dict:
             "baseline_probability": forecast.get("baseline_probability"),
             "top_triggers": list(dict.fromkeys(f["factor"] for f in top))[:3],
             "latest_treatment_response": treatments[-1] if treatments else None}
-
-
-def report_dir(config, patient_id: str) -> Path:
-    return Path(config.reports_dir) / patient_id

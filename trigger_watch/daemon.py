@@ -253,11 +253,9 @@ def run_cycle(db: sqlite_utils.Database, config, *, today: date, session=None, f
 def _fetch_weather(db, config, session, today: date, progress) -> list[str]:
     if not config["weather.enabled"]:
         return ["fetching is disabled ([weather] enabled = false)"]
-    try:
-        from trigger_watch import weather
-    except ImportError:
-        return ["weather module not available"]
     import requests
+
+    from trigger_watch import weather
 
     own = session is None
     session = session or requests.Session()

@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from zoneinfo import ZoneInfo, available_timezones
+from zoneinfo import available_timezones
 
 import numpy as np
 import pandas as pd
@@ -163,7 +163,7 @@ def import_patients(db, path, fmt, options) -> ImportResult:
 def _diary_patient_ids(batch: Batch, c: Checker, options: ImportOptions) -> pd.Series:
     if "patient_id" not in batch.frame.columns:
         if not options.patient:
-            raise InputFileError(f"the file has no patient_id column; pass --patient ID to say whose diary it is")
+            raise InputFileError("the file has no patient_id column; pass --patient ID to say whose diary it is")
         batch.frame["patient_id"] = options.patient
     elif options.patient:
         given = c.text("patient_id")

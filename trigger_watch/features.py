@@ -168,7 +168,8 @@ def _as_date(value) -> date:
     return pd.Timestamp(value).date()
 
 
-def load_inputs(db, patient_ids=None, as_of: date | None = None) -> PanelInputs:
+def load_inputs(db, patient_ids=None, as_of: date | None = None, *,
+                weather_through: date | None = None) -> PanelInputs:
     """Read the stored inputs of some patients (all when None) up to ``as_of`` (everything when None).
 
     A few set-based queries; a long list of patients goes through a temporary table, not a huge IN list.
@@ -213,6 +214,8 @@ def load_inputs(db, patient_ids=None, as_of: date | None = None) -> PanelInputs:
     if len(days):
         start = (pd.Timestamp(days.min()) - pd.Timedelta(days=1)).date()
         end = _as_date(as_of) if as_of is not None else pd.Timestamp(days.max()).date()
+        if weather_through is not None:  # e.g. tomorrow, for the forecast row
+            end = max(end, _as_date(weather_through))
         located = patients[["patient_id", "timezone", "latitude", "longitude"]]
         weather_daily = _from_module("weather", "daily_for_patients", WEATHER_COLUMNS,
                                      db, located, start, end)

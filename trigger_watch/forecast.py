@@ -37,7 +37,6 @@ from scipy.stats import rankdata
 
 from trigger_watch import models
 from trigger_watch.errors import ConfigError
-from trigger_watch.features import column_name  # noqa: F401  (documented panel naming)
 
 MAX_DRIVERS = 5
 #: Factor groups whose lag-0 value is known the evening before (the weather forecast, the calendar).
@@ -205,19 +204,6 @@ def next_day(panel: pd.DataFrame, results: dict, tomorrow: date) -> dict[str, di
         drivers = sorted(drivers, key=lambda d: -abs(d["contribution"]))[:MAX_DRIVERS]
         out[pid] = {"date": tomorrow.isoformat(), "attack_probability": round(p, 4),
                     "baseline_probability": round(base, 4), "drivers": drivers}
-    return out
-
-
-def stored_validation(store, results: dict, validation: Validation | None = None) -> dict[str, dict]:
-    """Per patient, the rolling-origin figures: from ``validation`` when given, else those kept with the model
-    (empty when never run)."""
-    if validation is not None:
-        return dict(validation.per_patient)
-    out = {}
-    for pid, res in results.items():
-        v = getattr(res, "validation", None) or (res.model.get("validation") if res is not None else None)
-        if v:
-            out[pid] = v
     return out
 
 

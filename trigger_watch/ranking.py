@@ -10,8 +10,6 @@ is given (``clinical.flags``, ``clinical.treatment_response``, the forecast, the
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from datetime import date
