@@ -231,9 +231,12 @@ def _print(results: dict, args) -> None:
         extra = f", import of {r['imported_rows']} diary row(s) {r['import_s']:.2f} s" if "import_s" in r else ""
         print(f"{name} cycle: {r['wall_s']:.1f} s wall, {r['analysed']} analysed, {r['failed']} failed, "
               f"peak {r['peak_mb']:.0f} MB (main process {r['main_hwm_mb']:.0f} MB){extra}")
-        stages = r["stages"]
+        stages = {k: v for k, v in r["stages"].items() if "/" not in k}
         print("  " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
               + f"  | sum {sum(stages.values()):.1f} s")
+        steps = {k: v for k, v in r["stages"].items() if "/" in k}
+        if steps:
+            print("  steps (summed over blocks, overlapping): " + ", ".join(f"{k} {v:.2f}" for k, v in steps.items()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,12 +27,13 @@ def files(tmp_path_factory) -> dict[str, Path]:
     return simulate.write_files(cohort, tmp_path_factory.mktemp("input"))
 
 
-def cycle(workspace: Path, files: dict[str, Path], scheduler: str = "", workers: int = 0):
+def cycle(workspace: Path, files: dict[str, Path], scheduler: str = "", workers: int = 0, block: int = 500):
     """Import ``files`` into a fresh workspace and run one cycle; returns the result and the report files."""
     workspace.mkdir()
     (workspace / "config.toml").write_text(
         '[storage]\ndatabase = "tw.db"\nreports_dir = "reports"\nmodels_dir = "models"\n'
-        f'[weather]\nenabled = false\n[compute]\nscheduler = "{scheduler}"\nworkers = {workers}\n')
+        f'[weather]\nenabled = false\n[compute]\nscheduler = "{scheduler}"\nworkers = {workers}\n'
+        f'block_patients = {block}\n')
     cfg = config_mod.load(workspace / "config.toml")
     db = storage.connect(cfg.database)
     options = ImportOptions(today=TODAY, default_timezone="UTC", config=cfg)
@@ -67,6 +68,14 @@ def test_local_worker_processes_write_the_same_reports(serial, files, tmp_path, 
     with compute.executor(config_mod.Config(values={"compute.workers": 2}), 12) as ex:
         assert ex.kind == "local" and ex.workers == 2
     assert_same(serial, cycle(tmp_path / "ws", files, workers=2))
+    # blocks of 5: the workers also read their blocks from the database file and reduce them
+    assert_same(serial, cycle(tmp_path / "ws5", files, workers=2, block=5))
+
+
+def test_blocks_of_patients_write_the_same_reports_as_one_block(serial, files, tmp_path):
+    """The pipeline reads, reduces and spills 5 patients at a time (three blocks, design blocks in files):
+    the same panel columns, fits, forecasts, validation and reports as the whole cohort at once."""
+    assert_same(serial, cycle(tmp_path / "ws", files, block=5))
 
 
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
@@ -88,3 +97,32 @@ def test_chunks_cover_every_item_once_in_order():
     parts = compute.chunks(items, 2)
     assert [p for part in parts for p in part] == items
     assert len(parts) >= 8 and max(len(p) for p in parts) <= 500
+
+
+def test_validation_runs_when_due_and_is_reused_in_between(files, tmp_path):
+    """The rolling-origin validation refits the cohort three times, so it runs when a patient's stored one
+    is ``analysis.validation_every_days`` old; the nights in between reuse it in the reports."""
+    import json
+
+    from trigger_watch import analysis
+
+    cycle(tmp_path / "ws", files)  # imports and runs the first cycle (as of TODAY - 2: all due)
+    cfg = config_mod.load(tmp_path / "ws" / "config.toml")
+    db = storage.connect(cfg.database)
+    first = TODAY - timedelta(days=2)
+
+    def run(as_of, **kw):
+        out = analysis.analyze(db, cfg, as_of=as_of, **kw)
+        doc = json.loads((Path(cfg.reports_dir) / "p00003" / "triggers.json").read_text())
+        return out, doc["model"]
+
+    out, model = run(TODAY - timedelta(days=1))
+    assert out.validation == {}  # not due: yesterday's validation is reused
+    assert model["cv_as_of"] == first.isoformat() and "cv_brier" in model
+    out, model = run(first + timedelta(days=7))
+    assert out.validation["patients"] == 12 and model["cv_as_of"] == (first + timedelta(days=7)).isoformat()
+    out, model = run(first + timedelta(days=8), validate=False)
+    assert out.validation == {} and model["cv_as_of"] == (first + timedelta(days=7)).isoformat()
+    out, model = run(first + timedelta(days=8), validate=True)
+    assert out.validation["patients"] == 12 and model["cv_as_of"] == (first + timedelta(days=8)).isoformat()
+    db.conn.close()

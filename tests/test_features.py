@@ -630,3 +630,35 @@ def test_property_outcome_defined_on_every_at_risk_day(data):
     # one row per patient-day, consecutive
     for _, g in p.groupby("patient_id"):
         assert (g["date"].diff().dropna() == pd.Timedelta(days=1)).all()
+
+
+def test_a_block_of_patients_gets_the_columns_of_the_whole_cohort(db):
+    """The pipeline builds panels a block of patients at a time. A tag listed on 2 days by one patient and
+    once by another is a factor of the cohort (3 days), and a custom factor is yes/no only if it is 0/1 for
+    everyone: each block's panel must have the cohort's columns and kinds, and the same values."""
+    db["patients"].insert_all([{"patient_id": p, "timezone": "UTC"} for p in ("a", "b")])
+    rows = []
+    for i in range(6):
+        rows.append({"patient_id": "a", "date": d(i), "foods": "cheese" if i in (1, 3) else "",
+                     "custom": json.dumps({"pills": 1 if i % 2 else 0})})
+        rows.append({"patient_id": "b", "date": d(i), "foods": "cheese; bread" if i == 4 else "",
+                     "custom": json.dumps({"pills": 3 if i == 2 else 0})})
+    db["diary"].insert_all(rows)
+    end = as_of(5)
+    whole = build_panel(features.load_inputs(db, None, end), end)
+    cols = features.cohort_columns(db, None, end)
+    assert cols.tags == {"food:cheese": 3, "food:bread": 1} and cols.custom == {"pills": False}
+    meta = whole.attrs["factors"].set_index("column")
+    assert "food:cheese@0" in whole.columns and "food:bread@0" not in whole.columns
+    assert meta.loc["pills@0", "kind"] == "continuous"
+    for pid in ("a", "b"):
+        alone = build_panel(features.load_inputs(db, [pid], end), end)
+        block = build_panel(features.load_inputs(db, [pid], end), end, columns=cols)
+        # built alone, patient a's block would drop cheese (2 days) and call pills yes/no
+        assert list(block.columns) == list(whole.columns)
+        pd.testing.assert_frame_equal(block.attrs["factors"], whole.attrs["factors"])
+        expect = whole[whole["patient_id"] == pid].reset_index(drop=True)
+        pd.testing.assert_frame_equal(block.reset_index(drop=True), expect, check_like=False)
+        if pid == "a":
+            assert "food:cheese@0" not in alone.columns
+            assert alone.attrs["factors"].set_index("column").loc["pills@0", "kind"] == "boolean"

@@ -11,16 +11,19 @@ and the weather forecast, and that row is what the next-day forecast is made fro
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from datetime import date, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import sqlite_utils
 
-from trigger_watch import compute, features, models, storage
+from trigger_watch import clinical, compute, features, forecast, models, storage
 
 #: Changes when the pipeline or model changes in a way that makes old reports stale.
 MODEL_VERSION = f"{models.MODEL_VERSION}+pipeline-1"
@@ -49,18 +52,40 @@ def all_patient_ids(db: sqlite_utils.Database) -> list[str]:
     return [r[0] for r in db.execute("SELECT patient_id FROM patients ORDER BY patient_id")]
 
 
+CHART_COLUMNS = ["patient_id", "date", "observed", "diary_kept", "onset", "in_episode", "migraine_day",
+                 "headache_day", "intensity"]
+
+
+@dataclass
+class _Block:
+    """What the pipeline keeps of one block of patients between reading their data and writing reports."""
+
+    ids: list[str]
+    ahead: pd.DataFrame  # the forecast day's rows and the recent at-risk days before it (forecast.next_day)
+    chart_rows: pd.DataFrame  # the days the charts are drawn from (CHART_COLUMNS, compact dtypes)
+    flags: pd.DataFrame
+    responses: pd.DataFrame
+    clinicians: dict[str, str | None]
+
+
 def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list[str] | None = None,
             stop: threading.Event | None = None, progress: Callable | None = None, write: bool = True,
-            generated_at: str | None = None) -> AnalysisOutcome:
+            generated_at: str | None = None, validate: bool | None = None) -> AnalysisOutcome:
     """Analyse ``patient_ids`` (all when None) as of ``as_of`` and write their reports and the ranking.
 
     A patient that fails (a rendering error, a damaged record) is named in ``failed`` and the others go
     on. ``stop`` is checked between patients (between chunks of patients when ``[compute]`` runs the reports
     on several workers); the ones not reached are listed in ``skipped``.
+
+    The patients go through in blocks of ``[compute] block_patients``: each block's inputs are read, its
+    panel built and reduced to what the later stages need (the model's design blocks, moved to files under
+    the models folder; the forecast day's rows; the chart days; flags and treatment responses) before the
+    next block is read, so memory grows with the block, not the cohort. The cohort fit then pools every
+    block, and the reports are written block by block. ``validate``: run the rolling-origin validation of
+    the forecast for these patients (None: for those whose stored validation is older than
+    ``analysis.validation_every_days``; see :func:`validate_due`).
     """
     import time
-
-    from trigger_watch import clinical
 
     stop = stop or threading.Event()
     timings: dict[str, float] = {}
@@ -74,66 +99,87 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
         return outcome
     generated_at = generated_at or storage.utcnow_text()
     tomorrow = as_of + timedelta(days=1)
-
-    inputs = features.load_inputs(db, ids, as_of, weather_through=tomorrow)
-    timings["load_inputs"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    panel = features.build_panel(inputs, tomorrow)
-    timings["build_panel"] = time.perf_counter() - t
-
-    t = time.perf_counter()
     store = models.ModelStore(config.models_dir)
     subset = len(ids) < len(everyone)
     prior = store.load_prior() if subset else None
-    fit_panel = panel[panel["date"] <= pd.Timestamp(as_of)]
-    fit_panel.attrs = panel.attrs
-    results = models.analyse(fit_panel, config, prior=prior, store=store, progress=None)
-    timings["models"] = time.perf_counter() - t
+    columns = features.cohort_columns(db, ids if subset else None, as_of)
+    timings["columns"] = time.perf_counter() - t
+    # sub-stages of the first pass ("pass/step"): the seconds each step took, summed over the blocks (in the
+    # workers when there are several: they overlap each other and the reading)
+    for k in ("load_inputs", "build_panel", "prepare", "ahead", "clinical"):
+        timings[f"read_and_reduce/{k}"] = 0.0
+
+    Path(config.models_dir).mkdir(parents=True, exist_ok=True)
+    blocks: list[_Block] = []
+    parts: list[models.Prepared] = []
+    sizes = compute.chunks(ids, 1, size=int(config["compute.block_patients"]))
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=".fit-", dir=config.models_dir) as spill, \
+            compute.executor(config, len(ids) if len(sizes) > 1 else 0) as ex:
+        spill_dir = Path(spill) if len(sizes) > 1 else None
+        # Local workers read their blocks from the database file themselves (SQLite serves several readers);
+        # a Dask worker may be on another machine: the blocks are read here and sent.
+        db_file = _file_of(db) if ex.kind == "local" else None
+        if db_file:
+            t = time.perf_counter()
+            features.warm_weather(db, ids if subset else None, as_of, weather_through=tomorrow)
+            timings["columns"] += time.perf_counter() - t
+
+        def jobs():
+            for block_ids in sizes:
+                t = time.perf_counter()
+                source = db_file or features.load_inputs(db, block_ids, as_of, weather_through=tomorrow)
+                timings["read_and_reduce/load_inputs"] += time.perf_counter() - t
+                # a Dask worker cannot reach this machine's folder: it returns the design blocks instead
+                yield (config, block_ids, source, as_of, columns, None if ex.kind == "dask" else spill_dir)
+
+        for part, block, secs in ex.map(reduce_block, jobs()):
+            if spill_dir is not None and ex.kind == "dask":
+                for ch in part.chunks:
+                    ch.spill(spill_dir)
+            if parts and part.design.columns != parts[0].design.columns:
+                raise models.ModelError("blocks of patients built panels with different columns")
+            parts.append(part)
+            blocks.append(block)
+            for k, v in secs.items():
+                timings[f"read_and_reduce/{k}"] += v
+        timings["read_and_reduce"] = time.perf_counter() - t0
+        design = parts[0].design if parts else None
+
+        t = time.perf_counter()
+        results = models.fit_prepared(parts, config, prior=prior, store=store)
+        del parts
+        timings["fit"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    from trigger_watch import forecast
-
-    next_day = forecast.next_day(panel, results, tomorrow)
-    validation: dict[str, dict] = {}
-    if config["analysis.validation_origins"] > 0:
-        checked = forecast.rolling_origin(fit_panel, config, prior=_prior_of(results, prior))
-        validation = dict(checked.per_patient)
-        outcome.validation = checked.cohort
+    ahead = pd.concat([b.ahead for b in blocks], ignore_index=True)
+    ahead.attrs["factors"] = design.meta if design is not None else None
+    next_day = forecast.next_day(ahead, results, tomorrow)
+    for b in blocks:
+        b.ahead = None
     timings["forecast"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    observed_panel = fit_panel  # the days up to as_of, without tomorrow's forecast row
-    med_days = clinical.medication_days(inputs)
-    flags = clinical.flags(observed_panel, med_days, as_of).set_index("patient_id")
-    responses = clinical.treatment_response(observed_panel, inputs.treatments, as_of)
-    charts = build_charts(observed_panel)
-    timings["clinical"] = time.perf_counter() - t
+    validation = validation_for(db, config, ids, as_of, results, columns, subset=subset, validate=validate,
+                                outcome=outcome)
+    timings["validation"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    clinicians = inputs.patients.set_index("patient_id")["clinician_id"].to_dict()
-    del inputs, observed_panel, fit_panel, panel  # the reports need only the results from here on
-    treatments = dict(iter(responses.groupby("patient_id", sort=False))) if len(responses) else {}
 
-    def parts_of(pid: str) -> dict:
+    def parts_of(pid: str, block: _Block) -> dict:
         """What :func:`build_triggers` needs of one patient (picklable: the fitted estimator stays here)."""
         result = results.get(pid)
         return {"result": None if result is None else dataclasses.replace(result, estimator=None),
                 "as_of": as_of, "generated_at": generated_at, "forecast": next_day.get(pid),
                 "validation": validation.get(pid),
-                "flags": flags.loc[pid].to_dict() if pid in flags.index else None,
-                "treatments": treatments.get(pid), "clinician_id": clinicians.get(pid)}
+                "flags": block.flags.loc[pid].to_dict() if pid in block.flags.index else None,
+                "treatments": block.responses.get(pid), "clinician_id": block.clinicians.get(pid)}
 
-    def triggers_of(pid: str) -> dict:
-        parts = parts_of(pid)
-        return build_triggers(pid, parts.pop("result"), **parts)
-
-    empty_chart = {"calendar": [], "monthly": [], "gaps": []}
     with compute.executor(config, len(ids) if write else 0) as ex:
         if ex.kind == "serial":
-            _reports_serial(db, config, ids, triggers_of, charts, empty_chart, write, stop, progress, outcome)
+            _reports_serial(db, config, blocks, parts_of, write, stop, progress, outcome)
         else:
-            _reports_parallel(db, config, ex, ids, parts_of, charts, empty_chart, stop, progress, outcome)
+            _reports_parallel(db, config, ex, blocks, parts_of, stop, progress, outcome)
     timings["reports"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -144,51 +190,133 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
     return outcome
 
 
-def _reports_serial(db, config, ids, triggers_of, charts, empty_chart, write, stop, progress, outcome) -> None:
+def reduce_block(job) -> tuple[models.Prepared, _Block, dict[str, float]]:
+    """A worker's task in the first pass: one block of patients' inputs reduced to what the later stages
+    need -- the model's design blocks (in files under ``spill`` when given), the forecast day's rows, flags,
+    treatment responses and the chart days. ``job``: ``(config, patient_ids, inputs, as_of, columns,
+    spill)``. Returns them with the seconds each step took (of this worker's time)."""
+    import time
+
+    config, ids, inputs, as_of, columns, spill = job
+    tomorrow = as_of + timedelta(days=1)
+    secs = {}
+    t = time.perf_counter()
+    if isinstance(inputs, str):  # the database file: read the block here
+        inputs = features.load_inputs(_reader(inputs), ids, as_of, weather_through=tomorrow)
+        secs["load_inputs"] = time.perf_counter() - t
+        t = time.perf_counter()
+    panel = features.build_panel(inputs, tomorrow, columns=columns)
+    fit_panel = panel[panel["date"] <= pd.Timestamp(as_of)]
+    fit_panel.attrs = panel.attrs
+    secs["build_panel"] = time.perf_counter() - t
+    t = time.perf_counter()
+    part = models.prepare(fit_panel, config, spill_dir=spill)
+    secs["prepare"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ahead = forecast.ahead_rows(panel, tomorrow)
+    secs["ahead"] = time.perf_counter() - t
+    t = time.perf_counter()
+    block = _clinical_block(ids, inputs, fit_panel, as_of)
+    block.ahead = ahead
+    secs["clinical"] = time.perf_counter() - t
+    return part, block, secs
+
+
+_READERS: dict[str, sqlite_utils.Database] = {}
+
+
+def _reader(path: str) -> sqlite_utils.Database:
+    """This worker process's connection to the database file (opened once, kept for the next block)."""
+    if path not in _READERS:
+        _READERS[path] = storage.connect(path, migrate=False)
+    return _READERS[path]
+
+
+def _file_of(db: sqlite_utils.Database) -> str | None:
+    """The file behind ``db``'s main database; None in memory."""
+    for _, name, file in db.conn.execute("PRAGMA database_list"):
+        if name == "main":
+            return file or None
+    return None
+
+
+def _clinical_block(ids: list[str], inputs, panel: pd.DataFrame, as_of: date) -> _Block:
+    """Flags, treatment responses and the chart days of one block of patients (``panel``: through as_of)."""
+    med_days = clinical.medication_days(inputs)
+    flags = clinical.flags(panel, med_days, as_of).set_index("patient_id")
+    responses = clinical.treatment_response(panel, inputs.treatments, as_of)
+    treatments = dict(iter(responses.groupby("patient_id", sort=False))) if len(responses) else {}
+    chart_rows = panel[CHART_COLUMNS].copy()
+    chart_rows.attrs = {}
+    clinicians = inputs.patients.set_index("patient_id")["clinician_id"].to_dict()
+    return _Block(list(ids), None, chart_rows, flags, treatments, clinicians)
+
+
+EMPTY_CHART = {"calendar": [], "monthly": [], "gaps": []}
+
+
+def _reports_serial(db, config, blocks: list[_Block], parts_of, write, stop, progress, outcome) -> None:
     """One patient after another in this process; ``stop`` is checked between patients."""
     from trigger_watch import reports
 
-    total = len(ids)
-    for i, pid in enumerate(ids):
-        if stop.is_set():
-            outcome.skipped = ids[i:]
-            break
-        try:
-            triggers = triggers_of(pid)
-            if write:
-                chart = charts.get(pid, empty_chart)
-                reports.write_patient_reports(config.reports_dir, triggers, chart)
-                with storage.transaction(db):
-                    reports.record_history(db, triggers, chart, ranking=ranking_row(triggers))
-            outcome.analysed.append(pid)
-        except Exception as exc:  # one patient's failure must not stop the others
-            outcome.failed[pid] = f"{type(exc).__name__}: {exc}"
-        if progress:
-            progress(i + 1, total)
+    total, done = sum(len(b.ids) for b in blocks), 0
+    for k, block in enumerate(blocks):
+        charts = build_charts(block.chart_rows)
+        block.chart_rows = None
+        for i, pid in enumerate(block.ids):
+            if stop.is_set():
+                outcome.skipped = block.ids[i:] + [p for b in blocks[k + 1:] for p in b.ids]
+                return
+            try:
+                parts = parts_of(pid, block)
+                triggers = build_triggers(pid, parts.pop("result"), **parts)
+                if write:
+                    chart = charts.get(pid, EMPTY_CHART)
+                    reports.write_patient_reports(config.reports_dir, triggers, chart)
+                    with storage.transaction(db):
+                        reports.record_history(db, triggers, chart, ranking=ranking_row(triggers))
+                outcome.analysed.append(pid)
+            except Exception as exc:  # one patient's failure must not stop the others
+                outcome.failed[pid] = f"{type(exc).__name__}: {exc}"
+            done += 1
+            if progress:
+                progress(done, total)
 
 
-def _reports_parallel(db, config, ex: compute.Executor, ids, parts_of, charts, empty_chart, stop, progress,
+def _reports_parallel(db, config, ex: compute.Executor, blocks: list[_Block], parts_of, stop, progress,
                       outcome) -> None:
     """Chunks of patients rendered and written by ``ex``'s workers; the history is stored here, one
     transaction per chunk. ``stop`` is checked between chunks: chunks already sent are finished."""
     from trigger_watch import reports
 
-    parts = compute.chunks(ids, ex.workers)
+    ids = [p for b in blocks for p in b.ids]
+    size = len(compute.chunks(ids, ex.workers)[0])
     sent: list[list[str]] = []
 
     def jobs():
-        for k, part in enumerate(parts):
-            if stop.is_set():
-                outcome.skipped = [p for rest in parts[k:] for p in rest]
-                return
-            items = []
-            for pid in part:
-                try:
-                    items.append((pid, parts_of(pid), charts.get(pid, empty_chart)))
-                except Exception as exc:
-                    outcome.failed[pid] = f"{type(exc).__name__}: {exc}"
-            sent.append(part)
-            yield (str(config.reports_dir), items)
+        for k, block in enumerate(blocks):
+            # each chunk's chart days go with it: the workers draw the charts
+            pid = block.chart_rows["patient_id"].to_numpy()
+            heads = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1], True])
+            where = {pid[a]: (a, e) for a, e in pairwise(heads)}
+            parts = compute.chunks(block.ids, ex.workers, size=size)
+            for j, part in enumerate(parts):
+                if stop.is_set():
+                    outcome.skipped = [p for rest in parts[j:] for p in rest] + [
+                        p for b in blocks[k + 1:] for p in b.ids]
+                    return
+                items = []
+                for p in part:
+                    try:
+                        items.append((p, parts_of(p, block)))
+                    except Exception as exc:
+                        outcome.failed[p] = f"{type(exc).__name__}: {exc}"
+                spans = [where[p] for p in part if p in where]
+                rows = (block.chart_rows.iloc[np.r_[tuple(slice(a, e) for a, e in spans)]] if spans
+                        else block.chart_rows.iloc[:0])
+                sent.append(part)
+                yield (str(config.reports_dir), items, rows)
+            block.chart_rows = None
 
     done, total = 0, len(ids)
     written: set[str] = set()
@@ -206,26 +334,79 @@ def _reports_parallel(db, config, ex: compute.Executor, ids, parts_of, charts, e
     outcome.analysed.extend(p for p in ids if p in written)
 
 
-def write_report_chunk(job: tuple[str, list[tuple[str, dict, dict]]]) -> tuple[list[tuple], dict[str, str]]:
-    """A worker's task: build, render and write the reports of a chunk of patients.
+def write_report_chunk(job: tuple[str, list[tuple[str, dict]], pd.DataFrame]) -> tuple[list[tuple], dict[str, str]]:
+    """A worker's task: build, draw, render and write the reports of a chunk of patients.
 
-    ``job`` is ``(reports_dir, [(patient_id, parts, charts), ...])`` with ``parts`` the keyword arguments of
-    :func:`build_triggers` (``result`` among them). Returns the history rows of the patients written
+    ``job`` is ``(reports_dir, [(patient_id, parts), ...], chart_rows)`` with ``parts`` the keyword arguments
+    of :func:`build_triggers` (``result`` among them) and ``chart_rows`` those patients' days
+    (CHART_COLUMNS) for :func:`build_charts`. Returns the history rows of the patients written
     (``reports.history_row``, for the caller to store) and ``{patient_id: error}`` for the others.
     """
     from trigger_watch import reports
 
-    reports_dir, items = job
+    reports_dir, items, chart_rows = job
+    charts = build_charts(chart_rows)
     docs, errors = [], {}
-    for pid, parts, chart in items:
+    for pid, parts in items:
         try:
             parts = dict(parts)
-            docs.append((build_triggers(pid, parts.pop("result"), **parts), chart))
+            docs.append((build_triggers(pid, parts.pop("result"), **parts), charts.get(pid, EMPTY_CHART)))
         except Exception as exc:  # one patient's failure must not stop the others
             errors[pid] = f"{type(exc).__name__}: {exc}"
     written, failed = reports.write_many_patient_reports(reports_dir, docs)
     errors.update(failed)
     return [reports.history_row(t, c, ranking=ranking_row(t)) for t, c in written], errors
+
+
+VALIDATION_FILE = "validation.joblib"
+
+
+def validate_due(config, stored: dict, ids: list[str], as_of: date, validate: bool | None) -> list[str]:
+    """The patients of ``ids`` whose forecast is validated in this run.
+
+    The rolling-origin validation refits the cohort at each origin, which costs more than the night's fit
+    itself, and what it measures moves slowly: by default a patient is validated again when the stored
+    validation is ``analysis.validation_every_days`` (7) days old. ``validate`` True: all of them; False:
+    none. ``analysis.validation_origins = 0`` turns it off."""
+    if validate is False or int(config["analysis.validation_origins"]) <= 0:
+        return []
+    every = int(config["analysis.validation_every_days"])
+    if validate or every <= 0:
+        return list(ids)
+    cut = (as_of - timedelta(days=every)).isoformat()
+    return [p for p in ids if p not in stored or stored[p].get("cv_as_of", "") <= cut]
+
+
+def validation_for(db, config, ids: list[str], as_of: date, results: dict, columns, *, subset: bool,
+                   validate: bool | None, outcome: AnalysisOutcome) -> dict[str, dict]:
+    """Each patient's forecast validation (the ``cv_*`` keys of triggers.json): run for those due
+    (:func:`validate_due`), block by block under this run's cohort prior, and kept in the models folder
+    for the nights it is not due. Returns ``{patient_id: keys}`` for ``ids``."""
+    path = Path(config.models_dir) / VALIDATION_FILE
+    saved = models.ModelStore._read(path) or {}
+    if saved.get("version") != MODEL_VERSION:
+        saved = {}
+    stored: dict[str, dict] = dict(saved.get("patients", {}))
+    due = validate_due(config, stored, ids, as_of, validate)
+    if due:
+        step = int(config["analysis.validation_step_days"])
+        origins = forecast.default_origins(pd.DataFrame({"date": [pd.Timestamp(as_of)]}),
+                                           int(config["analysis.validation_origins"]), step)
+        prior = _prior_of(results, None)
+        parts = []
+        for block in compute.chunks(due, 1, size=int(config["compute.block_patients"])):
+            panel = features.build_panel(features.load_inputs(db, block, as_of), as_of, columns=columns)
+            parts.append(forecast.rolling_origin(panel, config, prior=prior, origins=origins))
+            del panel
+        checked = forecast.combine(parts, origins, step, prior)
+        for pid in due:
+            stored.pop(pid, None)
+        stored.update({pid: {**v, "cv_as_of": as_of.isoformat()} for pid, v in checked.per_patient.items()})
+        cohort = saved.get("cohort") if subset and saved.get("cohort") else checked.cohort
+        models.ModelStore(config.models_dir)._write(path, {"version": MODEL_VERSION, "patients": stored,
+                                                           "cohort": cohort})
+        outcome.validation = checked.cohort
+    return {p: stored[p] for p in ids if p in stored}
 
 
 def _prior_of(results: dict, given):

@@ -81,6 +81,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("analysis", "validation_origins", 3,
             "rolling-origin validation of the forecast: cohort refits on the days before each origin "
             "(0: off; each costs about one fit)", int),
+    Setting("analysis", "validation_every_days", 7,
+            "validate a patient's forecast again when the stored validation is this many days old "
+            "(0: every run); the nights in between reuse it", int),
     Setting("analysis", "validation_step_days", 30,
             "days between validation origins; each origin's model forecasts the days up to the next one", int),
     # schedule
@@ -91,6 +94,8 @@ SETTINGS: tuple[Setting, ...] = (
     # compute
     Setting("compute", "scheduler", "", "empty: run on this machine; `tcp://host:8786`: a Dask scheduler"),
     Setting("compute", "workers", 0, "local worker processes (0: one per core)", int),
+    Setting("compute", "block_patients", 500,
+            "patients read and reduced at a time: memory grows with this, not with the cohort", int),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -177,20 +177,7 @@ def load_inputs(db, patient_ids=None, as_of: date | None = None, *,
     """
     conn = db.conn
     cut = _as_date(as_of).isoformat() if as_of is not None else "9999-12-31"
-    if patient_ids is None:
-        who, params = "1 = 1", []
-    else:
-        ids = sorted({str(p) for p in patient_ids})
-        if len(ids) <= 200:
-            who, params = f"patient_id IN ({', '.join('?' for _ in ids)})", ids
-        else:
-            # In its own transaction: a bare DELETE/INSERT would open an implicit one that every later
-            # ``storage.transaction`` joins, and nothing the cycle writes would be committed.
-            with storage.transaction(db):
-                conn.execute("CREATE TEMP TABLE IF NOT EXISTS tw_panel_ids (patient_id TEXT PRIMARY KEY)")
-                conn.execute("DELETE FROM temp.tw_panel_ids")
-                conn.executemany("INSERT OR IGNORE INTO temp.tw_panel_ids VALUES (?)", [(p,) for p in ids])
-            who, params = "patient_id IN (SELECT patient_id FROM temp.tw_panel_ids)", []
+    who, params = _who(db, patient_ids)
 
     def read(sql: str, extra: list) -> pd.DataFrame:
         return pd.read_sql_query(sql, conn, params=params + extra)
@@ -223,6 +210,35 @@ def load_inputs(db, patient_ids=None, as_of: date | None = None, *,
         weather_daily = _empty(WEATHER_COLUMNS)
     return PanelInputs(patients=patients, diary=diary, attacks=attacks, treatments=treatments,
                        sleep_nightly=sleep_nightly, weather_daily=weather_daily, diary_custom=custom)
+
+
+def warm_weather(db, patient_ids, as_of: date, *, weather_through: date | None = None) -> None:
+    """Fill the weather cache for what :func:`load_inputs` of these patients will read (``weather.warm_cache``
+    over their whole span), so that loading them in blocks, even from several processes, only reads."""
+    from trigger_watch import weather
+
+    who, params = _who(db, patient_ids)
+    cut = _as_date(as_of).isoformat()
+    first = db.conn.execute(
+        f"SELECT min(d) FROM (SELECT min(date) AS d FROM diary WHERE {who} AND date <= ? UNION ALL "
+        f"SELECT min(substr(coalesce(start_local, start), 1, 10)) FROM attacks WHERE {who})",
+        params + [cut] + params).fetchone()[0]
+    if first is None:
+        return
+    patients = pd.read_sql_query(f"SELECT patient_id, timezone, latitude, longitude FROM patients WHERE {who}",
+                                 db.conn, params=params)
+    end = max(_as_date(as_of), _as_date(weather_through)) if weather_through is not None else _as_date(as_of)
+    weather.warm_cache(db, patients, _as_date(first) - timedelta(days=1), end)
+
+
+def _who(db, patient_ids) -> tuple[str, list]:
+    """A WHERE clause (and its parameters) selecting ``patient_ids`` (everyone when None): one JSON array
+    parameter, so a long list needs neither thousands of placeholders nor a temporary table (whose filling
+    would open a write transaction on a connection that may only be reading)."""
+    if patient_ids is None:
+        return "1 = 1", []
+    ids = sorted({str(p) for p in patient_ids})
+    return "patient_id IN (SELECT value FROM json_each(?))", [json.dumps(ids)]
 
 
 def _from_module(module: str, function: str, columns: list[str], *args) -> pd.DataFrame:
@@ -376,10 +392,13 @@ class _Grid:
 
 # ------------------------------------------------------------------------------------ build_panel
 
-def build_panel(inputs: PanelInputs, as_of: date) -> pd.DataFrame:
+def build_panel(inputs: PanelInputs, as_of: date, *, columns: CohortColumns | None = None) -> pd.DataFrame:
     """The panel of ``docs/internals.md``: one row per patient-day, first record to ``as_of``.
 
     Pure: reads only ``inputs``; rows after ``as_of`` are ignored, and input row order does not matter.
+    ``columns``: the tag and custom factors of the whole cohort (:func:`cohort_columns`) when ``inputs``
+    hold only some of its patients: the panel then has exactly the columns (and kinds) the cohort's panel
+    would have, and the same rows for these patients.
     ``attrs``: ``factors`` (one row per factor column), ``missing`` (per patient and factor column, the
     share of at-risk days with no value), ``dropped`` (columns left out and why), ``as_of``.
     """
@@ -442,8 +461,8 @@ def build_panel(inputs: PanelInputs, as_of: date) -> pd.DataFrame:
     dropped: list[tuple[str, str]] = []
     tags = {}
     for prefix, col in (("food", "foods"), ("symptom", "symptoms")):
-        tags.update(_tag_factors(g, diary, d_row, prefix, col, dropped))
-    custom = _custom_factors(g, inputs, diary, d_row, ids, last)
+        tags.update(_tag_factors(g, diary, d_row, prefix, col, dropped, columns))
+    custom = _custom_factors(g, inputs, diary, d_row, ids, last, columns)
     registry = list(FACTORS) + [tag_factor(*k.split(":", 1)) for k in tags] + [c[0] for c in custom.values()]
     values.update(tags)
     values.update({k: v[1] for k, v in custom.items()})
@@ -747,11 +766,17 @@ def _menstrual_window(g: _Grid, m: np.ndarray) -> np.ndarray:
     return out
 
 
-def _tag_factors(g: _Grid, diary, d_row, prefix: str, col: str, dropped) -> dict[str, np.ndarray]:
+def _tag_factors(g: _Grid, diary, d_row, prefix: str, col: str, dropped,
+                 columns: CohortColumns | None = None) -> dict[str, np.ndarray]:
     """``food:<tag>`` / ``symptom:<tag>``: 1 on days the tag is listed, 0 on kept diary days whose list
-    lacks it (an empty list counts from the patient's first use of the column), NaN otherwise."""
+    lacks it (an empty list counts from the patient's first use of the column), NaN otherwise. A tag is
+    a factor when listed on MIN_TAG_DAYS days of the panel (of the cohort, with ``columns``)."""
+    cohort = None if columns is None else {t.split(":", 1)[1]: n for t, n in columns.tags.items()
+                                           if t.startswith(prefix + ":")}
     if col not in diary.columns or diary.empty:
-        return {}
+        if not cohort:
+            return {}
+        return {f"{prefix}:{t}": np.full(g.n, np.nan) for t in sorted(cohort) if cohort[t] >= MIN_TAG_DAYS}
     cell = diary[col].astype(object)
     listed = cell.notna().to_numpy()
     # Tick-box reading: diaries leave the list empty on days with none of these, so from the first day a
@@ -772,13 +797,14 @@ def _tag_factors(g: _Grid, diary, d_row, prefix: str, col: str, dropped) -> dict
     base[known_rows] = 0.0
     out = {}
     member = np.zeros(len(cells), dtype=bool)
-    for name in sorted(tag_cells):
+    for name in sorted(set(tag_cells) | set(cohort or ())):
         member[:] = False
-        member[tag_cells[name]] = True
+        member[tag_cells.get(name, [])] = True
         r = rows[member[cell_code]]
         fid = f"{prefix}:{name}"
-        if len(r) < MIN_TAG_DAYS:
-            dropped.append((fid, f"listed on {len(r)} day(s) in the whole panel, fewer than {MIN_TAG_DAYS}"))
+        listed_days = len(r) if cohort is None else cohort.get(name, 0)
+        if listed_days < MIN_TAG_DAYS:
+            dropped.append((fid, f"listed on {listed_days} day(s) in the whole panel, fewer than {MIN_TAG_DAYS}"))
             continue
         v = base.copy()
         v[r] = 1.0
@@ -786,8 +812,13 @@ def _tag_factors(g: _Grid, diary, d_row, prefix: str, col: str, dropped) -> dict
     return out
 
 
-def _custom_factors(g: _Grid, inputs: PanelInputs, diary, d_row, ids, last) -> dict:
-    """Custom diary factors (``diary.custom``): as recorded; NaN on days that did not record them."""
+def _custom_factors(g: _Grid, inputs: PanelInputs, diary, d_row, ids, last,
+                    columns: CohortColumns | None = None) -> dict:
+    """Custom diary factors (``diary.custom``): as recorded; NaN on days that did not record them. Yes/no
+    when every recorded value is 0 or 1 (in the whole cohort, with ``columns``)."""
+    out = {}
+    for name, boolean in (columns.custom.items() if columns is not None else ()):
+        out[_custom_id(name)] = (_custom_factor(name, boolean), np.full(g.n, np.nan))
     long = inputs.diary_custom
     if long is None:
         recs = []
@@ -797,27 +828,65 @@ def _custom_factors(g: _Grid, inputs: PanelInputs, diary, d_row, ids, last) -> d
                     for k, v in json.loads(c).items() if isinstance(v, (int, float))]
         long = pd.DataFrame(recs, columns=CUSTOM_COLUMNS)
     if long.empty:
-        return {}
+        return dict(sorted(out.items(), key=lambda kv: kv[0].removeprefix("custom:")))
     long = _cut(long, "date", last)
     codes = pd.Index(ids).get_indexer(long["patient_id"].astype(str))
     rows = g.rows(codes, _day_of(_naive_ns(long["date"])))
     vals = _num(long, "value")
-    reserved = set(FACTOR_BY_ID) | set(META_COLUMNS)
-    out = {}
     for name, idx in long.groupby(long["factor"].astype(str), sort=True).indices.items():
         r, x = rows[idx], vals[idx]
         ok = r >= 0
-        if not ok.any():
+        fid = _custom_id(name)
+        if not ok.any() or (columns is not None and fid not in out):
             continue
         v = np.full(g.n, np.nan)
         v[r[ok]] = x[ok]
-        known = x[ok][~np.isnan(x[ok])]
-        boolean = len(known) > 0 and np.isin(known, (0.0, 1.0)).all()
-        fid = f"custom:{name}" if (name in reserved or ":" in name or "@" in name) else name
-        label = name.replace("_", " ").capitalize() + (" (yes/no)" if boolean else "")
-        out[fid] = (Factor(fid, label, "boolean" if boolean else "continuous", "custom"), v)
-    return out
+        if columns is None:
+            known = x[ok][~np.isnan(x[ok])]
+            out[fid] = (_custom_factor(name, len(known) > 0 and np.isin(known, (0.0, 1.0)).all()), v)
+        else:
+            out[fid] = (out[fid][0], v)
+    return dict(sorted(out.items(), key=lambda kv: kv[0].removeprefix("custom:")))
 
 
-__all__ = ["FACTORS", "FACTOR_BY_ID", "Factor", "PanelInputs", "build_panel", "column_name", "load_inputs",
+def _custom_id(name: str) -> str:
+    reserved = set(FACTOR_BY_ID) | set(META_COLUMNS)
+    return f"custom:{name}" if (name in reserved or ":" in name or "@" in name) else name
+
+
+def _custom_factor(name: str, boolean: bool) -> Factor:
+    label = name.replace("_", " ").capitalize() + (" (yes/no)" if boolean else "")
+    return Factor(_custom_id(name), label, "boolean" if boolean else "continuous", "custom")
+
+
+@dataclass
+class CohortColumns:
+    """The columns a cohort's panel has beyond the standard factors: listing days per ``prefix:tag`` and
+    ``{custom factor name: yes/no}`` (:func:`cohort_columns`), for panels built a block of patients at a time."""
+
+    tags: dict[str, int] = field(default_factory=dict)
+    custom: dict[str, bool] = field(default_factory=dict)
+
+
+def cohort_columns(db, patient_ids=None, as_of: date | None = None) -> CohortColumns:
+    """Two grouped queries over the stored diary: how many days list each tag, and which custom factors
+    there are and whether all their values are 0/1 -- what :func:`build_panel` decides its columns by."""
+    conn = db.conn
+    cut = _as_date(as_of).isoformat() if as_of is not None else "9999-12-31"
+    who, params = _who(db, patient_ids)
+    tags: dict[str, int] = {}
+    for prefix, col in (("food", "foods"), ("symptom", "symptoms")):
+        for text, n in conn.execute(f"SELECT {col}, COUNT(*) FROM diary WHERE {who} AND date <= ? AND "
+                                    f"{col} IS NOT NULL AND {col} != '' GROUP BY {col}", params + [cut]):
+            for tag in {t.strip() for t in str(text).split(";")} - {""}:
+                tags[f"{prefix}:{tag}"] = tags.get(f"{prefix}:{tag}", 0) + n
+    custom = {str(k): bool(b) for k, b in conn.execute(
+        "SELECT j.key, MIN(CAST(j.value AS REAL) IN (0.0, 1.0)) FROM "
+        f"(SELECT custom FROM diary WHERE {who} AND custom IS NOT NULL AND date <= ?) d, json_each(d.custom) j "
+        "WHERE j.type IN ('integer', 'real', 'true', 'false') GROUP BY j.key", params + [cut])}
+    return CohortColumns(tags, custom)
+
+
+__all__ = ["FACTORS", "FACTOR_BY_ID", "CohortColumns", "Factor", "PanelInputs", "build_panel", "cohort_columns",
+           "column_name", "load_inputs",
            "panel_for_patient", "tag_factor", "LAGS"]

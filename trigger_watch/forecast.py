@@ -111,21 +111,21 @@ def _marginal(est: models.TriggerModel, x: np.ndarray, hist: np.ndarray, masks, 
     ahead[fill] = usual[fill]
     if len(hist) == 0 or not unknown.any():
         ahead[unknown] = usual[unknown]
-        return est.predict_proba(pd.DataFrame(ahead, columns=est.columns_))[:, 1]
+        return est.predict_proba(ahead)[:, 1]
     n, m = len(ahead), len(hist)
     if additive and (unknown == unknown[0]).all():
         cols = unknown[0]
         ahead[:, cols] = usual_row[cols]
         other = np.repeat(usual_row[None, :], m + 1, axis=0)
         other[:m, cols] = hist[:, cols]
-        q = est.predict_proba(pd.DataFrame(np.vstack([ahead, other]), columns=est.columns_))[:, 1]
+        q = est.predict_proba(np.vstack([ahead, other]))[:, 1]
         q = np.clip(q, 1e-12, 1 - 1e-12)
         eta = np.log(q / (1 - q))
         return expit(eta[:n, None] + eta[None, n:n + m] - eta[-1]).mean(axis=1)
     big = np.repeat(ahead, m, axis=0)
     u = np.repeat(unknown, m, axis=0)
     big[u] = np.tile(hist, (n, 1))[u]
-    return est.predict_proba(pd.DataFrame(big, columns=est.columns_))[:, 1].reshape(n, m).mean(axis=1)
+    return est.predict_proba(big)[:, 1].reshape(n, m).mean(axis=1)
 
 
 def _rows(panel: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
@@ -178,25 +178,28 @@ def next_day(panel: pd.DataFrame, results: dict, tomorrow: date) -> dict[str, di
     rows.attrs = {}
     history = _History(_recent(panel, day), panel.attrs.get("factors"))
     out: dict[str, dict] = {}
-    for pid, row in zip(rows["patient_id"], rows.index):
+    by_layout: dict[tuple, np.ndarray] = {}  # tomorrow's values in each model's column order
+    for i, pid in enumerate(rows["patient_id"]):
         res = results.get(pid)
         est = getattr(res, "estimator", None)
         if res is None or est is None or res.status != "ok":
             continue
-        masks = history.layout(est.columns_)[1]
-        raw = rows.loc[[row]].reindex(columns=est.columns_)
-        values = raw.to_numpy(dtype=float)
-        past = history.of(pid, est.columns_)
+        key = tuple(est.columns_)
+        if key not in by_layout:
+            by_layout[key] = rows.reindex(columns=list(key)).to_numpy(dtype=float)
+        masks = history.layout(key)[1]
+        values = by_layout[key][i:i + 1]
+        past = history.of(pid, key)
         p = float(_marginal(est, values, past, masks)[0])
         # the usual day, with the same values unknown as tomorrow and averaged over the same way: the ratio
         # p / base is then what tomorrow's known values do, nothing else
         usual = np.where(masks[0][None, :] & ~np.isfinite(values), np.nan, np.asarray(est.mean_, dtype=float))
         base = float(_marginal(est, usual, past, masks)[0])
-        x = forecast_rows(raw, est)
-        contrib = est.contributions(x).iloc[0]
-        contrib = contrib[contrib.abs() > 1e-6]
+        x = _as_forecast(values.copy(), est, _hide_mask(key, ()))
+        c_all = est.contributions(x)[0]
+        keep = np.abs(c_all) > 1e-6
         drivers = []
-        for col, c in contrib.items():
+        for col, c in zip(np.asarray(key, dtype=object)[keep], c_all[keep]):
             factor, lag = _split(col)
             # contribution on the probability scale: risk with this factor at its usual value vs as forecast
             p_without = 1 / (1 + np.exp(-(np.log(p / (1 - p)) - c)))
@@ -399,6 +402,28 @@ def rolling_origin(panel: pd.DataFrame, config, *, prior: models.CohortPrior | N
     return Validation(per_patient, cohort, pred)
 
 
+def combine(parts: Sequence[Validation], origins, step: int, prior) -> Validation:
+    """One validation from validations of disjoint blocks of patients at the same ``origins``."""
+    frames = [v.predictions for v in parts if len(v.predictions)]
+    cols = ["patient_id", "date", "origin", "onset", "p", "p_same_day", "p_base", "fitted"]
+    pred = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+    pred = pred.sort_values(["patient_id", "date"], kind="stable").reset_index(drop=True)
+    per_patient = {k: v for part in parts for k, v in part.per_patient.items()}
+    secs = [sum(x) for x in zip(*(v.cohort.get("fit_seconds", []) for v in parts))] if parts else []
+    cpu = [sum(x) for x in zip(*(v.cohort.get("fit_cpu_seconds", []) for v in parts))] if parts else []
+    return Validation(per_patient, _cohort(pred, list(origins), step, prior, secs, cpu), pred)
+
+
+def ahead_rows(panel: pd.DataFrame, day: date) -> pd.DataFrame:
+    """The rows of ``panel`` :func:`next_day` reads for ``day``: that day's and the recent at-risk days
+    before it (a small frame the pipeline keeps per block of patients instead of the panel)."""
+    stamp = pd.Timestamp(day)
+    rows = panel[panel["date"] == stamp]
+    rows.attrs = {}
+    out = pd.concat([rows, _recent(panel, stamp)], ignore_index=True)
+    return out.sort_values(["patient_id", "date"], kind="stable").reset_index(drop=True)
+
+
 def _predict_block(block: pd.DataFrame, results: dict, rate: pd.Series, fallback: float, origin,
                    history: _History, same_day: bool) -> pd.DataFrame:
     block = block.sort_values(["patient_id", "date"], kind="stable")
@@ -431,7 +456,7 @@ def _predict_block(block: pd.DataFrame, results: dict, rate: pd.Series, fallback
         else:
             p[a:b] = _marginal(est, ahead, past, masks, additive=bool(additive))
         if same_day:
-            p_same[a:b] = est.predict_proba(pd.DataFrame(raw, columns=est.columns_))[:, 1]
+            p_same[a:b] = est.predict_proba(raw)[:, 1]
         fitted[a:b] = True
     return pd.DataFrame({"patient_id": pid, "date": block["date"].to_numpy(), "origin": pd.Timestamp(origin),
                          "onset": block["onset"].to_numpy(dtype=float).astype(np.int8), "p": p,

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -279,6 +280,32 @@ class _Chunk:
     miss_use: np.ndarray  # (P, G)
     counts: dict
     beta: np.ndarray | None = None
+    path: Path | None = None  # where X, Zs, y and w wait while spilled (see :meth:`spill`)
+
+    _BIG = ("X", "Zs", "y", "w")
+
+    def spill(self, folder: Path) -> None:
+        """Move the big arrays to an uncompressed file in ``folder``: a national cohort's design does not fit
+        in memory at once, and the fit reads each block once per round (from the page cache, not the disk)."""
+        self.path = Path(folder) / f"chunk-{secrets.token_hex(6)}.npz"
+        np.savez(self.path, **{k: getattr(self, k) for k in self._BIG})
+        for k in self._BIG:
+            setattr(self, k, None)
+
+    @contextmanager
+    def loaded(self) -> Iterator[_Chunk]:
+        """The chunk with its big arrays in memory (read back if spilled, dropped again afterwards)."""
+        if self.path is None:
+            yield self
+            return
+        with np.load(self.path) as f:
+            for k in self._BIG:
+                setattr(self, k, f[k])
+        try:
+            yield self
+        finally:
+            for k in self._BIG:
+                setattr(self, k, None)
 
 
 def _nice(x: np.ndarray) -> np.ndarray:
@@ -434,11 +461,12 @@ def _score_stats(chunks: list[_Chunk], Km: int):
     """One-step score statistics of each main column alone (against an intercept-only model), standardised
     units: the first, cheap look at the cohort that seeds the prior."""
     b, s = [], []
-    for ch in chunks:
-        p0 = (ch.y * ch.w).sum(1) / np.maximum(ch.w.sum(1), 1)
-        Z = ch.X[..., :Km]
-        U = np.einsum("ptk,pt->pk", Z, (ch.w * (ch.y - p0[:, None])).astype(np.float32)).astype(float)
-        info = np.maximum((p0 * (1 - p0))[:, None] * np.einsum("ptk,ptk->pk", Z, Z).astype(float), 1e-9)
+    for chunk in chunks:
+        with chunk.loaded() as ch:
+            p0 = (ch.y * ch.w).sum(1) / np.maximum(ch.w.sum(1), 1)
+            Z = ch.X[..., :Km]
+            U = np.einsum("ptk,pt->pk", Z, (ch.w * (ch.y - p0[:, None])).astype(np.float32)).astype(float)
+            info = np.maximum((p0 * (1 - p0))[:, None] * np.einsum("ptk,ptk->pk", Z, Z).astype(float), 1e-9)
         b.append(U / info)
         s.append(1 / np.sqrt(info))
     return np.concatenate(b), np.concatenate(s)
@@ -474,7 +502,13 @@ def _cohort_scale(chunks: list[_Chunk], design: _Design) -> np.ndarray:
 
 def _fit_cohort(rows: pd.DataFrame, design: _Design, prior: CohortPrior | None, eligible: dict[str, bool],
                 rounds: int = 3, progress: Callable | None = None) -> _Fit:
-    """Fit every patient of ``rows`` (at-risk rows sorted by patient) with a pooled spike-and-slab prior.
+    """Fit every patient of ``rows`` (at-risk rows sorted by patient): :func:`_fit_chunks` of its blocks."""
+    return _fit_chunks(_chunks(rows, design), design, prior, eligible, rounds, progress)
+
+
+def _fit_chunks(chunks: list[_Chunk], design: _Design, prior: CohortPrior | None, eligible: dict[str, bool],
+                rounds: int = 3, progress: Callable | None = None) -> _Fit:
+    """Fit every patient of ``chunks`` (blocks from :func:`_chunks`) with a pooled spike-and-slab prior.
 
     Round 1 fits a ridge whose per-column spread comes from one-step score statistics (centred: it pools
     the size of effects, never their sign). Each later round is an EM step of spike-and-slab regression
@@ -486,12 +520,13 @@ def _fit_cohort(rows: pd.DataFrame, design: _Design, prior: CohortPrior | None, 
     cols = design.columns
     Km = len(design.main)
     G = len(design.miss_groups())
-    chunks = _chunks(rows, design)
     pids = np.concatenate([c.pids for c in chunks]).astype(str)
     ok = np.array([eligible.get(p, True) for p in pids])
     usable = np.concatenate([c.usable for c in chunks])
     sd_all = np.concatenate([c.sd for c in chunks])
     scale = _cohort_scale(chunks, design)
+    if prior is not None:  # the prior's spreads are in its own units: keep them (a subset's SDs differ)
+        scale = prior.lookup(cols)["scale"].fillna(pd.Series(scale, index=cols)).to_numpy(dtype=float)
     to_c = scale[None, :] / np.where(sd_all > 0, sd_all, 1.0)  # standardised -> cohort units
     inform = usable & ok[:, None]
     n_inf = inform.sum(0)
@@ -517,7 +552,7 @@ def _fit_cohort(rows: pd.DataFrame, design: _Design, prior: CohortPrior | None, 
             sl = slice(at, at + len(ch.pids))
             at += len(ch.pids)
             lam, centre = _prior_arrays(ch, Km, G, lam_c[sl], centre_c[sl], scale)
-            with threadpool_limits(1, user_api="blas"):  # many tiny matrices: threads only contend
+            with threadpool_limits(1, user_api="blas"), ch.loaded():  # many tiny matrices: threads contend
                 beta, var, U, info = _fit_chunk(ch, lam, centre)
             betas.append(beta)
             vars_.append(var)
@@ -623,25 +658,36 @@ class TriggerModel(BaseEstimator):
         check_is_fitted(self, "coef_")
         return self.summary_
 
-    def _eta(self, X: pd.DataFrame) -> np.ndarray:
+    def _values(self, X) -> np.ndarray:
+        """X's values in ``columns_`` order: a DataFrame by column name, an array as it is."""
+        if isinstance(X, pd.DataFrame):
+            return X.reindex(columns=self.columns_).to_numpy(dtype=float)
+        x = np.asarray(X, dtype=float)
+        if x.ndim != 2 or x.shape[1] != len(self.columns_):
+            raise ModelError(f"expected rows of {len(self.columns_)} values (columns_), got shape {x.shape}")
+        return x
+
+    def _eta(self, X) -> np.ndarray:
         check_is_fitted(self, "coef_")
-        x = X.reindex(columns=self.columns_).to_numpy(dtype=float)
+        x = self._values(X)
         miss = ~np.isfinite(x)
         eta = self.intercept_ + self._dev(x) @ self.coef_
         for ix, c in zip(self.miss_groups_, self.miss_coef_):
             eta = eta + c * miss[:, ix].all(1)
         return eta
 
-    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        """Attack-onset probability for each row (a day's factor values): array (n, 2) of [no onset, onset]."""
+    def predict_proba(self, X) -> np.ndarray:
+        """Attack-onset probability for each row (a day's factor values; a DataFrame, or an array in
+        ``columns_`` order): array (n, 2) of [no onset, onset]."""
         p = expit(self._eta(X))
         return np.column_stack([1 - p, p])
 
-    def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
-        """Each factor's push on the log odds of each row, relative to the patient's usual day (the drivers)."""
+    def contributions(self, X):
+        """Each factor's push on the log odds of each row, relative to the patient's usual day (the drivers):
+        a DataFrame for a DataFrame, an array (rows x ``columns_``) for an array."""
         check_is_fitted(self, "coef_")
-        x = X.reindex(columns=self.columns_).to_numpy(dtype=float)
-        return pd.DataFrame(self._dev(x) * self.coef_, columns=self.columns_, index=X.index)
+        c = self._dev(self._values(X)) * self.coef_
+        return pd.DataFrame(c, columns=self.columns_, index=X.index) if isinstance(X, pd.DataFrame) else c
 
     def _dev(self, x: np.ndarray) -> np.ndarray:
         """Deviation of each value from the patient's usual (0 when unknown), clipped as in the fit."""
@@ -776,33 +822,78 @@ def analyse(panel: pd.DataFrame, config, *, prior: CohortPrior | None = None,
     than 30 patients of this run inform use it (or the default) anyway. ``store``: a :class:`ModelStore`,
     ``None`` for the one under ``config.models_dir``, ``False`` for none. With a store, a run whose patients'
     data are unchanged (same fingerprints) and whose prior is unchanged reuses the stored fits.
+
+    The same as :func:`fit_prepared` of one :func:`prepare` (the pipeline prepares blocks of patients one
+    at a time, so that a national cohort's panel never has to be in memory at once).
     """
     if panel.empty:
+        return {}
+    return fit_prepared([prepare(panel, config)], config, prior=prior, progress=progress, store=store)
+
+
+@dataclass
+class Prepared:
+    """A block of patients made ready for the cohort fit by :func:`prepare`."""
+
+    design: _Design
+    data: dict[str, dict]
+    status: dict[str, str]
+    fingerprints: dict[str, str]
+    chunks: list[_Chunk]
+
+
+def prepare(panel: pd.DataFrame, config, *, design: _Design | None = None,
+            spill_dir: Path | None = None) -> Prepared:
+    """What the fit needs of the patients of ``panel``: data blocks, status, fingerprints and the design
+    blocks of their at-risk days (moved to files under ``spill_dir`` when given). ``design``: the cohort's
+    columns when ``panel`` holds only some of its patients (a column this panel lacks is all unknown)."""
+    min_days, min_att = int(config["analysis.min_at_risk_days"]), int(config["analysis.min_attacks"])
+    meta = panel.attrs.get("factors")
+    if design is not None:
+        absent = [c for c in design.columns if c not in panel.columns]
+        if absent:
+            panel = pd.concat([panel, pd.DataFrame(np.nan, index=panel.index, columns=absent)], axis=1)
+        meta = design.meta
+    panel = panel.sort_values(["patient_id", "date"], kind="stable")
+    last = panel.groupby("patient_id", sort=False)["date"].transform("max")
+    panel = panel[panel["date"] > last - pd.Timedelta(days=int(config["analysis.max_history_days"]))]
+    panel.attrs["factors"] = meta
+    design = design or _Design.from_panel(panel)
+    data = _data_blocks(panel)
+    status = {p: ("ok" if d["at_risk_days"] >= min_days and d["attacks"] >= min_att else "insufficient_data")
+              for p, d in data.items()}
+    fps = fingerprints(panel, design.columns)
+    at = panel[panel["at_risk"].astype(bool) & (panel["onset"].notna())]
+    at = at[at.groupby("patient_id")["onset"].transform("size") >= 2]
+    chunks = _chunks(at, design) if len(at) else []
+    if spill_dir is not None:
+        for ch in chunks:
+            ch.spill(spill_dir)
+    return Prepared(design, data, status, fps, chunks)
+
+
+def fit_prepared(parts: list[Prepared], config, *, prior: CohortPrior | None = None,
+                 progress: Callable[[int, int], None] | None = None,
+                 store: ModelStore | bool | None = None) -> dict[str, PatientAnalysis]:
+    """The cohort fit and calls over every patient of ``parts`` (see :func:`analyse`)."""
+    if not parts:
         return {}
     fdr = float(config["analysis.fdr"])
     lo, hi = float(config["analysis.no_association_low"]), float(config["analysis.no_association_high"])
     min_days, min_att = int(config["analysis.min_at_risk_days"]), int(config["analysis.min_attacks"])
     if store is None:
         store = ModelStore(config.models_dir)
-    meta = panel.attrs.get("factors")
-    panel = panel.sort_values(["patient_id", "date"], kind="stable")
-    last = panel.groupby("patient_id", sort=False)["date"].transform("max")
-    panel = panel[panel["date"] > last - pd.Timedelta(days=int(config["analysis.max_history_days"]))]
-    panel.attrs["factors"] = meta
-    design = _Design.from_panel(panel)
-    data = _data_blocks(panel)
-    status = {p: ("ok" if d["at_risk_days"] >= min_days and d["attacks"] >= min_att else "insufficient_data")
-              for p, d in data.items()}
-    fps = fingerprints(panel, design.columns)
+    design = parts[0].design
+    data = {k: v for part in parts for k, v in part.data.items()}
+    status = {k: v for part in parts for k, v in part.status.items()}
+    fps = {k: v for part in parts for k, v in part.fingerprints.items()}
     cached = _cached(store, data, fps, prior) if store else None
     if cached is not None:
         return cached
-    at = panel[panel["at_risk"].astype(bool) & (panel["onset"].notna())]
-    at = at[at.groupby("patient_id")["onset"].transform("size") >= 2]
+    chunks = [ch for part in parts for ch in part.chunks]
     results: dict[str, PatientAnalysis] = {}
-    if len(at):
-        at.attrs["factors"] = meta
-        fit = _fit_cohort(at, design, prior, {p: s == "ok" for p, s in status.items()}, progress=progress)
+    if chunks:
+        fit = _fit_chunks(chunks, design, prior, {p: s == "ok" for p, s in status.items()}, progress=progress)
         summaries = _verdicts(fit, design, status, data, fdr, lo, hi, min_days, min_att)
         fitted_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         n_ok = sum(s == "ok" for s in status.values())
@@ -818,7 +909,7 @@ def analyse(panel: pd.DataFrame, config, *, prior: CohortPrior | None = None,
         if pid not in results:
             results[pid] = PatientAnalysis(status[pid], data[pid], _empty_summary(design, data[pid], min_days),
                                            {"method": METHOD, "version": MODEL_VERSION, "fingerprint": fps[pid]})
-    if store and len(at):
+    if store and chunks:
         store.save_run(fit.prior, fps, results, merge=prior is not None)
     return results
 

@@ -279,6 +279,19 @@ def daily_for_patients(db: sqlite_utils.Database, patients: pd.DataFrame, start:
     return out
 
 
+def warm_cache(db: sqlite_utils.Database, patients: pd.DataFrame, start: date, end: date, *,
+               grid_degrees: float | None = None) -> None:
+    """Bring the ``weather_local_days`` cache up to date for ``patients`` over ``start``..``end``: afterwards
+    :func:`daily_for_patients` over any of them and any days inside that range only reads (the pipeline
+    warms it once, then reads blocks of patients in parallel)."""
+    p = patients.dropna(subset=["latitude", "longitude"])
+    if p.empty:
+        return
+    pairs = pd.DataFrame({"cell_id": cell_ids(p["latitude"], p["longitude"], grid_degrees or _grid_in_use(db))[0],
+                          "tz": p["timezone"].fillna("UTC").replace("", "UTC").to_numpy()}).drop_duplicates()
+    local_days(db, pairs, start - timedelta(days=2), end)
+
+
 _AGG_COLUMNS = ["pressure_mean", "pressure_min", "pressure_max", "temperature_max", "temperature_mean",
                 "humidity", "precipitation", "rank"]
 
