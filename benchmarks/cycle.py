@@ -31,6 +31,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 SEED = 20261121
+PRISTINE = "imported.db"  # the database as imported, before any cycle
 AS_OF = date(2026, 11, 20)  # the full cycle's day; the incremental cycle runs the day after
 CONFIG = """[storage]
 database = "trigger_watch.db"
@@ -159,8 +160,10 @@ def phase_generate(args) -> dict:
     options = ImportOptions(today=held + timedelta(days=1), default_timezone="UTC", config=cfg)
     for kind in ("patients", "diary", "attacks", "sleep", "weather", "treatments"):
         import_file(db, kind, files[kind], options)
+    db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.conn.close()
     import_s = time.perf_counter() - t
+    shutil.copyfile(cfg.database, workdir / PRISTINE)  # what --skip-generate starts the full cycle from
     return {"simulate_s": simulate_s, "write_files_s": write_s, "import_s": import_s,
             "diary_rows": len(cohort.diary), "changed_patients": len(changed)}
 
@@ -171,6 +174,12 @@ def phase_cycle(args, incremental: bool) -> dict:
 
     workdir = Path(args.workdir)
     cfg = _config(workdir)
+    if not incremental:  # start from the freshly imported database: no models, reports or cycles yet
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(cfg.database) + suffix).unlink(missing_ok=True)
+        shutil.copyfile(workdir / PRISTINE, cfg.database)
+        for folder in (cfg.models_dir, cfg.reports_dir):
+            shutil.rmtree(folder, ignore_errors=True)
     db = storage.connect(cfg.database)
     today = AS_OF + timedelta(days=1) if incremental else AS_OF
     out: dict = {}

@@ -10,6 +10,7 @@ and the weather forecast, and that row is what the next-day forecast is made fro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tempfile
 import threading
@@ -114,8 +115,11 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
     parts: list[models.Prepared] = []
     sizes = compute.chunks(ids, 1, size=int(config["compute.block_patients"]))
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=".fit-", dir=config.models_dir) as spill, \
-            compute.executor(config, len(ids) if len(sizes) > 1 else 0) as ex:
+    with contextlib.ExitStack() as stack:
+        ex = stack.enter_context(compute.executor(config, len(ids)))
+        spill = stack.enter_context(tempfile.TemporaryDirectory(prefix=".fit-", dir=config.models_dir))
+        # one block: this process, no files; several: the executor's workers, design blocks in files
+        first = ex if len(sizes) > 1 else compute.Executor()
         spill_dir = Path(spill) if len(sizes) > 1 else None
         # Local workers read their blocks from the database file themselves (SQLite serves several readers);
         # a Dask worker may be on another machine: the blocks are read here and sent.
@@ -128,12 +132,13 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
         def jobs():
             for block_ids in sizes:
                 t = time.perf_counter()
-                source = db_file or features.load_inputs(db, block_ids, as_of, weather_through=tomorrow)
+                source = ((db_file if first is ex else None)
+                          or features.load_inputs(db, block_ids, as_of, weather_through=tomorrow))
                 timings["read_and_reduce/load_inputs"] += time.perf_counter() - t
                 # a Dask worker cannot reach this machine's folder: it returns the design blocks instead
                 yield (config, block_ids, source, as_of, columns, None if ex.kind == "dask" else spill_dir)
 
-        for part, block, secs in ex.map(reduce_block, jobs()):
+        for part, block, secs in first.map(reduce_block, jobs()):
             if spill_dir is not None and ex.kind == "dask":
                 for ch in part.chunks:
                     ch.spill(spill_dir)
@@ -147,24 +152,39 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
         design = parts[0].design if parts else None
 
         t = time.perf_counter()
-        results = models.fit_prepared(parts, config, prior=prior, store=store)
+        results = models.fit_prepared(parts, config, prior=prior, store=store,
+                                      map_fn=first.map if first.kind == "local" else None)
         del parts
         timings["fit"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    ahead = pd.concat([b.ahead for b in blocks], ignore_index=True)
-    ahead.attrs["factors"] = design.meta if design is not None else None
-    next_day = forecast.next_day(ahead, results, tomorrow)
-    for b in blocks:
-        b.ahead = None
-    timings["forecast"] = time.perf_counter() - t
+        t = time.perf_counter()
+        ahead = pd.concat([b.ahead for b in blocks], ignore_index=True)
+        ahead.attrs["factors"] = design.meta if design is not None else None
+        next_day = forecast.next_day(ahead, results, tomorrow)
+        for b in blocks:
+            b.ahead = None
+        timings["forecast"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        validation = validation_for(db, config, ids, as_of, results, columns, subset=subset, validate=validate,
+                                    outcome=outcome, ex=ex, db_file=db_file)
+        timings["validation"] = time.perf_counter() - t
+        t = time.perf_counter()
+        _reports(db, config, ex, blocks, results, next_day, validation, as_of=as_of, generated_at=generated_at,
+                 write=write, stop=stop, progress=progress, outcome=outcome)
+        timings["reports"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    validation = validation_for(db, config, ids, as_of, results, columns, subset=subset, validate=validate,
-                                outcome=outcome)
-    timings["validation"] = time.perf_counter() - t
+    if write:
+        outcome.ranking = _write_ranking(db, config, everyone)
+    timings["ranking"] = time.perf_counter() - t
+    outcome.timings = timings
+    return outcome
 
-    t = time.perf_counter()
+
+def _reports(db, config, ex, blocks, results, next_day, validation, *, as_of, generated_at, write, stop, progress,
+             outcome) -> None:
+    """Build every patient's triggers.json and write the reports: by ``ex``'s workers, or here."""
 
     def parts_of(pid: str, block: _Block) -> dict:
         """What :func:`build_triggers` needs of one patient (picklable: the fitted estimator stays here)."""
@@ -175,19 +195,10 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
                 "flags": block.flags.loc[pid].to_dict() if pid in block.flags.index else None,
                 "treatments": block.responses.get(pid), "clinician_id": block.clinicians.get(pid)}
 
-    with compute.executor(config, len(ids) if write else 0) as ex:
-        if ex.kind == "serial":
-            _reports_serial(db, config, blocks, parts_of, write, stop, progress, outcome)
-        else:
-            _reports_parallel(db, config, ex, blocks, parts_of, stop, progress, outcome)
-    timings["reports"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    if write:
-        outcome.ranking = _write_ranking(db, config, everyone)
-    timings["ranking"] = time.perf_counter() - t
-    outcome.timings = timings
-    return outcome
+    if ex.kind == "serial" or not write:
+        _reports_serial(db, config, blocks, parts_of, write, stop, progress, outcome)
+    else:
+        _reports_parallel(db, config, ex, blocks, parts_of, stop, progress, outcome)
 
 
 def reduce_block(job) -> tuple[models.Prepared, _Block, dict[str, float]]:
@@ -377,8 +388,19 @@ def validate_due(config, stored: dict, ids: list[str], as_of: date, validate: bo
     return [p for p in ids if p not in stored or stored[p].get("cv_as_of", "") <= cut]
 
 
+def validate_block(job) -> forecast.Validation:
+    """A worker's task: the rolling-origin validation of one block of patients. ``job``: ``(config,
+    patient_ids, inputs or the database file, as_of, columns, prior, origins)``."""
+    config, ids, inputs, as_of, columns, prior, origins = job
+    if isinstance(inputs, str):
+        inputs = features.load_inputs(_reader(inputs), ids, as_of)
+    panel = features.build_panel(inputs, as_of, columns=columns)
+    return forecast.rolling_origin(panel, config, prior=prior, origins=origins)
+
+
 def validation_for(db, config, ids: list[str], as_of: date, results: dict, columns, *, subset: bool,
-                   validate: bool | None, outcome: AnalysisOutcome) -> dict[str, dict]:
+                   validate: bool | None, outcome: AnalysisOutcome, ex: compute.Executor | None = None,
+                   db_file: str | None = None) -> dict[str, dict]:
     """Each patient's forecast validation (the ``cv_*`` keys of triggers.json): run for those due
     (:func:`validate_due`), block by block under this run's cohort prior, and kept in the models folder
     for the nights it is not due. Returns ``{patient_id: keys}`` for ``ids``."""
@@ -393,12 +415,12 @@ def validation_for(db, config, ids: list[str], as_of: date, results: dict, colum
         origins = forecast.default_origins(pd.DataFrame({"date": [pd.Timestamp(as_of)]}),
                                            int(config["analysis.validation_origins"]), step)
         prior = _prior_of(results, None)
-        parts = []
-        for block in compute.chunks(due, 1, size=int(config["compute.block_patients"])):
-            panel = features.build_panel(features.load_inputs(db, block, as_of), as_of, columns=columns)
-            parts.append(forecast.rolling_origin(panel, config, prior=prior, origins=origins))
-            del panel
-        checked = forecast.combine(parts, origins, step, prior)
+        ex = ex or compute.Executor()
+        blocks = compute.chunks(due, 1, size=int(config["compute.block_patients"]))
+        run_on = ex if len(blocks) > 1 else compute.Executor()
+        jobs = ((config, block, (db_file if run_on is ex and db_file else features.load_inputs(db, block, as_of)),
+                 as_of, columns, prior, origins) for block in blocks)
+        checked = forecast.combine(list(run_on.map(validate_block, jobs)), origins, step, prior)
         for pid in due:
             stored.pop(pid, None)
         stored.update({pid: {**v, "cv_as_of": as_of.isoformat()} for pid, v in checked.per_patient.items()})

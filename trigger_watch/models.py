@@ -11,10 +11,12 @@ The method (docs/models.md has the why and the accuracy table):
 2. **Partial pooling** (empirical Bayes): per column (factor and lag) the patients' effects are modelled as a
    spike-and-slab, ``0`` with probability ``pi0``, else ``N(mu, tau^2)`` (log odds ratio per exposure for
    booleans, per cohort-typical within-patient SD for continuous factors), estimated from the whole cohort.
-   It enters each patient's fit as EMVS (Rockova & George 2014): a ridge ``p1/tau^2 + (1-p1)/SPIKE_TAU^2``
-   with ``p1`` the posterior probability that the patient's effect is real, so nil factors leave the
-   adjustment set and common triggers need less evidence per patient. The fit is a batched penalised Newton
-   over blocks of patients (numpy), three rounds (a ridge seeded by one-step score statistics, two EMVS).
+   It enters each patient's fit as in EMVS (Rockova & George 2014), with ``p1`` the posterior probability
+   that the patient's effect is real, as the normal prior with the mean and variance of the mixture
+   ``p1 N(mu, tau^2) + (1 - p1) N(0, SPIKE_TAU^2)``: nil factors leave the adjustment set, real but uncertain
+   ones stay in it, and common triggers need less evidence per patient. The fit is a batched penalised
+   Newton over blocks of patients (numpy), three rounds (a ridge seeded by one-step score statistics, two
+   EMVS).
 3. **Columns that are consequences of the attack** -- lag-0 behaviour (avoidance on attack days) and
    ``symptom:*`` (the premonitory phase) -- are not adjustment covariates (adjusting for a consequence of the
    outcome biases every other coefficient); each gets a one-step added-variable (score) estimate against the
@@ -54,7 +56,7 @@ from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
 from trigger_watch.errors import ModelError
 
-MODEL_VERSION = "eb-hazard-1"
+MODEL_VERSION = "eb-hazard-2"  # 2: moment-matched EMVS prior (stored runs of 1 are refitted)
 METHOD = ("discrete-time hazard (logistic over at-risk days, all factors and lags jointly) with empirical-Bayes "
           "partial pooling across the cohort; q-values from the local false sign rate")
 
@@ -506,16 +508,32 @@ def _fit_cohort(rows: pd.DataFrame, design: _Design, prior: CohortPrior | None, 
     return _fit_chunks(_chunks(rows, design), design, prior, eligible, rounds, progress)
 
 
+def _fit_loaded(ch: _Chunk, lam: np.ndarray, centre: np.ndarray):
+    with threadpool_limits(1, user_api="blas"), ch.loaded():  # many tiny matrices: threads only contend
+        return _fit_chunk(ch, lam, centre)
+
+
+def _fit_spilled(task) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A worker's share of a fitting round: ``(path, beta, lam, centre)`` of a spilled block -> its fit."""
+    path, beta, lam, centre = task
+    ch = _Chunk(np.empty(0), None, None, None, None, None, None, None, None, {}, beta=beta, path=Path(path))
+    return _fit_loaded(ch, lam, centre)
+
+
 def _fit_chunks(chunks: list[_Chunk], design: _Design, prior: CohortPrior | None, eligible: dict[str, bool],
-                rounds: int = 3, progress: Callable | None = None) -> _Fit:
+                rounds: int = 3, progress: Callable | None = None, map_fn: Callable | None = None) -> _Fit:
     """Fit every patient of ``chunks`` (blocks from :func:`_chunks`) with a pooled spike-and-slab prior.
 
     Round 1 fits a ridge whose per-column spread comes from one-step score statistics (centred: it pools
     the size of effects, never their sign). Each later round is an EM step of spike-and-slab regression
     (EMVS, Rockova & George 2014): the spike-and-slab prior per column is re-estimated from the patients'
-    own estimates, and each patient's ridge becomes ``p1/tau^2 + (1-p1)/SPIKE_TAU^2`` with ``p1`` the
-    posterior probability that the effect is real -- factors that are nil for this patient drop out of the
-    adjustment set instead of diluting the others.
+    own estimates, and each patient's prior becomes the normal with the mean ``p1 mu`` and the variance of
+    ``p1 N(mu, tau^2) + (1 - p1) N(0, SPIKE_TAU^2)``, ``p1`` the posterior probability that the effect is real
+    -- factors that are nil for this patient drop out of the adjustment set instead of diluting the others,
+    while an effect that is probably real stays in it.
+
+    ``map_fn(fn, items)``: runs a round's block fits elsewhere (an executor's ``map``; the blocks must be
+    spilled to files the workers can read); by default they run here, one after another.
     """
     cols = design.columns
     Km = len(design.main)
@@ -545,19 +563,20 @@ def _fit_chunks(chunks: list[_Chunk], design: _Design, prior: CohortPrior | None
     centre_c = np.zeros((len(pids), Km))
     pi0, mu, tau = g_pi0.copy(), g_mu.copy(), g_tau.copy()
     e_pi0, e_mu, e_tau = pi0, mu, tau
+    offsets = np.cumsum([0] + [len(ch.pids) for ch in chunks])
     for r in range(rounds):
-        betas, vars_, Us, Is = [], [], [], []
-        at = 0
-        for ch in chunks:
-            sl = slice(at, at + len(ch.pids))
-            at += len(ch.pids)
-            lam, centre = _prior_arrays(ch, Km, G, lam_c[sl], centre_c[sl], scale)
-            with threadpool_limits(1, user_api="blas"), ch.loaded():  # many tiny matrices: threads contend
-                beta, var, U, info = _fit_chunk(ch, lam, centre)
-            betas.append(beta)
-            vars_.append(var)
-            Us.append(U)
-            Is.append(info)
+        tasks = []
+        for ch, a, e in zip(chunks, offsets[:-1], offsets[1:]):
+            lam, centre = _prior_arrays(ch, Km, G, lam_c[a:e], centre_c[a:e], scale)
+            tasks.append((ch, lam, centre))
+        if map_fn is not None and all(ch.path is not None for ch in chunks):
+            # spilled blocks go to the workers as file names; only the small arrays travel
+            out = list(map_fn(_fit_spilled, [(ch.path, ch.beta, lam, centre) for ch, lam, centre in tasks]))
+        else:
+            out = [_fit_loaded(ch, lam, centre) for ch, lam, centre in tasks]
+        for ch, res in zip(chunks, out):
+            ch.beta = res[0]
+        betas, vars_, Us, Is = zip(*out)
         beta, var = np.concatenate(betas), np.concatenate(vars_)
         U, info = np.concatenate(Us), np.concatenate(Is)
         # the patient's own estimate: divide this column's prior out of its posterior (Gaussian approximation)
@@ -588,9 +607,15 @@ def _fit_chunks(chunks: list[_Chunk], design: _Design, prior: CohortPrior | None
         loo = _loo_prior(bb, ss, use & ok[:, None] & learn[None], pi0, mu, tau)
         p1, m1, _, ppos, pneg = _posterior(bb, ss, *loo)
         p1 = np.where(use, p1, 1 - pi0[None])
-        if r < rounds - 1:  # EMVS update of every patient's ridge
-            lam_c = p1[:, :Km] / tau[:Km] ** 2 + (1 - p1[:, :Km]) / SPIKE_TAU ** 2
-            centre_c = p1[:, :Km] * mu[:Km] / tau[:Km] ** 2 / lam_c
+        if r < rounds - 1:
+            # every patient's prior for the next round: the normal with the mean and variance of its spike-and-
+            # slab mixture weighted by p1, ``p1 N(mu, tau^2) + (1 - p1) N(0, SPIKE_TAU^2)``. (EMVS's expected
+            # precision ``p1/tau^2 + (1-p1)/SPIKE_TAU^2`` is the spike's unless p1 is ~1: a probably real effect,
+            # p1 = 0.7, was held within +-0.09, so it left the adjustment set -- its null twin, sleep_hours for
+            # sleep_short, took part of its effect -- and its own estimate was extrapolated from near 0.)
+            pk = p1[:, :Km]
+            centre_c = pk * mu[:Km]
+            lam_c = 1 / (pk * tau[:Km] ** 2 + pk * (1 - pk) * mu[:Km] ** 2 + (1 - pk) * SPIKE_TAU ** 2)
         if progress:
             progress(r + 1, rounds)
     lfsr = np.where(use, 1 - np.maximum(ppos, pneg), np.nan)
@@ -874,8 +899,9 @@ def prepare(panel: pd.DataFrame, config, *, design: _Design | None = None,
 
 def fit_prepared(parts: list[Prepared], config, *, prior: CohortPrior | None = None,
                  progress: Callable[[int, int], None] | None = None,
-                 store: ModelStore | bool | None = None) -> dict[str, PatientAnalysis]:
-    """The cohort fit and calls over every patient of ``parts`` (see :func:`analyse`)."""
+                 store: ModelStore | bool | None = None, map_fn: Callable | None = None) -> dict[str, PatientAnalysis]:
+    """The cohort fit and calls over every patient of ``parts`` (see :func:`analyse`); ``map_fn``: see
+    :func:`_fit_chunks`."""
     if not parts:
         return {}
     fdr = float(config["analysis.fdr"])
@@ -893,7 +919,8 @@ def fit_prepared(parts: list[Prepared], config, *, prior: CohortPrior | None = N
     chunks = [ch for part in parts for ch in part.chunks]
     results: dict[str, PatientAnalysis] = {}
     if chunks:
-        fit = _fit_chunks(chunks, design, prior, {p: s == "ok" for p, s in status.items()}, progress=progress)
+        fit = _fit_chunks(chunks, design, prior, {p: s == "ok" for p, s in status.items()}, progress=progress,
+                          map_fn=map_fn)
         summaries = _verdicts(fit, design, status, data, fdr, lo, hi, min_days, min_att)
         fitted_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         n_ok = sum(s == "ok" for s in status.values())
