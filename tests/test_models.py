@@ -200,3 +200,21 @@ def test_a_run_over_some_patients_under_the_stored_prior_adds_to_the_store(tmp_p
     # a full run replaces everything and drops the delta
     models.analyse(panel, cfg)
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["analyses.joblib", "index.joblib"]
+
+
+def test_a_store_written_in_the_background_reports_its_failure(tmp_path):
+    """The pipeline writes the model store on a thread while the reports render; a failed write must still
+    fail the run (``wait``), not vanish with the thread."""
+    blocker = tmp_path / "models"
+    blocker.write_text("a file where the models folder should be")
+    store = models.ModelStore(blocker)
+    prior = models.CohortPrior.default(["stress@0"], [1.0])
+    store.save_run_later(prior, {"p1": "abc"}, {})
+    with pytest.raises(OSError):
+        store.wait()
+    store.wait()  # nothing pending any more
+
+    ok = models.ModelStore(tmp_path / "good")
+    ok.save_run_later(prior, {"p1": "abc"}, {})
+    ok.wait()
+    assert ok.load_index()["fingerprints"] == {"p1": "abc"}

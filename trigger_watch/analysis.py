@@ -152,8 +152,9 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
         design = parts[0].design if parts else None
 
         t = time.perf_counter()
+        stack.callback(store.wait)  # the model store is written while the reports are
         results = models.fit_prepared(parts, config, prior=prior, store=store,
-                                      map_fn=first.map if first.kind == "local" else None)
+                                      map_fn=first.map if first.kind == "local" else None, save_later=True)
         del parts
         timings["fit"] = time.perf_counter() - t
 
