@@ -62,7 +62,7 @@ class _Block:
     """What the pipeline keeps of one block of patients between reading their data and writing reports."""
 
     ids: list[str]
-    ahead: pd.DataFrame  # the forecast day's rows and the recent at-risk days before it (forecast.next_day)
+    ahead: forecast.Ahead | None  # what forecast.next_day reads: the forecast day's rows, recent days
     chart_rows: pd.DataFrame  # the days the charts are drawn from (CHART_COLUMNS, compact dtypes)
     flags: pd.DataFrame
     responses: pd.DataFrame
@@ -149,7 +149,6 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
             for k, v in secs.items():
                 timings[f"read_and_reduce/{k}"] += v
         timings["read_and_reduce"] = time.perf_counter() - t0
-        design = parts[0].design if parts else None
 
         t = time.perf_counter()
         stack.callback(store.wait)  # the model store is written while the reports are
@@ -159,9 +158,7 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
         timings["fit"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        ahead = pd.concat([b.ahead for b in blocks], ignore_index=True)
-        ahead.attrs["factors"] = design.meta if design is not None else None
-        next_day = forecast.next_day(ahead, results, tomorrow)
+        next_day = forecast.next_day(forecast.Ahead.concat([b.ahead for b in blocks]), results, tomorrow)
         for b in blocks:
             b.ahead = None
         timings["forecast"] = time.perf_counter() - t
@@ -225,7 +222,7 @@ def reduce_block(job) -> tuple[models.Prepared, _Block, dict[str, float]]:
     part = models.prepare(fit_panel, config, spill_dir=spill)
     secs["prepare"] = time.perf_counter() - t
     t = time.perf_counter()
-    ahead = forecast.ahead_rows(panel, tomorrow)
+    ahead = forecast.Ahead.of(panel, tomorrow)
     secs["ahead"] = time.perf_counter() - t
     t = time.perf_counter()
     block = _clinical_block(ids, inputs, fit_panel, as_of)

@@ -168,15 +168,15 @@ class _History:
         return self.layout(columns)[0][a:b]
 
 
-def next_day(panel: pd.DataFrame, results: dict, tomorrow: date) -> dict[str, dict]:
+def next_day(panel: pd.DataFrame | Ahead, results: dict, tomorrow: date) -> dict[str, dict]:
     """``{patient_id: forecast block}`` for every patient with a fitted model and a row for ``tomorrow``.
 
     Tomorrow's same-day diary and night are unknown (NaN) unless the panel has them; the forecast averages
-    over the patient's own recent values of those (see :func:`_marginal`)."""
-    day = pd.Timestamp(tomorrow)
-    rows = panel[panel["date"] == day]
-    rows.attrs = {}
-    history = _History(_recent(panel, day), panel.attrs.get("factors"))
+    over the patient's own recent values of those (see :func:`_marginal`). ``panel``: the panel, or the
+    :class:`Ahead` part of it for ``tomorrow``."""
+    ahead = panel if isinstance(panel, Ahead) else Ahead.of(panel, tomorrow)
+    rows = ahead.rows
+    history = _History(ahead.recent, ahead.meta)
     out: dict[str, dict] = {}
     by_layout: dict[tuple, np.ndarray] = {}  # tomorrow's values in each model's column order
     for i, pid in enumerate(rows["patient_id"]):
@@ -414,14 +414,32 @@ def combine(parts: Sequence[Validation], origins, step: int, prior) -> Validatio
     return Validation(per_patient, _cohort(pred, list(origins), step, prior, secs, cpu), pred)
 
 
-def ahead_rows(panel: pd.DataFrame, day: date) -> pd.DataFrame:
-    """The rows of ``panel`` :func:`next_day` reads for ``day``: that day's and the recent at-risk days
-    before it (a small frame the pipeline keeps per block of patients instead of the panel)."""
-    stamp = pd.Timestamp(day)
-    rows = panel[panel["date"] == stamp]
-    rows.attrs = {}
-    out = pd.concat([rows, _recent(panel, stamp)], ignore_index=True)
-    return out.sort_values(["patient_id", "date"], kind="stable").reset_index(drop=True)
+@dataclass
+class Ahead:
+    """What :func:`next_day` reads of a panel for ``day``: that day's rows, and the recent at-risk days before
+    it with only the columns a forecast averages over (the same-day ones): a small part of the panel, which
+    the pipeline keeps per block of patients instead of the panel itself."""
+
+    rows: pd.DataFrame
+    recent: pd.DataFrame
+    meta: pd.DataFrame | None
+
+    @classmethod
+    def of(cls, panel: pd.DataFrame, day: date) -> Ahead:
+        stamp = pd.Timestamp(day)
+        meta = panel.attrs.get("factors")
+        rows = panel[panel["date"] == stamp]
+        rows.attrs = {}
+        recent = _recent(panel, stamp)
+        same = _same_day_columns(meta, [c for c in panel.columns if "@" in c])
+        recent = recent[[c for c in panel.columns if "@" not in c] + same]
+        return cls(rows, recent, meta)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Ahead]) -> Ahead:
+        rows = pd.concat([a.rows for a in parts], ignore_index=True)
+        recent = pd.concat([a.recent for a in parts], ignore_index=True)
+        return cls(rows, recent, next((a.meta for a in parts if a.meta is not None), None))
 
 
 def _predict_block(block: pd.DataFrame, results: dict, rate: pd.Series, fallback: float, origin,
