@@ -909,9 +909,12 @@ def prepare(panel: pd.DataFrame, config, *, design: _Design | None = None,
         if absent:
             panel = pd.concat([panel, pd.DataFrame(np.nan, index=panel.index, columns=absent)], axis=1)
         meta = design.meta
-    panel = panel.sort_values(["patient_id", "date"], kind="stable")
-    last = panel.groupby("patient_id", sort=False)["date"].transform("max")
-    panel = panel[panel["date"] > last - pd.Timedelta(days=int(config["analysis.max_history_days"]))]
+    if not _sorted(panel):  # features.build_panel's panels are
+        panel = panel.sort_values(["patient_id", "date"], kind="stable")
+    window = pd.Timedelta(days=int(config["analysis.max_history_days"]))
+    if len(panel) and panel["date"].max() - panel["date"].min() >= window:
+        last = panel.groupby("patient_id", sort=False)["date"].transform("max")
+        panel = panel[panel["date"] > last - window]
     panel.attrs["factors"] = meta
     design = design or _Design.from_panel(panel)
     data = _data_blocks(panel)
@@ -925,6 +928,14 @@ def prepare(panel: pd.DataFrame, config, *, design: _Design | None = None,
         for ch in chunks:
             ch.spill(spill_dir)
     return Prepared(design, data, status, fps, chunks)
+
+
+def _sorted(panel: pd.DataFrame) -> bool:
+    """Rows sorted by patient, then date."""
+    pid = panel["patient_id"].to_numpy(dtype=object)
+    day = panel["date"].to_numpy()
+    same = pid[1:] == pid[:-1]
+    return bool((pid[1:] >= pid[:-1]).all() and (day[1:][same] > day[:-1][same]).all())
 
 
 def fit_prepared(parts: list[Prepared], config, *, prior: CohortPrior | None = None,
