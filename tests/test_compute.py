@@ -85,6 +85,8 @@ def test_a_dask_cluster_writes_the_same_reports(serial, files, tmp_path):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster:
         assert_same(serial, cycle(tmp_path / "ws", files, scheduler=cluster.scheduler_address))
+        # blocks of 5: the blocks are read here, reduced on the cluster, their design blocks sent back
+        assert_same(serial, cycle(tmp_path / "ws5", files, scheduler=cluster.scheduler_address, block=5))
 
 
 def test_a_scheduler_setting_that_is_not_an_address_is_an_error():
