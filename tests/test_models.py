@@ -218,3 +218,24 @@ def test_a_store_written_in_the_background_reports_its_failure(tmp_path):
     ok.save_run_later(prior, {"p1": "abc"}, {})
     ok.wait()
     assert ok.load_index()["fingerprints"] == {"p1": "abc"}
+
+
+def test_the_store_gives_back_every_analysis_as_fitted(planted, tmp_path):
+    """The store keeps a cohort's analyses in a few columnar pieces (every summary in one frame, the models'
+    arrays stacked); what it gives back must be the same analysis and the same model."""
+    _, panel, res, _ = planted
+    store = models.ModelStore(tmp_path / "models")
+    prior = next(a.estimator.prior_ for a in res.values() if a.estimator is not None)
+    store.save_run(prior, {p: a.model.get("fingerprint", "") for p, a in res.items()}, res)
+    back = models.ModelStore(tmp_path / "models")
+    rows = panel[panel["at_risk"]].head(200)
+    for pid, a in res.items():
+        b = back.load(pid)
+        assert (b.status, b.data, b.model) == (a.status, a.data, a.model)
+        pd.testing.assert_frame_equal(b.summary, a.summary)
+        if a.estimator is None:
+            assert b.estimator is None
+            continue
+        assert b.estimator.columns_ == a.estimator.columns_
+        np.testing.assert_array_equal(b.estimator.predict_proba(rows), a.estimator.predict_proba(rows))
+        pd.testing.assert_frame_equal(b.estimator.summary, a.estimator.summary)

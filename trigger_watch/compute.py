@@ -19,8 +19,9 @@ from typing import Any
 
 from trigger_watch.errors import ConfigError
 
-#: Fewer items than this run serially in the calling process (a process pool costs about a second to start).
-MIN_PARALLEL = 64
+#: Fewer items than this run serially in the calling process: a pool of fresh worker processes costs 2-3 s
+#: to start (each imports pandas, scikit-learn and the package): about what 250 patients' reports take here.
+MIN_PARALLEL = 250
 
 
 def local_workers(config) -> int:

@@ -94,7 +94,7 @@ SETTINGS: tuple[Setting, ...] = (
     # compute
     Setting("compute", "scheduler", "", "empty: run on this machine; `tcp://host:8786`: a Dask scheduler"),
     Setting("compute", "workers", 0, "local worker processes (0: one per core)", int),
-    Setting("compute", "block_patients", 500,
+    Setting("compute", "block_patients", 250,
             "patients read and reduced at a time: memory grows with this, not with the cohort", int),
 )
 
