@@ -875,15 +875,20 @@ def cohort_columns(db, patient_ids=None, as_of: date | None = None) -> CohortCol
     cut = _as_date(as_of).isoformat() if as_of is not None else "9999-12-31"
     who, params = _who(db, patient_ids)
     tags: dict[str, int] = {}
-    for prefix, col in (("food", "foods"), ("symptom", "symptoms")):
-        for text, n in conn.execute(f"SELECT {col}, COUNT(*) FROM diary WHERE {who} AND date <= ? AND "
-                                    f"{col} IS NOT NULL AND {col} != '' GROUP BY {col}", params + [cut]):
-            for tag in {t.strip() for t in str(text).split(";")} - {""}:
+    any_custom = False
+    # one pass over the diary: the distinct (foods, symptoms) pairs with their days, and whether any day
+    # has custom factors (only then is the JSON read)
+    for foods, symptoms, has_custom, n in conn.execute(
+            f"SELECT foods, symptoms, custom IS NOT NULL, COUNT(*) FROM diary WHERE {who} AND date <= ? "
+            "GROUP BY 1, 2, 3", params + [cut]):
+        any_custom |= bool(has_custom)
+        for prefix, text in (("food", foods), ("symptom", symptoms)):
+            for tag in {t.strip() for t in str(text or "").split(";")} - {""}:
                 tags[f"{prefix}:{tag}"] = tags.get(f"{prefix}:{tag}", 0) + n
     custom = {str(k): bool(b) for k, b in conn.execute(
         "SELECT j.key, MIN(CAST(j.value AS REAL) IN (0.0, 1.0)) FROM "
         f"(SELECT custom FROM diary WHERE {who} AND custom IS NOT NULL AND date <= ?) d, json_each(d.custom) j "
-        "WHERE j.type IN ('integer', 'real', 'true', 'false') GROUP BY j.key", params + [cut])}
+        "WHERE j.type IN ('integer', 'real', 'true', 'false') GROUP BY j.key", params + [cut])} if any_custom else {}
     return CohortColumns(tags, custom)
 
 
