@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import pairwise
 from datetime import date, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -441,8 +442,13 @@ def _prior_of(results: dict, given):
 # ------------------------------------------------------------------------------------------ results
 
 def _clean(v):
-    if v is None:
-        return None
+    kind = type(v)
+    if kind is str or kind is int or kind is bool or v is None:  # the common cases first (same results)
+        return v
+    if kind is float:
+        return None if not math.isfinite(v) else round(v, 4)
+    if kind is dict:
+        return {k: _clean(x) for k, x in v.items()}
     if isinstance(v, (np.floating, float)):
         return None if not np.isfinite(v) else round(float(v), 4)
     if isinstance(v, (np.integer,)):
@@ -458,6 +464,34 @@ def _clean(v):
     return v
 
 
+def _records(frame: pd.DataFrame, skip: str | None = None) -> list[dict]:
+    """``[_clean(r) for r in frame.replace({np.nan: None}).to_dict("records")]`` (without column ``skip``),
+    through one object array instead of per-patient pandas calls: a missing value (NaN, None, NA, NaT) is
+    None, as the replace made it, and every other value is cleaned."""
+    names = list(frame.columns)
+    if len(set(names)) < len(names):
+        records = frame.replace({np.nan: None}).to_dict("records")
+        return [_clean({k: x for k, x in r.items() if k != skip}) for r in records]
+    rows = frame.to_numpy(dtype=object, na_value=None).tolist()
+    if skip is not None and skip in names:
+        i = names.index(skip)
+        del names[i]
+        for r in rows:
+            del r[i]
+    out = []
+    for r in rows:
+        record = {}
+        for k, v in zip(names, r):
+            kind = type(v)
+            if kind is float:
+                v = round(v, 4) if math.isfinite(v) else None
+            elif not (kind is str or kind is int or kind is bool or v is None):
+                v = _clean(v)
+            record[k] = v
+        out.append(record)
+    return out
+
+
 def build_triggers(pid: str, result, *, as_of: date, generated_at: str, forecast=None, validation=None,
                    flags: dict | None = None, treatments: pd.DataFrame | None = None,
                    clinician_id: str | None = None) -> dict:
@@ -469,8 +503,7 @@ def build_triggers(pid: str, result, *, as_of: date, generated_at: str, forecast
     else:
         data = _clean(dict(result.data))
         status = result.status
-        summary = result.summary.replace({np.nan: None})
-        factors = [_clean(r) for r in summary.to_dict("records")]
+        factors = _records(result.summary)
         model = _clean(dict(result.model)) | {"version": MODEL_VERSION}
         model.setdefault("model_id", result.model.get("fingerprint"))
     if validation:
@@ -482,8 +515,7 @@ def build_triggers(pid: str, result, *, as_of: date, generated_at: str, forecast
         data["migraine_days_last_30"] = flag_block.get("migraine_days_last_30", data.get("migraine_days_last_30"))
     tr = []
     if treatments is not None and len(treatments):
-        tr = [_clean({k: v for k, v in r.items() if k != "patient_id"})
-              for r in treatments.replace({np.nan: None}).to_dict("records")]
+        tr = _records(treatments, skip="patient_id")
     return {
         "schema_version": SCHEMA_VERSION,
         "patient_id": pid,
@@ -504,36 +536,58 @@ def build_charts(panel: pd.DataFrame) -> dict[str, dict]:
     """Per patient: calendar days, monthly counts and gaps of unlogged days (vectorised, then split)."""
     if panel.empty:
         return {}
-    p = panel[["patient_id", "date", "observed", "diary_kept", "onset", "in_episode", "migraine_day",
-               "headache_day", "intensity"]].copy()
-    status = np.select([p["onset"].to_numpy() == 1, p["in_episode"].to_numpy(dtype=bool),
-                        p["observed"].to_numpy(dtype=bool)], ["onset", "attack", "free"], "missing")
-    p["status"] = status
-    p["day"] = p["date"].dt.strftime("%Y-%m-%d")
-    p["month"] = p["date"].dt.strftime("%Y-%m")
-    monthly = p.groupby(["patient_id", "month"], sort=True).agg(
-        migraine_days=("migraine_day", "sum"), headache_days=("headache_day", "sum"),
-        days_logged=("diary_kept", "sum")).reset_index()
+    pid = panel["patient_id"].to_numpy(dtype=object)
+    # one str object per status, shared by every day (smaller and faster to send to the report workers)
+    status = np.array(["onset", "attack", "free", "missing"], dtype=object)[
+        np.select([panel["onset"].to_numpy() == 1, panel["in_episode"].to_numpy(dtype=bool),
+                   panel["observed"].to_numpy(dtype=bool)], [0, 1, 2], 3)]
+    # day and month texts: each distinct date formatted once
+    day_code, day_values = pd.factorize(panel["date"], sort=True)
+    day_index = pd.DatetimeIndex(day_values)
+    day_text = np.asarray(day_index.strftime("%Y-%m-%d"), dtype=object)
+    month_code, month_text = pd.factorize(np.asarray(day_index.strftime("%Y-%m"), dtype=object), sort=True)
+    days = day_text[day_code]
+    months = month_code[day_code]
+    # patients in sorted order; each patient's rows in the panel's order
+    code, keys = pd.factorize(pid, sort=True)
+    n = len(keys)
+    order = np.argsort(code, kind="stable")
+    bounds = np.searchsorted(code[order], np.arange(n + 1)).tolist()
+
+    # monthly counts (sums over each patient's days of a month)
+    key = code.astype(np.int64) * len(month_text) + months
+    monthly = pd.DataFrame({"key": key, "migraine_days": panel["migraine_day"].to_numpy(),
+                            "headache_days": panel["headache_day"].to_numpy(),
+                            "days_logged": panel["diary_kept"].to_numpy()}).groupby("key", sort=True).sum()
+    mkey = monthly.index.to_numpy()
+    m_bounds = np.searchsorted(mkey // len(month_text), np.arange(n + 1)).tolist()
+    sums = [monthly[c].tolist() if monthly[c].dtype.kind in "iub" else [_clean(v) for v in monthly[c].tolist()]
+            for c in ("migraine_days", "headache_days", "days_logged")]
+    m_rows = [{"month": m, "migraine_days": a, "headache_days": b, "days_logged": c}
+              for m, a, b, c in zip(month_text[mkey % len(month_text)].tolist(), *sums)]
+
     # gaps: runs of 7+ consecutive missing days
     miss = status == "missing"
-    pid = p["patient_id"].to_numpy()
     new_run = np.r_[True, (miss[1:] != miss[:-1]) | (pid[1:] != pid[:-1])]
-    run_id = np.cumsum(new_run)
-    runs = pd.DataFrame({"patient_id": pid, "run": run_id, "miss": miss, "day": p["day"].to_numpy()})
-    runs = runs[runs["miss"]].groupby(["patient_id", "run"]).agg(start=("day", "first"), end=("day", "last"),
-                                                                  days=("day", "size")).reset_index()
-    runs = runs[runs["days"] >= 7]
-    intensity = p["intensity"].astype(float).round(1)
-    cal = pd.DataFrame({"patient_id": pid, "date": p["day"].to_numpy(), "status": status,
-                        "intensity": intensity.where(intensity.notna(), None).to_numpy(dtype=object)})
+    first = np.flatnonzero(new_run & miss)
+    size = np.diff(np.append(np.flatnonzero(new_run), len(miss)))[np.cumsum(new_run)[first] - 1]
+    long_runs = size >= 7
+    first, size = first[long_runs], size[long_runs]
+    g_code = code[first]
+    g_order = np.argsort(g_code, kind="stable")
+    g_rows = [{"start": s, "end": e, "days": k} for s, e, k in
+              zip(days[first[g_order]].tolist(), days[first[g_order] + size[g_order] - 1].tolist(),
+                  size[g_order].tolist())]
+    g_bounds = np.searchsorted(g_code[g_order], np.arange(n + 1)).tolist()
+
+    intensity = panel["intensity"].astype(float).round(1)
+    intensity = intensity.where(intensity.notna(), None).to_numpy(dtype=object)
+    cal = [{"date": d, "status": s, "intensity": i} for d, s, i in
+           zip(days[order].tolist(), status[order].tolist(), intensity[order].tolist())]
     out: dict[str, dict] = {}
-    cal_groups = {k: g.drop(columns="patient_id").to_dict("records") for k, g in cal.groupby("patient_id")}
-    mon_groups = {k: [_clean(r) for r in g.drop(columns="patient_id").to_dict("records")]
-                  for k, g in monthly.groupby("patient_id")}
-    gap_groups = {k: [_clean(r) for r in g[["start", "end", "days"]].to_dict("records")]
-                  for k, g in runs.groupby("patient_id")}
-    for k in cal_groups:
-        out[k] = {"calendar": cal_groups[k], "monthly": mon_groups.get(k, []), "gaps": gap_groups.get(k, [])}
+    for k, name in enumerate(keys.tolist()):
+        out[name] = {"calendar": cal[bounds[k]:bounds[k + 1]], "monthly": m_rows[m_bounds[k]:m_bounds[k + 1]],
+                     "gaps": g_rows[g_bounds[k]:g_bounds[k + 1]]}
     return out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import calendar as _calendar
 import math
 from datetime import date
+from functools import lru_cache
 
 from markupsafe import Markup, escape
 
@@ -73,8 +74,9 @@ def calendar_svg(days: list[dict], *, cell: int = 15) -> Markup:
         return Markup("")
     by_month: dict[tuple[int, int], list[tuple[int, dict]]] = {}
     for d in days:
-        day = date.fromisoformat(d["date"])
-        by_month.setdefault((day.year, day.month), []).append((day.day, d))
+        text = d["date"]
+        y, m, dom = _ymd(text) if type(text) is str else _ymd.__wrapped__(text)
+        by_month.setdefault((y, m), []).append((dom, d))
     first, last = min(by_month), max(by_month)
     months = []
     y, m = first
@@ -87,24 +89,66 @@ def calendar_svg(days: list[dict], *, cell: int = 15) -> Markup:
     for d in (1, 5, 10, 15, 20, 25, 30):
         out.append(f'<text x="{left + (d - 1) * cell + cell / 2:.1f}" y="11" text-anchor="middle" '
                    f'fill="#555">{d}</text>')
+    # A cell is <rect x="X" y="Y" width="W" height="W" fill="F" STROKE><title>DATE: TIP</title></rect>; the
+    # pieces are made once per column, per row and per kind of day, and joined per cell.
+    xs = [f'<rect x="{left + (dom - 1) * cell + 0.5}" y="' for dom in range(32)]
+    size = cell - 2
     for row, (y, m) in enumerate(months):
         yy = top + row * cell
         out.append(f'<text x="{left - 6}" y="{yy + cell - 3}" text-anchor="end" fill="#333">'
                    f'{MONTHS[m - 1]} {y}</text>')
+        head = f'{yy + 0.5}" width="{size}" height="{size}" fill="'
+        month = f'{y:04d}-{m:02d}-'
         for dom, d in by_month.get((y, m), ()):
             status = d.get("status")
-            if status not in CAL_COLOURS:
-                status = "missing"
-            fill = intensity_colour(d.get("intensity"), status) if status in ("onset", "attack") \
-                else CAL_COLOURS.get(status, "#ffffff")
-            stroke = ' stroke="#222" stroke-width="1.5"' if status == "onset" else ' stroke="#ccc" stroke-width="0.5"'
-            # Safe without escaping: the date was parsed above, the status is one of CAL_COLOURS.
-            tip = f'{y:04d}-{m:02d}-{dom:02d}: {status}'
-            if d.get("intensity") is not None and status in ("onset", "attack"):
-                tip += f", intensity {_num(float(d['intensity']))}"
-            out.append(f'<rect x="{left + (dom - 1) * cell + 0.5}" y="{yy + 0.5}" width="{cell - 2}" '
-                       f'height="{cell - 2}" fill="{fill}"{stroke}><title>{tip}</title></rect>')
+            # free and missing days look the same whatever their intensity
+            style, tip = _PLAIN_CELLS[status] if status in _PLAIN_CELLS else _cell_style(status, d.get("intensity"))
+            out.append(f'{xs[dom]}{head}{style}{month}{dom:02d}{tip}')
     return _svg(width, height, "Attack calendar: one row per month, one square per day", out)
+
+
+@lru_cache(maxsize=8192)
+def _ymd(text) -> tuple[int, int, int]:
+    day = date.fromisoformat(text)
+    return day.year, day.month, day.day
+
+
+_CELL_STYLES: dict = {}
+_PLAIN_CELLS: dict = {}  # filled below, once _make_cell_style exists
+
+
+def _cell_style(status, intensity) -> tuple[str, str]:
+    """A calendar cell's ``fill="..." stroke...><title>`` and its tip after the date, through ``</rect>``;
+    kept per status (and intensity, for attack days)."""
+    if status not in CAL_COLOURS:
+        status = "missing"
+    if status not in ("onset", "attack"):
+        key = status
+    elif intensity is None or type(intensity) is int or (type(intensity) is float and intensity == intensity
+                                                           and intensity != 0):
+        key = (status, intensity)  # (-0.0 and 0.0 would be one key but print differently: not kept)
+    else:
+        return _make_cell_style(status, intensity)
+    style = _CELL_STYLES.get(key)
+    if style is None:
+        style = _make_cell_style(status, intensity)
+        if len(_CELL_STYLES) < 4096:
+            _CELL_STYLES[key] = style
+    return style
+
+
+def _make_cell_style(status: str, intensity) -> tuple[str, str]:
+    fill = intensity_colour(intensity, status) if status in ("onset", "attack") \
+        else CAL_COLOURS.get(status, "#ffffff")
+    stroke = ' stroke="#222" stroke-width="1.5"' if status == "onset" else ' stroke="#ccc" stroke-width="0.5"'
+    # Safe without escaping: the date was parsed, the status is one of CAL_COLOURS.
+    tip = f": {status}"
+    if intensity is not None and status in ("onset", "attack"):
+        tip += f", intensity {_num(float(intensity))}"
+    return f'{fill}"{stroke}><title>', f"{tip}</title></rect>"
+
+
+_PLAIN_CELLS.update({s: _make_cell_style(s, None) for s in ("free", "missing")})
 
 
 def calendar_legend() -> Markup:
@@ -192,6 +236,19 @@ def monthly_svg(monthly: list[dict], treatments: list[dict] | None = None, *, wi
 
 # --------------------------------------------------------------------------------------- forest plot
 
+_NAMES: dict[str, tuple[str, str]] = {}
+
+
+def _names(name: str) -> tuple[str, str]:
+    """A forest plot row's label escaped, whole and shortened (labels repeat from patient to patient)."""
+    got = _NAMES.get(name)
+    if got is None:
+        got = (_e(name), _e(_short(name, 44)))
+        if len(_NAMES) < 20000:
+            _NAMES[name] = got
+    return got
+
+
 def verdict_sort_key(f: dict) -> tuple:
     """Order of factors on the clinician page: by verdict, then rank, q-value, id and lag."""
     verdict = f.get("verdict")
@@ -248,7 +305,8 @@ def forest_svg(factors: list[dict], *, width: int = 780) -> Markup:
             y += row_h
         name = f.get("label") or f"{f.get('factor')} (lag {f.get('lag_days')})"
         cy = y + row_h / 2
-        out.append(f'<text x="12" y="{cy + 4:.1f}" fill="#222"><title>{_e(name)}</title>{_e(_short(name, 44))}'
+        e_name, e_short = _names(name) if type(name) is str else (_e(name), _e(_short(name, 44)))
+        out.append(f'<text x="12" y="{cy + 4:.1f}" fill="#222"><title>{e_name}</title>{e_short}'
                    f'</text>')
         orr, lo, hi = f.get("odds_ratio"), f.get("ci_low"), f.get("ci_high")
         ok = all(isinstance(v, (int, float)) and v > 0 and math.isfinite(v) for v in (orr, lo, hi))
@@ -261,7 +319,7 @@ def forest_svg(factors: list[dict], *, width: int = 780) -> Markup:
             if hi > hi_v:
                 out.append(f'<path d="M{x2:.1f},{cy:.1f} l-5,-3 l0,6 Z" fill="{colour}"/>')
             out.append(f'<rect x="{xc - 3.5:.1f}" y="{cy - 3.5:.1f}" width="7" height="7" fill="{colour}">'
-                       f'<title>{_e(name)}: OR {orr:.2f} ({lo:.2f}-{hi:.2f})</title></rect>')
+                       f'<title>{e_name}: OR {orr:.2f} ({lo:.2f}-{hi:.2f})</title></rect>')
             text = f"{orr:.2f} ({lo:.2f}\u2013{hi:.2f})"
         else:
             text = "no estimate"

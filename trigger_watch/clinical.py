@@ -301,9 +301,10 @@ def _panel_counts(panel: pd.DataFrame, asof: int) -> tuple[_Counts, np.ndarray]:
     """
     day = _days(panel["date"])
     keep = day <= asof
-    pid = panel["patient_id"].to_numpy(dtype=object)[keep]
     day = day[keep]
-    code, ids = pd.factorize(pid, sort=False)
+    # factorised as stored (Arrow strings: no Python object per row), patients in order of appearance
+    pid = panel["patient_id"]
+    code, ids = pd.factorize(pid if keep.all() else pid[keep], sort=False)
     n = len(ids)
     observed = panel["observed"].to_numpy(dtype=bool)[keep]
     kept = panel["diary_kept"].to_numpy(dtype=bool)[keep] if "diary_kept" in panel.columns else observed

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from trigger_watch import charts as ch
 from trigger_watch import storage
@@ -399,14 +399,38 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+
+
+class _Environment(jinja2.Environment):
+    """Looks up ``d.name`` of a plain dict by key straight away: what Jinja's ``getattr`` finds too (no dict
+    attribute has that name), without raising and catching an AttributeError first, which on the clinician
+    page's factor table (thousands of lookups per patient) took most of the rendering time."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
+
+
+def _verdict_colour(v: Any) -> str:
+    return ch.VERDICT_COLOURS.get(v, "#555")
+
+
+def _words(v: Any) -> str:
+    return str(v or "").replace("_", " ")
+
+
 def _env(autoescape: bool) -> jinja2.Environment:
-    env = jinja2.Environment(
+    env = _Environment(
         loader=jinja2.PackageLoader("trigger_watch", "templates"),
         autoescape=autoescape, trim_blocks=True, keep_trailing_newline=True, auto_reload=False, lstrip_blocks=True, undefined=jinja2.ChainableUndefined,
         finalize=None if autoescape else md_escape,
     )
-    env.filters.update(fmt=_fmt, pct=percent, long_date=long_date, verdict_colour=lambda v: ch.VERDICT_COLOURS.get(
-        v, "#555"), words=lambda v: str(v or "").replace("_", " "))
+    env.filters.update(fmt=_fmt, pct=percent, long_date=long_date, verdict_colour=_verdict_colour, words=_words)
     return env
 
 
@@ -441,10 +465,76 @@ def render_clinician_html(triggers: dict, charts: dict | None = None, *, svg: di
     """clinician.html: data quality, calendar, monthly migraine days with treatments, forest plot, flags,
     forecast validation and the model."""
     svg = svg or _html_charts(triggers, charts)
+    factors = sorted(triggers.get("factors") or [], key=ch.verdict_sort_key)
     return _HTML.get_template("clinician.html.j2").render(
-        t=triggers, charts=charts or {}, svg=svg,
-        factors=sorted(triggers.get("factors") or [], key=ch.verdict_sort_key),
+        t=triggers, charts=charts or {}, svg=svg, factors=factors, factor_rows=factor_table_rows(factors),
         verdicts=ch.VERDICT_ORDER, colours=ch.VERDICT_COLOURS)
+
+
+class _Missing:
+    """A key the dict does not have: false, like Jinja's undefined."""
+
+    def __bool__(self) -> bool:
+        return False
+
+
+_ABSENT = _Missing()
+_ESCAPED: dict[str, str] = {}
+
+
+def _html(value: Any) -> str:
+    """``{{ value }}`` on an HTML page (escaped); a missing key prints nothing."""
+    if type(value) is str:
+        text = _ESCAPED.get(value)
+        if text is None:
+            text = str(escape(value))
+            if len(_ESCAPED) < 20000:  # factor names and labels repeat from patient to patient
+                _ESCAPED[value] = text
+        return text
+    return "" if value is _ABSENT else str(escape(value))
+
+
+def _cell(value: Any, digits: int = 2) -> str:
+    """``{{ value | fmt(digits) }}`` on an HTML page: :func:`_fmt` written out for the plain types, whose text
+    (digits, "-", ".", "yes", "no" or "–") needs no escaping."""
+    kind = type(value)
+    if kind is float:
+        return f"{value:.{digits}f}" if math.isfinite(value) else "\u2013"
+    if kind is int:
+        return str(value)
+    if value is None:
+        return "\u2013"
+    if kind is bool:
+        return "yes" if value else "no"
+    return str(escape(_fmt(value, digits)))
+
+
+def factor_table_rows(factors: list) -> Markup | None:
+    """The rows of the clinician page's factor table, exactly as the loop in ``clinician.html.j2`` writes
+    them (that loop took most of the page's rendering time: an escape and a filter call per cell). None
+    when a factor is not a plain dict: the template's loop then writes them (it also does when no
+    ``factor_rows`` are given). ``tests/test_fast_paths.py`` checks that the two agree."""
+    if any(type(f) is not dict for f in factors):
+        return None
+    rows = []
+    for f in factors:
+        get = f.get
+        verdict = get("verdict")  # a missing key: None colours and words as Jinja's undefined does
+        label = f["label"] if "label" in f else _ABSENT
+        factor = f["factor"] if "factor" in f else _ABSENT
+        exposure = get("exposure")
+        rows.append(
+            f'    <tr><td><span class="badge" style="background: {_html(_verdict_colour(verdict))}">'
+            f'{_html(_words(verdict))}</span></td>\n'
+            f'      <td class="text">{_html(label or factor)}<br><span class="small muted">{_html(factor)}'
+            f'{" · exposed: " + _html(exposure) if exposure else ""}</span></td>\n'
+            f'      <td class="num">{_cell(get("lag_days"))}</td><td class="num">{_cell(get("rank"))}</td>\n'
+            f'      <td class="num">{_cell(get("odds_ratio"))}</td><td class="num">{_cell(get("ci_low"))}–'
+            f'{_cell(get("ci_high"))}</td>\n'
+            f'      <td class="num">{_cell(get("q_value"), 3)}</td><td class="num">{_cell(get("exposed_days"))}</td>\n'
+            f'      <td class="num">{_cell(get("attacks_after_exposure"))}</td>'
+            f'<td class="num">{_cell(get("days_needed"), 0)}</td></tr>\n')
+    return Markup("".join(rows))
 
 
 def render_ranking_html(ranking: list[dict]) -> str:
@@ -482,6 +572,24 @@ def ranking_csv(ranking: list[dict]) -> str:
 
 def _clean(obj: Any) -> Any:
     """JSON-ready: NaN/inf -> None, numpy scalars -> Python, tuples -> lists."""
+    kind = type(obj)
+    if kind is dict:  # the common case first, its plain values without a call each (same result)
+        out = {}
+        for k, v in obj.items():
+            vk = type(v)
+            if vk is float:
+                if not math.isfinite(v):
+                    v = None
+            elif not (vk is str or vk is int or vk is bool or v is None):
+                v = _clean(v)
+            out[k if type(k) is str else str(k)] = v
+        return out
+    if kind is list:
+        return [v if type(v) is str else _clean(v) for v in obj]
+    return _clean_other(obj)
+
+
+def _clean_other(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): _clean(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -495,10 +603,16 @@ def _clean(obj: Any) -> Any:
     return str(obj)
 
 
+#: ``json.dumps(v, ensure_ascii=False[, allow_nan=False])`` without making an encoder per call (what dumps does
+#: whenever it is given an option).
+_JSON = json.JSONEncoder(ensure_ascii=False)
+_JSON_STRICT = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+
+
 def to_json(obj: Any) -> str:
     """Readable JSON, fast: one line per top-level key and per list item (C encoder for each piece)."""
     obj = _clean(obj)
-    dump = lambda v: json.dumps(v, ensure_ascii=False, allow_nan=False)  # noqa: E731 (a local alias)
+    dump = _JSON_STRICT.encode
 
     def block(value: Any, pad: str) -> str:
         if isinstance(value, list) and value:
@@ -581,12 +695,14 @@ def _write_all(folder: Path, texts: dict[str, str], fsync: bool) -> list[Path]:
 
 
 def patient_texts(triggers: dict, charts: dict | None) -> dict[str, str]:
-    """The four patient files as text, keyed by file name (charts drawn once for both pages)."""
+    """The four patient files as text, keyed by file name (charts drawn and words written once for both
+    pages)."""
     svg = _html_charts(triggers, charts)
+    context = patient_context(triggers, charts)  # once for both patient pages
     return {
         "triggers.json": to_json(triggers),
-        "summary.md": render_patient_md(triggers, charts),
-        "summary.html": render_patient_html(triggers, charts, svg=svg),
+        "summary.md": _MD.get_template("summary.md.j2").render(**context),
+        "summary.html": _HTML.get_template("summary.html.j2").render(svg=svg, **context),
         "clinician.html": render_clinician_html(triggers, charts, svg=svg),
     }
 
@@ -702,9 +818,9 @@ def history_row(triggers: dict, charts: dict | None = None, *, ranking: dict | N
         raise TriggerWatchError("triggers has no patient_id; cannot record it in the report history")
     model = triggers.get("model") or {}
     return (pid, triggers.get("generated_at") or storage.utcnow_text(), triggers.get("as_of"),
-            model.get("model_id"), triggers.get("status"), json.dumps(_clean(triggers), ensure_ascii=False),
-            None if charts is None else json.dumps(_clean(charts), ensure_ascii=False), storage.utcnow_text(),
-            None if ranking is None else json.dumps(_clean(ranking), ensure_ascii=False))
+            model.get("model_id"), triggers.get("status"), _JSON.encode(_clean(triggers)),
+            None if charts is None else _JSON.encode(_clean(charts)), storage.utcnow_text(),
+            None if ranking is None else _JSON.encode(_clean(ranking)))
 
 
 def record_history_rows(db, rows: list[tuple]) -> None:

@@ -447,6 +447,18 @@ def load_periods(db: sqlite_utils.Database, patient_ids: Iterable[str] | None = 
     """Stored periods in one query, as numbers: ``start``/``end`` epoch seconds (NaN for a date-only night),
     ``start_local``/``end_local`` local wall-clock seconds since 1970-01-01 local, ``day`` the local date's
     midnight in the same local seconds, minutes as floats; plus ``patient_id``, ``source`` (and ``rowid``, ``is_nap``)."""
+    columns = _read_periods(db, patient_ids, as_of, with_rowid=with_rowid)
+    names = list(columns)
+    df = pd.DataFrame({n: columns[n] for n in names[2:]}, columns=names[2:])
+    df.insert(0, "source", columns["source"])
+    df.insert(0, "patient_id", columns["patient_id"])
+    return df
+
+
+def _read_periods(db: sqlite_utils.Database, patient_ids: Iterable[str] | None, as_of: date | None, *,
+                  with_rowid: bool = False) -> dict[str, np.ndarray]:
+    """:func:`load_periods` as numpy columns (object ``patient_id``, ``source``; float the others), for
+    :func:`nightly`, which needs no DataFrame of them."""
     where, params = [], []
     ids = None if patient_ids is None else list(dict.fromkeys(patient_ids))
     if ids is not None:  # any number of ids, one parameter, through the patient index
@@ -464,10 +476,9 @@ def load_periods(db: sqlite_utils.Database, patient_ids: Iterable[str] | None = 
     arr = np.array(rows, dtype=object).reshape(len(rows), len(names))
     del rows
     numbers = arr[:, 2:].astype(float)  # None -> NaN
-    df = pd.DataFrame(numbers, columns=names[2:])
-    df.insert(0, "source", arr[:, 1])
-    df.insert(0, "patient_id", arr[:, 0])
-    return df
+    out = {"patient_id": arr[:, 0], "source": arr[:, 1]}
+    out.update((n, numbers[:, i]) for i, n in enumerate(names[2:]))
+    return out
 
 
 @dataclass
@@ -498,11 +509,12 @@ def _nansum_at(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.where(np.add.reduceat(known.astype(np.int64), idx) > 0, total, np.nan)
 
 
-def _blocks(p: pd.DataFrame) -> _Blocks:
-    """Group periods into blocks and pick each patient/source/day's main block. Vectorised (numpy)."""
-    pid, patients = pd.factorize(p["patient_id"].to_numpy(dtype=object), sort=True)
-    src, sources = pd.factorize(p["source"].to_numpy(dtype=object))
-    start = p["start"].to_numpy(dtype=float)
+def _blocks(p: dict[str, np.ndarray]) -> _Blocks:
+    """Group periods (the columns of :func:`_read_periods`) into blocks and pick each patient/source/day's main
+    block. Vectorised (numpy)."""
+    pid, patients = pd.factorize(p["patient_id"], sort=True)
+    src, sources = pd.factorize(p["source"])
+    start = p["start"]
     timed = ~np.isnan(start)
     big = np.int64(1) << np.int64(34)  # > any epoch second until 2514
     group_all = pid.astype(np.int64) * (len(sources) + 1) + src
@@ -511,7 +523,7 @@ def _blocks(p: pd.DataFrame) -> _Blocks:
                        kind="stable")
     pid_s, src_s, timed_s, group = pid[order], src[order], timed[order], group_all[order]
     s = start[order]
-    e = p["end"].to_numpy(dtype=float)[order]
+    e = p["end"][order]
     new_group = np.ones(len(order), dtype=bool)
     new_group[1:] = group[1:] != group[:-1]
     # Running latest end within each group: offset each group so one global cumulative max never crosses groups.
@@ -529,13 +541,13 @@ def _blocks(p: pd.DataFrame) -> _Blocks:
     b_end = np.maximum.reduceat(e_fill, idx)
     is_last = e_fill == b_end[block_sorted]
     last = np.maximum.reduceat(np.where(is_last, np.arange(len(order)), -1), idx)  # row with the latest end
-    day = np.floor(p["day"].to_numpy(dtype=float)[order][last] / 86400)
+    day = np.floor(p["day"][order][last] / 86400)
     midnight = day * 86400.0
-    asleep = _nansum_at(p["minutes_asleep"].to_numpy(dtype=float)[order], idx)
-    in_bed = _nansum_at(p["time_in_bed_minutes"].to_numpy(dtype=float)[order], idx)
+    asleep = _nansum_at(p["minutes_asleep"][order], idx)
+    in_bed = _nansum_at(p["time_in_bed_minutes"][order], idx)
     count = np.diff(np.append(idx, len(order)))
     ratio = np.where(in_bed > 0, np.minimum(100 * asleep / np.where(in_bed > 0, in_bed, 1), 100), np.nan)
-    efficiency = np.where(count > 1, np.round(ratio, 1), p["efficiency"].to_numpy(dtype=float)[order][idx])
+    efficiency = np.where(count > 1, np.round(ratio, 1), p["efficiency"][order][idx])
     size = np.nan_to_num(np.where(np.isnan(in_bed), asleep, in_bed))
     b_pid, b_src, b_start = pid_s[idx], src_s[idx], s[idx]
     b_key = group[idx] * np.int64(1 << 20) + day.astype(np.int64)  # patient, source, day
@@ -545,10 +557,10 @@ def _blocks(p: pd.DataFrame) -> _Blocks:
     is_main = np.zeros(len(idx), dtype=bool)
     is_main[rank[first]] = True
     return _Blocks(row_block=row_block, pid=b_pid, src=b_src, day=day, start=b_start,
-                   bedtime=(p["start_local"].to_numpy(dtype=float)[order][idx] - midnight) / 3600,
-                   wake_time=(p["end_local"].to_numpy(dtype=float)[order][last] - midnight) / 3600,
+                   bedtime=(p["start_local"][order][idx] - midnight) / 3600,
+                   wake_time=(p["end_local"][order][last] - midnight) / 3600,
                    asleep=asleep, in_bed=in_bed, efficiency=efficiency,
-                   awakenings=_nansum_at(p["awakenings"].to_numpy(dtype=float)[order], idx),
+                   awakenings=_nansum_at(p["awakenings"][order], idx),
                    is_main=is_main, size=size, patients=np.asarray(patients, dtype=object),
                    sources=np.asarray(sources, dtype=object))
 
@@ -556,15 +568,15 @@ def _blocks(p: pd.DataFrame) -> _Blocks:
 def refresh_naps(db: sqlite_utils.Database, patient_ids: list[str], *, nap_max_hours: float = 3.0) -> int:
     """Recompute ``is_nap`` of these patients' periods: outside their day's main block and shorter than
     ``nap_max_hours`` (in bed). Run after an import, inside its transaction. Returns rows changed."""
-    p = load_periods(db, patient_ids, with_rowid=True)
-    if p.empty:
+    p = _read_periods(db, patient_ids, None, with_rowid=True)
+    if not len(p["patient_id"]):
         return 0
     b = _blocks(p)
     nap_block = ~b.is_main & (b.size < nap_max_hours * 60)
     nap = nap_block[b.row_block].astype(int)
-    changed = nap != p["is_nap"].to_numpy()
+    changed = nap != p["is_nap"]
     db.conn.executemany("UPDATE sleep_periods SET is_nap = ? WHERE rowid = ?",
-                        zip(nap[changed].tolist(), p["rowid"].to_numpy()[changed].tolist()))
+                        zip(nap[changed].tolist(), p["rowid"][changed].tolist()))
     return int(changed.sum())
 
 
@@ -584,8 +596,8 @@ def nightly(db: sqlite_utils.Database, patient_ids: Iterable[str] | None = None,
     a date-only source such as Fitabase); ``source``. Fitabase nights have no clock times: bedtime and wake_time
     are NaN.
     """
-    p = load_periods(db, patient_ids, as_of)
-    if p.empty:
+    p = _read_periods(db, patient_ids, as_of)
+    if not len(p["patient_id"]):
         out = pd.DataFrame({c: pd.Series(dtype=float) for c in NIGHTLY_COLUMNS})
         out["patient_id"] = out["patient_id"].astype(object)
         out["source"] = out["source"].astype(object)

@@ -1,0 +1,189 @@
+"""The fast paths of the report stage give exactly what the plain versions they replaced gave.
+
+Each test keeps the plain version (a pandas group-by, the template's own loop, the uncached chart cell) as
+the reference and compares on inputs chosen for their edge cases: missing keys, None, NaN, -0.0, numpy
+scalars, HTML in names, gaps of logging at a patient's first and last day.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pytest
+from markupsafe import Markup
+
+from trigger_watch import analysis, charts, reports
+
+# ------------------------------------------------------------------------------------------ charts
+
+
+def _charts_reference(panel: pd.DataFrame) -> dict[str, dict]:
+    """analysis.build_charts as it was: group-by and to_dict per patient."""
+    p = panel[["patient_id", "date", "observed", "diary_kept", "onset", "in_episode", "migraine_day",
+               "headache_day", "intensity"]].copy()
+    status = np.select([p["onset"].to_numpy() == 1, p["in_episode"].to_numpy(dtype=bool),
+                        p["observed"].to_numpy(dtype=bool)], ["onset", "attack", "free"], "missing")
+    p["status"] = status
+    p["day"] = p["date"].dt.strftime("%Y-%m-%d")
+    p["month"] = p["date"].dt.strftime("%Y-%m")
+    monthly = p.groupby(["patient_id", "month"], sort=True).agg(
+        migraine_days=("migraine_day", "sum"), headache_days=("headache_day", "sum"),
+        days_logged=("diary_kept", "sum")).reset_index()
+    miss = status == "missing"
+    pid = p["patient_id"].to_numpy()
+    new_run = np.r_[True, (miss[1:] != miss[:-1]) | (pid[1:] != pid[:-1])]
+    runs = pd.DataFrame({"patient_id": pid, "run": np.cumsum(new_run), "miss": miss, "day": p["day"].to_numpy()})
+    runs = runs[runs["miss"]].groupby(["patient_id", "run"]).agg(start=("day", "first"), end=("day", "last"),
+                                                                  days=("day", "size")).reset_index()
+    runs = runs[runs["days"] >= 7]
+    intensity = p["intensity"].astype(float).round(1)
+    cal = pd.DataFrame({"patient_id": pid, "date": p["day"].to_numpy(), "status": status,
+                        "intensity": intensity.where(intensity.notna(), None).to_numpy(dtype=object)})
+    cal_groups = {k: g.drop(columns="patient_id").to_dict("records") for k, g in cal.groupby("patient_id")}
+    mon_groups = {k: [analysis._clean(r) for r in g.drop(columns="patient_id").to_dict("records")]
+                  for k, g in monthly.groupby("patient_id")}
+    gap_groups = {k: [analysis._clean(r) for r in g[["start", "end", "days"]].to_dict("records")]
+                  for k, g in runs.groupby("patient_id")}
+    return {k: {"calendar": cal_groups[k], "monthly": mon_groups.get(k, []), "gaps": gap_groups.get(k, [])}
+            for k in cal_groups}
+
+
+def _panel() -> pd.DataFrame:
+    rng = np.random.default_rng(7)
+    parts = []
+    for pid, start, days, missing in (("b2", "2026-01-20", 75, [range(0, 9), range(30, 36), range(66, 75)]),
+                                      ("a1", "2025-12-25", 40, [range(10, 17)]),
+                                      ("c3", "2026-02-27", 12, [range(0, 12)])):
+        n = days
+        observed = np.ones(n, dtype=bool)
+        for r in missing:
+            observed[list(r)] = False
+        onset = (rng.random(n) < 0.15).astype("int8") * observed
+        in_episode = (onset.astype(bool) | (rng.random(n) < 0.1)) & observed
+        intensity = np.where(in_episode, np.round(rng.uniform(0, 10, n), 2), 0.0)
+        intensity[rng.random(n) < 0.1] = np.nan
+        intensity[~observed] = np.nan
+        parts.append(pd.DataFrame({
+            "patient_id": pid, "date": pd.date_range(start, periods=n), "observed": observed,
+            "diary_kept": observed & (rng.random(n) < 0.9), "onset": onset, "in_episode": in_episode,
+            "migraine_day": in_episode & (rng.random(n) < 0.8), "headache_day": in_episode, "intensity": intensity}))
+    panel = pd.concat(parts, ignore_index=True)
+    panel["patient_id"] = panel["patient_id"].astype("str")
+    return panel
+
+
+def _same(a, b) -> bool:
+    """Equal values of equal types, NaN equal to itself."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and math.isnan(a):
+        return math.isnan(b)
+    return a == b
+
+
+def test_build_charts_gives_what_the_group_by_gave():
+    panel = _panel()
+    got, want = analysis.build_charts(panel), _charts_reference(panel)
+    assert list(got) == list(want) == ["a1", "b2", "c3"]
+    assert _same(got, want)
+    assert [g["days"] for g in got["b2"]["gaps"]] == [9, 9] and got["c3"]["gaps"][0]["days"] == 12
+    assert analysis.build_charts(panel.iloc[:0]) == {}
+
+
+# ---------------------------------------------------------------------------------- build_triggers
+
+
+def test_records_give_what_replace_and_to_dict_gave():
+    frame = pd.DataFrame({
+        "factor": pd.Series(["a", None, "c"], dtype="str"),
+        "lag_days": np.array([0, 1, 2]),
+        "rank": pd.array([1, None, 3], dtype="Int64"),
+        "odds_ratio": [1.234567891, np.nan, np.inf],
+        "flag": [True, False, True],
+        "maybe": pd.array([True, None, False], dtype="boolean"),
+        "anything": pd.Series([None, pd.NA, np.float64(2.5)], dtype=object),
+        "when": pd.to_datetime(["2026-01-02", None, "2026-03-04"]),
+        "patient_id": ["p", "p", "p"],
+    })
+    for skip in (None, "patient_id", "not a column"):
+        want = [analysis._clean({k: v for k, v in r.items() if k != skip})
+                for r in frame.replace({np.nan: None}).to_dict("records")]
+        assert _same(analysis._records(frame, skip=skip), want)
+    assert analysis._records(frame.iloc[:0]) == []
+
+
+# ------------------------------------------------------------------------------------------ reports
+
+FACTORS = [
+    {"factor": "alcohol_units", "label": "Alcohol", "lag_days": 1, "verdict": "trigger", "rank": 1,
+     "odds_ratio": 2.4, "ci_low": 1.5, "ci_high": 3.9, "q_value": 0.01, "exposed_days": 31,
+     "attacks_after_exposure": 14, "days_needed": None, "exposure": ">= 3 drinks"},
+    {"factor": "custom:<script>x</script>", "label": 'he said "stop" & <b>', "verdict": "warning_sign",
+     "exposure": "<i>yes</i>", "odds_ratio": float("nan"), "ci_low": -float("inf"), "q_value": np.float64(0.1234),
+     "lag_days": np.int64(0), "exposed_days": True, "days_needed": 40.4},
+    {"factor": None, "label": "", "verdict": None},
+    {"label": None, "exposure": ""},
+    {"factor": "x_y", "label": Markup("<b>safe</b>"), "verdict": "no_such_verdict", "rank": "7<",
+     "days_needed": 3, "odds_ratio": -0.0},
+    {},
+]
+
+
+def test_clinician_factor_rows_are_what_the_template_loop_writes():
+    template = reports._HTML.get_template("clinician.html.j2")
+    for factors in (FACTORS, FACTORS[:1], []):
+        fast = reports.factor_table_rows(factors)
+        assert fast is not None and fast.count("<tr>") == len(factors)
+        kw = dict(t={"factors": factors}, charts={}, svg={"forest": "x"}, factors=factors,
+                  verdicts=charts.VERDICT_ORDER, colours=charts.VERDICT_COLOURS)
+        assert template.render(factor_rows=fast, **kw) == template.render(factor_rows=None, **kw)
+    assert reports.factor_table_rows([{"factor": "a"}, ("not", "a", "dict")]) is None
+    kw = dict(t={"factors": FACTORS}, charts={}, svg={"forest": "x"}, factors=FACTORS,
+              verdicts=charts.VERDICT_ORDER, colours=charts.VERDICT_COLOURS)
+    assert template.render(**kw) == template.render(factor_rows=reports.factor_table_rows(FACTORS), **kw)
+
+
+def test_cleaning_for_json_is_unchanged():
+    class D(dict):
+        pass
+
+    value = {"a": [1, 2.5, float("nan"), (np.int64(3), np.float64(np.inf))], 1: D(x=np.bool_(True)),
+             "s": Markup("m"), "n": None, "d": date(2026, 1, 2), "f": np.float32(0.5), "t": True}
+    assert _same(reports._clean(value), reports._clean_other(value))
+    assert reports._clean(value) == {"a": [1, 2.5, None, [3, None]], "1": {"x": True}, "s": "m", "n": None,
+                                     "d": "2026-01-02", "f": 0.5, "t": True}
+
+
+def _cell_reference(y: int, m: int, dom: int, d: dict, left=62, top=16, row=0, cell=15) -> str:
+    """One calendar cell as calendar_svg wrote it before its pieces were cached."""
+    yy = top + row * cell
+    status = d.get("status")
+    if status not in charts.CAL_COLOURS:
+        status = "missing"
+    fill = charts.intensity_colour(d.get("intensity"), status) if status in ("onset", "attack") \
+        else charts.CAL_COLOURS.get(status, "#ffffff")
+    stroke = ' stroke="#222" stroke-width="1.5"' if status == "onset" else ' stroke="#ccc" stroke-width="0.5"'
+    tip = f'{y:04d}-{m:02d}-{dom:02d}: {status}'
+    if d.get("intensity") is not None and status in ("onset", "attack"):
+        tip += f", intensity {charts._num(float(d['intensity']))}"
+    return (f'<rect x="{left + (dom - 1) * cell + 0.5}" y="{yy + 0.5}" width="{cell - 2}" '
+            f'height="{cell - 2}" fill="{fill}"{stroke}><title>{tip}</title></rect>')
+
+
+@pytest.mark.parametrize("cell", [15, 9])
+def test_calendar_cells_are_unchanged(cell):
+    kinds = [("onset", 7.0), ("onset", 7), ("attack", -0.0), ("attack", 0.0), ("attack", 0), ("attack", None),
+             ("attack", float("nan")), ("free", 0.0), ("missing", None), ("weird", 3.0), (None, 2.0),
+             ("onset", np.float64(4.5)), ("attack", 10.0), ("attack", 12.5)]
+    days = [{"date": f"2026-03-{k + 1:02d}", "status": s, "intensity": i} for k, (s, i) in enumerate(kinds)]
+    svg = charts.calendar_svg(days, cell=cell)
+    for k, d in enumerate(days):
+        assert _cell_reference(2026, 3, k + 1, d, cell=cell) in svg
+    assert svg.count("<rect") == len(days)
