@@ -153,8 +153,10 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
 
         t = time.perf_counter()
         stack.callback(store.wait)  # the model store is written while the reports are
+        reports_start = threading.Event()
         results = models.fit_prepared(parts, config, prior=prior, store=store,
-                                      map_fn=first.map if first.kind == "local" else None, save_later=True)
+                                      map_fn=first.map if first.kind == "local" else None,
+                                      save_later=reports_start)
         del parts
         timings["fit"] = time.perf_counter() - t
 
@@ -169,6 +171,7 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
                                     outcome=outcome, ex=ex, db_file=db_file)
         timings["validation"] = time.perf_counter() - t
         t = time.perf_counter()
+        reports_start.set()
         _reports(db, config, ex, blocks, results, next_day, validation, as_of=as_of, generated_at=generated_at,
                  write=write, stop=stop, progress=progress, outcome=outcome)
         timings["reports"] = time.perf_counter() - t

@@ -432,7 +432,8 @@ class Ahead:
         rows.attrs = {}
         recent = _recent(panel, stamp)
         same = _same_day_columns(meta, [c for c in panel.columns if "@" in c])
-        recent = recent[[c for c in panel.columns if "@" not in c] + same]
+        # float32: 60 days x every patient; a forecast averages over these, 7 significant digits are plenty
+        recent = pd.concat([recent[["patient_id", "date"]], recent[same].astype(np.float32)], axis=1)
         return cls(rows, recent, meta)
 
     @classmethod

@@ -637,6 +637,18 @@ def _fit_chunks(chunks: list[_Chunk], design: _Design, prior: CohortPrior | None
 
 # ----------------------------------------------------------------------------------------- the estimator
 
+def _fitted_state(fit: _Fit, design: _Design) -> dict:
+    """Every patient's fitted arrays at once (per natural unit), for :meth:`TriggerModel._set_state`."""
+    Km = len(design.main)
+    scale = fit.prior.table["scale"].to_numpy()[None, :Km]
+    coef = np.where(fit.usable[:, :Km] | np.isfinite(fit.post_mean[:, :Km]), fit.post_mean[:, :Km] / scale, 0.0)
+    coef = np.where(fit.sd[:, :Km] > 0, coef, 0.0)
+    # deviations are clipped as in the fit (continuous factors at _WINSOR within-patient SDs)
+    clip = np.where(design.is_bool[None, :Km], np.inf, _WINSOR * fit.sd[:, :Km])
+    return {"columns": list(design.main), "mean": fit.mean[:, :Km], "coef": coef, "clip": clip,
+            "miss_groups": list(design.miss_groups().values())}
+
+
 class TriggerModel(BaseEstimator):
     """One patient's trigger model (scikit-learn conventions).
 
@@ -668,18 +680,16 @@ class TriggerModel(BaseEstimator):
         self._set_state(fit, 0, design, summary)
         return self
 
-    def _set_state(self, fit: _Fit, i: int, design: _Design, summary: pd.DataFrame) -> None:
-        Km = len(design.main)
-        scale = fit.prior.table["scale"].to_numpy()
-        self.columns_ = list(design.main)
-        self.mean_ = fit.mean[i, :Km]
-        self.coef_ = np.where(fit.usable[i, :Km] | np.isfinite(fit.post_mean[i, :Km]),
-                              fit.post_mean[i, :Km] / scale[:Km], 0.0)
-        self.coef_ = np.where(fit.sd[i, :Km] > 0, self.coef_, 0.0)
-        # deviations are clipped as in the fit (continuous factors at _WINSOR within-patient SDs)
-        self.clip_ = np.where(design.is_bool[:Km], np.inf, _WINSOR * fit.sd[i, :Km])
+    def _set_state(self, fit: _Fit, i: int, design: _Design, summary: pd.DataFrame,
+                   shared: dict | None = None) -> None:
+        """Patient ``i`` of ``fit`` (``shared``: :func:`_fitted_state` of the fit, computed once per cohort)."""
+        sh = shared if shared is not None else _fitted_state(fit, design)
+        self.columns_ = sh["columns"]
+        self.mean_ = sh["mean"][i]
+        self.coef_ = sh["coef"][i]
+        self.clip_ = sh["clip"][i]
         self.intercept_ = float(fit.intercept[i])
-        self.miss_groups_ = list(design.miss_groups().values())
+        self.miss_groups_ = sh["miss_groups"]
         self.miss_coef_ = np.asarray(fit.miss_coef[i])
         self.prior_ = fit.prior
         self.summary_ = summary
@@ -791,14 +801,17 @@ class ModelStore:
             self._analyses = _unpack(self._read(self.root / self.ANALYSES))
         return self._analyses.get(patient_id)
 
-    def save_run_later(self, *args, **kwargs) -> None:
-        """:meth:`save_run` on a background thread (the pipeline writes the reports meanwhile); :meth:`wait`
-        finishes it and raises what it raised. Each file is still replaced atomically, the index last."""
+    def save_run_later(self, *args, after: threading.Event | None = None, **kwargs) -> None:
+        """:meth:`save_run` on a background thread (the pipeline writes the reports meanwhile), once ``after``
+        is set if given; :meth:`wait` finishes it (setting ``after``) and raises what it raised. Each file is
+        still replaced atomically, the index last."""
         self.wait()
-        box: dict = {}
+        box: dict = {"after": after}
 
         def run() -> None:
             try:
+                if after is not None:
+                    after.wait()
                 self.save_run(*args, **kwargs)
             except BaseException as exc:  # noqa: BLE001 -- handed to wait()
                 box["error"] = exc
@@ -809,6 +822,8 @@ class ModelStore:
     def wait(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:
+            if pending[1]["after"] is not None:
+                pending[1]["after"].set()
             pending[0].join()
             if "error" in pending[1]:
                 raise pending[1]["error"]
@@ -1009,9 +1024,10 @@ def _sorted(panel: pd.DataFrame) -> bool:
 def fit_prepared(parts: list[Prepared], config, *, prior: CohortPrior | None = None,
                  progress: Callable[[int, int], None] | None = None,
                  store: ModelStore | bool | None = None, map_fn: Callable | None = None,
-                 save_later: bool = False) -> dict[str, PatientAnalysis]:
+                 save_later: bool | threading.Event = False) -> dict[str, PatientAnalysis]:
     """The cohort fit and calls over every patient of ``parts`` (see :func:`analyse`); ``map_fn``: see
-    :func:`_fit_chunks`; ``save_later``: the store is written on a background thread (``store.wait()``)."""
+    :func:`_fit_chunks`; ``save_later``: the store is written on a background thread (``store.wait()``),
+    once the event is set when it is one."""
     if not parts:
         return {}
     fdr = float(config["analysis.fdr"])
@@ -1035,9 +1051,10 @@ def fit_prepared(parts: list[Prepared], config, *, prior: CohortPrior | None = N
         fitted_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         n_ok = sum(s == "ok" for s in status.values())
         prior_id = fit.prior.id
+        shared = _fitted_state(fit, design)
         for i, pid in enumerate(fit.pids):
             est = TriggerModel(prior=fit.prior, fdr=fdr)
-            est._set_state(fit, i, design, summaries[pid])
+            est._set_state(fit, i, design, summaries[pid], shared)
             model = {"method": METHOD, "version": MODEL_VERSION, "fingerprint": fps[pid],
                      "model_id": f"{MODEL_VERSION}:{fps[pid]}:{prior_id}", "prior_id": prior_id,
                      "fitted_at": fitted_at, "pooled_over": n_ok}
@@ -1047,7 +1064,11 @@ def fit_prepared(parts: list[Prepared], config, *, prior: CohortPrior | None = N
             results[pid] = PatientAnalysis(status[pid], data[pid], _empty_summary(design, data[pid], min_days),
                                            {"method": METHOD, "version": MODEL_VERSION, "fingerprint": fps[pid]})
     if store and chunks:
-        (store.save_run_later if save_later else store.save_run)(fit.prior, fps, results, merge=prior is not None)
+        if save_later is not False:
+            after = save_later if isinstance(save_later, threading.Event) else None
+            store.save_run_later(fit.prior, fps, results, merge=prior is not None, after=after)
+        else:
+            store.save_run(fit.prior, fps, results, merge=prior is not None)
     return results
 
 
