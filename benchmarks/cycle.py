@@ -7,7 +7,9 @@ Three phases, each in its own process so one phase's memory does not show up in 
 1. **generate**: simulate ``patients x (days + 1)`` days (``simulate.simulate_cohort``), write the import
    files (``simulate.write_files``) and import them through the public path (``importing.import_file``)
    into a fresh database. The last simulated day's diary and attacks are held back.
-2. **full**: ``daemon.run_cycle(fetch=False)`` over everyone, as of the day before the held-back one.
+2. **full**: ``daemon.run_cycle(fetch=False)`` over everyone, as of the day before the held-back one,
+   starting from the database as imported (no models or reports yet). ``--validation skip``: without the
+   forecast validation, as on the nights it is not due (it runs weekly per patient).
 3. **incremental**: a ``changed`` share of the patients (1 % by default) logs the held-back day (one diary
    row each, imported through ``import_file``), then ``run_cycle`` as of that day analyses only them.
 
@@ -196,6 +198,8 @@ def phase_cycle(args, incremental: bool) -> dict:
     captured: dict = {}
 
     def analyse(db_, config_, **kw):
+        if args.validation == "skip":  # a night the forecast validation is not due (it is weekly)
+            kw["validate"] = False
         outcome = analysis.analyze(db_, config_, **kw)
         captured.update(outcome.timings)
         return outcome
@@ -258,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=0, help="[compute] workers (0: one per core)")
     ap.add_argument("--skip-generate", action="store_true", help="reuse the database in --workdir")
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--validation", choices=["due", "skip"], default="due",
+                    help="due (default): the full cycle validates everyone's forecast, as on the first night and "
+                         "then weekly (analysis.validation_every_days); skip: a night it is not due")
     ap.add_argument("--phase", choices=["generate", "full", "incremental"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 

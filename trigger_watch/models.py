@@ -829,9 +829,10 @@ class ModelStore:
                 raise pending[1]["error"]
 
     def save_run(self, prior: CohortPrior, fingerprints: dict[str, str], results: dict, *,
-                 merge: bool = False) -> None:
+                 merge: bool = False, summaries: pd.DataFrame | None = None) -> None:
         """Keep this run. ``merge``: a run over some patients under the stored prior (the daemon refitting the
-        changed ones) adds to the stored run instead of replacing it."""
+        changed ones) adds to the stored run instead of replacing it. ``summaries``: every result's summary
+        in one frame, in the order of ``results``, when the caller has it (saves a copy of them all)."""
         idx = self.load_index() if merge else None
         delta_name = None
         if idx is not None and idx["prior_id"] == prior.id:
@@ -846,7 +847,7 @@ class ModelStore:
                 self._write(self.root / delta_name, _pack(delta))
                 self._delta = delta
         else:
-            self._write(self.root / self.ANALYSES, _pack(results))
+            self._write(self.root / self.ANALYSES, _pack(results, summaries))
             self._analyses, self._delta = dict(results), {}
         self._write(self.root / self.INDEX, {"version": MODEL_VERSION, "prior": prior, "prior_id": prior.id,
                                              "fingerprints": dict(fingerprints), "delta": delta_name,
@@ -874,7 +875,7 @@ class ModelStore:
 _STATE = ("mean_", "coef_", "clip_", "miss_coef_")  # a fitted TriggerModel's per-patient arrays
 
 
-def _pack(results: dict[str, PatientAnalysis]) -> dict:
+def _pack(results: dict[str, PatientAnalysis], body: pd.DataFrame | None = None) -> dict:
     """A cohort's analyses as a few columnar pieces: every summary in one frame, the fitted models' arrays
     stacked. Pickling 10,000 small DataFrames and estimators instead costs seconds and, while it runs, about
     as much memory again as the objects themselves."""
@@ -888,7 +889,9 @@ def _pack(results: dict[str, PatientAnalysis]) -> dict:
     return {
         "format": 2, "pids": pids, "status": [a.status for a in items], "data": [a.data for a in items],
         "model": [a.model for a in items], "lengths": lengths,
-        "summary": pd.concat([a.summary for a in items], ignore_index=True) if items else None,
+        # ``body``: the summaries already in one frame, in this order (the fit's); else one copy of them all
+        "summary": (body if body is not None and len(body) == int(lengths.sum())
+                    else pd.concat([a.summary for a in items], ignore_index=True) if items else None),
         "fitted": np.array(fitted, dtype=np.int64),
         "state": {k: np.stack([getattr(items[i].estimator, k) for i in fitted]) if fitted else None
                   for k in _STATE},
@@ -1064,11 +1067,12 @@ def fit_prepared(parts: list[Prepared], config, *, prior: CohortPrior | None = N
             results[pid] = PatientAnalysis(status[pid], data[pid], _empty_summary(design, data[pid], min_days),
                                            {"method": METHOD, "version": MODEL_VERSION, "fingerprint": fps[pid]})
     if store and chunks:
+        body = summaries.body if list(results) == list(summaries) else None  # nobody without a fit
         if save_later is not False:
             after = save_later if isinstance(save_later, threading.Event) else None
-            store.save_run_later(fit.prior, fps, results, merge=prior is not None, after=after)
+            store.save_run_later(fit.prior, fps, results, merge=prior is not None, after=after, summaries=body)
         else:
-            store.save_run(fit.prior, fps, results, merge=prior is not None)
+            store.save_run(fit.prior, fps, results, merge=prior is not None, summaries=body)
     return results
 
 
@@ -1200,12 +1204,19 @@ def _verdicts(fit: _Fit, design: _Design, status, data, fdr, lo, hi, min_days, m
         "_p": np.repeat(np.arange(P), J), "_o": np.where(trig, rank, J + 1 + np.nan_to_num(q, nan=2.0)).ravel(),
     })
     long = long.sort_values(["_p", "_o"], kind="stable")
-    out = {}
     bounds = np.flatnonzero(np.r_[True, np.diff(long["_p"].to_numpy()) != 0, True])
-    body = long[SUMMARY_COLUMNS]
+    body = long[SUMMARY_COLUMNS].reset_index(drop=True)
+    out = _Summaries()
+    out.body = body  # every summary in one frame, in the order of ``out`` (the model store keeps this)
     for a, e in pairwise(bounds):
         out[fit.pids[int(long["_p"].iat[a])]] = body.iloc[a:e].reset_index(drop=True)
     return out
+
+
+class _Summaries(dict):
+    """``{patient_id: summary}`` whose summaries are consecutive slices of one frame, ``body``."""
+
+    body: pd.DataFrame | None = None
 
 
 def _empty_summary(design: _Design, d: dict, min_days: int) -> pd.DataFrame:
