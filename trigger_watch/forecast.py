@@ -156,16 +156,24 @@ class _History:
         self.where = {pid[s]: (s, e) for s, e in pairwise(b)}
         self._by_cols: dict[tuple, tuple] = {}
 
-    def layout(self, columns: Sequence[str]) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    def layout(self, columns: Sequence[str]) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """For a model's column order: the recent values of the columns ``recent`` has (compact: days x those
+        columns, and their positions in ``columns``), and the hide masks of :func:`_marginal`."""
         key = tuple(columns)
         if key not in self._by_cols:
-            self._by_cols[key] = (self.recent.reindex(columns=list(key)).to_numpy(dtype=float),
+            have = [i for i, c in enumerate(key) if c in self.recent.columns]
+            compact = self.recent[[key[i] for i in have]].to_numpy(dtype=float)
+            self._by_cols[key] = ((compact, np.asarray(have, dtype=np.int64)),
                                   _hide_mask(key, _same_day_columns(self.meta, key)))
         return self._by_cols[key]
 
     def of(self, pid, columns: Sequence[str]) -> np.ndarray:
+        """The patient's recent days in ``columns`` order (NaN where ``recent`` lacks a column)."""
+        (compact, have), _ = self.layout(columns)
         a, b = self.where.get(pid, (0, 0))
-        return self.layout(columns)[0][a:b]
+        out = np.full((b - a, len(columns)), np.nan)
+        out[:, have] = compact[a:b]
+        return out
 
 
 def next_day(panel: pd.DataFrame | Ahead, results: dict, tomorrow: date) -> dict[str, dict]:
