@@ -187,3 +187,38 @@ def test_calendar_cells_are_unchanged(cell):
     for k, d in enumerate(days):
         assert _cell_reference(2026, 3, k + 1, d, cell=cell) in svg
     assert svg.count("<rect") == len(days)
+
+
+# ------------------------------------------------------------------------------------------ ranking
+
+RANKING_ROWS = [
+    {"rank": 1, "patient_id": "p<1>&\"x\"", "clinician_id": "dr <b>a</b>", "risk_next_day": 0.3124,
+     "baseline_probability": 0.1, "risk_band": "high", "migraine_days_last_30": 16, "migraine_days_prev_90_per_30": 12.5,
+     "trend": "worse", "chronic_migraine": True, "medication_overuse": True,
+     "top_triggers": ["pressure_drop", "food:<cheese>"], "days_logged_last_30": 30, "last_entry": "2026-11-20",
+     "latest_treatment_response": "responder <50%>", "reasons": ["risk <high>", "chronic & overuse"]},
+    {"rank": 2, "patient_id": "p 2/ü", "clinician_id": None, "risk_next_day": None, "risk_band": None,
+     "migraine_days_last_30": None, "migraine_days_prev_90_per_30": None, "trend": None,
+     "chronic_migraine": False, "medication_overuse": None, "top_triggers": None, "days_logged_last_30": 0,
+     "last_entry": None, "latest_treatment_response": None, "reasons": []},
+    {"rank": 3, "patient_id": "p3", "clinician_id": "", "risk_next_day": 0.0, "risk_band": "low",
+     "migraine_days_last_30": np.int64(3), "migraine_days_prev_90_per_30": float("nan"), "trend": "stable",
+     "chronic_migraine": np.bool_(False), "medication_overuse": False, "top_triggers": [],
+     "days_logged_last_30": 2.0, "last_entry": "", "latest_treatment_response": {"treatment": "x"},
+     "reasons": None},
+    {"rank": 4, "patient_id": "p4", "clinician_id": "dr_b", "risk_next_day": 0.004, "risk_band": "moderate",
+     "migraine_days_last_30": 7, "migraine_days_prev_90_per_30": 6, "trend": "better",
+     "chronic_migraine": 1, "medication_overuse": 0, "top_triggers": ["stress"], "days_logged_last_30": 29,
+     "last_entry": "2026-11-19", "latest_treatment_response": "", "reasons": ["one"]},
+]
+
+
+def test_ranking_rows_are_what_the_template_loop_writes():
+    rows = [{**dict.fromkeys(reports.CSV_COLUMNS), **r} for r in RANKING_ROWS]
+    fast = reports.ranking_table_rows(rows)
+    assert fast is not None
+    template = reports._HTML.get_template("ranking.html.j2")
+    assert template.render(rows=rows, table_rows=fast) == template.render(rows=rows, table_rows=None)
+    # a row that is not a plain dict with every key: the template writes the table
+    assert reports.ranking_table_rows(rows + [{"rank": 5}]) is None
+    assert reports.render_ranking_html(RANKING_ROWS) == template.render(rows=rows, table_rows=None)
