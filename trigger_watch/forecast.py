@@ -146,6 +146,25 @@ def _recent(panel: pd.DataFrame, before: pd.Timestamp) -> pd.DataFrame:
     return past.sort_values(["patient_id", "date"], kind="stable").groupby("patient_id").tail(SAME_DAY_HISTORY)
 
 
+def _fitted_model(results: dict, pid) -> models.TriggerModel | None:
+    """The patient's fitted model when their status is ``ok`` (else they get no forecast of their own)."""
+    res = results.get(pid)
+    est = getattr(res, "estimator", None)
+    return est if res is not None and est is not None and res.status == "ok" else None
+
+
+class _InOrder:
+    """A frame's values in a model's column order (made once per column layout: models share one)."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self.frame, self._by_cols = frame, {}
+
+    def __call__(self, key: tuple) -> np.ndarray:
+        if key not in self._by_cols:
+            self._by_cols[key] = self.frame.reindex(columns=list(key)).to_numpy(dtype=float)
+        return self._by_cols[key]
+
+
 class _History:
     """Per patient, the recent days' values in a model's column order (one array per column layout)."""
 
@@ -186,24 +205,21 @@ def next_day(panel: pd.DataFrame | Ahead, results: dict, tomorrow: date) -> dict
     rows = ahead.rows
     history = _History(ahead.recent, ahead.meta)
     out: dict[str, dict] = {}
-    by_layout: dict[tuple, np.ndarray] = {}  # tomorrow's values in each model's column order
+    in_order = _InOrder(rows)
     for i, pid in enumerate(rows["patient_id"]):
-        res = results.get(pid)
-        est = getattr(res, "estimator", None)
-        if res is None or est is None or res.status != "ok":
+        est = _fitted_model(results, pid)
+        if est is None:
             continue
         key = tuple(est.columns_)
-        if key not in by_layout:
-            by_layout[key] = rows.reindex(columns=list(key)).to_numpy(dtype=float)
         masks = history.layout(key)[1]
-        values = by_layout[key][i:i + 1]
+        values = in_order(key)[i:i + 1]
         past = history.of(pid, key)
         p = float(_marginal(est, values, past, masks)[0])
         # the usual day, with the same values unknown as tomorrow and averaged over the same way: the ratio
         # p / base is then what tomorrow's known values do, nothing else
         usual = np.where(masks[0][None, :] & ~np.isfinite(values), np.nan, np.asarray(est.mean_, dtype=float))
         base = float(_marginal(est, usual, past, masks)[0])
-        x = _as_forecast(values.copy(), est, _hide_mask(key, ()))
+        x = _as_forecast(values.copy(), est, (np.zeros(len(key), dtype=bool), masks[1]))
         c_all = est.contributions(x)[0]
         keep = np.abs(c_all) > 1e-6
         drivers = []
@@ -460,18 +476,15 @@ def _predict_block(block: pd.DataFrame, results: dict, rate: pd.Series, fallback
     p, fitted = base.copy(), np.zeros(len(block), dtype=bool)
     p_same = base.copy() if same_day else np.full(len(block), np.nan)
     bounds = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1], True])
-    values: dict[tuple, np.ndarray] = {}  # the block's values in each model's column order
+    in_order = _InOrder(block)
     additive: bool | None = None
     for a, b in pairwise(bounds):
-        res = results.get(pid[a])
-        est = getattr(res, "estimator", None)
-        if res is None or est is None or res.status != "ok":
+        est = _fitted_model(results, pid[a])
+        if est is None:
             continue
         key = tuple(est.columns_)
-        if key not in values:
-            values[key] = block.reindex(columns=list(key)).to_numpy(dtype=float)
         masks = history.layout(key)[1]
-        raw = values[key][a:b]
+        raw = in_order(key)[a:b]
         ahead = raw.copy()
         ahead[:, masks[0]] = np.nan  # what the evening before cannot know
         past = history.of(pid[a], key)
