@@ -156,7 +156,7 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
         reports_start = threading.Event()
         results = models.fit_prepared(parts, config, prior=prior, store=store,
                                       map_fn=first.map if first.kind == "local" else None,
-                                      save_later=reports_start)
+                                      save_after=reports_start)
         del parts
         timings["fit"] = time.perf_counter() - t
 

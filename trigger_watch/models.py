@@ -637,16 +637,23 @@ def _fit_chunks(chunks: list[_Chunk], design: _Design, prior: CohortPrior | None
 
 # ----------------------------------------------------------------------------------------- the estimator
 
+#: a fitted TriggerModel's attributes: the same for every patient of a cohort fit, and one row per patient
+_SHARED = ("columns_", "miss_groups_", "prior_")
+_PER_PATIENT = ("mean_", "coef_", "clip_", "miss_coef_", "intercept_")
+
+
 def _fitted_state(fit: _Fit, design: _Design) -> dict:
-    """Every patient's fitted arrays at once (per natural unit), for :meth:`TriggerModel._set_state`."""
+    """Every patient's fitted model at once (per natural unit): the :data:`_SHARED` attributes, and the
+    :data:`_PER_PATIENT` ones as arrays with a row per patient (:meth:`TriggerModel._restore`)."""
     Km = len(design.main)
     scale = fit.prior.table["scale"].to_numpy()[None, :Km]
     coef = np.where(fit.usable[:, :Km] | np.isfinite(fit.post_mean[:, :Km]), fit.post_mean[:, :Km] / scale, 0.0)
     coef = np.where(fit.sd[:, :Km] > 0, coef, 0.0)
     # deviations are clipped as in the fit (continuous factors at _WINSOR within-patient SDs)
     clip = np.where(design.is_bool[None, :Km], np.inf, _WINSOR * fit.sd[:, :Km])
-    return {"columns": list(design.main), "mean": fit.mean[:, :Km], "coef": coef, "clip": clip,
-            "miss_groups": list(design.miss_groups().values())}
+    return {"columns_": list(design.main), "miss_groups_": list(design.miss_groups().values()),
+            "prior_": fit.prior, "mean_": fit.mean[:, :Km], "coef_": coef, "clip_": clip,
+            "miss_coef_": fit.miss_coef, "intercept_": fit.intercept}
 
 
 class TriggerModel(BaseEstimator):
@@ -677,22 +684,18 @@ class TriggerModel(BaseEstimator):
         n = len(rows)
         data = {"patient": {"diary_days": n, "at_risk_days": n, "attacks": int(rows["onset"].sum())}}
         summary = _verdicts(fit, design, {"patient": "ok"}, data, self.fdr, 0.8, 1.25, 0, 0)["patient"]
-        self._set_state(fit, 0, design, summary)
+        self._restore(_fitted_state(fit, design), 0, summary)
         return self
 
-    def _set_state(self, fit: _Fit, i: int, design: _Design, summary: pd.DataFrame,
-                   shared: dict | None = None) -> None:
-        """Patient ``i`` of ``fit`` (``shared``: :func:`_fitted_state` of the fit, computed once per cohort)."""
-        sh = shared if shared is not None else _fitted_state(fit, design)
-        self.columns_ = sh["columns"]
-        self.mean_ = sh["mean"][i]
-        self.coef_ = sh["coef"][i]
-        self.clip_ = sh["clip"][i]
-        self.intercept_ = float(fit.intercept[i])
-        self.miss_groups_ = sh["miss_groups"]
-        self.miss_coef_ = np.asarray(fit.miss_coef[i])
-        self.prior_ = fit.prior
+    def _restore(self, state: dict, i: int, summary: pd.DataFrame) -> TriggerModel:
+        """Patient ``i`` of ``state`` (:func:`_fitted_state` of a cohort fit, or the model store's copy)."""
+        for name in _SHARED:
+            setattr(self, name, state[name])
+        for name in _PER_PATIENT:
+            setattr(self, name, state[name][i])
+        self.intercept_ = float(self.intercept_)
         self.summary_ = summary
+        return self
 
     @property
     def summary(self) -> pd.DataFrame:
@@ -872,32 +875,28 @@ class ModelStore:
         tmp.replace(p)  # atomic: a reader never sees half a file
 
 
-_STATE = ("mean_", "coef_", "clip_", "miss_coef_")  # a fitted TriggerModel's per-patient arrays
-
-
 def _pack(results: dict[str, PatientAnalysis], body: pd.DataFrame | None = None) -> dict:
-    """A cohort's analyses as a few columnar pieces: every summary in one frame, the fitted models' arrays
-    stacked. Pickling 10,000 small DataFrames and estimators instead costs seconds and, while it runs, about
-    as much memory again as the objects themselves."""
+    """A cohort's analyses as a few columnar pieces: every summary in one frame, the fitted models' state
+    as :func:`_fitted_state` has it (arrays with a row per fitted patient). Pickling 10,000 small DataFrames
+    and estimators instead costs seconds and, while it runs, about as much memory again as the objects."""
     pids = list(results)
     items = [results[p] for p in pids]
     fitted = [i for i, a in enumerate(items) if a.estimator is not None and hasattr(a.estimator, "coef_")]
-    shared = items[fitted[0]].estimator if fitted else None
-    if shared is not None and any(items[i].estimator.columns_ != shared.columns_ for i in fitted):
+    models_ = [items[i].estimator for i in fitted]
+    if models_ and any(m.columns_ != models_[0].columns_ for m in models_):
         return {"format": 1, "results": dict(results)}  # not one design: keep the objects
     lengths = np.array([len(a.summary) for a in items], dtype=np.int64)
+    state = None
+    if models_:
+        state = {name: getattr(models_[0], name) for name in _SHARED} | {
+            name: np.stack([getattr(m, name) for m in models_]) for name in _PER_PATIENT}
     return {
-        "format": 2, "pids": pids, "status": [a.status for a in items], "data": [a.data for a in items],
+        "format": 3, "pids": pids, "status": [a.status for a in items], "data": [a.data for a in items],
         "model": [a.model for a in items], "lengths": lengths,
         # ``body``: the summaries already in one frame, in this order (the fit's); else one copy of them all
         "summary": (body if body is not None and len(body) == int(lengths.sum())
                     else pd.concat([a.summary for a in items], ignore_index=True) if items else None),
-        "fitted": np.array(fitted, dtype=np.int64),
-        "state": {k: np.stack([getattr(items[i].estimator, k) for i in fitted]) if fitted else None
-                  for k in _STATE},
-        "intercept": np.array([items[i].estimator.intercept_ for i in fitted], dtype=float),
-        "shared": None if shared is None else {"columns_": shared.columns_, "miss_groups_": shared.miss_groups_,
-                                               "prior_": shared.prior_, "fdr": shared.fdr},
+        "fitted": np.array(fitted, dtype=np.int64), "fdr": [m.fdr for m in models_], "state": state,
     }
 
 
@@ -915,13 +914,8 @@ class _Packed(Mapping):
         summary = p["summary"].iloc[self.start[i]:self.start[i + 1]].reset_index(drop=True)
         est = None
         if i in self.row:
-            k, sh = self.row[i], p["shared"]
-            est = TriggerModel(prior=sh["prior_"], fdr=sh["fdr"])
-            est.columns_, est.miss_groups_, est.prior_ = sh["columns_"], sh["miss_groups_"], sh["prior_"]
-            for name in _STATE:
-                setattr(est, name, p["state"][name][k])
-            est.intercept_ = float(p["intercept"][k])
-            est.summary_ = summary
+            k, state = self.row[i], p["state"]
+            est = TriggerModel(prior=state["prior_"], fdr=p["fdr"][k])._restore(state, k, summary)
         return PatientAnalysis(p["status"][i], p["data"][i], summary, p["model"][i], est)
 
     def __iter__(self):
@@ -935,11 +929,11 @@ def _unpack(obj) -> Mapping:
     """What :meth:`ModelStore._read` returned, as ``{patient_id: PatientAnalysis}`` (empty when missing)."""
     if not obj:
         return {}
-    if isinstance(obj, dict) and obj.get("format") == 2:
-        return _Packed(obj)
-    if isinstance(obj, dict) and obj.get("format") == 1:
-        return obj["results"]
-    return obj if isinstance(obj, dict) else {}
+    if not isinstance(obj, dict):
+        return {}
+    if "format" in obj:  # 3: _pack's pieces; 1: the objects themselves; any other: refitted
+        return _Packed(obj) if obj["format"] == 3 else obj["results"] if obj["format"] == 1 else {}
+    return obj
 
 
 def fingerprints(panel: pd.DataFrame, columns: list[str]) -> dict[str, str]:
@@ -983,18 +977,12 @@ class Prepared:
     chunks: list[_Chunk]
 
 
-def prepare(panel: pd.DataFrame, config, *, design: _Design | None = None,
-            spill_dir: Path | None = None) -> Prepared:
+def prepare(panel: pd.DataFrame, config, *, spill_dir: Path | None = None) -> Prepared:
     """What the fit needs of the patients of ``panel``: data blocks, status, fingerprints and the design
-    blocks of their at-risk days (moved to files under ``spill_dir`` when given). ``design``: the cohort's
-    columns when ``panel`` holds only some of its patients (a column this panel lacks is all unknown)."""
+    blocks of their at-risk days (moved to files under ``spill_dir`` when given). Blocks of one cohort must
+    have the same columns (``features.build_panel(..., columns=features.cohort_columns(...))``)."""
     min_days, min_att = int(config["analysis.min_at_risk_days"]), int(config["analysis.min_attacks"])
     meta = panel.attrs.get("factors")
-    if design is not None:
-        absent = [c for c in design.columns if c not in panel.columns]
-        if absent:
-            panel = pd.concat([panel, pd.DataFrame(np.nan, index=panel.index, columns=absent)], axis=1)
-        meta = design.meta
     if not _sorted(panel):  # features.build_panel's panels are
         panel = panel.sort_values(["patient_id", "date"], kind="stable")
     window = pd.Timedelta(days=int(config["analysis.max_history_days"]))
@@ -1002,7 +990,7 @@ def prepare(panel: pd.DataFrame, config, *, design: _Design | None = None,
         last = panel.groupby("patient_id", sort=False)["date"].transform("max")
         panel = panel[panel["date"] > last - window]
     panel.attrs["factors"] = meta
-    design = design or _Design.from_panel(panel)
+    design = _Design.from_panel(panel)
     data = _data_blocks(panel)
     status = {p: ("ok" if d["at_risk_days"] >= min_days and d["attacks"] >= min_att else "insufficient_data")
               for p, d in data.items()}
@@ -1027,10 +1015,10 @@ def _sorted(panel: pd.DataFrame) -> bool:
 def fit_prepared(parts: list[Prepared], config, *, prior: CohortPrior | None = None,
                  progress: Callable[[int, int], None] | None = None,
                  store: ModelStore | bool | None = None, map_fn: Callable | None = None,
-                 save_later: bool | threading.Event = False) -> dict[str, PatientAnalysis]:
+                 save_after: threading.Event | None = None) -> dict[str, PatientAnalysis]:
     """The cohort fit and calls over every patient of ``parts`` (see :func:`analyse`); ``map_fn``: see
-    :func:`_fit_chunks`; ``save_later``: the store is written on a background thread (``store.wait()``),
-    once the event is set when it is one."""
+    :func:`_fit_chunks`; ``save_after``: the store is written on a background thread once this event is
+    set (``store.wait()`` finishes it), not before returning."""
     if not parts:
         return {}
     fdr = float(config["analysis.fdr"])
@@ -1054,10 +1042,9 @@ def fit_prepared(parts: list[Prepared], config, *, prior: CohortPrior | None = N
         fitted_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         n_ok = sum(s == "ok" for s in status.values())
         prior_id = fit.prior.id
-        shared = _fitted_state(fit, design)
+        state = _fitted_state(fit, design)
         for i, pid in enumerate(fit.pids):
-            est = TriggerModel(prior=fit.prior, fdr=fdr)
-            est._set_state(fit, i, design, summaries[pid], shared)
+            est = TriggerModel(prior=fit.prior, fdr=fdr)._restore(state, i, summaries[pid])
             model = {"method": METHOD, "version": MODEL_VERSION, "fingerprint": fps[pid],
                      "model_id": f"{MODEL_VERSION}:{fps[pid]}:{prior_id}", "prior_id": prior_id,
                      "fitted_at": fitted_at, "pooled_over": n_ok}
@@ -1068,9 +1055,8 @@ def fit_prepared(parts: list[Prepared], config, *, prior: CohortPrior | None = N
                                            {"method": METHOD, "version": MODEL_VERSION, "fingerprint": fps[pid]})
     if store and chunks:
         body = summaries.body if list(results) == list(summaries) else None  # nobody without a fit
-        if save_later is not False:
-            after = save_later if isinstance(save_later, threading.Event) else None
-            store.save_run_later(fit.prior, fps, results, merge=prior is not None, after=after, summaries=body)
+        if save_after is not None:
+            store.save_run_later(fit.prior, fps, results, merge=prior is not None, after=save_after, summaries=body)
         else:
             store.save_run(fit.prior, fps, results, merge=prior is not None, summaries=body)
     return results
