@@ -18,7 +18,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +65,7 @@ class _Block:
     ahead: forecast.Ahead | None  # what forecast.next_day reads: the forecast day's rows, recent days
     chart_rows: pd.DataFrame  # the days the charts are drawn from (CHART_COLUMNS, compact dtypes)
     flags: pd.DataFrame
-    responses: pd.DataFrame
+    responses: dict[str, pd.DataFrame]  # treatment responses per patient
     clinicians: dict[str, str | None]
 
 
@@ -133,8 +132,7 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
         def jobs():
             for block_ids in sizes:
                 t = time.perf_counter()
-                source = ((db_file if first is ex else None)
-                          or features.load_inputs(db, block_ids, as_of, weather_through=tomorrow))
+                source = _block_source(db, db_file if first is ex else None, block_ids, as_of, tomorrow)
                 timings["read_and_reduce/load_inputs"] += time.perf_counter() - t
                 # a Dask worker cannot reach this machine's folder: it returns the design blocks instead
                 yield (config, block_ids, source, as_of, columns, None if ex.kind == "dask" else spill_dir)
@@ -214,8 +212,8 @@ def reduce_block(job) -> tuple[models.Prepared, _Block, dict[str, float]]:
     tomorrow = as_of + timedelta(days=1)
     secs = {}
     t = time.perf_counter()
-    if isinstance(inputs, str):  # the database file: read the block here
-        inputs = features.load_inputs(_reader(inputs), ids, as_of, weather_through=tomorrow)
+    if isinstance(inputs, str):
+        inputs = _block_inputs(inputs, ids, as_of, tomorrow)
         secs["load_inputs"] = time.perf_counter() - t
         t = time.perf_counter()
     panel = features.build_panel(inputs, tomorrow, columns=columns)
@@ -233,6 +231,20 @@ def reduce_block(job) -> tuple[models.Prepared, _Block, dict[str, float]]:
     block.ahead = ahead
     secs["clinical"] = time.perf_counter() - t
     return part, block, secs
+
+
+def _block_source(db, db_file: str | None, ids: list[str], as_of: date, through: date | None = None):
+    """What a block's task gets to read its patients from: the database file when its worker can open it
+    (a local worker), else their inputs read here (``features.load_inputs``)."""
+    return db_file or features.load_inputs(db, ids, as_of, weather_through=through)
+
+
+def _block_inputs(source, ids: list[str], as_of: date, through: date | None = None) -> features.PanelInputs:
+    """In the task: the block's inputs, read from the database file if that is what :func:`_block_source`
+    sent."""
+    if isinstance(source, str):
+        return features.load_inputs(_reader(source), ids, as_of, weather_through=through)
+    return source
 
 
 _READERS: dict[str, sqlite_utils.Database] = {}
@@ -308,10 +320,6 @@ def _reports_parallel(db, config, ex: compute.Executor, blocks: list[_Block], pa
 
     def jobs():
         for k, block in enumerate(blocks):
-            # each chunk's chart days go with it: the workers draw the charts
-            pid = block.chart_rows["patient_id"].to_numpy()
-            heads = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1], True])
-            where = {pid[a]: (a, e) for a, e in pairwise(heads)}
             parts = compute.chunks(block.ids, ex.workers, size=size)
             for j, part in enumerate(parts):
                 if stop.is_set():
@@ -324,9 +332,8 @@ def _reports_parallel(db, config, ex: compute.Executor, blocks: list[_Block], pa
                         items.append((p, parts_of(p, block)))
                     except Exception as exc:
                         outcome.failed[p] = f"{type(exc).__name__}: {exc}"
-                spans = [where[p] for p in part if p in where]
-                rows = (block.chart_rows.iloc[np.r_[tuple(slice(a, e) for a, e in spans)]] if spans
-                        else block.chart_rows.iloc[:0])
+                # each chunk's chart days go with it: the workers draw the charts
+                rows = block.chart_rows[block.chart_rows["patient_id"].isin(part)]
                 sent.append(part)
                 yield (str(config.reports_dir), items, rows)
             block.chart_rows = None
@@ -371,9 +378,6 @@ def write_report_chunk(job: tuple[str, list[tuple[str, dict]], pd.DataFrame]) ->
     return [reports.history_row(t, c, ranking=ranking_row(t)) for t, c in written], errors
 
 
-VALIDATION_FILE = "validation.joblib"
-
-
 def validate_due(config, stored: dict, ids: list[str], as_of: date, validate: bool | None) -> list[str]:
     """The patients of ``ids`` whose forecast is validated in this run.
 
@@ -394,9 +398,7 @@ def validate_block(job) -> forecast.Validation:
     """A worker's task: the rolling-origin validation of one block of patients. ``job``: ``(config,
     patient_ids, inputs or the database file, as_of, columns, prior, origins)``."""
     config, ids, inputs, as_of, columns, prior, origins = job
-    if isinstance(inputs, str):
-        inputs = features.load_inputs(_reader(inputs), ids, as_of)
-    panel = features.build_panel(inputs, as_of, columns=columns)
+    panel = features.build_panel(_block_inputs(inputs, ids, as_of), as_of, columns=columns)
     return forecast.rolling_origin(panel, config, prior=prior, origins=origins)
 
 
@@ -406,10 +408,8 @@ def validation_for(db, config, ids: list[str], as_of: date, results: dict, colum
     """Each patient's forecast validation (the ``cv_*`` keys of triggers.json): run for those due
     (:func:`validate_due`), block by block under this run's cohort prior, and kept in the models folder
     for the nights it is not due. Returns ``{patient_id: keys}`` for ``ids``."""
-    path = Path(config.models_dir) / VALIDATION_FILE
-    saved = models.ModelStore._read(path) or {}
-    if saved.get("version") != MODEL_VERSION:
-        saved = {}
+    store = models.ModelStore(config.models_dir)
+    saved = store.load_validation(MODEL_VERSION)
     stored: dict[str, dict] = dict(saved.get("patients", {}))
     due = validate_due(config, stored, ids, as_of, validate)
     if due:
@@ -420,15 +420,14 @@ def validation_for(db, config, ids: list[str], as_of: date, results: dict, colum
         ex = ex or compute.Executor()
         blocks = compute.chunks(due, 1, size=int(config["compute.block_patients"]))
         run_on = ex if len(blocks) > 1 else compute.Executor()
-        jobs = ((config, block, (db_file if run_on is ex and db_file else features.load_inputs(db, block, as_of)),
-                 as_of, columns, prior, origins) for block in blocks)
+        jobs = ((config, block, _block_source(db, db_file if run_on is ex else None, block, as_of), as_of, columns,
+                 prior, origins) for block in blocks)
         checked = forecast.combine(list(run_on.map(validate_block, jobs)), origins, step, prior)
         for pid in due:
             stored.pop(pid, None)
         stored.update({pid: {**v, "cv_as_of": as_of.isoformat()} for pid, v in checked.per_patient.items()})
         cohort = saved.get("cohort") if subset and saved.get("cohort") else checked.cohort
-        models.ModelStore(config.models_dir)._write(path, {"version": MODEL_VERSION, "patients": stored,
-                                                           "cohort": cohort})
+        store.save_validation({"version": MODEL_VERSION, "patients": stored, "cohort": cohort})
         outcome.validation = checked.cohort
     return {p: stored[p] for p in ids if p in stored}
 

@@ -768,6 +768,7 @@ class ModelStore:
     """
 
     INDEX, ANALYSES, DELTA = "index.joblib", "analyses.joblib", "analyses-delta-{}.joblib"
+    VALIDATION = "validation.joblib"
     #: fold the delta into the base file when it holds more than this share of the patients
     COMPACT_SHARE = 0.25
 
@@ -858,6 +859,14 @@ class ModelStore:
         for old in self.root.glob(self.DELTA.format("*")):  # deltas the index no longer names
             if old.name != delta_name:
                 old.unlink(missing_ok=True)
+
+    def load_validation(self, version: str) -> dict:
+        """The stored forecast validation (``analysis.validation_for``) when made by ``version``, else {}."""
+        rec = self._read(self.root / self.VALIDATION) or {}
+        return rec if rec.get("version") == version else {}
+
+    def save_validation(self, record: dict) -> None:
+        self._write(self.root / self.VALIDATION, record)
 
     @staticmethod
     def _read(p: Path):
