@@ -16,8 +16,10 @@ from datetime import date, datetime
 from functools import lru_cache
 
 import numpy as np
-from scipy.stats import binom
 import pandas as pd
+from scipy.stats import binom
+
+from trigger_watch.features import split_tags
 
 # ------------------------------------------------------------------------------------------ the rules
 
@@ -224,7 +226,7 @@ def medication_days(inputs) -> pd.DataFrame:
     per_list: list[list[int]] = []
     for text in lists:
         items = []
-        for tag in {t.strip() for t in str(text).split(";")} - {""}:
+        for tag in split_tags(text):
             items.append(drug_code.setdefault(classify_drug(tag), len(drug_code)))
         per_list.append(sorted(set(items)))
     sizes = np.array([len(x) for x in per_list], dtype=np.int64)

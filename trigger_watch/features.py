@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 from pandas.api.indexers import BaseIndexer
 
-from trigger_watch import storage
 from trigger_watch.errors import UnknownPatient
 
 # ------------------------------------------------------------------------------------- the registry
@@ -177,7 +176,7 @@ def load_inputs(db, patient_ids=None, as_of: date | None = None, *,
     """
     conn = db.conn
     cut = _as_date(as_of).isoformat() if as_of is not None else "9999-12-31"
-    who, params = _who(db, patient_ids)
+    who, params = _who(patient_ids)
 
     def read(sql: str, extra: list) -> pd.DataFrame:
         return pd.read_sql_query(sql, conn, params=params + extra)
@@ -217,7 +216,7 @@ def warm_weather(db, patient_ids, as_of: date, *, weather_through: date | None =
     over their whole span), so that loading them in blocks, even from several processes, only reads."""
     from trigger_watch import weather
 
-    who, params = _who(db, patient_ids)
+    who, params = _who(patient_ids)
     cut = _as_date(as_of).isoformat()
     first = db.conn.execute(
         f"SELECT min(d) FROM (SELECT min(date) AS d FROM diary WHERE {who} AND date <= ? UNION ALL "
@@ -231,7 +230,7 @@ def warm_weather(db, patient_ids, as_of: date, *, weather_through: date | None =
     weather.warm_cache(db, patients, _as_date(first) - timedelta(days=1), end)
 
 
-def _who(db, patient_ids) -> tuple[str, list]:
+def _who(patient_ids) -> tuple[str, list]:
     """A WHERE clause (and its parameters) selecting ``patient_ids`` (everyone when None): one JSON array
     parameter, so a long list needs neither thousands of placeholders nor a temporary table (whose filling
     would open a write transaction on a connection that may only be reading)."""
@@ -766,6 +765,11 @@ def _menstrual_window(g: _Grid, m: np.ndarray) -> np.ndarray:
     return out
 
 
+def split_tags(text) -> set[str]:
+    """The tags of one stored ``;``-joined list (foods, symptoms, medication; the importers normalise them)."""
+    return {t.strip() for t in str(text).split(";")} - {""}
+
+
 def _tag_factors(g: _Grid, diary, d_row, prefix: str, col: str, dropped,
                  columns: CohortColumns | None = None) -> dict[str, np.ndarray]:
     """``food:<tag>`` / ``symptom:<tag>``: 1 on days the tag is listed, 0 on kept diary days whose list
@@ -773,11 +777,12 @@ def _tag_factors(g: _Grid, diary, d_row, prefix: str, col: str, dropped,
     a factor when listed on MIN_TAG_DAYS days of the panel (of the cohort, with ``columns``)."""
     cohort = None if columns is None else {t.split(":", 1)[1]: n for t, n in columns.tags.items()
                                            if t.startswith(prefix + ":")}
-    if col not in diary.columns or diary.empty:
-        if not cohort:
-            return {}
-        return {f"{prefix}:{t}": np.full(g.n, np.nan) for t in sorted(cohort) if cohort[t] >= MIN_TAG_DAYS}
-    cell = diary[col].astype(object)
+    if col in diary.columns and not diary.empty:
+        cell = diary[col].astype(object)
+    elif cohort:  # nothing listed in this block: the cohort's tags are still its columns (all unknown)
+        cell = pd.Series(None, index=diary.index, dtype=object)
+    else:
+        return {}
     listed = cell.notna().to_numpy()
     # Tick-box reading: diaries leave the list empty on days with none of these, so from the first day a
     # patient lists anything in this column on, an empty list on a kept diary day means "none". Before
@@ -791,7 +796,7 @@ def _tag_factors(g: _Grid, diary, d_row, prefix: str, col: str, dropped,
     cell_code, cells = pd.factorize(cell[listed])
     tag_cells: dict[str, list[int]] = {}
     for i, text in enumerate(cells):
-        for tag in {t.strip() for t in str(text).split(";")} - {""}:
+        for tag in split_tags(text):
             tag_cells.setdefault(tag, []).append(i)
     base = np.full(g.n, np.nan)
     base[known_rows] = 0.0
@@ -873,7 +878,7 @@ def cohort_columns(db, patient_ids=None, as_of: date | None = None) -> CohortCol
     there are and whether all their values are 0/1 -- what :func:`build_panel` decides its columns by."""
     conn = db.conn
     cut = _as_date(as_of).isoformat() if as_of is not None else "9999-12-31"
-    who, params = _who(db, patient_ids)
+    who, params = _who(patient_ids)
     tags: dict[str, int] = {}
     any_custom = False
     # one pass over the diary: the distinct (foods, symptoms) pairs with their days, and whether any day
@@ -883,7 +888,7 @@ def cohort_columns(db, patient_ids=None, as_of: date | None = None) -> CohortCol
             "GROUP BY 1, 2, 3", params + [cut]):
         any_custom |= bool(has_custom)
         for prefix, text in (("food", foods), ("symptom", symptoms)):
-            for tag in {t.strip() for t in str(text or "").split(";")} - {""}:
+            for tag in split_tags(text or ""):
                 tags[f"{prefix}:{tag}"] = tags.get(f"{prefix}:{tag}", 0) + n
     custom = {str(k): bool(b) for k, b in conn.execute(
         "SELECT j.key, MIN(CAST(j.value AS REAL) IN (0.0, 1.0)) FROM "
@@ -893,5 +898,5 @@ def cohort_columns(db, patient_ids=None, as_of: date | None = None) -> CohortCol
 
 
 __all__ = ["FACTORS", "FACTOR_BY_ID", "CohortColumns", "Factor", "PanelInputs", "build_panel", "cohort_columns",
-           "column_name", "load_inputs",
+           "column_name", "load_inputs", "split_tags",
            "panel_for_patient", "tag_factor", "LAGS"]
