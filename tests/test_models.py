@@ -116,12 +116,16 @@ def test_short_history_is_insufficient_data():
         assert (a.summary["days_needed"].dropna() >= 20).all()
 
 
-def test_model_store_reuses_unchanged_patients(tmp_path):
-    print(f"store cohort: seed {SEED_PLANTED + 1}")
+def _stored_run(tmp_path, n_patients: int, seed: int):
+    """A small simulated cohort analysed with a model store under ``tmp_path/models``: (config, panel, results)."""
+    print(f"store cohort: seed {seed}")
     cfg = config.defaults(tmp_path).with_values(storage__models_dir=str(tmp_path / "models"))
-    c = simulate.simulate_cohort(8, 120, SEED_PLANTED + 1)
-    panel = simulate.panel_from_cohort(c)
-    first = models.analyse(panel, cfg)
+    panel = simulate.panel_from_cohort(simulate.simulate_cohort(n_patients, 120, seed))
+    return cfg, panel, models.analyse(panel, cfg)
+
+
+def test_model_store_reuses_unchanged_patients(tmp_path):
+    cfg, panel, first = _stored_run(tmp_path, 8, SEED_PLANTED + 1)
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["analyses.joblib", "index.joblib"]
     store = models.ModelStore(cfg.models_dir)
     pid = next(iter(first))
@@ -176,11 +180,7 @@ def test_q_values_are_monotone_running_means(lfsr):
 
 
 def test_a_run_over_some_patients_under_the_stored_prior_adds_to_the_store(tmp_path):
-    print(f"store cohort: seed {SEED_PLANTED + 2}")
-    cfg = config.defaults(tmp_path).with_values(storage__models_dir=str(tmp_path / "models"))
-    c = simulate.simulate_cohort(6, 120, SEED_PLANTED + 2)
-    panel = simulate.panel_from_cohort(c)
-    full = models.analyse(panel, cfg)
+    cfg, panel, full = _stored_run(tmp_path, 6, SEED_PLANTED + 2)
     store = models.ModelStore(cfg.models_dir)
     one = min(full)
     sub = panel[panel["patient_id"] == one].copy()
