@@ -101,9 +101,44 @@ def test_chunks_cover_every_item_once_in_order():
     assert len(parts) >= 8 and max(len(p) for p in parts) <= 500
 
 
+def test_validation_spreads_the_cohort_over_the_nights():
+    """Each patient is validated on one night in ``analysis.validation_every_days`` (their slot), so a night
+    validates about a seventh of the cohort, not all of it once a week; a patient never validated, or whose
+    stored validation is a full period old, is validated at their next run."""
+    from trigger_watch import analysis
+
+    cfg = config_mod.defaults()
+    ids = [f"p{i:05d}" for i in range(700)]
+    day0 = date(2026, 1, 5)
+    assert analysis.validate_due(cfg, {}, ids, day0, None) == ids  # nobody validated yet
+    stored = {p: {"cv_as_of": day0.isoformat()} for p in ids}
+
+    def week(first_night: date) -> list[list[str]]:
+        nights = []
+        for k in range(7):
+            night = first_night + timedelta(days=k)
+            nights.append(analysis.validate_due(cfg, stored, ids, night, None))
+            stored.update({p: {"cv_as_of": night.isoformat()} for p in nights[-1]})
+        return nights
+
+    nights = week(day0 + timedelta(days=1))
+    assert sorted(p for night in nights for p in night) == ids  # once each over the week
+    assert all(60 <= len(night) <= 140 for night in nights), [len(n) for n in nights]
+    assert week(day0 + timedelta(days=8)) == nights  # and then on the same night every week
+    # a missed slot: validated at the next run, whatever the night
+    late = dict(stored, p00001={"cv_as_of": (day0 - timedelta(days=30)).isoformat()})
+    assert "p00001" in analysis.validate_due(cfg, late, ids, day0 + timedelta(days=9), None)
+    # forced, skipped, listed, turned off
+    assert analysis.validate_due(cfg, stored, ids, day0 + timedelta(days=9), True) == ids
+    assert analysis.validate_due(cfg, stored, ids, day0 + timedelta(days=9), False) == []
+    assert analysis.validate_due(cfg, stored, ids, day0, ["p00002", "nobody"]) == ["p00002"]
+    off = cfg.with_values(analysis__validation_origins=0)
+    assert analysis.validate_due(off, {}, ids, day0, None) == []
+
+
 def test_validation_runs_when_due_and_is_reused_in_between(files, tmp_path):
-    """The rolling-origin validation refits the cohort three times, so it runs when a patient's stored one
-    is ``analysis.validation_every_days`` old; the nights in between reuse it in the reports."""
+    """The rolling-origin validation refits the cohort three times, so it runs for a patient on their night
+    of the week; the nights in between reuse the stored figures in the reports."""
     import json
 
     from trigger_watch import analysis
@@ -112,19 +147,25 @@ def test_validation_runs_when_due_and_is_reused_in_between(files, tmp_path):
     cfg = config_mod.load(tmp_path / "ws" / "config.toml")
     db = storage.connect(cfg.database)
     first = TODAY - timedelta(days=2)
+    every = int(cfg["analysis.validation_every_days"])
 
     def run(as_of, **kw):
         out = analysis.analyze(db, cfg, as_of=as_of, **kw)
-        doc = json.loads((Path(cfg.reports_dir) / "p00003" / "triggers.json").read_text())
-        return out, doc["model"]
+        docs = {p.parent.name: json.loads(p.read_text())["model"]
+                for p in Path(cfg.reports_dir).glob("p*/triggers.json")}
+        return out, docs
 
-    out, model = run(TODAY - timedelta(days=1))
-    assert out.validation == {}  # not due: yesterday's validation is reused
-    assert model["cv_as_of"] == first.isoformat() and "cv_brier" in model
-    out, model = run(first + timedelta(days=7))
-    assert out.validation["patients"] == 12 and model["cv_as_of"] == (first + timedelta(days=7)).isoformat()
-    out, model = run(first + timedelta(days=8), validate=False)
-    assert out.validation == {} and model["cv_as_of"] == (first + timedelta(days=7)).isoformat()
-    out, model = run(first + timedelta(days=8), validate=True)
-    assert out.validation["patients"] == 12 and model["cv_as_of"] == (first + timedelta(days=8)).isoformat()
+    night = TODAY - timedelta(days=1)
+    on_slot = {p for p in analysis.all_patient_ids(db)
+               if analysis.validation_slot(p, every) == night.toordinal() % every}
+    out, models = run(night)
+    assert out.validation.get("patients", 0) == len(on_slot)
+    for pid, model in models.items():  # validated tonight if it is their night, else yesterday's figures
+        assert model["cv_as_of"] == (night if pid in on_slot else first).isoformat(), pid
+        assert "cv_brier" in model, pid
+    out, models = run(first + timedelta(days=8), validate=False)
+    assert out.validation == {} and models["p00003"]["cv_as_of"] != (first + timedelta(days=8)).isoformat()
+    out, models = run(first + timedelta(days=8), validate=True)
+    assert out.validation["patients"] == 12
+    assert {m["cv_as_of"] for m in models.values()} == {(first + timedelta(days=8)).isoformat()}
     db.conn.close()

@@ -15,7 +15,8 @@ import dataclasses
 import math
 import tempfile
 import threading
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -71,7 +72,8 @@ class _Block:
 
 def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list[str] | None = None,
             stop: threading.Event | None = None, progress: Callable | None = None, write: bool = True,
-            generated_at: str | None = None, validate: bool | None = None) -> AnalysisOutcome:
+            generated_at: str | None = None,
+            validate: bool | Collection[str] | None = None) -> AnalysisOutcome:
     """Analyse ``patient_ids`` (all when None) as of ``as_of`` and write their reports and the ranking.
 
     A patient that fails (a rendering error, a damaged record) is named in ``failed`` and the others go
@@ -83,8 +85,8 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
     the models folder; the forecast day's rows; the chart days; flags and treatment responses) before the
     next block is read, so memory grows with the block, not the cohort. The cohort fit then pools every
     block, and the reports are written block by block. ``validate``: run the rolling-origin validation of
-    the forecast for these patients (None: for those whose stored validation is older than
-    ``analysis.validation_every_days``; see :func:`validate_due`).
+    the forecast for these patients (True), none (False), the ones listed, or (None) those due tonight: a
+    seventh of the cohort each night by default (:func:`validate_due`).
     """
     import time
 
@@ -378,20 +380,38 @@ def write_report_chunk(job: tuple[str, list[tuple[str, dict]], pd.DataFrame]) ->
     return [reports.history_row(t, c, ranking=ranking_row(t)) for t, c in written], errors
 
 
-def validate_due(config, stored: dict, ids: list[str], as_of: date, validate: bool | None) -> list[str]:
+def validate_due(config, stored: dict, ids: list[str], as_of: date, validate) -> list[str]:
     """The patients of ``ids`` whose forecast is validated in this run.
 
     The rolling-origin validation refits the cohort at each origin, which costs more than the night's fit
-    itself, and what it measures moves slowly: by default a patient is validated again when the stored
-    validation is ``analysis.validation_every_days`` (7) days old. ``validate`` True: all of them; False:
-    none. ``analysis.validation_origins = 0`` turns it off."""
+    itself, and what it measures moves slowly: a patient is validated once every
+    ``analysis.validation_every_days`` (7) nights, on the night of their :func:`validation_slot`, so each
+    night validates about a seventh of the cohort instead of all of it once a week. A patient never validated
+    is validated at once, and one whose stored validation is a full period old (a missed slot: the daemon was
+    down, or they had no new data that night) at their next run. ``validate`` True: all of them; False: none;
+    a collection of patient ids: those of ``ids``. ``analysis.validation_origins = 0`` turns it off."""
     if validate is False or int(config["analysis.validation_origins"]) <= 0:
         return []
     every = int(config["analysis.validation_every_days"])
-    if validate or every <= 0:
+    if validate is True or every <= 0:
         return list(ids)
-    cut = (as_of - timedelta(days=every)).isoformat()
-    return [p for p in ids if p not in stored or stored[p].get("cv_as_of", "") <= cut]
+    if validate is not None:
+        chosen = set(validate)
+        return [p for p in ids if p in chosen]
+    today, stale = as_of.isoformat(), (as_of - timedelta(days=every)).isoformat()
+    slot = as_of.toordinal() % every
+
+    def due(p: str) -> bool:
+        seen = stored.get(p, {}).get("cv_as_of", "")
+        return seen <= stale or (seen < today and validation_slot(p, every) == slot)
+
+    return [p for p in ids if due(p)]
+
+
+def validation_slot(patient_id: str, every: int) -> int:
+    """The night (``as_of.toordinal() % every``) a patient's forecast is validated on: a stable hash of the
+    id, the same in every process and run, which spreads the cohort evenly over the nights."""
+    return zlib.crc32(patient_id.encode("utf-8")) % every
 
 
 def validate_block(job) -> forecast.Validation:
@@ -403,8 +423,8 @@ def validate_block(job) -> forecast.Validation:
 
 
 def validation_for(db, config, ids: list[str], as_of: date, results: dict, columns, *, subset: bool,
-                   validate: bool | None, outcome: AnalysisOutcome, ex: compute.Executor | None = None,
-                   db_file: str | None = None) -> dict[str, dict]:
+                   validate: bool | Collection[str] | None, outcome: AnalysisOutcome,
+                   ex: compute.Executor | None = None, db_file: str | None = None) -> dict[str, dict]:
     """Each patient's forecast validation (the ``cv_*`` keys of triggers.json): run for those due
     (:func:`validate_due`), block by block under this run's cohort prior, and kept in the models folder
     for the nights it is not due. Returns ``{patient_id: keys}`` for ``ids``."""

@@ -82,8 +82,9 @@ SETTINGS: tuple[Setting, ...] = (
             "rolling-origin validation of the forecast: cohort refits on the days before each origin "
             "(0: off; each costs about one fit)", int),
     Setting("analysis", "validation_every_days", 7,
-            "validate a patient's forecast again when the stored validation is this many days old "
-            "(0: every run); the nights in between reuse it", int),
+            "validate each patient's forecast once in this many nights, on a night set by their id (so each "
+            "night validates about this fraction of the cohort; 0: every run); the nights in between reuse "
+            "it", int),
     Setting("analysis", "validation_step_days", 30,
             "days between validation origins; each origin's model forecasts the days up to the next one", int),
     # schedule
