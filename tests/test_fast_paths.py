@@ -222,3 +222,32 @@ def test_ranking_rows_are_what_the_template_loop_writes():
     # a row that is not a plain dict with every key: the template writes the table
     assert reports.ranking_table_rows(rows + [{"rank": 5}]) is None
     assert reports.render_ranking_html(RANKING_ROWS) == template.render(rows=rows, table_rows=None)
+
+
+def test_summaries_travel_to_the_report_workers_unchanged():
+    """A chunk's summaries go to its worker as one frame (analysis._pack_summaries) and come back as each
+    patient's own frame, equal to the one sent; a summary of other dtypes, or none, travels as it was."""
+    import dataclasses
+    import pickle
+
+    from trigger_watch import models
+
+    def summary(n: int, shift: int) -> pd.DataFrame:
+        return pd.DataFrame({"factor": pd.array([f"f{j}" for j in range(n)], dtype="str"),
+                             "rank": pd.array([pd.NA if j % 2 else j + shift for j in range(n)], dtype="Int64"),
+                             "odds_ratio": np.linspace(0.5, 2, n) + shift, "exposed_days": np.arange(n) * shift})
+
+    odd = summary(3, 9).astype({"exposed_days": float})  # float counts: must not turn the others' into floats
+    results = [models.PatientAnalysis("ok", {}, summary(4, 1), {}), None,
+               models.PatientAnalysis("ok", {}, odd, {}), models.PatientAnalysis("ok", {}, summary(2, 5), {})]
+    items = [(f"p{i}", {"result": r, "as_of": date(2026, 1, 1)}) for i, r in enumerate(results)]
+    packed_items, packed = analysis._pack_summaries(items)
+    assert packed[0] is not None and len(packed[0]) == 6  # the two of the first kind in one frame
+    back = analysis._unpack_summaries(*pickle.loads(pickle.dumps((packed_items, packed))))
+    assert [p for p, _ in back] == [p for p, _ in items]
+    for (_, sent), (_, got) in zip(items, back):
+        if sent["result"] is None:
+            assert got["result"] is None
+            continue
+        pd.testing.assert_frame_equal(got["result"].summary, sent["result"].summary)
+        assert dataclasses.replace(got["result"], summary=None) == dataclasses.replace(sent["result"], summary=None)

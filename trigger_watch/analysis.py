@@ -94,7 +94,8 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
     timings: dict[str, float] = {}
     t = time.perf_counter()
     everyone = all_patient_ids(db)
-    ids = everyone if patient_ids is None else [p for p in patient_ids if p in set(everyone)]
+    known = set(everyone)
+    ids = everyone if patient_ids is None else [p for p in patient_ids if p in known]
     outcome = AnalysisOutcome()
     if not ids:
         if write:
@@ -337,7 +338,7 @@ def _reports_parallel(db, config, ex: compute.Executor, blocks: list[_Block], pa
                 # each chunk's chart days go with it: the workers draw the charts
                 rows = block.chart_rows[block.chart_rows["patient_id"].isin(part)]
                 sent.append(part)
-                yield (str(config.reports_dir), items, rows)
+                yield (str(config.reports_dir), *_pack_summaries(items), rows)
             block.chart_rows = None
 
     done, total = 0, len(ids)
@@ -356,17 +357,19 @@ def _reports_parallel(db, config, ex: compute.Executor, blocks: list[_Block], pa
     outcome.analysed.extend(p for p in ids if p in written)
 
 
-def write_report_chunk(job: tuple[str, list[tuple[str, dict]], pd.DataFrame]) -> tuple[list[tuple], dict[str, str]]:
+def write_report_chunk(job: tuple) -> tuple[list[tuple], dict[str, str]]:
     """A worker's task: build, draw, render and write the reports of a chunk of patients.
 
-    ``job`` is ``(reports_dir, [(patient_id, parts), ...], chart_rows)`` with ``parts`` the keyword arguments
-    of :func:`build_triggers` (``result`` among them) and ``chart_rows`` those patients' days
-    (CHART_COLUMNS) for :func:`build_charts`. Returns the history rows of the patients written
-    (``reports.history_row``, for the caller to store) and ``{patient_id: error}`` for the others.
+    ``job`` is ``(reports_dir, [(patient_id, parts), ...], summaries, chart_rows)`` with ``parts`` the
+    keyword arguments of :func:`build_triggers` (``result`` among them, its summary in ``summaries``: see
+    :func:`_pack_summaries`) and ``chart_rows`` those patients' days (CHART_COLUMNS) for
+    :func:`build_charts`. Returns the history rows of the patients written (``reports.history_row``, for the
+    caller to store) and ``{patient_id: error}`` for the others.
     """
     from trigger_watch import reports
 
-    reports_dir, items, chart_rows = job
+    reports_dir, items, summaries, chart_rows = job
+    items = _unpack_summaries(items, summaries)
     charts = build_charts(chart_rows)
     docs, errors = [], {}
     for pid, parts in items:
@@ -378,6 +381,39 @@ def write_report_chunk(job: tuple[str, list[tuple[str, dict]], pd.DataFrame]) ->
     written, failed = reports.write_many_patient_reports(reports_dir, docs)
     errors.update(failed)
     return [reports.history_row(t, c, ranking=ranking_row(t)) for t, c in written], errors
+
+
+def _pack_summaries(items: list[tuple[str, dict]]) -> tuple[list[tuple[str, dict]], tuple | None]:
+    """A chunk's items for a worker, their results' summaries taken out into one frame: pickling a few
+    hundred small frames with text columns cost the sending process ~20 times what one frame of them does.
+    Returns the items (each result's ``summary`` None) and ``(frame, rows per item)``, undone by
+    :func:`_unpack_summaries`."""
+    frames, sizes, out = [], [], []
+    for pid, parts in items:
+        result = parts["result"]
+        summary = None if result is None else result.summary
+        if summary is None or (frames and not summary.dtypes.equals(frames[0].dtypes)):
+            sizes.append(-1)  # sent as it is (a frame of other dtypes would change them in the concat)
+        else:
+            frames.append(result.summary)
+            sizes.append(len(result.summary))
+            parts = {**parts, "result": dataclasses.replace(result, summary=None)}
+        out.append((pid, parts))
+    return out, ((pd.concat(frames, ignore_index=True) if frames else None), sizes)
+
+
+def _unpack_summaries(items: list[tuple[str, dict]], packed) -> list[tuple[str, dict]]:
+    """:func:`_pack_summaries` undone: each result gets its summary back (index 0..n-1, as it had)."""
+    frame, sizes = packed
+    out, at = [], 0
+    for (pid, parts), n in zip(items, sizes):
+        if n >= 0:
+            summary = frame.iloc[at:at + n]
+            summary.index = pd.RangeIndex(n)
+            parts = {**parts, "result": dataclasses.replace(parts["result"], summary=summary)}
+            at += n
+        out.append((pid, parts))
+    return out
 
 
 def validate_due(config, stored: dict, ids: list[str], as_of: date, validate) -> list[str]:

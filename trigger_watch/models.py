@@ -1203,8 +1203,11 @@ def _verdicts(fit: _Fit, design: _Design, status, data, fdr, lo, hi, min_days, m
     body = long[SUMMARY_COLUMNS].reset_index(drop=True)
     out = _Summaries()
     out.body = body  # every summary in one frame, in the order of ``out`` (the model store keeps this)
+    patient = long["_p"].to_numpy()
     for a, e in pairwise(bounds):
-        out[fit.pids[int(long["_p"].iat[a])]] = body.iloc[a:e].reset_index(drop=True)
+        part = body.iloc[a:e]  # a view (copy on write): relabelled, not copied as reset_index would
+        part.index = pd.RangeIndex(e - a)
+        out[fit.pids[int(patient[a])]] = part
     return out
 
 
