@@ -1185,29 +1185,33 @@ def _verdicts(fit: _Fit, design: _Design, status, data, fdr, lo, hi, min_days, m
     thr = cnt["threshold"]
     expo_txt = np.where(kinds[None] == "boolean", "yes",
                         np.char.add(np.char.add(">= ", np.char.mod("%g", np.nan_to_num(thr))), units[None]))
+    # every patient's rows in one frame, in the summary's order (triggers by rank, then by q-value), built
+    # from the (P, J) arrays through one gather: a long frame sorted afterwards held three copies at once
+    key = np.where(trig, rank, J + 1 + np.nan_to_num(q, nan=2.0))
+    cols = np.argsort(key, axis=1, kind="stable")  # each patient's columns in summary order
+    flat = (cols + (np.arange(P) * J)[:, None]).ravel()
+    cols = cols.ravel()
     labels = _labels(meta)
-    long = pd.DataFrame({
-        "factor": np.tile(meta["factor"].to_numpy(), P), "label": np.tile(labels, P),
-        "lag_days": np.tile(lag, P), "verdict": verdict.ravel(), "rank": pd.array(rank.ravel(), dtype="Int64"),
-        "odds_ratio": orr.ravel(), "ci_low": cil.ravel(), "ci_high": cih.ravel(), "q_value": q.ravel(),
-        "exposed_days": cnt["exposed_days"].ravel().astype(int),
-        "attacks_after_exposure": cnt["attacks_after_exposure"].ravel().astype(int),
-        "days_needed": pd.array(need.ravel(), dtype="Int64"), "p_value": pval.ravel(),
-        "unexposed_days": cnt["unexposed_days"].ravel().astype(int),
-        "attacks_without_exposure": cnt["attacks_without_exposure"].ravel().astype(int),
-        "exposure": expo_txt.ravel(),
-        "_p": np.repeat(np.arange(P), J), "_o": np.where(trig, rank, J + 1 + np.nan_to_num(q, nan=2.0)).ravel(),
+
+    def ints(a):
+        return a.ravel()[flat].astype(int)
+
+    body = pd.DataFrame({
+        "factor": meta["factor"].to_numpy()[cols], "label": labels[cols], "lag_days": lag[cols],
+        "verdict": verdict.ravel()[flat], "rank": pd.array(rank.ravel()[flat], dtype="Int64"),
+        "odds_ratio": orr.ravel()[flat], "ci_low": cil.ravel()[flat], "ci_high": cih.ravel()[flat],
+        "q_value": q.ravel()[flat], "exposed_days": ints(cnt["exposed_days"]),
+        "attacks_after_exposure": ints(cnt["attacks_after_exposure"]),
+        "days_needed": pd.array(need.ravel()[flat], dtype="Int64"), "p_value": pval.ravel()[flat],
+        "unexposed_days": ints(cnt["unexposed_days"]), "attacks_without_exposure": ints(cnt["attacks_without_exposure"]),
+        "exposure": expo_txt.ravel()[flat],
     })
-    long = long.sort_values(["_p", "_o"], kind="stable")
-    bounds = np.flatnonzero(np.r_[True, np.diff(long["_p"].to_numpy()) != 0, True])
-    body = long[SUMMARY_COLUMNS].reset_index(drop=True)
     out = _Summaries()
     out.body = body  # every summary in one frame, in the order of ``out`` (the model store keeps this)
-    patient = long["_p"].to_numpy()
-    for a, e in pairwise(bounds):
-        part = body.iloc[a:e]  # a view (copy on write): relabelled, not copied as reset_index would
-        part.index = pd.RangeIndex(e - a)
-        out[fit.pids[int(patient[a])]] = part
+    for i, pid in enumerate(fit.pids):
+        part = body.iloc[i * J:(i + 1) * J]  # a view (copy on write): relabelled, not copied as reset_index
+        part.index = pd.RangeIndex(J)
+        out[pid] = part
     return out
 
 
