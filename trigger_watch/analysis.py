@@ -474,7 +474,9 @@ def validation_for(db, config, ids: list[str], as_of: date, results: dict, colum
                                            int(config["analysis.validation_origins"]), step)
         prior = _prior_of(results, None)
         ex = ex or compute.Executor()
-        blocks = compute.chunks(due, 1, size=int(config["compute.block_patients"]))
+        # half-size blocks: a block's refits hold its panel, a training copy and the fit's design at once
+        # (a worker peaked at 585 MB on 250 patients, 400 MB on 125, for the same seconds per patient)
+        blocks = compute.chunks(due, 1, size=max(1, int(config["compute.block_patients"]) // 2))
         run_on = ex if len(blocks) > 1 else compute.Executor()
         jobs = ((config, block, _block_source(db, db_file if run_on is ex else None, block, as_of), as_of, columns,
                  prior, origins) for block in blocks)
