@@ -68,6 +68,7 @@ class _Block:
     flags: pd.DataFrame
     responses: dict[str, pd.DataFrame]  # treatment responses per patient
     clinicians: dict[str, str | None]
+    forecasts: dict[str, dict] | None = None  # forecast.next_day's, made just before the block's reports
 
 
 def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list[str] | None = None,
@@ -162,20 +163,24 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
         timings["fit"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        next_day = forecast.next_day(forecast.Ahead.concat([b.ahead for b in blocks]), results, tomorrow)
-        for b in blocks:
-            b.ahead = None
-        timings["forecast"] = time.perf_counter() - t
-
-        t = time.perf_counter()
         validation = validation_for(db, config, ids, as_of, results, columns, subset=subset, validate=validate,
                                     outcome=outcome, ex=ex, db_file=db_file)
         timings["validation"] = time.perf_counter() - t
         t = time.perf_counter()
+        timings["forecast"] = 0.0
+
+        def forecast_block(block: _Block) -> None:
+            # each patient's forecast is their own: made block by block here while the workers render the
+            # blocks before (forecast.next_day of the whole cohort gives the same)
+            start = time.perf_counter()
+            ahead, block.ahead = block.ahead, None
+            block.forecasts = forecast.next_day(ahead, results, tomorrow) if ahead is not None else {}
+            timings["forecast"] += time.perf_counter() - start
+
         reports_start.set()
-        _reports(db, config, ex, blocks, results, next_day, validation, as_of=as_of, generated_at=generated_at,
-                 write=write, stop=stop, progress=progress, outcome=outcome)
-        timings["reports"] = time.perf_counter() - t
+        _reports(db, config, ex, blocks, results, forecast_block, validation, as_of=as_of,
+                 generated_at=generated_at, write=write, stop=stop, progress=progress, outcome=outcome)
+        timings["reports"] = time.perf_counter() - t - timings["forecast"]
 
     t = time.perf_counter()
     if write:
@@ -185,15 +190,18 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
     return outcome
 
 
-def _reports(db, config, ex, blocks, results, next_day, validation, *, as_of, generated_at, write, stop, progress,
-             outcome) -> None:
-    """Build every patient's triggers.json and write the reports: by ``ex``'s workers, or here."""
+def _reports(db, config, ex, blocks, results, forecast_block, validation, *, as_of, generated_at, write, stop,
+             progress, outcome) -> None:
+    """Build every patient's triggers.json and write the reports: by ``ex``'s workers, or here.
+    ``forecast_block(block)`` sets ``block.forecasts``; it is called as each block's reports begin."""
 
     def parts_of(pid: str, block: _Block) -> dict:
         """What :func:`build_triggers` needs of one patient (picklable: the fitted estimator stays here)."""
         result = results.get(pid)
+        if block.forecasts is None:
+            forecast_block(block)
         return {"result": None if result is None else dataclasses.replace(result, estimator=None),
-                "as_of": as_of, "generated_at": generated_at, "forecast": next_day.get(pid),
+                "as_of": as_of, "generated_at": generated_at, "forecast": block.forecasts.get(pid),
                 "validation": validation.get(pid),
                 "flags": block.flags.loc[pid].to_dict() if pid in block.flags.index else None,
                 "treatments": block.responses.get(pid), "clinician_id": block.clinicians.get(pid)}

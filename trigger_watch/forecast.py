@@ -460,12 +460,6 @@ class Ahead:
         recent = pd.concat([recent[["patient_id", "date"]], recent[same].astype(np.float32)], axis=1)
         return cls(rows, recent, meta)
 
-    @classmethod
-    def concat(cls, parts: Sequence[Ahead]) -> Ahead:
-        rows = pd.concat([a.rows for a in parts], ignore_index=True)
-        recent = pd.concat([a.recent for a in parts], ignore_index=True)
-        return cls(rows, recent, next((a.meta for a in parts if a.meta is not None), None))
-
 
 def _predict_block(block: pd.DataFrame, results: dict, rate: pd.Series, fallback: float, origin,
                    history: _History, same_day: bool) -> pd.DataFrame:
