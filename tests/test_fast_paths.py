@@ -8,6 +8,7 @@ scalars, HTML in names, gaps of logging at a patient's first and last day.
 from __future__ import annotations
 
 import math
+import pickle
 from datetime import date
 
 import numpy as np
@@ -251,3 +252,31 @@ def test_summaries_travel_to_the_report_workers_unchanged():
             continue
         pd.testing.assert_frame_equal(got["result"].summary, sent["result"].summary)
         assert dataclasses.replace(got["result"], summary=None) == dataclasses.replace(sent["result"], summary=None)
+
+
+def test_the_spike_and_slab_split_by_columns_is_the_whole_fit():
+    """models._spike_slab_by_columns fits column groups (on the workers when there are any): each column's
+    prior is its own, so the pieces put together are the whole cohort's EM, with or without a starting
+    point, and the same bits whether the groups ran here or elsewhere."""
+    from trigger_watch import models
+
+    rng = np.random.default_rng(11)
+    P, J = 7000, 31
+    b = rng.normal(0.1, 0.6, (P, J)) * (rng.random((P, J)) < 0.3)
+    s, ok = rng.uniform(0.2, 1.2, (P, J)), rng.random((P, J)) > 0.2
+    sent: list[int] = []
+
+    def workers(fn, jobs):
+        jobs = list(jobs)
+        sent.append(len(jobs))
+        return [fn(pickle.loads(pickle.dumps(job))) for job in jobs]
+
+    for n_iter, init in ((40, None), (10, models._fit_spike_slab(b, s, ok, n_iter=40)[:3])):
+        whole = models._fit_spike_slab(b, s, ok, n_iter=n_iter, init=init)[:3]
+        here = models._spike_slab_by_columns(b, s, ok, n_iter, init, parts=3)
+        there = models._spike_slab_by_columns(b, s, ok, n_iter, init, workers, parts=3)
+        for x, y, z in zip(whole, here, there):
+            np.testing.assert_allclose(y, x, rtol=1e-12, atol=1e-14)
+            assert np.array_equal(y, z)
+    assert sent == [3, 3]
+    assert not np.allclose(here[0], models._fit_spike_slab(b, s, ok, n_iter=40)[0])  # the start was used
