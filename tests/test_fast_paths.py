@@ -1,22 +1,28 @@
-"""The fast paths of the report stage give exactly what the plain versions they replaced gave.
+"""The fast paths give exactly what the plain versions they replaced gave.
 
-Each test keeps the plain version (a pandas group-by, the template's own loop, the uncached chart cell) as
-the reference and compares on inputs chosen for their edge cases: missing keys, None, NaN, -0.0, numpy
-scalars, HTML in names, gaps of logging at a patient's first and last day.
+Each test keeps the plain version (a pandas group-by, the template's own loop, the uncached chart cell,
+pandas' SQL reader) as the reference and compares on inputs chosen for their edge cases: missing keys, None,
+NaN, -0.0, numpy scalars, HTML in names, gaps of logging at a patient's first and last day, every type of
+value SQLite may hold in a column of any affinity.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
+import sqlite3
+from contextlib import closing
 from datetime import date
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from markupsafe import Markup
 
-from trigger_watch import analysis, charts, reports
+from trigger_watch import analysis, charts, features, reports, sleep, storage
 
 # ------------------------------------------------------------------------------------------ charts
 
@@ -280,3 +286,189 @@ def test_the_spike_and_slab_split_by_columns_is_the_whole_fit():
             assert np.array_equal(y, z)
     assert sent == [3, 3]
     assert not np.allclose(here[0], models._fit_spike_slab(b, s, ok, n_iter=40)[0])  # the start was used
+
+
+# ------------------------------------------------------------------------------------ reading tables
+
+
+def _read_reference(conn, table: str, columns: list[str], where: str = "1 = 1", params=()) -> pd.DataFrame:
+    """What storage.read_table stands in for: pandas' own reader."""
+    cols = ", ".join(f'"{c}"' for c in columns)
+    return pd.read_sql_query(f"SELECT {cols} FROM {table} WHERE {where}", conn, params=list(params))
+
+
+def _assert_same_frame(got: pd.DataFrame, want: pd.DataFrame) -> None:
+    """Equal frames down to the dtypes, the index and which missing value sits in an object column."""
+    pd.testing.assert_frame_equal(got, want, check_exact=True, check_index_type=True, check_column_type=True)
+    assert list(got.dtypes) == list(want.dtypes) and got.columns.dtype == want.columns.dtype
+    for c in range(got.shape[1]):
+        if got.dtypes.iloc[c] == object:  # assert_frame_equal takes None and NaN for the same
+            assert [type(v) for v in got.iloc[:, c]] == [type(v) for v in want.iloc[:, c]]
+
+
+#: Columns of every affinity, some declared the odd ways datatype3.html lists (FLOATING POINT has INTEGER
+#: affinity, STRING NUMERIC, no type BLOB).
+DECLARED = {"i": "INTEGER", "n": "NUMERIC", "r": "REAL", "t": "TEXT", "v": "VARCHAR(20)",
+            "d": "DOUBLE PRECISION", "fp": "FLOATING POINT", "s": "STRING", "b": "BLOB", "x": ""}
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=6) | st.sampled_from(
+    ["", "a,b", '"quoted"', "it's", "line\nbreak", "Grüße 🙂", "1", "2.5", " 3 ", "1e3", "-0", "Inf", "NaN"])
+_FLOAT = st.floats() | st.sampled_from([0.0, -0.0, 2.0, 2.5, 1e20, 2.0**53, 2.0**53 + 2, 2.0**63, 9.3e18,
+                                        5e-324, float("inf"), -float("inf")])
+_INT = st.integers(-2**63, 2**63 - 1) | st.sampled_from([0, 1, -1, 2**53, 2**53 + 1, 2**63 - 1, -2**63])
+_VALUES = {"none": st.none(), "int": _INT, "small int": st.integers(-3, 3), "float": _FLOAT, "text": _TEXT,
+           "blob": st.binary(max_size=4), "mixed": st.none() | _INT | _FLOAT | _TEXT | st.binary(max_size=4)}
+
+
+@st.composite
+def _tables(draw) -> list[tuple]:
+    """Rows for DECLARED: each column draws its values from one family, with or without NULLs among them."""
+    n = draw(st.integers(0, 12))
+    columns = []
+    for _ in DECLARED:
+        values = _VALUES[draw(st.sampled_from(sorted(_VALUES)))]
+        if draw(st.booleans()):
+            values = st.none() | values
+        columns.append(draw(st.lists(values, min_size=n, max_size=n)))
+    return list(zip(*columns))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_tables())
+def test_read_table_gives_what_pandas_read(rows):
+    with closing(sqlite3.connect(":memory:")) as conn:
+        conn.execute(f"CREATE TABLE t ({', '.join(f'{c} {kind}' for c, kind in DECLARED.items())})")
+        conn.executemany(f"INSERT INTO t VALUES ({', '.join('?' * len(DECLARED))})", rows)
+        for columns, where in ((list(DECLARED), "1 = 1"), (["t", "r", "i", "n", "fp", "s"], "rowid % 2 = 0"),
+                               (["i", "t"], "rowid > ?"), (["r"], "0")):
+            params = [3] if "?" in where else []
+            _assert_same_frame(storage.read_table(conn, "t", columns, where, params),
+                               _read_reference(conn, "t", columns, where, params))
+
+
+def test_read_table_on_the_schema_and_its_odd_values(db):
+    """The stored tables with what the importers never write but SQLite keeps: text and blobs in numeric
+    columns, blobs in text columns, whole floats beyond int64 in integer columns, integers past float64."""
+    conn = db.conn
+    conn.execute("INSERT INTO patients (patient_id, timezone, latitude, birth_year) VALUES "
+                 "('a', 'Europe/Vienna', 48.2, 1980), ('b', NULL, 1, NULL), ('c', 'UTC', NULL, 1999)")
+    conn.executemany("INSERT INTO diary (patient_id, date, stress, menstruation, headache, foods, custom) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     [("a", "2026-01-01", 3, 1, 0, "red_wine;cheese", '{"travel": 1}'),
+                      ("a", "2026-01-02", 2.5, None, 1, 'it\'s "x", 🙂', None),
+                      ("b", "2026-01-01", None, 0, 1, None, None)])
+    conn.commit()
+    cases = [("patients", features.PATIENT_COLUMNS, "1 = 1", []),
+             ("diary", features.DIARY_COLUMNS, "date <= ?", ["2026-01-01"]),
+             ("diary", features.DIARY_COLUMNS, "patient_id = ?", ["a"]),
+             ("diary", features.DIARY_COLUMNS, "date > ?", ["2027-01-01"]),
+             ("attacks", features.ATTACK_COLUMNS, "1 = 1", [])]
+    odd = [("UPDATE diary SET stress = 'lots' WHERE date = '2026-01-02'", "text in a REAL column"),
+           ("UPDATE diary SET headache = 2.5 WHERE patient_id = 'b'", "a float in an INTEGER column"),
+           ("UPDATE diary SET headache = 1e20 WHERE patient_id = 'b'", "a whole float beyond int64"),
+           ("UPDATE diary SET headache = 9007199254740993 WHERE patient_id = 'b'", "an integer past float64"),
+           ("UPDATE patients SET birth_year = x'00' WHERE patient_id = 'a'", "a blob in an INTEGER column"),
+           ("UPDATE diary SET foods = x'616263' WHERE date = '2026-01-01'", "a blob in a TEXT column"),
+           ("UPDATE patients SET clinician_id = x'ff' WHERE patient_id = 'c'", "a blob that is not UTF-8")]
+    for sql, what in [(None, "as imported")] + odd:
+        if sql:
+            conn.execute(sql)
+        for table, columns, where, params in cases:
+            want = _read_reference(conn, table, columns, where, params)
+            _assert_same_frame(storage.read_table(conn, table, columns, where, params), want)
+
+
+def test_read_table_dtypes_follow_the_values_not_the_declared_types(db):
+    db.conn.executemany("INSERT INTO diary (patient_id, date, headache, menstruation) VALUES (?, ?, ?, ?)",
+                        [("a", "2026-01-01", 1, None), ("a", "2026-01-02", 0, None)])
+    got = storage.read_table(db.conn, "diary", ["patient_id", "headache", "menstruation", "stress"])
+    assert [str(t) for t in got.dtypes] == ["str", "int64", "object", "object"]
+    assert got["menstruation"].tolist() == [None, None]
+
+
+def _inputs_reference(db, patient_ids, as_of) -> dict[str, pd.DataFrame]:
+    """The five queries of features.load_inputs as it was, each through pandas' reader."""
+    conn = db.conn
+    cut = as_of.isoformat()
+    who, params = features._who(patient_ids)
+
+    def read(sql, extra):
+        return pd.read_sql_query(sql, conn, params=params + extra)
+
+    return {
+        "patients": read(f"SELECT {', '.join(features.PATIENT_COLUMNS)} FROM patients WHERE {who}", []),
+        "diary": read(f"SELECT {', '.join(features.DIARY_COLUMNS)} FROM diary WHERE {who} AND date <= ?",
+                      [cut]),
+        "diary_custom": read(
+            "SELECT d.patient_id, d.date, j.key AS factor, CAST(j.value AS REAL) AS value FROM (SELECT "
+            f"patient_id, date, custom FROM diary WHERE {who} AND custom IS NOT NULL AND date <= ?) d, "
+            "json_each(d.custom) j WHERE j.type IN ('integer', 'real', 'true', 'false')", [cut]),
+        "attacks": read(f'SELECT {", ".join(chr(34) + c + chr(34) for c in features.ATTACK_COLUMNS)} '
+                        f"FROM attacks WHERE {who} AND substr(coalesce(start_local, start), 1, 10) <= ?",
+                        [cut]),
+        "treatments": read(f"SELECT {', '.join(features.TREATMENT_COLUMNS)} FROM treatments WHERE {who} "
+                           "AND date <= ?", [cut]),
+    }
+
+
+def test_load_inputs_reads_what_pandas_read(db):
+    conn = db.conn
+    conn.executemany("INSERT INTO patients (patient_id, timezone, latitude, longitude, birth_year) "
+                     "VALUES (?, ?, ?, ?, ?)",
+                     [("a", "UTC", 48.2, 16.4, 1980), ("b", None, None, None, None)])
+    conn.executemany(
+        "INSERT INTO diary (patient_id, date, stress, caffeine_mg, headache, headache_intensity, foods, "
+        "custom) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [("a", f"2026-01-0{i}", i, 95 * i, i % 2, None if i % 2 else 7.5, "cheese" if i == 2 else None,
+          json.dumps({"travel": i % 2, "mood": "ok", "late": i == 3, "dose": 2.5}) if i in (2, 3) else None)
+         for i in range(1, 6)] + [("b", "2026-01-02", None, None, 0, None, None, "{}")])
+    conn.execute('INSERT INTO attacks (patient_id, start, "end", start_local, intensity, aura, medications) '
+                 "VALUES ('a', '2026-01-03T05:00:00Z', NULL, '2026-01-03T06:00:00', 7, 1, 'sumatriptan:50')")
+    conn.execute("INSERT INTO treatments (patient_id, date, treatment, dose_mg) "
+                 "VALUES ('a', '2026-01-01', 'erenumab', 70)")
+    conn.commit()
+    for ids, as_of in ((["a", "b"], date(2026, 1, 5)), (["a"], date(2026, 1, 1)), (["b"], date(2026, 1, 5)),
+                       (None, date(2026, 1, 5)), (["nobody"], date(2026, 1, 5))):
+        got = features.load_inputs(db, ids, as_of)
+        for name, want in _inputs_reference(db, ids, as_of).items():
+            _assert_same_frame(getattr(got, name), want)
+
+
+def _periods_reference(db, patient_ids, as_of, with_rowid=False) -> dict[str, np.ndarray]:
+    """sleep._read_periods as it was: np.array over the fetched rows."""
+    where, params = [], []
+    if patient_ids is not None:
+        where.append("s.patient_id IN (SELECT value FROM json_each(?))")
+        params.append(json.dumps(list(dict.fromkeys(patient_ids))))
+    if as_of is not None:
+        where.append("s.local_date <= ?")
+        params.append(pd.Timestamp(as_of).strftime("%Y-%m-%d"))
+    sql = sleep._PERIOD_SQL.format(extra=", s.rowid, s.is_nap" if with_rowid else "")
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    names = ["patient_id", "source", *sleep._NUMERIC] + (["rowid", "is_nap"] if with_rowid else [])
+    rows = db.conn.execute(sql, params).fetchall()
+    arr = np.array(rows, dtype=object).reshape(len(rows), len(names))
+    numbers = arr[:, 2:].astype(float)
+    out = {"patient_id": arr[:, 0], "source": arr[:, 1]}
+    out.update((n, numbers[:, i]) for i, n in enumerate(names[2:]))
+    return out
+
+
+def test_sleep_periods_are_read_as_before(db):
+    db.conn.executemany(
+        "INSERT INTO sleep_periods (patient_id, source, period_key, start, \"end\", start_local, end_local, "
+        "local_date, minutes_asleep, time_in_bed_minutes, efficiency, awakenings, device_format) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'x')",
+        [("a", "oura", "2026-01-01T22:00:00Z", "2026-01-01T22:00:00Z", "2026-01-02T06:00:00Z",
+          "2026-01-01T23:00:00", "2026-01-02T07:00:00", "2026-01-02", 420, 480.5, None, 2),
+         ("a", "fitabase", "night:2026-01-02", None, None, None, None, "2026-01-02", 400.0, None, 91, None),
+         ("b", "oura", "2026-01-03T01:00:00Z", "2026-01-03T01:00:00Z", "2026-01-03T02:00:00Z",
+          "2026-01-03T02:00:00", "2026-01-03T03:00:00", "2026-01-03", None, None, None, None)])
+    for ids, as_of, rowid in ((None, None, False), (["b", "a"], date(2026, 1, 2), True),
+                              (["nobody"], None, False)):
+        got = sleep._read_periods(db, ids, as_of, with_rowid=rowid)
+        want = _periods_reference(db, ids, as_of, rowid)
+        assert list(got) == list(want)
+        for name in want:
+            assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape
+            np.testing.assert_array_equal(got[name], want[name])

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.indexers import BaseIndexer
 
+from trigger_watch import storage
 from trigger_watch.errors import UnknownPatient
 
 # ------------------------------------------------------------------------------------- the registry
@@ -171,35 +172,40 @@ def load_inputs(db, patient_ids=None, as_of: date | None = None, *,
                 weather_through: date | None = None) -> PanelInputs:
     """Read the stored inputs of some patients (all when None) up to ``as_of`` (everything when None).
 
-    A few set-based queries; a long list of patients goes through a temporary table, not a huge IN list.
-    Sleep and weather come from ``sleep.nightly`` and ``weather.daily_for_patients``.
+    A few set-based queries, read by ``storage.read_table`` (pandas' frames, built faster); the patients go
+    in as one JSON parameter, not a huge IN list. Sleep and weather come from ``sleep.nightly`` and
+    ``weather.daily_for_patients``.
     """
     conn = db.conn
     cut = _as_date(as_of).isoformat() if as_of is not None else "9999-12-31"
     who, params = _who(patient_ids)
 
-    def read(sql: str, extra: list) -> pd.DataFrame:
-        return pd.read_sql_query(sql, conn, params=params + extra)
+    def read(table: str, columns: list[str], where: str, extra: list) -> pd.DataFrame:
+        return storage.read_table(conn, table, columns, f"{who}{where}", params + extra)
 
-    patients = read(f"SELECT {', '.join(PATIENT_COLUMNS)} FROM patients WHERE {who}", [])
-    diary = read(f"SELECT {', '.join(DIARY_COLUMNS)} FROM diary WHERE {who} AND date <= ?", [cut])
-    custom = read(
-        "SELECT d.patient_id, d.date, j.key AS factor, CAST(j.value AS REAL) AS value FROM "
-        f"(SELECT patient_id, date, custom FROM diary WHERE {who} AND custom IS NOT NULL AND date <= ?) d, "
-        "json_each(d.custom) j WHERE j.type IN ('integer', 'real', 'true', 'false')", [cut])
-    attacks = read(
-        f'SELECT {", ".join(chr(34) + c + chr(34) for c in ATTACK_COLUMNS)} FROM attacks WHERE {who} '
-        "AND substr(coalesce(start_local, start), 1, 10) <= ?", [cut])
-    treatments = read(f"SELECT {', '.join(TREATMENT_COLUMNS)} FROM treatments WHERE {who} AND date <= ?",
-                      [cut])
+    patients = read("patients", PATIENT_COLUMNS, "", [])
+    diary = read("diary", DIARY_COLUMNS, " AND date <= ?", [cut])
+    # The diary rows just read are the ones this query unpacks: when none has custom factors, its (empty)
+    # answer is known without reading the diary a second time.
+    if diary["custom"].notna().any():
+        custom = pd.read_sql_query(
+            "SELECT d.patient_id, d.date, j.key AS factor, CAST(j.value AS REAL) AS value FROM (SELECT "
+            f"patient_id, date, custom FROM diary WHERE {who} AND custom IS NOT NULL AND date <= ?) d, "
+            "json_each(d.custom) j WHERE j.type IN ('integer', 'real', 'true', 'false')", conn,
+            params=params + [cut])
+    else:
+        custom = pd.DataFrame(columns=["patient_id", "date", "factor", "value"])
+    attacks = read("attacks", ATTACK_COLUMNS, " AND substr(coalesce(start_local, start), 1, 10) <= ?", [cut])
+    treatments = read("treatments", TREATMENT_COLUMNS, " AND date <= ?", [cut])
 
     pids = None if patient_ids is None else sorted({str(p) for p in patient_ids})
     sleep_nightly = _from_module("sleep", "nightly", SLEEP_COLUMNS, db, pids, as_of)
     attack_days = attacks["start_local"].fillna(attacks["start"]).astype(str).str.slice(0, 10)
-    days = pd.concat([diary["date"].astype(object), attack_days], ignore_index=True).dropna()
-    if len(days):
-        start = (pd.Timestamp(days.min()) - pd.Timedelta(days=1)).date()
-        end = _as_date(as_of) if as_of is not None else pd.Timestamp(days.max()).date()
+    # The first and last day of each apart: on text columns min and max run in Arrow, not on Python objects.
+    spans = [(days.min(), days.max()) for days in (diary["date"].dropna(), attack_days.dropna()) if len(days)]
+    if spans:
+        start = (pd.Timestamp(min(first for first, _ in spans)) - pd.Timedelta(days=1)).date()
+        end = _as_date(as_of) if as_of is not None else pd.Timestamp(max(last for _, last in spans)).date()
         if weather_through is not None:  # e.g. tomorrow, for the forecast row
             end = max(end, _as_date(weather_through))
         located = patients[["patient_id", "timezone", "latitude", "longitude"]]
@@ -224,8 +230,8 @@ def warm_weather(db, patient_ids, as_of: date, *, weather_through: date | None =
         params + [cut] + params).fetchone()[0]
     if first is None:
         return
-    patients = pd.read_sql_query(f"SELECT patient_id, timezone, latitude, longitude FROM patients WHERE {who}",
-                                 db.conn, params=params)
+    patients = storage.read_table(db.conn, "patients", ["patient_id", "timezone", "latitude", "longitude"],
+                                  who, params)
     end = max(_as_date(as_of), _as_date(weather_through)) if weather_through is not None else _as_date(as_of)
     weather.warm_cache(db, patients, _as_date(first) - timedelta(days=1), end)
 

@@ -20,6 +20,7 @@ Never double counting (``docs/sleep.md``):
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -471,10 +472,13 @@ def _read_periods(db: sqlite_utils.Database, patient_ids: Iterable[str] | None, 
     if where:
         sql += " WHERE " + " AND ".join(where)
     names = ["patient_id", "source", *_NUMERIC] + (["rowid", "is_nap"] if with_rowid else [])
-    rows = db.conn.execute(sql, params).fetchall()
-    # Through one 2-D object array: far cheaper than DataFrame.from_records or zip(*rows) on millions of rows.
-    arr = np.array(rows, dtype=object).reshape(len(rows), len(names))
-    del rows
+    # Through one 2-D object array: far cheaper than DataFrame.from_records or zip(*rows) on millions of rows;
+    # np.fromiter over the chained rows builds it in half the time np.array(rows) takes to probe their shape.
+    with storage.collector_paused():
+        rows = db.conn.execute(sql, params).fetchall()
+        arr = np.fromiter(itertools.chain.from_iterable(rows), dtype=object, count=len(rows) * len(names))
+        arr = arr.reshape(len(rows), len(names))
+        del rows
     numbers = arr[:, 2:].astype(float)  # None -> NaN
     out = {"patient_id": arr[:, 0], "source": arr[:, 1]}
     out.update((n, numbers[:, i]) for i, n in enumerate(names[2:]))

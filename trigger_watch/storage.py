@@ -20,12 +20,19 @@ in place, never recreated. Module owners append migrations to :data:`MIGRATIONS`
 
 from __future__ import annotations
 
+import functools
+import gc
+import itertools
+import operator
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
 import sqlite_utils
 
 from trigger_watch.errors import StorageError
@@ -244,6 +251,120 @@ def migrate_db(db: sqlite_utils.Database, *, up_to: int | None = None) -> list[i
             )
         applied.append(version)
     return applied
+
+
+# ----------------------------------------------------------------------------------------- reading
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """No garbage collection inside. Reading a large result makes one tuple per row, which the collector
+    tracks: it ran its passes over them again and again while they came in, and once more after. Freed
+    inside, they are never looked at."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def read_table(conn: sqlite3.Connection, table: str, columns: Sequence[str], where: str = "1 = 1",
+               params: Sequence = ()) -> pd.DataFrame:
+    """``pd.read_sql_query("SELECT <columns> FROM <table> WHERE <where>", conn, params=params)``: the same
+    frame (columns, dtypes, values, row order), its columns built in about half the time.
+
+    pandas infers each column's type value by value from Python objects. Here the column's affinity in the
+    schema says which types SQLite can hand back for it (https://sqlite.org/datatype3.html), and pyarrow
+    converts all rows at once to those types, which map one to one onto what pandas infers:
+
+    - REAL: floats (SQLite turns integers into floats) -> float64, NaN for NULL;
+    - INTEGER, NUMERIC: integers (SQLite turns whole floats in int64's range into integers) and the floats
+      left -> int64 when all are whole and none is NULL, else float64;
+    - TEXT: text (SQLite turns numbers into text) -> pandas' text dtype;
+    - NULL in every row -> an object column of None; no rows -> pandas' frame of object columns.
+
+    What the affinity does not rule out (a blob; text that is not a number in a numeric column) pyarrow
+    refuses or, for blobs in a text column, is looked for; a column without affinity is not converted at
+    all. Then pandas reads the query itself: rare, and exact by definition.
+    """
+    sql = f"SELECT {', '.join(_quoted(c) for c in columns)} FROM {table} WHERE {where}"
+    declared = {name: kind for _, name, kind, *_ in conn.execute(f"PRAGMA table_info({_quoted(table)})")}
+    kinds = [_affinity(declared[c]) if c in declared else "BLOB" for c in columns]
+    with collector_paused():
+        if "BLOB" in kinds:
+            return pd.read_sql_query(sql, conn, params=params)
+        cur = conn.execute(sql, params)
+        names = [d[0] for d in cur.description]
+        rows = cur.fetchall()
+        if not rows:
+            return pd.DataFrame(columns=names)
+        arrays = _typed_columns(rows, kinds)
+        del rows
+        if arrays is None:
+            return pd.read_sql_query(sql, conn, params=params)
+    frame = pd.DataFrame(dict(enumerate(arrays)))
+    frame.columns = names
+    return frame
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _affinity(declared: str) -> str:
+    """The affinity of a column of this declared type (the rules of datatype3.html, section 3.1)."""
+    kind = declared.upper()
+    if "INT" in kind:
+        return "INTEGER"
+    if "CHAR" in kind or "CLOB" in kind or "TEXT" in kind:
+        return "TEXT"
+    if "BLOB" in kind or not kind:
+        return "BLOB"
+    if "REAL" in kind or "FLOA" in kind or "DOUB" in kind:
+        return "REAL"
+    return "NUMERIC"
+
+
+def _typed_columns(rows: list[tuple], kinds: list[str]) -> list | None:
+    """The columns of :func:`read_table` from its rows; None when a value is not of its column's types."""
+    text = [i for i, kind in enumerate(kinds) if kind == "TEXT"]
+    if text:
+        pick = operator.itemgetter(*text)
+        values = map(pick, rows) if len(text) == 1 else itertools.chain.from_iterable(map(pick, rows))
+        if bytes in set(map(type, values)):
+            return None
+    struct = pa.struct([(str(i), pa.large_string() if kind == "TEXT" else pa.float64())
+                        for i, kind in enumerate(kinds)])
+    try:  # a float64 field takes an integer only if the float holds it exactly
+        converted = pa.array(rows, type=struct)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        return None
+    n = len(rows)
+    arrays = []
+    for i, kind in enumerate(kinds):
+        arrow = converted.field(i)
+        if arrow.null_count == n:
+            arrays.append(np.full(n, None, dtype=object))
+        elif kind == "TEXT":
+            dtype = _text_dtype()
+            arrays.append(arrow.to_numpy(zero_copy_only=False) if isinstance(dtype, np.dtype)
+                          else pd.array(arrow, dtype=dtype))
+        else:
+            values = arrow.to_numpy(zero_copy_only=False)
+            if kind != "REAL" and not arrow.null_count and (np.trunc(values) == values).all():
+                if not (np.abs(values) < 2**53).all():
+                    return None  # whole floats beyond int64, or integers beyond float64's exact range
+                values = values.astype(np.int64)
+            arrays.append(values)
+    return arrays
+
+
+@functools.cache
+def _text_dtype():
+    """The dtype ``pd.read_sql_query`` gives a text column: ``str`` from pandas 3 on, object before."""
+    with closing(sqlite3.connect(":memory:")) as conn:
+        return pd.read_sql_query("SELECT 'a' AS a", conn)["a"].dtype
 
 
 # ----------------------------------------------------------------------------------------- writing

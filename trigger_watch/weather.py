@@ -305,9 +305,9 @@ def local_days(db: sqlite_utils.Database, pairs: pd.DataFrame, start: date, end:
     """
     cells = sorted(pairs["cell_id"].unique())
     marks = ",".join("?" * len(cells))
-    wd = pd.read_sql(f"SELECT cell_id, date_utc, stamp FROM weather_days WHERE cell_id IN ({marks}) "
-                     "AND date_utc >= ? AND date_utc <= ?", db.conn,
-                     params=(*cells, (start - timedelta(days=1)).isoformat(),
+    wd = storage.read_table(db.conn, "weather_days", ["cell_id", "date_utc", "stamp"],
+                            f"cell_id IN ({marks}) AND date_utc >= ? AND date_utc <= ?",
+                            (*cells, (start - timedelta(days=1)).isoformat(),
                              (end + timedelta(days=1)).isoformat()))
     if wd.empty:
         return pd.DataFrame(columns=["cell_id", "tz", "date", *_AGG_COLUMNS])
@@ -317,9 +317,10 @@ def local_days(db: sqlite_utils.Database, pairs: pd.DataFrame, start: date, end:
             .groupby(["cell_id", "date"], as_index=False)["stamp"].max())
     need = need[(need["date"] >= pd.Timestamp(start)) & (need["date"] <= pd.Timestamp(end))]
     cand = pairs.merge(need, on="cell_id")
-    cache = pd.read_sql(f"SELECT cell_id, tz, date, stamp AS cached, {', '.join(_AGG_COLUMNS)} "
-                        f"FROM weather_local_days WHERE cell_id IN ({marks}) AND date >= ? AND date <= ?",
-                        db.conn, params=(*cells, start.isoformat(), end.isoformat()))
+    cache = storage.read_table(db.conn, "weather_local_days", ["cell_id", "tz", "date", "stamp", *_AGG_COLUMNS],
+                               f"cell_id IN ({marks}) AND date >= ? AND date <= ?",
+                               (*cells, start.isoformat(), end.isoformat()))
+    cache = cache.rename(columns={"stamp": "cached"})
     cache["date"] = pd.to_datetime(cache["date"], format="%Y-%m-%d")
     m = cand.merge(cache, on=["cell_id", "tz", "date"], how="left")
     stale = m["cached"].isna() | (m["cached"] < m["stamp"])
