@@ -1,9 +1,10 @@
 """The fast paths give exactly what the plain versions they replaced gave.
 
 Each test keeps the plain version (a pandas group-by, the template's own loop, the uncached chart cell,
-pandas' SQL reader) as the reference and compares on inputs chosen for their edge cases: missing keys, None,
-NaN, -0.0, numpy scalars, HTML in names, gaps of logging at a patient's first and last day, every type of
-value SQLite may hold in a column of any affinity.
+pandas' SQL reader, the whole-block design) as the reference and compares on inputs chosen for their edge
+cases: missing keys, None, NaN, -0.0, numpy scalars, HTML in names, gaps of logging at a patient's first and
+last day, every type of value SQLite may hold in a column of any affinity, infinite values and patients too
+short to fit. Floats are compared bit for bit.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pickle
 import sqlite3
 from contextlib import closing
 from datetime import date
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
@@ -22,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from markupsafe import Markup
 
-from trigger_watch import analysis, charts, features, reports, sleep, storage
+from trigger_watch import analysis, charts, config, features, models, reports, simulate, sleep, storage
 
 # ------------------------------------------------------------------------------------------ charts
 
@@ -472,3 +474,232 @@ def test_sleep_periods_are_read_as_before(db):
         for name in want:
             assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape
             np.testing.assert_array_equal(got[name], want[name])
+
+
+# ------------------------------------------------------------------------------------ panel and model
+
+
+def test_dates_parsed_once_per_text_are_what_to_datetime_gives():
+    def plain(values):  # features._naive_ns as it was: every row through to_datetime
+        s = pd.Series(values)
+        if not pd.api.types.is_datetime64_any_dtype(s):
+            s = pd.to_datetime(s.astype(object), format="ISO8601")
+        if getattr(s.dt, "tz", None) is not None:
+            s = s.dt.tz_localize(None)
+        return s.astype("datetime64[ns]").to_numpy().astype(np.int64)
+
+    cases = [["2026-01-02", None, "2026-01-01", "2026-01-02", np.nan],
+             pd.Series(["2026-03-29T02:30:00", "2026-03-29T02:30:00.123456789", None, "2026-03-29T02:30:00"],
+                       dtype="str"),
+             ["2026-03-29T02:30:00+02:00", "2026-03-29T03:30:00+02:00"], ["2026-01-01T00:00:00Z", None],
+             [date(2026, 1, 2), date(2026, 1, 2), None], pd.Series(pd.to_datetime(["2026-01-01", None])),
+             pd.Series([], dtype="str"), [None, None]]
+    for values in cases:
+        got, want = features._naive_ns(values), plain(values)
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    with pytest.raises(ValueError):
+        features._naive_ns(["2026-01-01", "not a date"])
+
+
+def test_patient_codes_are_what_get_indexer_gives():
+    ids = np.array(["a", "b", "nan", "p 2"], dtype=object)
+    for col in (pd.Series(["b", "x", None, "a", "b", "p 2"], dtype="str"),
+                pd.Series(["b", np.nan, None, "nan", 3], dtype=object), pd.Series([], dtype="str")):
+        want = pd.Index(ids).get_indexer(col.astype(str))
+        assert np.array_equal(features._codes(ids, col), want)
+
+
+def test_up32_compares_as_the_float64_threshold():
+    rng = np.random.default_rng(3)
+    f32 = np.float32
+    x = np.concatenate([rng.normal(0, 10, 500), rng.normal(0, 10, 500).astype(f32).astype(float),
+                        [0.0, -0.0, 1e-50, -1e-50, np.inf, -np.inf, np.nan, 3.5e38, -3.5e38,
+                         float(np.finfo(f32).max), float(np.nextafter(f32(1), f32(2))), 1 + 2.0 ** -30]])
+    with np.errstate(over="ignore"):
+        near = x.astype(f32)
+        v = np.concatenate([near, np.nextafter(near, f32(np.inf)), np.nextafter(near, f32(-np.inf))])
+    up = models._up32(x)
+    assert up.dtype == f32
+    assert np.array_equal(v[:, None] >= x[None], v[:, None] >= up[None])
+
+
+def _chunks_reference(rows: pd.DataFrame, design, chunk_cells: int = 8_000_000) -> list:
+    """models._chunks as it was: each block whole, row-major, scattered into place by (patient, day)."""
+    cols = design.columns
+    Km, S = len(design.main), len(design.side)
+    groups = list(design.miss_groups().values())
+    G = len(groups)
+    meta = design.meta.set_index("column")
+    where = {(f, int(lag)): i for i, (f, lag) in enumerate(meta.loc[design.main, ["factor", "lag"]].itertuples(
+        index=False))}
+    pairs = [(i, where[(f, 1)]) for (f, lag), i in where.items() if lag == 0 and (f, 1) in where]
+    is_bool = meta.loc[cols, "kind"].to_numpy() == "boolean"
+    K = Km + G + 1
+    pid_all = rows["patient_id"].to_numpy()
+    bounds = np.flatnonzero(np.r_[True, pid_all[1:] != pid_all[:-1], True])
+    starts, ends = bounds[:-1], bounds[1:]
+    V_all = rows[cols].to_numpy(dtype=np.float32)
+    y_all = rows["onset"].to_numpy(dtype=float)
+    per = max(1, int(chunk_cells // max(1, int((ends - starts).max(initial=1)) * (K + S))))
+    count = models._count
+    out = []
+    for c0 in range(0, len(starts), per):
+        cs, ce = starts[c0:c0 + per], ends[c0:c0 + per]
+        r0, r1 = cs[0], ce[-1]
+        V, y2 = V_all[r0:r1], y_all[r0:r1]
+        seg, lens = cs - r0, ce - cs
+        Pc, T = len(cs), int(lens.max())
+        pidx = np.repeat(np.arange(Pc), lens)
+        ridx = np.arange(r1 - r0) - np.repeat(seg, lens)
+        obs = np.isfinite(V)
+        Vo = np.where(obs, V, 0.0).astype(float)
+        nobs = count(obs, seg)
+        n1 = np.maximum(nobs, 1)
+        mean = np.add.reduceat(Vo, seg, axis=0) / n1
+        sd = np.sqrt(np.maximum(np.add.reduceat(Vo * Vo, seg, axis=0) / n1 - mean ** 2, 0.0))
+        n_exp = count(obs & (V > 0.5), seg)
+        usable = (nobs >= models._MIN_OBS) & (sd > 1e-6 * np.maximum(np.abs(mean), 1))
+        usable &= ~is_bool[None] | ((n_exp >= models._MIN_EXPOSED) & (nobs - n_exp >= models._MIN_EXPOSED))
+        sd_safe = np.where(usable, sd, 1.0)
+        Z = np.where(obs & usable[pidx], (Vo - mean[pidx]) / sd_safe[pidx], 0.0)
+        for j0, j1 in pairs:
+            both = obs[:, j0] & obs[:, j1]
+            nb = np.add.reduceat(both.astype(np.int32), seg)
+            rho = np.add.reduceat(Z[:, j0] * Z[:, j1] * both, seg) / np.maximum(nb, 1)
+            rho = np.where(nb >= 10, np.clip(rho, -0.95, 0.95), 0.0)[pidx]
+            z0, z1 = Z[:, j0].copy(), Z[:, j1].copy()
+            Z[:, j0] = np.where(~obs[:, j0] & obs[:, j1], rho * z1, z0)
+            Z[:, j1] = np.where(~obs[:, j1] & obs[:, j0], rho * z0, z1)
+        Z = np.where(is_bool[None], Z, np.clip(Z, -models._WINSOR, models._WINSOR))
+        X = np.zeros((Pc, T, K), dtype=np.float32)
+        X[pidx, ridx, :Km] = Z[:, :Km]
+        miss_use = np.zeros((Pc, G), dtype=bool)
+        for gi, ix in enumerate(groups):
+            ind = (~obs[:, ix]).all(1)
+            n_ind = np.add.reduceat(ind.astype(np.int32), seg)
+            miss_use[:, gi] = (n_ind >= 3) & (n_ind <= lens - 3)
+            X[pidx, ridx, Km + gi] = ind & miss_use[pidx, gi]
+        X[pidx, ridx, -1] = 1.0
+        Zs = np.zeros((Pc, T, S), dtype=np.float32)
+        Zs[pidx, ridx] = Z[:, Km:]
+        y = np.zeros((Pc, T))
+        w = np.zeros((Pc, T))
+        y[pidx, ridx] = y2
+        w[pidx, ridx] = 1.0
+        mx = np.maximum.reduceat(np.where(obs, V, -np.inf), seg, axis=0)
+        thr = np.minimum(models._nice(mean + 0.6745 * sd), mx)
+        thr = np.where(is_bool[None], 1.0, thr)
+        with np.errstate(invalid="ignore"):
+            expo = obs & (V >= thr[pidx])
+        unexp = obs & ~expo
+        att = (y2 > 0)[:, None]
+        counts = {"exposed_days": count(expo, seg), "attacks_after_exposure": count(expo & att, seg),
+                  "unexposed_days": count(unexp, seg), "attacks_without_exposure": count(unexp & att, seg),
+                  "threshold": thr, "nobs": nobs}
+        out.append(models._Chunk(pid_all[cs], X, Zs, y, w, usable, mean, sd, miss_use, counts))
+    return out
+
+
+def _prepare_reference(panel: pd.DataFrame, cfg) -> tuple:
+    """models.prepare's data blocks, fingerprints and design blocks as they were (group-bys, a copy of the
+    at-risk rows, the whole-block design)."""
+    meta = panel.attrs["factors"]
+    panel = panel.sort_values(["patient_id", "date"], kind="stable")
+    panel.attrs["factors"] = meta
+    design = models._Design.from_panel(panel)
+    pid = panel["patient_id"]
+    g = panel.groupby("patient_id", sort=False)
+    recent = panel["date"] > g["date"].transform("max") - pd.Timedelta(days=30)
+    at = panel["at_risk"].astype(bool)
+    agg = pd.DataFrame({
+        "first_day": g["date"].min(), "last_day": g["date"].max(), "diary_days": g["diary_kept"].sum(),
+        "missing_days": (~panel["observed"].astype(bool)).groupby(pid, sort=False).sum(),
+        "at_risk_days": at.groupby(pid, sort=False).sum(),
+        "attacks": (panel["onset"].fillna(0).astype(int) * at).groupby(pid, sort=False).sum(),
+        "migraine_days_last_30": (panel["migraine_day"].astype(bool) & recent).groupby(pid, sort=False).sum(),
+    })
+    first = agg["first_day"].dt.strftime("%Y-%m-%d").to_numpy()
+    last = agg["last_day"].dt.strftime("%Y-%m-%d").to_numpy()
+    ints = agg[["diary_days", "missing_days", "at_risk_days", "attacks", "migraine_days_last_30"]].astype(int)
+    data = {str(p): {"first_day": first[i], "last_day": last[i], **r}
+            for i, (p, r) in enumerate(zip(agg.index, ints.to_dict("records")))}
+    h = pd.util.hash_pandas_object(panel[["patient_id", "date", "at_risk", "onset"] + design.columns],
+                                   index=False).to_numpy()
+    head = models.hashlib.sha256(("|".join(design.columns) + models.MODEL_VERSION).encode()).digest()
+    p = pid.to_numpy()
+    bounds = np.flatnonzero(np.r_[True, p[1:] != p[:-1], True])
+    fps = {str(p[a]): models.hashlib.sha256(head + h[a:b].tobytes()).hexdigest()[:20]
+           for a, b in pairwise(bounds)}
+    rows = panel[panel["at_risk"].astype(bool) & panel["onset"].notna()]
+    rows = rows[rows.groupby("patient_id")["onset"].transform("size") >= 2]
+    return data, fps, _chunks_reference(rows, design)
+
+
+def _bits(a) -> np.ndarray:
+    a = np.asarray(a)
+    return a.view(f"u{a.itemsize}") if a.dtype.kind == "f" else a
+
+
+def _same_chunks(got: list, want: list) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert np.array_equal(g.pids.astype(str), w.pids.astype(str))
+        for k in ("X", "Zs", "y", "w", "usable", "mean", "sd", "miss_use"):
+            a, b = getattr(g, k), getattr(w, k)
+            assert (a.dtype, a.shape, a.flags.c_contiguous) == (b.dtype, b.shape, b.flags.c_contiguous), k
+            assert np.array_equal(_bits(a), _bits(b)), k
+        assert list(g.counts) == list(w.counts)
+        for k in g.counts:
+            a, b = g.counts[k], w.counts[k]
+            assert a.dtype == b.dtype and np.array_equal(_bits(a), _bits(b)), k
+
+
+@pytest.fixture(scope="module")
+def design_panel() -> pd.DataFrame:
+    """A simulated panel with what the design must survive: a patient too short to fit, one with a single
+    and one with two at-risk days, a factor never recorded by one patient, infinite and -0.0 values, a yes/no
+    column holding other numbers, rows out of order."""
+    panel = simulate.panel_from_cohort(simulate.simulate_cohort(14, 150, 41, premonitory=1.0))
+    rng = np.random.default_rng(41)
+    pid = panel["patient_id"].to_numpy(dtype=object)
+    day = panel.groupby("patient_id").cumcount().to_numpy()
+    short = (pid == "p00001") & (day >= 12)
+    one = (pid == "p00002") & (day >= 1)
+    two = (pid == "p00003") & (day >= 2)
+    panel = panel[~(short | one | two)].reset_index(drop=True)
+    panel.loc[panel["patient_id"] == "p00002", "at_risk"] = True
+    panel.loc[panel["patient_id"] == "p00003", "at_risk"] = True
+    panel.loc[panel["patient_id"] == "p00004", "stress@0"] = np.nan
+    cont = [c for c in panel.columns if "@" in c and panel[c].nunique() > 2]
+    for c in cont[:6]:
+        hit = rng.random(len(panel)) < 0.01
+        panel.loc[hit, c] = rng.choice([np.inf, -np.inf, -0.0, 1e30], hit.sum())
+    panel.loc[rng.random(len(panel)) < 0.05, "pressure_drop@0"] = 0.7
+    meta = panel.attrs["factors"]
+    panel = panel.sample(frac=1.0, random_state=3)
+    panel.attrs["factors"] = meta
+    return panel
+
+
+def test_prepare_gives_what_the_whole_block_version_gave(design_panel):
+    cfg = config.defaults()
+    got = models.prepare(design_panel, cfg)
+    data, fps, chunks = _prepare_reference(design_panel, cfg)
+    assert list(got.data) == list(data) and got.data == data
+    assert all([type(v) for v in got.data[p].values()] == [type(v) for v in data[p].values()] for p in data)
+    assert got.fingerprints == fps
+    _same_chunks(got.chunks, chunks)
+    assert {"p00002", "p00003"} <= set(data) and "p00002" not in set(chunks[0].pids)
+
+
+@pytest.mark.parametrize(("chunk_cells", "tile_rows"), [(60_000, 100), (8_000_000, 1), (8_000_000, 10**6)])
+def test_design_blocks_are_what_the_whole_block_version_gave(design_panel, chunk_cells, tile_rows):
+    panel = design_panel.sort_values(["patient_id", "date"], kind="stable")
+    panel.attrs["factors"] = design_panel.attrs["factors"]
+    design = models._Design.from_panel(panel)
+    rows = panel[panel["at_risk"].astype(bool) & panel["onset"].notna()]
+    rows = rows[rows.groupby("patient_id")["onset"].transform("size") >= 2]
+    got = models._chunks(rows, design, chunk_cells=chunk_cells, tile_rows=tile_rows)
+    want = _chunks_reference(rows, design, chunk_cells=chunk_cells)
+    assert len(want) > 1 or chunk_cells > 60_000
+    _same_chunks(got, want)

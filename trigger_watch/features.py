@@ -282,10 +282,19 @@ _NAT = np.iinfo(np.int64).min
 
 
 def _naive_ns(values) -> np.ndarray:
-    """Local (naive) date or date-time text / datetime64 -> int64 ns; NaT -> ``_NAT``."""
+    """Local (naive) date or date-time text / datetime64 -> int64 ns; NaT -> ``_NAT``.
+
+    Text is parsed once per distinct value: a block's diary repeats each date for every patient, and
+    to_datetime's own cache does not start on text sorted by patient (its first rows are all distinct)."""
     s = pd.Series(values)
-    if not pd.api.types.is_datetime64_any_dtype(s):
-        s = pd.to_datetime(s.astype(object), format="ISO8601")
+    if pd.api.types.is_datetime64_any_dtype(s):
+        return _as_ns(s)
+    codes, distinct = pd.factorize(s)
+    ns = _as_ns(pd.to_datetime(pd.Series(distinct, dtype=object), format="ISO8601"))
+    return np.where(codes >= 0, ns[codes] if len(ns) else _NAT, _NAT)
+
+
+def _as_ns(s: pd.Series) -> np.ndarray:
     if getattr(s.dt, "tz", None) is not None:
         s = s.dt.tz_localize(None)
     return s.astype("datetime64[ns]").to_numpy().astype(np.int64)
@@ -332,13 +341,6 @@ def _num(frame: pd.DataFrame, col: str) -> np.ndarray:
     return pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
 
 
-class _SinceFirst(BaseIndexer):
-    """Rolling windows from a per-row first index (the patient's first known value) to the row itself."""
-
-    def get_window_bounds(self, num_values=0, min_periods=None, center=None, closed=None, step=None):
-        return self.first.astype(np.int64), np.arange(1, num_values + 1, dtype=np.int64)
-
-
 @dataclass
 class _Grid:
     """Contiguous day blocks, one per patient: row = start[code] + day - first[code]."""
@@ -376,23 +378,34 @@ class _Grid:
         out[self.start] = np.nan
         return out
 
-    def baseline(self, values: np.ndarray) -> np.ndarray:
-        """Median of the known values strictly before each day (at least BASELINE_MIN_DAYS of them)."""
-        known = np.flatnonzero(~np.isnan(values))
-        kc = self.code[known]
-        # one rolling median whose window runs from the patient's first known value to the row
-        first = np.searchsorted(kc, kc, side="left")
-        med = (pd.Series(values[known]).rolling(_SinceFirst(first=first), min_periods=BASELINE_MIN_DAYS)
-               .median().to_numpy())
-        # for each day: the running median at the last known day before it, in the same patient
-        at = np.full(self.n, -1)
-        at[known] = np.arange(len(known))
-        at = np.maximum.accumulate(at)
-        prev = np.full(self.n, -1)
-        prev[1:] = at[:-1]
-        ok = prev >= 0
-        ok[ok] = known[prev[ok]] >= self.start[self.code[ok]]
-        return np.where(ok, med[np.maximum(prev, 0)] if len(med) else np.nan, np.nan)
+    def baselines(self, *columns: np.ndarray) -> list[np.ndarray]:
+        """Per column: the median of the known values strictly before each day (at least BASELINE_MIN_DAYS
+        of them)."""
+        out = []
+        for values in columns:
+            known = np.flatnonzero(~np.isnan(values))
+            kc = self.code[known]
+            # one rolling median whose window runs from the patient's first known value to the row
+            first = np.searchsorted(kc, kc, side="left")
+            med = (pd.Series(values[known]).rolling(_SinceFirst(first=first), min_periods=BASELINE_MIN_DAYS)
+                   .median().to_numpy())
+            # for each day: the running median at the last known day before it, in the same patient
+            at = np.full(self.n, -1)
+            at[known] = np.arange(len(known))
+            at = np.maximum.accumulate(at)
+            prev = np.full(self.n, -1)
+            prev[1:] = at[:-1]
+            ok = prev >= 0
+            ok[ok] = known[prev[ok]] >= self.start[self.code[ok]]
+            out.append(np.where(ok, med[np.maximum(prev, 0)] if len(med) else np.nan, np.nan))
+        return out
+
+
+class _SinceFirst(BaseIndexer):
+    """Rolling windows from a per-row first index (the patient's first known value) to the row itself."""
+
+    def get_window_bounds(self, num_values=0, min_periods=None, center=None, closed=None, step=None):
+        return self.first.astype(np.int64), np.arange(1, num_values + 1, dtype=np.int64)
 
 
 # ------------------------------------------------------------------------------------ build_panel
@@ -419,8 +432,7 @@ def build_panel(inputs: PanelInputs, as_of: date, *, columns: CohortColumns | No
     ids = _ids(diary, attacks)
     tz_map = {} if patients.empty else dict(zip(patients["patient_id"].astype(str), patients["timezone"]))
     tz_by_code = np.array([_zone(tz_map.get(p)) for p in ids], dtype=object)
-    a_code = (pd.Index(ids).get_indexer(attacks["patient_id"].astype(str)) if len(attacks)
-              else np.empty(0, dtype=np.int64))
+    a_code = _codes(ids, attacks["patient_id"]) if len(attacks) else np.empty(0, dtype=np.int64)
     a_tz = tz_by_code[a_code] if len(attacks) else np.empty(0, dtype=object)
     missing_local = a_start_local == _NAT
     if missing_local.any():
@@ -438,7 +450,7 @@ def build_panel(inputs: PanelInputs, as_of: date, *, columns: CohortColumns | No
         empty = pd.DataFrame({c: pd.Series([], dtype=t) for c, t in zip(META_COLUMNS, _META_DTYPES)})
         return _finish(empty, {}, as_of, [])
 
-    d_code = pd.Index(ids).get_indexer(diary["patient_id"].astype(str))
+    d_code = _codes(ids, diary["patient_id"])
     d_day = _day_of(_naive_ns(diary["date"]))
     a_day = _day_of(a_start_local)
     first = np.full(len(ids), last, dtype=np.int64)
@@ -477,7 +489,7 @@ def build_panel(inputs: PanelInputs, as_of: date, *, columns: CohortColumns | No
     observed = (diary_kept | meta["touched"])[rows]
     in_episode = meta["in_episode"][rows]
     cols: dict[str, object] = {
-        "patient_id": pd.array(ids[g.code[rows]], dtype="str"),
+        "patient_id": pd.array(ids, dtype="str").take(g.code[rows]),
         "date": (g.day[rows]).astype("datetime64[D]").astype("datetime64[ns]"),
         "observed": observed,
         "diary_kept": diary_kept[rows],
@@ -505,10 +517,17 @@ def build_panel(inputs: PanelInputs, as_of: date, *, columns: CohortColumns | No
 
 def _ids(*frames: pd.DataFrame) -> np.ndarray:
     """The sorted distinct patient ids of some frames, as a numpy object array of str."""
-    parts = [pd.unique(f["patient_id"].to_numpy(dtype=object)) for f in frames if len(f)]
+    parts = [np.asarray(f["patient_id"].unique(), dtype=object) for f in frames if len(f)]
     if not parts:
         return np.empty(0, dtype=object)
     return np.sort(pd.unique(np.concatenate(parts)).astype(str).astype(object))
+
+
+def _codes(ids: np.ndarray, patient_id: pd.Series) -> np.ndarray:
+    """Each row's index in the sorted ``ids`` (-1: not there), looked up once per distinct id."""
+    codes, distinct = pd.factorize(patient_id.astype(str))
+    at = pd.Index(ids).get_indexer(distinct)
+    return np.where(codes >= 0, at[codes] if len(at) else -1, -1)
 
 
 def _zone(tz) -> str:
@@ -544,16 +563,17 @@ def _finish(panel: pd.DataFrame, registry: dict, as_of: date, dropped) -> pd.Dat
                                for f, lag in zip(meta["factor"], meta["lag"])], dtype=object)
     meta["behaviour"] = np.array([registry[f].behaviour for f in meta["factor"]], dtype=bool)
     # Rows are sorted by patient: count each patient's at-risk NaNs with reduceat over whole columns.
-    pid = panel["patient_id"].to_numpy(dtype=object)
-    heads = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]]) if len(pid) else np.empty(0, dtype=np.int64)
+    code, ids = pd.factorize(panel["patient_id"])  # the ids are build_panel's: text, never missing
+    heads = np.flatnonzero(np.r_[True, code[1:] != code[:-1]]) if len(code) else np.empty(0, dtype=np.int64)
+    pid = np.asarray(ids, dtype=object)[code[heads]]
     risk = panel["at_risk"].to_numpy(dtype=bool)
     share = {}
-    if len(pid):
+    if len(code):
         days = np.add.reduceat(risk.astype(np.int64), heads)
         for c in names:
             nan = np.add.reduceat(np.isnan(panel[c].to_numpy()) & risk, heads, dtype=np.int64)
             share[c] = np.divide(nan, days, out=np.full(len(heads), np.nan), where=days > 0)
-    missing = pd.DataFrame(share, index=pd.Index(pid[heads], dtype=object), columns=names)
+    missing = pd.DataFrame(share, index=pd.Index(pid, dtype=object), columns=names)
     missing.index.name = "patient_id"
     panel.attrs["factors"] = meta
     panel.attrs["missing"] = missing
@@ -666,24 +686,23 @@ def _standard_factors(g: _Grid, dcol, kept: np.ndarray, inputs: PanelInputs, las
         v[name] = dcol(name)
     drop = g.shift(v["stress"]) - v["stress"]
     v["stress_letdown"] = np.where(np.isnan(drop), np.nan, (drop >= 3).astype(float))
-    usual = g.baseline(v["caffeine_mg"])
-    caf = v["caffeine_mg"]
-    v["caffeine_withdrawal"] = np.where(
-        np.isnan(caf) | np.isnan(usual), np.nan, ((usual >= 100) & (caf < usual / 2)).astype(float))
-    v["menstrual_window"] = _menstrual_window(g, _menstruation(g, dcol("menstruation"), kept))
-
     # sleep: the wearable's night, else the diary's sleep_hours
     sleep = _by_day(g, inputs.sleep_nightly, ["sleep_hours", "efficiency", "awakenings", "bedtime"], last)
     hours = np.where(np.isnan(sleep["sleep_hours"]), dcol("sleep_hours"), sleep["sleep_hours"])
+    usual_caffeine, usual, usual_bedtime = g.baselines(v["caffeine_mg"], hours, sleep["bedtime"])
+    caf = v["caffeine_mg"]
+    v["caffeine_withdrawal"] = np.where(np.isnan(caf) | np.isnan(usual_caffeine), np.nan,
+                                        ((usual_caffeine >= 100) & (caf < usual_caffeine / 2)).astype(float))
+    v["menstrual_window"] = _menstrual_window(g, _menstruation(g, dcol("menstruation"), kept))
+
     v["sleep_hours"] = hours
-    usual = g.baseline(hours)
     short = np.where(np.isnan(usual), hours < 6, (hours < 6) | (hours <= usual - 1.5)).astype(float)
     v["sleep_short"] = np.where(np.isnan(hours) | (np.isnan(usual) & (hours >= 6)), np.nan, short)
     v["sleep_long"] = np.where(np.isnan(hours) | np.isnan(usual), np.nan,
                                (hours >= usual + 1.5).astype(float))
     v["sleep_efficiency"] = sleep["efficiency"]
     v["awakenings"] = sleep["awakenings"]
-    v["bedtime_shift"] = np.abs(sleep["bedtime"] - g.baseline(sleep["bedtime"]))
+    v["bedtime_shift"] = np.abs(sleep["bedtime"] - usual_bedtime)
 
     weather = ["pressure_change", "temperature_max", "temperature_change", "humidity", "precipitation"]
     w = _by_day(g, inputs.weather_daily, weather, last)
@@ -701,7 +720,7 @@ def _by_day(g: _Grid, frame: pd.DataFrame, columns: list[str], last: int) -> dic
     out = {c: np.full(g.n, np.nan) for c in columns}
     if frame is None or frame.empty:
         return out
-    codes = pd.Index(g.ids).get_indexer(frame["patient_id"].astype(str))
+    codes = _codes(g.ids, frame["patient_id"])
     rows = g.rows(codes, _day_of(_naive_ns(frame["date"])))
     ok = rows >= 0
     for c in columns:
@@ -783,13 +802,15 @@ def _tag_factors(g: _Grid, diary, d_row, prefix: str, col: str, dropped,
     a factor when listed on MIN_TAG_DAYS days of the panel (of the cohort, with ``columns``)."""
     cohort = None if columns is None else {t.split(":", 1)[1]: n for t, n in columns.tags.items()
                                            if t.startswith(prefix + ":")}
+    # each distinct list once (split below), not each day's; -1: nothing listed
     if col in diary.columns and not diary.empty:
-        cell = diary[col].astype(object)
+        cell_code, cells = pd.factorize(diary[col])
     elif cohort:  # nothing listed in this block: the cohort's tags are still its columns (all unknown)
-        cell = pd.Series(None, index=diary.index, dtype=object)
+        cell_code, cells = np.full(len(diary), -1), []
     else:
         return {}
-    listed = cell.notna().to_numpy()
+    listed = cell_code >= 0
+    cell_code = cell_code[listed]
     # Tick-box reading: diaries leave the list empty on days with none of these, so from the first day a
     # patient lists anything in this column on, an empty list on a kept diary day means "none". Before
     # that day, and on days without a diary, it stays unknown (docs/features.md).
@@ -798,8 +819,6 @@ def _tag_factors(g: _Grid, diary, d_row, prefix: str, col: str, dropped,
     np.minimum.at(first, code[listed], day[listed])
     known_rows = d_row[listed | (day >= first[code])]
     rows = d_row[listed]
-    # split each distinct list once, not each day's
-    cell_code, cells = pd.factorize(cell[listed])
     tag_cells: dict[str, list[int]] = {}
     for i, text in enumerate(cells):
         for tag in split_tags(text):
@@ -841,7 +860,7 @@ def _custom_factors(g: _Grid, inputs: PanelInputs, diary, d_row, ids, last,
     if long.empty:
         return dict(sorted(out.items(), key=lambda kv: kv[0].removeprefix("custom:")))
     long = _cut(long, "date", last)
-    codes = pd.Index(ids).get_indexer(long["patient_id"].astype(str))
+    codes = _codes(ids, long["patient_id"])
     rows = g.rows(codes, _day_of(_naive_ns(long["date"])))
     vals = _num(long, "value")
     for name, idx in long.groupby(long["factor"].astype(str), sort=True).indices.items():

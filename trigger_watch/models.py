@@ -251,12 +251,13 @@ class _Design:
 
     @property
     def is_bool(self) -> np.ndarray:
-        return self.meta.set_index("column").loc[self.columns, "kind"].to_numpy() == "boolean"
+        kind = dict(zip(self.meta["column"], self.meta["kind"]))
+        return np.array([kind[c] == "boolean" for c in self.columns], dtype=bool)
 
     def lag_pairs(self) -> list[tuple[int, int]]:
         """(lag 0, lag 1) index pairs of the same factor among the main columns."""
-        where = {(f, int(lag)): i for i, (f, lag) in enumerate(
-            self.meta.set_index("column").loc[self.main, ["factor", "lag"]].itertuples(index=False))}
+        key = dict(zip(self.meta["column"], zip(self.meta["factor"], self.meta["lag"])))
+        where = {(f, int(lag)): i for i, (f, lag) in enumerate(key[c] for c in self.main)}
         return [(i, where[(f, 1)]) for (f, lag), i in where.items() if lag == 0 and (f, 1) in where]
 
     def miss_groups(self) -> dict[tuple[str, int], list[int]]:
@@ -309,9 +310,12 @@ class _Chunk:
 
     def spill(self, folder: Path) -> None:
         """Move the big arrays to an uncompressed file in ``folder``: a national cohort's design does not fit
-        in memory at once, and the fit reads each block once per round (from the page cache, not the disk)."""
-        self.path = Path(folder) / f"chunk-{secrets.token_hex(6)}.npz"
-        np.savez(self.path, **{k: getattr(self, k) for k in self._BIG})
+        in memory at once, and the fit reads each block once per round (from the page cache, not the disk).
+        The file is the arrays' .npy records one after another (an .npz costs a zip and its checksums)."""
+        self.path = Path(folder) / f"chunk-{secrets.token_hex(6)}.npy"
+        with open(self.path, "wb") as fh:
+            for k in self._BIG:
+                np.save(fh, getattr(self, k))
         for k in self._BIG:
             setattr(self, k, None)
 
@@ -321,9 +325,9 @@ class _Chunk:
         if self.path is None:
             yield self
             return
-        with np.load(self.path) as f:
+        with open(self.path, "rb") as fh:
             for k in self._BIG:
-                setattr(self, k, f[k])
+                setattr(self, k, np.load(fh))
         try:
             yield self
         finally:
@@ -344,86 +348,155 @@ def _count(mask: np.ndarray, seg: np.ndarray) -> np.ndarray:
     return np.add.reduceat(mask.astype(np.float32), seg, axis=0).astype(np.int64)
 
 
-def _chunks(rows: pd.DataFrame, design: _Design, chunk_cells: int = 8_000_000) -> list[_Chunk]:
-    """Cut at-risk rows (sorted by patient) into blocks of patients, standardise them and pad them into
-    (patients, days, columns) arrays for the batched fit. Per-patient statistics come from segment sums."""
+@dataclass
+class _Layout:
+    """What standardising a block's rows needs to know of the design's columns."""
+
+    Km: int
+    is_bool: np.ndarray
+    lag0: np.ndarray  # (lag 0, lag 1) column pairs of the same factor among the main columns
+    lag1: np.ndarray
+    groups: list[list[int]]  # main columns per missing-indicator group
+    low: np.ndarray  # where the standardised values are clipped: -_WINSOR, -inf for booleans
+
+    @classmethod
+    def of(cls, design: _Design) -> _Layout:
+        pairs = np.array(design.lag_pairs(), dtype=np.intp).reshape(-1, 2)
+        is_bool = design.is_bool
+        return cls(len(design.main), is_bool, pairs[:, 0], pairs[:, 1], list(design.miss_groups().values()),
+                   np.where(is_bool, -np.inf, -_WINSOR))
+
+
+def _standardise(V: np.ndarray, y: np.ndarray, seg: np.ndarray, lens: np.ndarray, lay: _Layout):
+    """The design rows of some patients' at-risk days (``V`` their values, column-major, rows sorted by
+    patient, ``seg`` where each patient starts): main and side columns standardised within the patient
+    (float64, before the fit's float32), the missing-indicators, and the per-patient statistics and counts.
+    Every (rows, columns) array is column-major, as the segment sums want it, per-patient values included
+    (``per_row``: a repeat, not a gather). Each number is computed as by the whole-block version this replaced
+    (the same operations in the same order), so the design is the same bit for bit."""
+    is_bool = lay.is_bool
+
+    def per_row(a):  # per-patient values repeated over the patient's rows
+        return np.repeat(np.ascontiguousarray(a.T), lens, axis=1).T
+
+    obs = np.isfinite(V)
+    Vo = np.where(obs, V, 0.0).astype(float)
+    nobs = _count(obs, seg)
+    n1 = np.maximum(nobs, 1)
+    mean = np.add.reduceat(Vo, seg, axis=0) / n1
+    sd = np.sqrt(np.maximum(np.add.reduceat(Vo * Vo, seg, axis=0) / n1 - mean ** 2, 0.0))
+    n_exp = _count(obs & (V > 0.5), seg)
+    usable = (nobs >= _MIN_OBS) & (sd > 1e-6 * np.maximum(np.abs(mean), 1))
+    usable &= ~is_bool[None] | ((n_exp >= _MIN_EXPOSED) & (nobs - n_exp >= _MIN_EXPOSED))
+    sd_safe = np.where(usable, sd, 1.0)
+    Z = np.where(obs & per_row(usable), (Vo - per_row(mean)) / per_row(sd_safe), 0.0)
+    # A day missing from the diary is imputed from the adjacent day (the same factor at the other lag,
+    # scaled by the patient's own day-to-day correlation), not just set to the mean: diary days go
+    # missing in attacks, and with mean imputation yesterday's value would stand in for today's and
+    # take its effect (the missing-indicators still absorb the level). All pairs at once, and only the
+    # imputed cells are written (no column is in two pairs, and a cell imputed at one lag is one whose
+    # other lag is observed, so not itself imputed).
+    if len(lay.lag0):
+        o0, o1 = obs[:, lay.lag0], obs[:, lay.lag1]
+        z0, z1 = Z[:, lay.lag0], Z[:, lay.lag1]
+        both = o0 & o1
+        nb = np.add.reduceat(both.astype(np.int32), seg, axis=0)
+        rho = np.add.reduceat(z0 * z1 * both, seg, axis=0) / np.maximum(nb, 1)
+        rho = np.where(nb >= 10, np.clip(rho, -0.95, 0.95), 0.0)
+        pidx = np.repeat(np.arange(len(seg)), lens)
+        for to, src, miss in ((lay.lag0, z1, ~o0 & o1), (lay.lag1, z0, ~o1 & o0)):
+            c, r = np.divmod(np.flatnonzero(miss.T), len(V))
+            Z[r, to[c]] = rho[pidx[r], c] * src[r, c]
+    # continuous factors clipped at _WINSOR SDs (booleans: bounds they cannot reach)
+    np.clip(Z, lay.low, -lay.low, out=Z)
+    ind = np.empty((len(V), len(lay.groups)), dtype=bool, order="F")
+    miss_use = np.empty((len(seg), len(lay.groups)), dtype=bool)
+    for gi, ix in enumerate(lay.groups):
+        ind[:, gi] = (~obs[:, ix]).all(1)  # the whole source is missing that day
+        n_ind = np.add.reduceat(ind[:, gi].astype(np.int32), seg)
+        miss_use[:, gi] = (n_ind >= 3) & (n_ind <= lens - 3)
+    ind &= per_row(miss_use)
+    # descriptive counts over at-risk days with the factor observed; "exposed" for a continuous factor is
+    # a value at or above about its upper quartile for this patient (mean + 0.67 SD, rounded)
+    cont = ~is_bool
+    thr = np.ones_like(mean)  # booleans: 1
+    mx = np.maximum.reduceat(np.where(obs[:, cont], V[:, cont], -np.inf), seg, axis=0)
+    thr[:, cont] = np.minimum(_nice(mean[:, cont] + 0.6745 * sd[:, cont]), mx)
+    expo = obs & (V >= per_row(_up32(thr)))
+    exposed = _count(expo, seg)
+    # the other counts from these and from the attack days alone (unexposed = observed - exposed)
+    att = np.flatnonzero(y > 0)
+    cuts = np.searchsorted(att, np.r_[seg, len(V)])
+    att_obs, att_expo = _count_some(obs[att], cuts), _count_some(expo[att], cuts)
+    counts = {"exposed_days": exposed, "attacks_after_exposure": att_expo, "unexposed_days": nobs - exposed,
+              "attacks_without_exposure": att_obs - att_expo, "threshold": thr, "nobs": nobs}
+    return Z, ind, usable, mean, sd, miss_use, counts
+
+
+def _up32(x: np.ndarray) -> np.ndarray:
+    """The smallest float32 at or above each float64: for a float32 ``v``, ``v >= x`` exactly when
+    ``v >= _up32(x)`` (so the comparison needs no float64 copy of ``v``; beyond float32's range: +-inf)."""
+    with np.errstate(over="ignore"):
+        x32 = x.astype(np.float32)
+        return np.where(x32 < x, np.nextafter(x32, np.float32(np.inf)), x32)
+
+
+def _count_some(mask: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    """Per-segment counts of True along axis 0, segments ``cuts[i]:cuts[i + 1]`` (empty ones too)."""
+    run = np.zeros((len(mask) + 1, mask.shape[1]), dtype=np.int64)
+    np.cumsum(mask, axis=0, out=run[1:])
+    return run[cuts[1:]] - run[cuts[:-1]]
+
+
+def _chunks(frame: pd.DataFrame, design: _Design, rows: np.ndarray | None = None, *,
+            chunk_cells: int = 8_000_000, tile_rows: int = 4096) -> list[_Chunk]:
+    """Cut the at-risk rows of ``frame`` (positions ``rows``, else all; sorted by patient) into blocks of
+    patients, standardise them and pad them into (patients, days, columns) arrays for the batched fit.
+    Per-patient statistics come from segment sums.
+
+    A block is standardised ``tile_rows`` rows (whole patients) at a time: each patient's numbers are its
+    own, and the float64 temporaries of a tile stay in the cache where a block's went to memory."""
     cols = design.columns
-    Km, S = len(design.main), len(design.side)
-    groups = list(design.miss_groups().values())
-    G = len(groups)
-    pairs = design.lag_pairs()
-    is_bool = design.is_bool
+    lay = _Layout.of(design)
+    Km, S, G = lay.Km, len(design.side), len(lay.groups)
     K = Km + G + 1
-    pid_all = rows["patient_id"].to_numpy()
+    rows = np.arange(len(frame)) if rows is None else rows
+    pid_all = frame["patient_id"].to_numpy()[rows]
     bounds = np.flatnonzero(np.r_[True, pid_all[1:] != pid_all[:-1], True])
     starts, ends = bounds[:-1], bounds[1:]
-    V_all = rows[cols].to_numpy(dtype=np.float32)
-    y_all = rows["onset"].to_numpy(dtype=float)
+    V_all = np.empty((len(rows), len(cols)), dtype=np.float32, order="F")  # column-major: see _standardise
+    for j, c in enumerate(cols):
+        V_all[:, j] = frame[c].to_numpy(dtype=np.float32)[rows]
+    y_all = frame["onset"].to_numpy(dtype=float)[rows]
     per = max(1, int(chunk_cells // max(1, int((ends - starts).max(initial=1)) * (K + S))))
     out = []
     for c0 in range(0, len(starts), per):
         cs, ce = starts[c0:c0 + per], ends[c0:c0 + per]
-        r0, r1 = cs[0], ce[-1]
-        V, y2 = V_all[r0:r1], y_all[r0:r1]
-        seg, lens = cs - r0, ce - cs
+        lens = ce - cs
         Pc, T = len(cs), int(lens.max())
-        pidx = np.repeat(np.arange(Pc), lens)
-        ridx = np.arange(r1 - r0) - np.repeat(seg, lens)
-        obs = np.isfinite(V)
-        Vo = np.where(obs, V, 0.0).astype(float)
-        nobs = _count(obs, seg)
-        n1 = np.maximum(nobs, 1)
-        mean = np.add.reduceat(Vo, seg, axis=0) / n1
-        sd = np.sqrt(np.maximum(np.add.reduceat(Vo * Vo, seg, axis=0) / n1 - mean ** 2, 0.0))
-        n_exp = _count(obs & (V > 0.5), seg)
-        usable = (nobs >= _MIN_OBS) & (sd > 1e-6 * np.maximum(np.abs(mean), 1))
-        usable &= ~is_bool[None] | ((n_exp >= _MIN_EXPOSED) & (nobs - n_exp >= _MIN_EXPOSED))
-        sd_safe = np.where(usable, sd, 1.0)
-        Z = np.where(obs & usable[pidx], (Vo - mean[pidx]) / sd_safe[pidx], 0.0)
-        # A day missing from the diary is imputed from the adjacent day (the same factor at the other lag,
-        # scaled by the patient's own day-to-day correlation), not just set to the mean: diary days go
-        # missing in attacks, and with mean imputation yesterday's value would stand in for today's and
-        # take its effect (the missing-indicators still absorb the level).
-        for j0, j1 in pairs:
-            both = obs[:, j0] & obs[:, j1]
-            nb = np.add.reduceat(both.astype(np.int32), seg)
-            rho = np.add.reduceat(Z[:, j0] * Z[:, j1] * both, seg) / np.maximum(nb, 1)
-            rho = np.where(nb >= 10, np.clip(rho, -0.95, 0.95), 0.0)[pidx]
-            z0, z1 = Z[:, j0].copy(), Z[:, j1].copy()
-            Z[:, j0] = np.where(~obs[:, j0] & obs[:, j1], rho * z1, z0)
-            Z[:, j1] = np.where(~obs[:, j1] & obs[:, j0], rho * z0, z1)
-        Z = np.where(is_bool[None], Z, np.clip(Z, -_WINSOR, _WINSOR))
         X = np.zeros((Pc, T, K), dtype=np.float32)
-        X[pidx, ridx, :Km] = Z[:, :Km]
-        miss_use = np.zeros((Pc, G), dtype=bool)
-        for gi, ix in enumerate(groups):
-            ind = (~obs[:, ix]).all(1)  # the whole source is missing that day
-            n_ind = np.add.reduceat(ind.astype(np.int32), seg)
-            miss_use[:, gi] = (n_ind >= 3) & (n_ind <= lens - 3)
-            X[pidx, ridx, Km + gi] = ind & miss_use[pidx, gi]
-        X[pidx, ridx, -1] = 1.0
         Zs = np.zeros((Pc, T, S), dtype=np.float32)
-        Zs[pidx, ridx] = Z[:, Km:]
         y = np.zeros((Pc, T))
         w = np.zeros((Pc, T))
-        y[pidx, ridx] = y2
-        w[pidx, ridx] = 1.0
-        # descriptive counts over at-risk days with the factor observed; "exposed" for a continuous factor is
-        # a value at or above about its upper quartile for this patient (mean + 0.67 SD, rounded)
-        mx = np.maximum.reduceat(np.where(obs, V, -np.inf), seg, axis=0)
-        thr = np.minimum(_nice(mean + 0.6745 * sd), mx)
-        thr = np.where(is_bool[None], 1.0, thr)
-        with np.errstate(invalid="ignore"):
-            expo = obs & (V >= thr[pidx])
-        unexp = obs & ~expo
-        att = (y2 > 0)[:, None]
-
-        def per_patient(m, seg=seg):
-            return _count(m, seg)
-
-        counts = {"exposed_days": per_patient(expo), "attacks_after_exposure": per_patient(expo & att),
-                  "unexposed_days": per_patient(unexp), "attacks_without_exposure": per_patient(unexp & att),
-                  "threshold": thr, "nobs": nobs}
+        parts = []
+        # tiles: runs of whole patients of about tile_rows rows
+        cuts = np.flatnonzero(np.diff((cs - cs[0]) // tile_rows, prepend=-1))
+        for p0, p1 in pairwise([*cuts, Pc]):
+            r0, r1 = cs[p0], ce[p1 - 1]
+            Z, ind, *stats = _standardise(V_all[r0:r1], y_all[r0:r1], cs[p0:p1] - r0, lens[p0:p1], lay)
+            # the rows' places in the padded arrays, flat (patient * T + day): one scatter per array
+            flat = np.arange(r1 - r0) + np.repeat(np.arange(p0, p1) * T - (cs[p0:p1] - r0), lens[p0:p1])
+            D = np.empty((r1 - r0, K), dtype=np.float32)
+            D[:, :Km] = Z[:, :Km]
+            D[:, Km:Km + G] = ind
+            D[:, -1] = 1.0
+            X.reshape(Pc * T, K)[flat] = D
+            Zs.reshape(Pc * T, S)[flat] = Z[:, Km:]
+            y.reshape(-1)[flat] = y_all[r0:r1]
+            w.reshape(-1)[flat] = 1.0
+            parts.append(stats)
+        usable, mean, sd, miss_use = (np.concatenate(x) for x in zip(*(p[:4] for p in parts)))
+        counts = {k: np.concatenate([p[4][k] for p in parts]) for k in parts[0][4]}
         out.append(_Chunk(pid_all[cs], X, Zs, y, w, usable, mean, sd, miss_use, counts))
     return out
 
@@ -967,7 +1040,10 @@ def _unpack(obj) -> Mapping:
 
 def fingerprints(panel: pd.DataFrame, columns: list[str]) -> dict[str, str]:
     """A hash per patient of the panel rows a fit uses (any change of a value, a day or a column changes it)."""
-    h = pd.util.hash_pandas_object(panel[["patient_id", "date", "at_risk", "onset"] + columns], index=False)
+    # the columns side by side as they are: panel[names] would copy them (labels do not enter the hash)
+    names = ["patient_id", "date", "at_risk", "onset"] + columns
+    h = pd.util.hash_pandas_object(pd.DataFrame(dict(enumerate(panel[c] for c in names)), copy=False),
+                                   index=False)
     hv = h.to_numpy()
     pid = panel["patient_id"].to_numpy()
     bounds = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1], True])
@@ -1011,31 +1087,46 @@ def prepare(panel: pd.DataFrame, config, *, spill_dir: Path | None = None) -> Pr
     blocks of their at-risk days (moved to files under ``spill_dir`` when given). Blocks of one cohort must
     have the same columns (``features.build_panel(..., columns=features.cohort_columns(...))``)."""
     min_days, min_att = int(config["analysis.min_at_risk_days"]), int(config["analysis.min_attacks"])
-    meta = panel.attrs.get("factors")
+    design = _Design.from_panel(panel)
+    panel = _bare(panel)
     if not _sorted(panel):  # features.build_panel's panels are
         panel = panel.sort_values(["patient_id", "date"], kind="stable")
     window = pd.Timedelta(days=int(config["analysis.max_history_days"]))
     if len(panel) and panel["date"].max() - panel["date"].min() >= window:
         last = panel.groupby("patient_id", sort=False)["date"].transform("max")
         panel = panel[panel["date"] > last - window]
-    panel.attrs["factors"] = meta
-    design = _Design.from_panel(panel)
     data = _data_blocks(panel)
     status = {p: ("ok" if d["at_risk_days"] >= min_days and d["attacks"] >= min_att else "insufficient_data")
               for p, d in data.items()}
     fps = fingerprints(panel, design.columns)
-    at = panel[panel["at_risk"].astype(bool) & (panel["onset"].notna())]
-    at = at[at.groupby("patient_id")["onset"].transform("size") >= 2]
-    chunks = _chunks(at, design) if len(at) else []
+    at = _fit_rows(panel)
+    chunks = _chunks(panel, design, at) if len(at) else []
     if spill_dir is not None:
         for ch in chunks:
             ch.spill(spill_dir)
     return Prepared(design, data, status, fps, chunks)
 
 
+def _bare(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` without its attrs (sharing its data): pandas deep-copies a frame's attrs -- a panel's table
+    of missing shares -- into every column or row selection taken from it, at more cost than the selection."""
+    out = pd.DataFrame(frame, copy=False)
+    out.attrs = {}
+    return out
+
+
+def _fit_rows(panel: pd.DataFrame) -> np.ndarray:
+    """Positions of the rows a fit uses: at-risk days with a known onset, of patients with two or more."""
+    keep = panel["at_risk"].astype(bool).to_numpy() & panel["onset"].notna().to_numpy()
+    codes, ids = pd.factorize(panel["patient_id"])
+    keep &= codes >= 0
+    rows = np.flatnonzero(keep)
+    return rows[np.bincount(codes[rows], minlength=len(ids))[codes[rows]] >= 2]
+
+
 def _sorted(panel: pd.DataFrame) -> bool:
-    """Rows sorted by patient, then date."""
-    pid = panel["patient_id"].to_numpy(dtype=object)
+    """Rows sorted by patient, then date (patients compared by their rank among the sorted ids)."""
+    pid = pd.factorize(panel["patient_id"], sort=True)[0]
     day = panel["date"].to_numpy()
     same = pid[1:] == pid[:-1]
     return bool((pid[1:] >= pid[:-1]).all() and (day[1:][same] > day[:-1][same]).all())
@@ -1105,26 +1196,33 @@ def _cached(store: ModelStore, data: dict, fps: dict, prior: CohortPrior | None)
 
 
 def _data_blocks(panel: pd.DataFrame) -> dict[str, dict]:
-    pid = panel["patient_id"]
-    g = panel.groupby("patient_id", sort=False)
-    last = g["date"].transform("max")
-    recent = panel["date"] > last - pd.Timedelta(days=30)
-    at = panel["at_risk"].astype(bool)
-    agg = pd.DataFrame({
-        "first_day": g["date"].min(), "last_day": g["date"].max(),
-        "diary_days": g["diary_kept"].sum(),
-        "missing_days": (~panel["observed"].astype(bool)).groupby(pid, sort=False).sum(),
-        "at_risk_days": at.groupby(pid, sort=False).sum(),
-        "attacks": (panel["onset"].fillna(0).astype(int) * at).groupby(pid, sort=False).sum(),
-        "migraine_days_last_30": (panel["migraine_day"].astype(bool) & recent).groupby(pid, sort=False).sum(),
-    })
-    first = agg["first_day"].dt.strftime("%Y-%m-%d").to_numpy()
-    lastd = agg["last_day"].dt.strftime("%Y-%m-%d").to_numpy()
-    ints = agg[["diary_days", "missing_days", "at_risk_days", "attacks", "migraine_days_last_30"]].astype(int)
-    out = {}
-    for i, (p, r) in enumerate(zip(agg.index, ints.to_dict("records"))):
-        out[str(p)] = {"first_day": first[i], "last_day": lastd[i], **r}
-    return out
+    """Per patient (in order of first row): first and last day and the day counts, by counting codes (a
+    group-by per count cost several times more)."""
+    code, ids = pd.factorize(panel["patient_id"])
+    ok = code >= 0
+    code = code[ok]
+    date = panel["date"].to_numpy()[ok]
+    first = np.full(len(ids), np.iinfo(np.int64).max)
+    last = np.full(len(ids), np.iinfo(np.int64).min)
+    np.minimum.at(first, code, date.view(np.int64))
+    np.maximum.at(last, code, date.view(np.int64))
+    first, last = first.view(date.dtype), last.view(date.dtype)
+    recent = date > last[code] - np.timedelta64(30, "D")
+    at = panel["at_risk"].astype(bool).to_numpy()[ok]
+
+    def per_patient(x):
+        return np.bincount(code, weights=x, minlength=len(ids)).astype(np.int64).tolist()
+
+    counts = {
+        "diary_days": per_patient(panel["diary_kept"].to_numpy()[ok]),
+        "missing_days": per_patient(~panel["observed"].astype(bool).to_numpy()[ok]),
+        "at_risk_days": per_patient(at),
+        "attacks": per_patient(panel["onset"].fillna(0).astype(int).to_numpy()[ok] * at),
+        "migraine_days_last_30": per_patient(panel["migraine_day"].astype(bool).to_numpy()[ok] & recent),
+    }
+    days = [pd.Series(d).dt.strftime("%Y-%m-%d").tolist() for d in (first, last)]
+    return {str(p): {"first_day": days[0][i], "last_day": days[1][i], **{k: v[i] for k, v in counts.items()}}
+            for i, p in enumerate(ids)}
 
 
 def _labels(meta: pd.DataFrame) -> np.ndarray:
