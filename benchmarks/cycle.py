@@ -85,18 +85,20 @@ def _descendants(root: int) -> list[int]:
 
 
 class PeakMemory:
-    """Samples the resident set of this process and its descendants (MB) on a thread."""
+    """Samples the resident set of this process and its descendants (MB) on a thread; keeps the largest
+    sum, when it was (seconds from the start) and this process's share of it."""
 
     def __init__(self, every: float = 0.05):
-        self.every, self.peak_kb = every, 0
+        self.every, self.peak_kb, self.peak_at, self.peak_main_kb = every, 0, 0.0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        me = os.getpid()
+        me, start = os.getpid(), time.perf_counter()
         while not self._stop.is_set():
-            total = sum(_rss_kb(p) for p in _descendants(me))
-            self.peak_kb = max(self.peak_kb, total)
+            sizes = [_rss_kb(p) for p in _descendants(me)]
+            if sum(sizes) > self.peak_kb:
+                self.peak_kb, self.peak_at, self.peak_main_kb = sum(sizes), time.perf_counter() - start, sizes[0]
             self._stop.wait(self.every)
 
     def __enter__(self) -> PeakMemory:
@@ -218,7 +220,8 @@ def phase_cycle(args, incremental: bool) -> dict:
         result = daemon.run_cycle(db, cfg, today=today, fetch=False, analyse=analyse)
         out["wall_s"] = time.perf_counter() - t
     out.update(status=result.status, analysed=len(result.analysed), failed=len(result.failed),
-               peak_mb=mem.peak_mb, main_hwm_mb=_hwm_mb(), stages=captured)
+               peak_mb=mem.peak_mb, main_hwm_mb=_hwm_mb(), stages=captured, peak_at_s=mem.peak_at,
+               peak_main_mb=mem.peak_main_kb / 1024)
     if result.failed:
         out["first_failures"] = dict(list(result.failed.items())[:3])
     db.conn.close()
@@ -252,6 +255,9 @@ def _print(results: dict, args) -> None:
         extra = f", import of {r['imported_rows']} diary row(s) {r['import_s']:.2f} s" if "import_s" in r else ""
         print(f"{name} cycle: {r['wall_s']:.1f} s wall, {r['analysed']} analysed, {r['failed']} failed, "
               f"peak {r['peak_mb']:.0f} MB (main process {r['main_hwm_mb']:.0f} MB){extra}")
+        if "peak_at_s" in r:
+            print(f"  the peak: {r['peak_at_s']:.1f} s in, this process {r['peak_main_mb']:.0f} MB and its workers "
+                  f"{r['peak_mb'] - r['peak_main_mb']:.0f} MB")
         stages = {k: v for k, v in r["stages"].items() if "/" not in k}
         print("  " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
               + f"  | sum {sum(stages.values()):.1f} s")

@@ -109,6 +109,16 @@ def test_patients_without_a_model_get_the_base_rate(panel, cfg):
     assert pred.loc[pred["fitted"], "patient_id"].nunique() == 34
 
 
+def test_an_origin_before_anyone_logged_gives_base_rates_not_an_error(cfg):
+    """A young cohort (60 days, origins 30 days apart): the first origin has no days before it, so no fit
+    and no recent days to average over; its block is forecast from the base rate of the days there are."""
+    young = simulate.panel_from_cohort(simulate.simulate_cohort(8, 60, 31, triggers=False))
+    v = forecast.rolling_origin(young, cfg, origins=3, step_days=30)
+    pred = v.predictions
+    assert len(pred) and pred["p"].between(0, 1).all()
+    assert not pred.loc[pred["date"] < young["date"].min() + pd.Timedelta(days=30), "fitted"].any()
+
+
 def test_next_day_probability_baseline_and_drivers(panel, cfg):
     tomorrow = (panel["date"].max() + pd.Timedelta(days=1)).date()
     res = models.analyse(panel, cfg, store=False)

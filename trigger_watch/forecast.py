@@ -171,7 +171,7 @@ class _History:
     def __init__(self, recent: pd.DataFrame, meta: pd.DataFrame | None):
         self.recent, self.meta = recent, meta
         pid = recent["patient_id"].to_numpy()
-        b = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1], True])
+        b = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1], True]) if len(pid) else []  # none: no history
         self.where = {pid[s]: (s, e) for s, e in pairwise(b)}
         self._by_cols: dict[tuple, tuple] = {}
 
