@@ -106,6 +106,23 @@ def test_build_charts_gives_what_the_group_by_gave():
     assert analysis.build_charts(panel.iloc[:0]) == {}
 
 
+def test_the_calendar_json_made_per_chunk_is_what_encoding_each_calendar_gave():
+    panel = _panel()
+    intensity = panel["intensity"].to_numpy(copy=True)
+    intensity[[3, 4, 5, 6]] = [-0.0, 0.0, np.inf, -np.inf]  # told apart by sign; infinities are null
+    panel["intensity"] = intensity
+    charts_, texts = analysis.build_charts_json(panel)
+    assert _same(charts_, analysis.build_charts(panel)) and list(texts) == list(charts_)
+    for pid, chart in charts_.items():
+        assert texts[pid] == json.dumps(reports._clean(chart["calendar"]), ensure_ascii=False)
+        triggers = {"patient_id": pid, "generated_at": "2026-11-21T02:30:00Z"}
+        fast = reports.history_row(triggers, chart, calendar_json=texts[pid])
+        plain = reports.history_row(triggers, chart)
+        assert fast[:7] == plain[:7] and fast[6] == json.dumps(reports._clean(chart), ensure_ascii=False)
+    assert '"intensity": -0.0}' in texts["b2"] and '"intensity": 0.0}' in texts["b2"]
+    assert analysis.build_charts_json(panel.iloc[:0]) == ({}, {})
+
+
 # ---------------------------------------------------------------------------------- build_triggers
 
 
@@ -157,6 +174,164 @@ def test_clinician_factor_rows_are_what_the_template_loop_writes():
     kw = dict(t={"factors": FACTORS}, charts={}, svg={"forest": "x"}, factors=FACTORS,
               verdicts=charts.VERDICT_ORDER, colours=charts.VERDICT_COLOURS)
     assert template.render(**kw) == template.render(factor_rows=reports.factor_table_rows(FACTORS), **kw)
+
+
+FLAGS = [
+    {"chronic_migraine": True, "medication_overuse": False, "details": ["x"], "trend": "stable",
+     "Zeta": 1, "alpha_beta": 2.5, "days_logged_last_30": 27, "last_entry": None, "overuse_classes": [],
+     "unknown_drugs": ["<b>pill</b>", 3, None, 1.5], "pair": ("a", True),
+     "medication_days_last_30": {"triptans": 1, "Simple_analgesics": 2.25, "x<y": None, "ok": False},
+     "empty": {}, "note": 'said "no" & <i>left</i>', "flag": True},
+    {"chronic_migraine": False, "medication_overuse": None},
+    {},
+]
+
+
+@pytest.mark.parametrize("flags", FLAGS)
+def test_clinician_flag_rows_are_what_the_template_loop_writes(flags):
+    template = reports._HTML.get_template("clinician.html.j2")
+    kw = {"t": {"flags": flags}, "charts": {}, "svg": {}, "factors": [], "verdicts": charts.VERDICT_ORDER,
+          "colours": charts.VERDICT_COLOURS}
+    fast = reports.flag_table_rows(flags)
+    assert fast is not None and fast.count("<tr>") == len(set(flags) - set(reports._FLAGS_LISTED))
+    assert template.render(flag_rows=fast, **kw) == template.render(flag_rows=None, **kw)
+    assert reports.render_clinician_html({"flags": flags}, {}) == template.render(
+        flag_rows=None, factor_rows=None, **kw | {"svg": reports._html_charts({"flags": flags}, {})})
+
+
+@pytest.mark.parametrize("flags", [None, [("a", 1)], {1: "x"}, {"a": Markup("<b>")}, {"a": {2, 3}},
+                                   {"a": [Markup("<b>")]}, {"a": {"b": [1]}}, {"a": {1: 2}},
+                                   {"a": np.int64(3)}])
+def test_flags_the_fast_rows_do_not_cover_go_to_the_template(flags):
+    assert reports.flag_table_rows(flags) is None
+
+
+def _forest_reference(factors: list[dict], *, width: int = 780) -> Markup:
+    """charts.forest_svg as it was before its rows were written with fewer calls."""
+    if not factors:
+        return Markup("")
+    rows = sorted(factors, key=charts.verdict_sort_key)
+    finite = [v for f in rows for v in (f.get("ci_low"), f.get("ci_high"), f.get("odds_ratio"))
+              if isinstance(v, (int, float)) and v > 0 and math.isfinite(v)]
+    span = max([abs(math.log(v)) for v in finite] + [math.log(2.5)])
+    span = min(span * 1.05, math.log(20))
+    lo_v, hi_v = math.exp(-span), math.exp(span)
+    label_w, text_w, row_h, top = 290, 150, 17, 24
+    pw = width - label_w - text_w
+    heads = len({f.get("verdict") for f in rows})
+    height = top + (len(rows) + heads) * row_h + 26
+
+    def xv(v: float) -> float:
+        v = min(max(v, lo_v), hi_v)
+        return label_w + pw * (math.log(v) + span) / (2 * span)
+
+    e = charts._e
+    out = [(f'<rect x="{xv(0.8):.1f}" y="{top - 4}" width="{xv(1.25) - xv(0.8):.1f}" '
+            f'height="{height - top - 18}" fill="#f2f3f4"/>')]
+    for t in [t for t in (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 10, 20) if lo_v <= t <= hi_v]:
+        x = xv(t)
+        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top - 4}" y2="{height - 22}" '
+                   f'stroke="{"#333" if t == 1 else "#e0e0e0"}"/>'
+                   f'<text x="{x:.1f}" y="{height - 8}" text-anchor="middle" fill="#555">'
+                   f'{charts._num(t)}</text>')
+    out.append(f'<text x="{label_w + pw / 2:.1f}" y="12" text-anchor="middle" fill="#333">'
+               f'odds ratio (log scale), 95% interval &#8592; fewer attacks | more attacks &#8594;</text>')
+    y, current = top, None
+    for f in rows:
+        verdict = f.get("verdict")
+        colour = charts.VERDICT_COLOURS.get(verdict, "#555")
+        if verdict != current:
+            current = verdict
+            out.append(f'<text x="4" y="{y + 12}" font-weight="bold" fill="{colour}">'
+                       f'{e(str(verdict).replace("_", " "))}</text>')
+            y += row_h
+        name = f.get("label") or f"{f.get('factor')} (lag {f.get('lag_days')})"
+        cy = y + row_h / 2
+        out.append(f'<text x="12" y="{cy + 4:.1f}" fill="#222"><title>{e(name)}</title>'
+                   f'{e(charts._short(name, 44))}</text>')
+        orr, lo, hi = f.get("odds_ratio"), f.get("ci_low"), f.get("ci_high")
+        if all(isinstance(v, (int, float)) and v > 0 and math.isfinite(v) for v in (orr, lo, hi)):
+            x1, x2, xc = xv(lo), xv(hi), xv(orr)
+            out.append(f'<line x1="{x1:.1f}" x2="{x2:.1f}" y1="{cy:.1f}" y2="{cy:.1f}" stroke="{colour}" '
+                       f'stroke-width="1.5"/>')
+            if lo < lo_v:
+                out.append(f'<path d="M{x1:.1f},{cy:.1f} l5,-3 l0,6 Z" fill="{colour}"/>')
+            if hi > hi_v:
+                out.append(f'<path d="M{x2:.1f},{cy:.1f} l-5,-3 l0,6 Z" fill="{colour}"/>')
+            out.append(f'<rect x="{xc - 3.5:.1f}" y="{cy - 3.5:.1f}" width="7" height="7" fill="{colour}">'
+                       f'<title>{e(name)}: OR {orr:.2f} ({lo:.2f}-{hi:.2f})</title></rect>')
+            text = f"{orr:.2f} ({lo:.2f}\u2013{hi:.2f})"
+        else:
+            text = "no estimate"
+        out.append(f'<text x="{label_w + pw + 8}" y="{cy + 4:.1f}" fill="#333">{e(text)}</text>')
+        y += row_h
+    return charts._svg(width, height, "Forest plot of every factor's odds ratio by verdict", out)
+
+
+class _Loud(float):
+    """A float that formats itself with HTML in it: the forest plot must escape its text."""
+
+    def __format__(self, spec):
+        return "<" + float.__format__(self, spec) + ">"
+
+
+FOREST = FACTORS[:2] + [
+    {"factor": "a", "verdict": "trigger", "rank": 2, "odds_ratio": 30.0, "ci_low": 0.01, "ci_high": 900.0},
+    {"factor": "b", "verdict": "protective", "odds_ratio": 1, "ci_low": True, "ci_high": 3, "label": "ints"},
+    {"factor": "c", "verdict": "protective", "odds_ratio": np.float64(0.5), "ci_low": 0.25, "ci_high": 0.9},
+    {"factor": "d", "verdict": "no_association", "odds_ratio": 1.0, "ci_low": 0.0, "ci_high": 2.0},
+    {"factor": "e", "verdict": "no_association", "odds_ratio": 1.0, "ci_low": -1.0, "ci_high": float("inf")},
+    {"factor": "f", "verdict": "weird", "odds_ratio": "1.2", "ci_low": 0.5, "ci_high": 2.0, "lag_days": 3},
+    {"factor": "g", "verdict": None, "odds_ratio": _Loud(1.5), "ci_low": _Loud(1.1), "ci_high": _Loud(2.2)},
+    {"factor": "h", "verdict": "trigger", "rank": 1, "odds_ratio": 2.0, "ci_low": 1.0, "ci_high": 4.0,
+     "label": "x" * 60},
+]
+
+
+@pytest.mark.parametrize("factors", [FOREST, FOREST[2:3], FOREST[5:6], [{}]])
+def test_the_forest_plot_is_unchanged(factors):
+    assert charts.forest_svg(factors) == _forest_reference(factors)
+    assert charts.forest_svg(factors, width=500) == _forest_reference(factors, width=500)
+
+
+def test_triggers_json_and_its_history_copy_come_from_the_same_pieces():
+    def file_reference(obj) -> str:  # reports.to_json as it was
+        obj = reports._clean(obj)
+        dump = reports._JSON_STRICT.encode
+
+        def block(value, pad):
+            if isinstance(value, list) and value:
+                return "[\n" + ",\n".join(pad + "  " + dump(v) for v in value) + "\n" + pad + "]"
+            return dump(value)
+
+        if isinstance(obj, dict):
+            body = ",\n".join(f"  {dump(k)}: {block(v, '  ')}" for k, v in obj.items())
+            return "{\n" + body + "\n}\n" if obj else "{}\n"
+        return block(obj, "") + "\n"
+
+    doc = {"patient_id": "p<1>", "text": 'ü "q" \\ \n', "factors": FACTORS, "empty": [], "none": None,
+           "tuple": (1, np.int64(2)), 3: {"nested": [float("nan"), {"x": np.float32(0.5)}]},
+           "nan": float("nan"), "when": date(2026, 1, 2), "flags": {}, "m": Markup("<b>")}
+    for value in (doc, {}, {"a": [1]}, [doc, 1], [], "x", 1.5, None):
+        assert reports.to_json(value) == file_reference(value)
+    text, line = reports._json_texts(reports._clean(doc))
+    assert text == file_reference(doc) and line == json.dumps(reports._clean(doc), ensure_ascii=False)
+    assert reports._json_texts({}) == ("{}\n", "{}")
+    row = reports.history_row(doc, None, triggers_json=line)
+    assert row[:7] == reports.history_row(doc, None)[:7] and row[5] == line
+
+
+def test_patient_pages_word_only_the_factors_they_show():
+    doc = {"factors": [{"factor": f"{v}{k}", "verdict": v, "rank": k, "days_needed": k, "exposed_days": 10,
+                        "attacks_after_exposure": 2} for k in range(12)
+                       for v in ("trigger", "insufficient_data", "warning_sign")]}
+    got = reports.patient_context(doc, None)
+    groups = reports.patient_factors(doc["factors"])
+    said = {v: [{"name": reports.factor_name(f), "text": reports.factor_sentence(f), "f": f}
+                for f in groups[v]] for v in groups}
+    assert got["triggers"] == said["trigger"][:5] and got["more_triggers"] == 7
+    assert got["unsure"] == said["insufficient_data"][:6] and got["more_unsure"] == reports._more(6)
+    assert got["warning_signs"] == said["warning_sign"] and len(got["warning_signs"]) == 12
 
 
 def test_cleaning_for_json_is_unchanged():

@@ -434,8 +434,11 @@ def test_writing_many_patients_at_once_writes_the_same_files(tmp_path):
     for t, c in docs:
         reports.write_patient_reports(tmp_path / "one", t, c)
     bad = triggers_doc("..")  # not a usable folder name: that patient fails, the others are written
+    reports.write_many_patient_reports(tmp_path / "many", docs[1:2])  # p1's folder is there, the others' not
     written, errors = reports.write_many_patient_reports(tmp_path / "many", [docs[0], (bad, None), *docs[1:]])
-    assert [t["patient_id"] for t, _ in written] == ["p0", "p1", "p2"] and list(errors) == [".."]
+    assert [t["patient_id"] for t, _, _ in written] == ["p0", "p1", "p2"] and list(errors) == [".."]
+    # each comes with the history's copy of its triggers.json, made with the file
+    assert all(text == reports.history_row(t, c)[5] for t, c, text in written)
     one = {str(p.relative_to(tmp_path / "one")): p.read_bytes() for p in (tmp_path / "one").rglob("*") if p.is_file()}
     many = {str(p.relative_to(tmp_path / "many")): p.read_bytes() for p in (tmp_path / "many").rglob("*")
             if p.is_file()}

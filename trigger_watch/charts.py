@@ -259,6 +259,16 @@ def verdict_sort_key(f: dict) -> tuple:
             f.get("lag_days") or 0)
 
 
+def _positive(v) -> bool:
+    """A finite number above 0 (what can go on the log axis)."""
+    if type(v) is float:
+        return 0 < v < math.inf  # the common case, without the calls (same result)
+    return isinstance(v, (int, float)) and v > 0 and math.isfinite(v)
+
+
+_NO_ESTIMATE = _e("no estimate")
+
+
 def forest_svg(factors: list[dict], *, width: int = 780) -> Markup:
     """Every factor's odds ratio and 95% interval on a log axis, grouped and coloured by verdict.
 
@@ -268,19 +278,23 @@ def forest_svg(factors: list[dict], *, width: int = 780) -> Markup:
     if not factors:
         return Markup("")
     rows = sorted(factors, key=verdict_sort_key)
-    finite = [v for f in rows for v in (f.get("ci_low"), f.get("ci_high"), f.get("odds_ratio"))
-              if isinstance(v, (int, float)) and v > 0 and math.isfinite(v)]
-    span = max([abs(math.log(v)) for v in finite] + [math.log(2.5)])
+    span = math.log(2.5)
+    for f in rows:
+        get = f.get
+        for v in (get("ci_low"), get("ci_high"), get("odds_ratio")):
+            if _positive(v):
+                span = max(span, abs(math.log(v)))
     span = min(span * 1.05, math.log(20))
     lo_v, hi_v = math.exp(-span), math.exp(span)
+    log_lo, log_hi = math.log(lo_v), math.log(hi_v)
     label_w, text_w, row_h, top = 290, 150, 17, 24
     pw = width - label_w - text_w
     heads = len({f.get("verdict") for f in rows})
     height = top + (len(rows) + heads) * row_h + 26
 
     def xv(v: float) -> float:
-        v = min(max(v, lo_v), hi_v)
-        return label_w + pw * (math.log(v) + span) / (2 * span)
+        log = log_lo if v < lo_v else log_hi if v > hi_v else math.log(v)  # v clamped to the axis
+        return label_w + pw * (log + span) / (2 * span)
 
     band = (f'<rect x="{xv(0.8):.1f}" y="{top - 4}" width="{xv(1.25) - xv(0.8):.1f}" '
             f'height="{height - top - 18}" fill="#f2f3f4"/>')
@@ -293,37 +307,45 @@ def forest_svg(factors: list[dict], *, width: int = 780) -> Markup:
                    f'<text x="{x:.1f}" y="{height - 8}" text-anchor="middle" fill="#555">{_num(t)}</text>')
     out.append(f'<text x="{label_w + pw / 2:.1f}" y="12" text-anchor="middle" fill="#333">'
                f'odds ratio (log scale), 95% interval &#8592; fewer attacks | more attacks &#8594;</text>')
+    value_x = label_w + pw + 8
     y = top
     current = None
     for f in rows:
-        verdict = f.get("verdict")
+        get = f.get
+        verdict = get("verdict")
         colour = VERDICT_COLOURS.get(verdict, "#555")
         if verdict != current:
             current = verdict
             out.append(f'<text x="4" y="{y + 12}" font-weight="bold" fill="{colour}">'
                        f'{_e(str(verdict).replace("_", " "))}</text>')
             y += row_h
-        name = f.get("label") or f"{f.get('factor')} (lag {f.get('lag_days')})"
+        name = get("label") or f"{get('factor')} (lag {get('lag_days')})"
         cy = y + row_h / 2
+        cy_text = f"{cy + 4:.1f}"
         e_name, e_short = _names(name) if type(name) is str else (_e(name), _e(_short(name, 44)))
-        out.append(f'<text x="12" y="{cy + 4:.1f}" fill="#222"><title>{e_name}</title>{e_short}'
-                   f'</text>')
-        orr, lo, hi = f.get("odds_ratio"), f.get("ci_low"), f.get("ci_high")
-        ok = all(isinstance(v, (int, float)) and v > 0 and math.isfinite(v) for v in (orr, lo, hi))
-        if ok:
+        out.append(f'<text x="12" y="{cy_text}" fill="#222"><title>{e_name}</title>{e_short}</text>')
+        orr, lo, hi = get("odds_ratio"), get("ci_low"), get("ci_high")
+        if _positive(orr) and _positive(lo) and _positive(hi):
             x1, x2, xc = xv(lo), xv(hi), xv(orr)
-            out.append(f'<line x1="{x1:.1f}" x2="{x2:.1f}" y1="{cy:.1f}" y2="{cy:.1f}" stroke="{colour}" '
-                       f'stroke-width="1.5"/>')
+            cy_1 = f"{cy:.1f}"
+            arrows = ""
             if lo < lo_v:
-                out.append(f'<path d="M{x1:.1f},{cy:.1f} l5,-3 l0,6 Z" fill="{colour}"/>')
+                arrows += f'<path d="M{x1:.1f},{cy_1} l5,-3 l0,6 Z" fill="{colour}"/>'
             if hi > hi_v:
-                out.append(f'<path d="M{x2:.1f},{cy:.1f} l-5,-3 l0,6 Z" fill="{colour}"/>')
-            out.append(f'<rect x="{xc - 3.5:.1f}" y="{cy - 3.5:.1f}" width="7" height="7" fill="{colour}">'
-                       f'<title>{e_name}: OR {orr:.2f} ({lo:.2f}-{hi:.2f})</title></rect>')
-            text = f"{orr:.2f} ({lo:.2f}\u2013{hi:.2f})"
+                arrows += f'<path d="M{x2:.1f},{cy_1} l-5,-3 l0,6 Z" fill="{colour}"/>'
+            o, a, b = f"{orr:.2f}", f"{lo:.2f}", f"{hi:.2f}"
+            # numbers: nothing to escape, unless a subclass formats itself otherwise
+            plain = type(orr) is float and type(lo) is float and type(hi) is float
+            out.append(f'<line x1="{x1:.1f}" x2="{x2:.1f}" y1="{cy_1}" y2="{cy_1}" stroke="{colour}" '
+                       f'stroke-width="1.5"/>{arrows}'
+                       f'<rect x="{xc - 3.5:.1f}" y="{cy - 3.5:.1f}" width="7" height="7" fill="{colour}">'
+                       f'<title>{e_name}: OR {o} ({a}-{b})</title></rect>')
+            text = f"{o} ({a}\u2013{b})"
+            if not plain:
+                text = _e(text)
         else:
-            text = "no estimate"
-        out.append(f'<text x="{label_w + pw + 8}" y="{cy + 4:.1f}" fill="#333">{_e(text)}</text>')
+            text = _NO_ESTIMATE
+        out.append(f'<text x="{value_x}" y="{cy_text}" fill="#333">{text}</text>')
         y += row_h
     return _svg(width, height, "Forest plot of every factor's odds ratio by verdict", out)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 import os
@@ -364,15 +365,19 @@ DISCLAIMER = ("This report is not medical advice. Talk to your clinician before 
 def patient_context(triggers: dict, charts: dict | None) -> dict[str, Any]:
     """Everything the patient templates show, as plain strings and lists."""
     groups = patient_factors(triggers.get("factors"))
-    said = lambda v: [{"name": factor_name(f), "text": factor_sentence(f), "f": f} for f in groups[v]]  # noqa: E731
-    triggers_shown = said("trigger")
+
+    def said(verdict: str, shown: int | None = None) -> list[dict]:
+        """The first ``shown`` factors of the verdict in words (only those: most patients have ~30 factors
+        we can't tell about yet, and the page lists 6)."""
+        return [{"name": factor_name(f), "text": factor_sentence(f), "f": f} for f in groups[verdict][:shown]]
+
     return {
         "t": triggers, "charts": charts or {},
         "as_of": long_date(triggers.get("as_of")),
         "data_lines": data_sentences(triggers),
-        "triggers": triggers_shown[:5], "more_triggers": max(len(triggers_shown) - 5, 0),
+        "triggers": said("trigger", 5), "more_triggers": max(len(groups["trigger"]) - 5, 0),
         "warning_signs": said("warning_sign"), "protective": said("protective"),
-        "unsure": said("insufficient_data")[:6], "more_unsure": _more(len(groups["insufficient_data"]) - 6),
+        "unsure": said("insufficient_data", 6), "more_unsure": _more(len(groups["insufficient_data"]) - 6),
         "no_effect": said("no_association"),
         "forecast": forecast_sentences(triggers),
         "disclaimer": DISCLAIMER,
@@ -468,7 +473,8 @@ def render_clinician_html(triggers: dict, charts: dict | None = None, *, svg: di
     factors = sorted(triggers.get("factors") or [], key=ch.verdict_sort_key)
     return _HTML.get_template("clinician.html.j2").render(
         t=triggers, charts=charts or {}, svg=svg, factors=factors, factor_rows=factor_table_rows(factors),
-        verdicts=ch.VERDICT_ORDER, colours=ch.VERDICT_COLOURS)
+        flag_rows=flag_table_rows(triggers.get("flags")), verdicts=ch.VERDICT_ORDER,
+        colours=ch.VERDICT_COLOURS)
 
 
 class _Missing:
@@ -534,6 +540,45 @@ def factor_table_rows(factors: list) -> Markup | None:
             f'      <td class="num">{_cell(get("q_value"), 3)}</td><td class="num">{_cell(get("exposed_days"))}</td>\n'
             f'      <td class="num">{_cell(get("attacks_after_exposure"))}</td>'
             f'<td class="num">{_cell(get("days_needed"), 0)}</td></tr>\n')
+    return Markup("".join(rows))
+
+
+#: The flags listed above the clinician page's table of the other flags, and the value types it writes here.
+_FLAGS_LISTED = ("chronic_migraine", "medication_overuse", "details")
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _by_key(item: tuple) -> Any:
+    return item[0].lower()  # Jinja's dictsort, for str keys
+
+
+def flag_table_rows(flags: Any) -> Markup | None:
+    """The rows of the clinician page's table of the other flags (days logged, trend, medication days, ...),
+    exactly as the loop in ``clinician.html.j2`` writes them (its sort, filter and tests took about as long
+    as the rest of the page's template). None unless ``flags`` is a plain dict with str keys whose values
+    are scalars, lists or tuples of scalars, or such dicts: the template's loop then writes them.
+    ``tests/test_fast_paths.py`` checks that the two agree."""
+    if type(flags) is not dict or any(type(k) is not str for k in flags):
+        return None
+    rows = []
+    for key, value in sorted(flags.items(), key=_by_key):
+        if key in _FLAGS_LISTED:
+            continue
+        kind = type(value)
+        if kind in _SCALARS:
+            text = _html(_fmt(value))
+        elif kind is dict:
+            if any(type(k) is not str or type(v) not in _SCALARS for k, v in value.items()):
+                return None
+            text = "; ".join(f"{_html(_words(k))}: {_html(_fmt(v))}"
+                             for k, v in sorted(value.items(), key=_by_key))
+        elif kind is list or kind is tuple:
+            if any(type(x) not in _SCALARS for x in value):
+                return None
+            text = _html(", ".join(map(str, value)) or "\u2013")
+        else:
+            return None
+        rows.append(f'<tr><th>{_html(_words(key))}</th><td class="text">{text}</td></tr>')
     return Markup("".join(rows))
 
 
@@ -645,26 +690,57 @@ def _clean_other(obj: Any) -> Any:
     return str(obj)
 
 
-#: ``json.dumps(v, ensure_ascii=False[, allow_nan=False])`` without making an encoder per call (what dumps does
+#: ``json.dumps(v, ensure_ascii=False, allow_nan=False)`` without making an encoder per call (what dumps does
 #: whenever it is given an option).
-_JSON = json.JSONEncoder(ensure_ascii=False)
 _JSON_STRICT = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+
+
+def _c_encoder():
+    """``_JSON_STRICT``'s C encoder, made once (``encode`` makes one per call, ~1.5 µs, and triggers.json is
+    encoded in ~80 pieces); None where there is none. No check for cycles: a cleaned value has none."""
+    try:
+        return json.encoder.c_make_encoder(None, _JSON_STRICT.default, json.encoder.encode_basestring, None,
+                                           ": ", ", ", False, False, False)
+    except TypeError:  # no C accelerator (c_make_encoder is None), or another signature
+        return None
+
+
+_C_ENCODE = _c_encoder()
+
+
+def _dump(obj: Any) -> str:
+    """``_JSON_STRICT.encode(obj)`` of a value :func:`_clean` made (no NaN or infinity is left in it, so this
+    is also what the history stored, ``json.dumps(obj, ensure_ascii=False)``)."""
+    return _JSON_STRICT.encode(obj) if _C_ENCODE is None else "".join(_C_ENCODE(obj, 0))
 
 
 def to_json(obj: Any) -> str:
     """Readable JSON, fast: one line per top-level key and per list item (C encoder for each piece)."""
     obj = _clean(obj)
-    dump = _JSON_STRICT.encode
-
-    def block(value: Any, pad: str) -> str:
-        if isinstance(value, list) and value:
-            return "[\n" + ",\n".join(pad + "  " + dump(v) for v in value) + "\n" + pad + "]"
-        return dump(value)
-
     if isinstance(obj, dict):
-        body = ",\n".join(f"  {dump(k)}: {block(v, '  ')}" for k, v in obj.items())
-        return "{\n" + body + "\n}\n" if obj else "{}\n"
-    return block(obj, "") + "\n"
+        return _json_texts(obj)[0]
+    if isinstance(obj, list) and obj:
+        return "[\n" + ",\n".join("  " + _dump(v) for v in obj) + "\n]\n"
+    return _dump(obj) + "\n"
+
+
+def _json_texts(obj: dict) -> tuple[str, str]:
+    """A cleaned dict as :func:`to_json` writes it, and as :func:`_dump` writes it on one line (``", "`` and
+    ``": "`` between the same pieces): each piece is encoded once for triggers.json and the history's copy."""
+    if not obj:
+        return "{}\n", "{}"
+    lines, flat = [], []
+    for k, v in obj.items():
+        key = _dump(k)
+        if isinstance(v, list) and v:
+            items = [_dump(x) for x in v]
+            lines.append(f"  {key}: [\n    " + ",\n    ".join(items) + "\n  ]")
+            flat.append(f"{key}: [" + ", ".join(items) + "]")
+        else:
+            text = _dump(v)
+            lines.append(f"  {key}: {text}")
+            flat.append(f"{key}: {text}")
+    return "{\n" + ",\n".join(lines) + "\n}\n", "{" + ", ".join(flat) + "}"
 
 
 def render_report(triggers: dict, charts: dict | None, audience: str = "patient", fmt: str = "md") -> str:
@@ -739,14 +815,23 @@ def _write_all(folder: Path, texts: dict[str, str], fsync: bool) -> list[Path]:
 def patient_texts(triggers: dict, charts: dict | None) -> dict[str, str]:
     """The four patient files as text, keyed by file name (charts drawn and words written once for both
     pages)."""
+    return _patient_files(triggers, charts)[0]
+
+
+def _patient_files(triggers: dict, charts: dict | None) -> tuple[dict[str, str], str | None]:
+    """:func:`patient_texts`, and the history's JSON of ``triggers`` (``triggers_json`` of
+    :func:`history_row`) made from the same encoded pieces as triggers.json (None when ``triggers`` is not a
+    dict)."""
     svg = _html_charts(triggers, charts)
     context = patient_context(triggers, charts)  # once for both patient pages
+    clean = _clean(triggers)
+    file_json, line_json = _json_texts(clean) if type(clean) is dict else (to_json(clean), None)
     return {
-        "triggers.json": to_json(triggers),
+        "triggers.json": file_json,
         "summary.md": _MD.get_template("summary.md.j2").render(**context),
         "summary.html": _HTML.get_template("summary.html.j2").render(svg=svg, **context),
         "clinician.html": render_clinician_html(triggers, charts, svg=svg),
-    }
+    }, line_json
 
 
 def write_patient_reports(reports_dir: str | os.PathLike, triggers: dict, charts: dict | None = None, *,
@@ -762,29 +847,35 @@ def write_patient_reports(reports_dir: str | os.PathLike, triggers: dict, charts
 
 
 def write_many_patient_reports(reports_dir: str | os.PathLike, items: list[tuple[dict, dict | None]]
-                               ) -> tuple[list[tuple[dict, dict | None]], dict[str, str]]:
+                               ) -> tuple[list[tuple[dict, dict | None, str | None]], dict[str, str]]:
     """:func:`write_patient_reports` for many patients, with two file-system syncs in all instead of five
     per patient: every file is rendered and written to its temporary name, the file system is synced, every
     file is renamed into place, and it is synced again. The guarantee is the same (a reader sees old or new
-    whole files; after a crash, a renamed file has its content). Returns the ``(triggers, charts)`` written
-    and ``{patient_id: error}`` for the patients that could not be (their old files are untouched).
+    whole files; after a crash, a renamed file has its content). Returns the ``(triggers, charts,
+    triggers_json)`` written, ``triggers_json`` being the history's copy of triggers.json for
+    :func:`history_row`, and ``{patient_id: error}`` for the patients that could not be (their old files are
+    untouched).
     """
-    staged: list[tuple[tuple[dict, dict | None], list[tuple[Path, Path]]]] = []
+    staged: list[tuple[tuple[dict, dict | None, str | None], list[tuple[str, str]]]] = []
     errors: dict[str, str] = {}
+    # temporary names: this process, one random tag per chunk and a count (not a random draw per file)
+    tag, count = f"{os.getpid()}.{secrets.token_hex(4)}", itertools.count()
     for triggers, charts in items:
         pid = triggers.get("patient_id")
-        moves: list[tuple[Path, Path]] = []
+        moves: list[tuple[str, str]] = []
         try:
-            folder = _safe_folder(Path(reports_dir), pid)
-            texts = patient_texts(triggers, charts)
-            folder.mkdir(parents=True, exist_ok=True)
+            folder = os.fspath(_safe_folder(Path(reports_dir), pid))
+            texts, triggers_json = _patient_files(triggers, charts)
             for name, text in texts.items():
-                path = folder / name
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-                moves.append((tmp, path))
-                with open(tmp, "xb") as fh:
-                    fh.write(text.encode("utf-8"))
-            staged.append(((triggers, charts), moves))
+                tmp = f"{folder}/.{name}.{tag}.{next(count)}.tmp"
+                try:
+                    fd = os.open(tmp, _NEW_FILE, 0o666)
+                except FileNotFoundError:  # the patient's first report: make the folder (not tried each time)
+                    os.makedirs(folder, exist_ok=True)
+                    fd = os.open(tmp, _NEW_FILE, 0o666)
+                moves.append((tmp, f"{folder}/{name}"))
+                _write_fd(fd, text.encode("utf-8"))
+            staged.append(((triggers, charts, triggers_json), moves))
         except Exception as exc:  # one patient's failure must not stop the others
             errors[str(pid)] = f"{type(exc).__name__}: {exc}"
             _remove(tmp for tmp, _ in moves)
@@ -802,6 +893,20 @@ def write_many_patient_reports(reports_dir: str | os.PathLike, items: list[tuple
             _remove(tmp for tmp, _ in moves)
     _sync_file_system(Path(reports_dir))
     return written, errors
+
+
+#: ``open(path, "xb")`` as one system call (Python's open adds an fstat, an ioctl and an lseek).
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+def _write_fd(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to the open file ``fd`` and close it."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 def _remove(paths) -> None:
@@ -852,17 +957,29 @@ def record_history(db, triggers: dict, charts: dict | None = None, *, ranking: d
     return found[0] if found else conn.execute("SELECT last_insert_rowid()").fetchone()[0]
 
 
-def history_row(triggers: dict, charts: dict | None = None, *, ranking: dict | None = None) -> tuple:
+def history_row(triggers: dict, charts: dict | None = None, *, ranking: dict | None = None,
+                triggers_json: str | None = None, calendar_json: str | None = None) -> tuple:
     """The values :func:`record_history_rows` stores for one report (made where the report is rendered, so a
-    worker can serialise its own documents)."""
+    worker can serialise its own documents). The caller may have some of the JSON already: ``triggers_json``
+    (:func:`write_many_patient_reports` makes it with triggers.json) and ``calendar_json``, the text of
+    ``charts["calendar"]`` (``analysis.build_charts_json`` makes it for a whole chunk)."""
     pid = triggers.get("patient_id")
     if not pid:
         raise TriggerWatchError("triggers has no patient_id; cannot record it in the report history")
     model = triggers.get("model") or {}
     return (pid, triggers.get("generated_at") or storage.utcnow_text(), triggers.get("as_of"),
-            model.get("model_id"), triggers.get("status"), _JSON.encode(_clean(triggers)),
-            None if charts is None else _JSON.encode(_clean(charts)), storage.utcnow_text(),
-            None if ranking is None else _JSON.encode(_clean(ranking)))
+            model.get("model_id"), triggers.get("status"),
+            _dump(_clean(triggers)) if triggers_json is None else triggers_json,
+            None if charts is None else _charts_json(charts, calendar_json), storage.utcnow_text(),
+            None if ranking is None else _dump(_clean(ranking)))
+
+
+def _charts_json(charts: dict, calendar_json: str | None) -> str:
+    """``_dump(_clean(charts))``, with ``calendar_json`` for the calendar's part when given."""
+    if calendar_json is None or type(charts) is not dict or any(type(k) is not str for k in charts):
+        return _dump(_clean(charts))
+    return "{" + ", ".join(f"{_dump(k)}: {calendar_json if k == 'calendar' else _dump(_clean(v))}"
+                           for k, v in charts.items()) + "}"
 
 
 def record_history_rows(db, rows: list[tuple]) -> None:
