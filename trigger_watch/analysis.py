@@ -160,6 +160,7 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
                                       map_fn=first.map if first.kind == "local" else None,
                                       save_after=reports_start)
         del parts
+        compute.release_memory()  # the fit's working arrays: the validation's workers need the room
         timings["fit"] = time.perf_counter() - t
 
         t = time.perf_counter()
