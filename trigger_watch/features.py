@@ -341,6 +341,13 @@ def _num(frame: pd.DataFrame, col: str) -> np.ndarray:
     return pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
 
 
+class _SinceFirst(BaseIndexer):
+    """Rolling windows from a per-row first index (the patient's first known value) to the row itself."""
+
+    def get_window_bounds(self, num_values=0, min_periods=None, center=None, closed=None, step=None):
+        return self.first.astype(np.int64), np.arange(1, num_values + 1, dtype=np.int64)
+
+
 @dataclass
 class _Grid:
     """Contiguous day blocks, one per patient: row = start[code] + day - first[code]."""
@@ -378,34 +385,23 @@ class _Grid:
         out[self.start] = np.nan
         return out
 
-    def baselines(self, *columns: np.ndarray) -> list[np.ndarray]:
-        """Per column: the median of the known values strictly before each day (at least BASELINE_MIN_DAYS
-        of them)."""
-        out = []
-        for values in columns:
-            known = np.flatnonzero(~np.isnan(values))
-            kc = self.code[known]
-            # one rolling median whose window runs from the patient's first known value to the row
-            first = np.searchsorted(kc, kc, side="left")
-            med = (pd.Series(values[known]).rolling(_SinceFirst(first=first), min_periods=BASELINE_MIN_DAYS)
-                   .median().to_numpy())
-            # for each day: the running median at the last known day before it, in the same patient
-            at = np.full(self.n, -1)
-            at[known] = np.arange(len(known))
-            at = np.maximum.accumulate(at)
-            prev = np.full(self.n, -1)
-            prev[1:] = at[:-1]
-            ok = prev >= 0
-            ok[ok] = known[prev[ok]] >= self.start[self.code[ok]]
-            out.append(np.where(ok, med[np.maximum(prev, 0)] if len(med) else np.nan, np.nan))
-        return out
-
-
-class _SinceFirst(BaseIndexer):
-    """Rolling windows from a per-row first index (the patient's first known value) to the row itself."""
-
-    def get_window_bounds(self, num_values=0, min_periods=None, center=None, closed=None, step=None):
-        return self.first.astype(np.int64), np.arange(1, num_values + 1, dtype=np.int64)
+    def baseline(self, values: np.ndarray) -> np.ndarray:
+        """Median of the known values strictly before each day (at least BASELINE_MIN_DAYS of them)."""
+        known = np.flatnonzero(~np.isnan(values))
+        kc = self.code[known]
+        # one rolling median whose window runs from the patient's first known value to the row
+        first = np.searchsorted(kc, kc, side="left")
+        med = (pd.Series(values[known]).rolling(_SinceFirst(first=first), min_periods=BASELINE_MIN_DAYS)
+               .median().to_numpy())
+        # for each day: the running median at the last known day before it, in the same patient
+        at = np.full(self.n, -1)
+        at[known] = np.arange(len(known))
+        at = np.maximum.accumulate(at)
+        prev = np.full(self.n, -1)
+        prev[1:] = at[:-1]
+        ok = prev >= 0
+        ok[ok] = known[prev[ok]] >= self.start[self.code[ok]]
+        return np.where(ok, med[np.maximum(prev, 0)] if len(med) else np.nan, np.nan)
 
 
 # ------------------------------------------------------------------------------------ build_panel
@@ -686,23 +682,24 @@ def _standard_factors(g: _Grid, dcol, kept: np.ndarray, inputs: PanelInputs, las
         v[name] = dcol(name)
     drop = g.shift(v["stress"]) - v["stress"]
     v["stress_letdown"] = np.where(np.isnan(drop), np.nan, (drop >= 3).astype(float))
+    usual = g.baseline(v["caffeine_mg"])
+    caf = v["caffeine_mg"]
+    v["caffeine_withdrawal"] = np.where(
+        np.isnan(caf) | np.isnan(usual), np.nan, ((usual >= 100) & (caf < usual / 2)).astype(float))
+    v["menstrual_window"] = _menstrual_window(g, _menstruation(g, dcol("menstruation"), kept))
+
     # sleep: the wearable's night, else the diary's sleep_hours
     sleep = _by_day(g, inputs.sleep_nightly, ["sleep_hours", "efficiency", "awakenings", "bedtime"], last)
     hours = np.where(np.isnan(sleep["sleep_hours"]), dcol("sleep_hours"), sleep["sleep_hours"])
-    usual_caffeine, usual, usual_bedtime = g.baselines(v["caffeine_mg"], hours, sleep["bedtime"])
-    caf = v["caffeine_mg"]
-    v["caffeine_withdrawal"] = np.where(np.isnan(caf) | np.isnan(usual_caffeine), np.nan,
-                                        ((usual_caffeine >= 100) & (caf < usual_caffeine / 2)).astype(float))
-    v["menstrual_window"] = _menstrual_window(g, _menstruation(g, dcol("menstruation"), kept))
-
     v["sleep_hours"] = hours
+    usual = g.baseline(hours)
     short = np.where(np.isnan(usual), hours < 6, (hours < 6) | (hours <= usual - 1.5)).astype(float)
     v["sleep_short"] = np.where(np.isnan(hours) | (np.isnan(usual) & (hours >= 6)), np.nan, short)
     v["sleep_long"] = np.where(np.isnan(hours) | np.isnan(usual), np.nan,
                                (hours >= usual + 1.5).astype(float))
     v["sleep_efficiency"] = sleep["efficiency"]
     v["awakenings"] = sleep["awakenings"]
-    v["bedtime_shift"] = np.abs(sleep["bedtime"] - usual_bedtime)
+    v["bedtime_shift"] = np.abs(sleep["bedtime"] - g.baseline(sleep["bedtime"]))
 
     weather = ["pressure_change", "temperature_max", "temperature_change", "humidity", "precipitation"]
     w = _by_day(g, inputs.weather_daily, weather, last)
