@@ -393,7 +393,7 @@ def write_report_chunk(job: tuple) -> tuple[list[tuple], dict[str, str]]:
                                 calendar_json=calendars.get(t["patient_id"])) for t, c, j in written], errors
 
 
-def _pack_summaries(items: list[tuple[str, dict]]) -> tuple[list[tuple[str, dict]], tuple | None]:
+def _pack_summaries(items: list[tuple[str, dict]]) -> tuple[list[tuple[str, dict]], tuple]:
     """A chunk's items for a worker, their results' summaries taken out into one frame: pickling a few
     hundred small frames with text columns cost the sending process ~20 times what one frame of them does.
     Returns the items (each result's ``summary`` None) and ``(frame, rows per item)``, undone by
@@ -405,8 +405,8 @@ def _pack_summaries(items: list[tuple[str, dict]]) -> tuple[list[tuple[str, dict
         if summary is None or (frames and not summary.dtypes.equals(frames[0].dtypes)):
             sizes.append(-1)  # sent as it is (a frame of other dtypes would change them in the concat)
         else:
-            frames.append(result.summary)
-            sizes.append(len(result.summary))
+            frames.append(summary)
+            sizes.append(len(summary))
             parts = {**parts, "result": dataclasses.replace(result, summary=None)}
         out.append((pid, parts))
     return out, ((pd.concat(frames, ignore_index=True) if frames else None), sizes)
@@ -418,8 +418,7 @@ def _unpack_summaries(items: list[tuple[str, dict]], packed) -> list[tuple[str, 
     out, at = [], 0
     for (pid, parts), n in zip(items, sizes):
         if n >= 0:
-            summary = frame.iloc[at:at + n]
-            summary.index = pd.RangeIndex(n)
+            summary = models.summary_rows(frame, at, at + n)
             parts = {**parts, "result": dataclasses.replace(parts["result"], summary=summary)}
             at += n
         out.append((pid, parts))

@@ -1013,7 +1013,7 @@ class _Packed(Mapping):
 
     def __getitem__(self, pid: str) -> PatientAnalysis:
         i, p = self.where[pid], self.p
-        summary = p["summary"].iloc[self.start[i]:self.start[i + 1]].reset_index(drop=True)
+        summary = summary_rows(p["summary"], self.start[i], self.start[i + 1])
         est = None
         if i in self.row:
             k, state = self.row[i], p["state"]
@@ -1321,16 +1321,23 @@ def _verdicts(fit: _Fit, design: _Design, status, data, fdr, lo, hi, min_days, m
         "q_value": q.ravel()[flat], "exposed_days": ints(cnt["exposed_days"]),
         "attacks_after_exposure": ints(cnt["attacks_after_exposure"]),
         "days_needed": pd.array(need.ravel()[flat], dtype="Int64"), "p_value": pval.ravel()[flat],
-        "unexposed_days": ints(cnt["unexposed_days"]), "attacks_without_exposure": ints(cnt["attacks_without_exposure"]),
+        "unexposed_days": ints(cnt["unexposed_days"]),
+        "attacks_without_exposure": ints(cnt["attacks_without_exposure"]),
         "exposure": expo_txt.ravel()[flat],
     })
     out = _Summaries()
     out.body = body  # every summary in one frame, in the order of ``out`` (the model store keeps this)
     for i, pid in enumerate(fit.pids):
-        part = body.iloc[i * J:(i + 1) * J]  # a view (copy on write): relabelled, not copied as reset_index
-        part.index = pd.RangeIndex(J)
-        out[pid] = part
+        out[pid] = summary_rows(body, i * J, (i + 1) * J)
     return out
+
+
+def summary_rows(frame: pd.DataFrame, start: int, stop: int) -> pd.DataFrame:
+    """Rows ``start:stop`` of a frame of several patients' summaries, as one patient's summary (index
+    0..n-1): a view (copy on write) relabelled, not the copy ``reset_index`` makes."""
+    rows = frame.iloc[start:stop]
+    rows.index = pd.RangeIndex(stop - start)
+    return rows
 
 
 class _Summaries(dict):
