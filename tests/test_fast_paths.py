@@ -191,7 +191,7 @@ FLAGS = [
 def test_clinician_flag_rows_are_what_the_template_loop_writes(flags):
     template = reports._HTML.get_template("clinician.html.j2")
     kw = {"t": {"flags": flags}, "charts": {}, "svg": {}, "factors": [], "verdicts": charts.VERDICT_ORDER,
-          "colours": charts.VERDICT_COLOURS}
+          "colours": charts.VERDICT_COLOURS, "flags_listed": reports._FLAGS_LISTED}
     fast = reports.flag_table_rows(flags)
     assert fast is not None and fast.count("<tr>") == len(set(flags) - set(reports._FLAGS_LISTED))
     assert template.render(flag_rows=fast, **kw) == template.render(flag_rows=None, **kw)

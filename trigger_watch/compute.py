@@ -12,6 +12,7 @@ with the caller (tasks receive the data they need and return rows for the caller
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -83,19 +84,19 @@ def release_memory() -> None:
     """Hand the memory freed inside the C heap back to the system (glibc's ``malloc_trim``; nothing where
     there is none). Large numpy buffers return by themselves; the many small blocks of a frame or of pickled
     results stay in the heap, counted in the process's resident size, until trimmed."""
-    global _TRIM
-    if _TRIM is None:
-        try:
-            import ctypes
-
-            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _TRIM = False
-    if _TRIM:
-        _TRIM(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
-_TRIM: Any = None
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 class DaskExecutor(Executor):

@@ -473,8 +473,8 @@ def render_clinician_html(triggers: dict, charts: dict | None = None, *, svg: di
     factors = sorted(triggers.get("factors") or [], key=ch.verdict_sort_key)
     return _HTML.get_template("clinician.html.j2").render(
         t=triggers, charts=charts or {}, svg=svg, factors=factors, factor_rows=factor_table_rows(factors),
-        flag_rows=flag_table_rows(triggers.get("flags")), verdicts=ch.VERDICT_ORDER,
-        colours=ch.VERDICT_COLOURS)
+        flag_rows=flag_table_rows(triggers.get("flags")), flags_listed=_FLAGS_LISTED,
+        verdicts=ch.VERDICT_ORDER, colours=ch.VERDICT_COLOURS)
 
 
 class _Missing:
@@ -543,7 +543,8 @@ def factor_table_rows(factors: list) -> Markup | None:
     return Markup("".join(rows))
 
 
-#: The flags listed above the clinician page's table of the other flags, and the value types it writes here.
+#: The flags listed above the clinician page's table of the other flags (the template leaves them out of it
+#: too), and the value types :func:`flag_table_rows` writes.
 _FLAGS_LISTED = ("chronic_migraine", "medication_overuse", "details")
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
