@@ -187,6 +187,7 @@ def phase_cycle(args, incremental: bool) -> dict:
         shutil.copyfile(workdir / PRISTINE, cfg.database)
         for folder in (cfg.models_dir, cfg.reports_dir):
             shutil.rmtree(folder, ignore_errors=True)
+        os.sync()  # the kernel writes the copy out now, not on the cores of the cycle being timed
     db = storage.connect(cfg.database)
     today = AS_OF + timedelta(days=1) if incremental else AS_OF
     out: dict = {}
