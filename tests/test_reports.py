@@ -412,6 +412,43 @@ def test_history_keeps_what_we_told_each_time(db):
 
 
 
+def test_only_the_newest_reports_charts_are_kept_in_one_row_per_patient(db):
+    """The charts live in report_charts, one row per patient: recording a report rewrites no older history
+    row, an older report recorded late does not take the newest one's place, and a newest report without
+    charts leaves none."""
+    old = triggers_doc(generated_at="2026-10-21T02:30:00Z", as_of="2026-10-20")
+    new = triggers_doc(generated_at="2026-11-21T02:30:00Z")
+    reports.record_history(db, new, charts_doc(days=10))
+    reports.record_history(db, old, charts_doc(days=30))  # late: it is not the newest
+    rows = reports.history(db, "p1")
+    assert [r["as_of"] for r in rows] == ["2026-11-20", "2026-10-20"]
+    assert rows[0]["charts"] == charts_doc(days=10) and rows[1]["charts"] is None
+    assert db.execute("SELECT count(*) FROM reports WHERE charts_json IS NOT NULL").fetchone()[0] == 0
+    assert db.execute("SELECT patient_id, generated_at FROM report_charts").fetchall() == [
+        ("p1", "2026-11-21T02:30:00Z")]
+    reports.record_history(db, triggers_doc(generated_at="2026-11-22T02:30:00Z", as_of="2026-11-21"), None)
+    assert [r["charts"] for r in reports.history(db, "p1")] == [None, None, None]
+    assert db.execute("SELECT count(*) FROM report_charts").fetchone()[0] == 0
+
+
+def test_migration_42_moves_the_newest_charts_out_of_the_history(tmp_path):
+    """A database made before migration 42 kept the newest report's charts in its history row: after the
+    upgrade they are read from report_charts, and the history rows no longer hold them."""
+    old_db = storage.connect(tmp_path / "old.db", migrate=False)
+    storage.migrate_db(old_db, up_to=41)
+    charts_text = json.dumps(charts_doc(days=5))
+    with storage.transaction(old_db) as conn:
+        conn.executemany(
+            "INSERT INTO reports (patient_id, generated_at, as_of, triggers_json, charts_json, recorded_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [("p1", "2026-10-21T02:30:00Z", "2026-10-20", json.dumps(triggers_doc()), None, "x"),
+             ("p1", "2026-11-21T02:30:00Z", "2026-11-20", json.dumps(triggers_doc()), charts_text, "x"),
+             ("p2", "2026-11-21T02:30:00Z", "2026-11-20", json.dumps(triggers_doc("p2")), None, "x")])
+    assert 42 in storage.migrate_db(old_db)
+    assert [r["charts"] for r in reports.history(old_db, "p1")] == [charts_doc(days=5), None]
+    assert reports.latest_entry(old_db, "p2")["charts"] is None
+    assert old_db.execute("SELECT count(*) FROM reports WHERE charts_json IS NOT NULL").fetchone()[0] == 0
+
 def test_the_ranking_reads_the_row_kept_with_the_newest_report(db):
     """One query for the whole cohort; a report kept without its ranking row (before migration 41) has it made
     from its triggers.json."""

@@ -66,8 +66,23 @@ storage.register_migration(41, "the cohort ranking's row of each patient's newes
         ranking_json TEXT NOT NULL
     )""",
 ])
+storage.register_migration(42, "the newest report's charts in a table of their own", [
+    # One row per patient, replaced each run. Kept in the history's rows, every run rewrote the previous row
+    # (its ~25 KB triggers.json with it) to drop its charts, and looked at every older row of the patient.
+    """CREATE TABLE report_charts (
+        patient_id TEXT PRIMARY KEY,
+        generated_at TEXT NOT NULL,
+        charts_json TEXT NOT NULL
+    )""",
+    """INSERT OR REPLACE INTO report_charts (patient_id, generated_at, charts_json)
+       SELECT patient_id, generated_at, charts_json FROM reports AS r WHERE charts_json IS NOT NULL
+       AND generated_at = (SELECT max(generated_at) FROM reports
+                           WHERE patient_id = r.patient_id AND charts_json IS NOT NULL)""",
+    "UPDATE reports SET charts_json = NULL WHERE charts_json IS NOT NULL",
+])
 storage.register_patient_table("reports")
 storage.register_patient_table("report_rankings")
+storage.register_patient_table("report_charts")
 
 PATIENT_FILES = ("triggers.json", "summary.md", "summary.html", "clinician.html")
 COHORT_FILES = ("ranking.json", "ranking.csv", "ranking.html")
@@ -984,17 +999,25 @@ def _charts_json(charts: dict, calendar_json: str | None) -> str:
 
 
 def record_history_rows(db, rows: list[tuple]) -> None:
-    """Store many :func:`history_row` rows in one transaction (the caller's, when there is one)."""
+    """Store many :func:`history_row` rows in one transaction (the caller's, when there is one). A report's
+    charts go to ``report_charts``, which keeps the newest report's only."""
     with storage.transaction(db) as conn:
-        conn.executemany("UPDATE reports SET charts_json = NULL WHERE patient_id = ?", [(r[0],) for r in rows])
         conn.executemany(
             "INSERT INTO reports (patient_id, generated_at, as_of, model_id, status, triggers_json, charts_json, "
-            "recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (patient_id, generated_at) "
+            "recorded_at) VALUES (?, ?, ?, ?, ?, ?, NULL, ?) ON CONFLICT (patient_id, generated_at) "
             "DO UPDATE SET as_of = excluded.as_of, model_id = excluded.model_id, status = excluded.status, "
-            "triggers_json = excluded.triggers_json, charts_json = excluded.charts_json, "
-            "recorded_at = excluded.recorded_at",
-            [r[:8] for r in rows],
+            "triggers_json = excluded.triggers_json, recorded_at = excluded.recorded_at",
+            [(*r[:6], r[7]) for r in rows],
         )
+        conn.executemany(
+            "INSERT INTO report_charts (patient_id, generated_at, charts_json) VALUES (?, ?, ?) "
+            "ON CONFLICT (patient_id) DO UPDATE SET generated_at = excluded.generated_at, "
+            "charts_json = excluded.charts_json WHERE excluded.generated_at >= report_charts.generated_at",
+            [(r[0], r[1], r[6]) for r in rows if r[6] is not None],
+        )
+        # a newer report without charts: the older one's are not the newest report's
+        conn.executemany("DELETE FROM report_charts WHERE patient_id = ? AND generated_at <= ?",
+                         [(r[0], r[1]) for r in rows if r[6] is None])
         conn.executemany(
             "INSERT INTO report_rankings (patient_id, generated_at, ranking_json) VALUES (?, ?, ?) "
             "ON CONFLICT (patient_id) DO UPDATE SET generated_at = excluded.generated_at, "
@@ -1002,25 +1025,29 @@ def record_history_rows(db, rows: list[tuple]) -> None:
             [(r[0], r[1], r[8]) for r in rows if r[8] is not None],
         )
 
+
 def _row(r: tuple) -> dict:
     return {"id": r[0], "patient_id": r[1], "generated_at": r[2], "as_of": r[3], "model_id": r[4], "status": r[5],
             "triggers": json.loads(r[6]), "charts": json.loads(r[7]) if r[7] else None}
 
 
-_COLS = "id, patient_id, generated_at, as_of, model_id, status, triggers_json, charts_json"
+#: a history row and, for the newest report, its charts (``report_charts``)
+_COLS = ("r.id, r.patient_id, r.generated_at, r.as_of, r.model_id, r.status, r.triggers_json, c.charts_json "
+         "FROM reports AS r LEFT JOIN report_charts AS c "
+         "ON c.patient_id = r.patient_id AND c.generated_at = r.generated_at")
 
 
 def history(db, patient_id: str) -> list[dict]:
     """Every report we made for the patient, newest first: ``id, generated_at, as_of, model_id, status,
     triggers`` (the dict we wrote) and ``charts`` (newest row only, else None)."""
-    rows = db.execute(f"SELECT {_COLS} FROM reports WHERE patient_id = ? ORDER BY generated_at DESC, id DESC",
+    rows = db.execute(f"SELECT {_COLS} WHERE r.patient_id = ? ORDER BY r.generated_at DESC, r.id DESC",
                       (patient_id,)).fetchall()
     return [_row(r) for r in rows]
 
 
 def latest_entry(db, patient_id: str) -> dict | None:
     """The newest history row of the patient (see :func:`history`, with ``charts``), or None."""
-    r = db.execute(f"SELECT {_COLS} FROM reports WHERE patient_id = ? ORDER BY generated_at DESC, id DESC LIMIT 1",
+    r = db.execute(f"SELECT {_COLS} WHERE r.patient_id = ? ORDER BY r.generated_at DESC, r.id DESC LIMIT 1",
                    (patient_id,)).fetchone()
     return _row(r) if r else None
 
