@@ -878,3 +878,73 @@ def test_design_blocks_are_what_the_whole_block_version_gave(design_panel, chunk
     want = _chunks_reference(rows, design, chunk_cells=chunk_cells)
     assert len(want) > 1 or chunk_cells > 60_000
     _same_chunks(got, want)
+
+
+# ------------------------------------------------------------------------------------------ forecast
+
+def _next_day_reference(ahead, results: dict, tomorrow: date) -> dict[str, dict]:
+    """forecast.next_day as it was: one patient at a time through TriggerModel's own methods."""
+    from trigger_watch import forecast
+
+    rows = ahead.rows
+    history = forecast._History(ahead.recent, ahead.meta)
+    out: dict[str, dict] = {}
+    in_order = forecast._InOrder(rows)
+    for i, pid in enumerate(rows["patient_id"]):
+        est = forecast._fitted_model(results, pid)
+        if est is None:
+            continue
+        key = tuple(est.columns_)
+        masks = history.layout(key)[1]
+        values = in_order(key)[i:i + 1]
+        past = history.of(pid, key)
+        p = float(forecast._marginal(est, values, past, masks)[0])
+        usual = np.where(masks[0][None, :] & ~np.isfinite(values), np.nan, np.asarray(est.mean_, dtype=float))
+        base = float(forecast._marginal(est, usual, past, masks)[0])
+        x = forecast._as_forecast(values.copy(), est, (np.zeros(len(key), dtype=bool), masks[1]))
+        c_all = est.contributions(x)[0]
+        keep = np.abs(c_all) > 1e-6
+        drivers = []
+        for col, c in zip(np.asarray(key, dtype=object)[keep], c_all[keep]):
+            factor, lag = forecast._split(col)
+            p_without = 1 / (1 + np.exp(-(np.log(p / (1 - p)) - c)))
+            drivers.append({"factor": factor, "lag_days": lag, "contribution": round(p - p_without, 4)})
+        drivers = sorted(drivers, key=lambda d: -abs(d["contribution"]))[:forecast.MAX_DRIVERS]
+        out[pid] = {"date": tomorrow.isoformat(), "attack_probability": round(p, 4),
+                    "baseline_probability": round(base, 4), "drivers": drivers}
+    return out
+
+
+def test_next_day_for_many_patients_at_once_is_what_one_at_a_time_gave():
+    """forecast.next_day computes every patient of a column layout together; the same forecasts as one
+    patient at a time, for patients with a full history, none, a short one, and without a fitted model."""
+    from trigger_watch import forecast
+
+    cfg = config.defaults()
+    panel = simulate.panel_from_cohort(simulate.simulate_cohort(30, 200, 17, premonitory=1.0))
+    last = panel["date"].max()
+    tomorrow = (last + pd.Timedelta(days=1)).date()
+    body = panel[panel["date"] < last]
+    body.attrs = panel.attrs
+    results = models.analyse(body, cfg, store=False)
+    ahead_rows = panel[panel["date"] == last].copy()
+    ahead_rows["date"] = pd.Timestamp(tomorrow)
+    meta = panel.attrs["factors"].set_index("column")
+    for c in meta.index:
+        if c.endswith("@0") and meta.at[c, "group"] not in forecast.KNOWN_AHEAD:
+            ahead_rows.loc[ahead_rows["patient_id"] != "p00003", c] = np.nan  # p00003 logged ahead
+    plain = body.copy()
+    plain.attrs, ahead_rows.attrs = {}, {}  # pandas compares attrs on concat
+    full = pd.concat([plain, ahead_rows], ignore_index=True)
+    full.attrs = panel.attrs
+    ahead = forecast.Ahead.of(full, tomorrow)
+    recent = ahead.recent
+    short = recent["patient_id"] == "p00001"
+    ahead = forecast.Ahead(ahead.rows, recent[~short | (recent["date"] > recent["date"].max() - pd.Timedelta(
+        days=3))].reset_index(drop=True), ahead.meta)  # p00001: 3 recent days
+    ahead = forecast.Ahead(ahead.rows, ahead.recent[ahead.recent["patient_id"] != "p00002"], ahead.meta)  # none
+    results.pop("p00004")
+    got = forecast.next_day(ahead, results, tomorrow)
+    want = _next_day_reference(ahead, results, tomorrow)
+    assert list(got) == list(want) and len(want) > 20 and "p00004" not in got
+    assert got == want

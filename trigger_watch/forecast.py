@@ -186,6 +186,18 @@ class _History:
                                   _hide_mask(key, _same_day_columns(self.meta, key)))
         return self._by_cols[key]
 
+    def stacked(self, pids: Sequence, columns: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`of` of several patients, one under the other, and the position in ``pids`` of each row's
+        patient."""
+        (compact, have), _ = self.layout(columns)
+        spans = np.array([self.where.get(pid, (0, 0)) for pid in pids], dtype=np.int64).reshape(-1, 2)
+        days = spans[:, 1] - spans[:, 0]
+        owner = np.repeat(np.arange(len(pids)), days)
+        first = np.repeat(spans[:, 0] - (np.cumsum(days) - days), days)  # each row's offset into compact
+        out = np.full((len(owner), len(columns)), np.nan)
+        out[:, have] = compact[first + np.arange(len(owner))]
+        return out, owner
+
     def of(self, pid, columns: Sequence[str]) -> np.ndarray:
         """The patient's recent days in ``columns`` order (NaN where ``recent`` lacks a column)."""
         (compact, have), _ = self.layout(columns)
@@ -200,38 +212,97 @@ def next_day(panel: pd.DataFrame | Ahead, results: dict, tomorrow: date) -> dict
 
     Tomorrow's same-day diary and night are unknown (NaN) unless the panel has them; the forecast averages
     over the patient's own recent values of those (see :func:`_marginal`). ``panel``: the panel, or the
-    :class:`Ahead` part of it for ``tomorrow``."""
+    :class:`Ahead` part of it for ``tomorrow``. The patients whose models share a column layout (all of a
+    cohort fit's) are computed together, row by row as :func:`_marginal` does one patient."""
     ahead = panel if isinstance(panel, Ahead) else Ahead.of(panel, tomorrow)
     rows = ahead.rows
     history = _History(ahead.recent, ahead.meta)
-    out: dict[str, dict] = {}
     in_order = _InOrder(rows)
-    for i, pid in enumerate(rows["patient_id"]):
+    pids = rows["patient_id"].to_numpy()
+    layouts: dict[tuple, list[tuple[int, models.TriggerModel]]] = {}
+    for i, pid in enumerate(pids):
         est = _fitted_model(results, pid)
-        if est is None:
-            continue
-        key = tuple(est.columns_)
+        if est is not None:
+            layouts.setdefault(tuple(est.columns_), []).append((i, est))
+    made: dict[int, dict] = {}
+    for key, members in layouts.items():
+        where = np.array([i for i, _ in members], dtype=np.int64)
+        many = _Models([est for _, est in members])
         masks = history.layout(key)[1]
-        values = in_order(key)[i:i + 1]
-        past = history.of(pid, key)
-        p = float(_marginal(est, values, past, masks)[0])
+        values = in_order(key)[where]
+        past, owner = history.stacked(pids[where], key)
+        p = _marginal_many(many, values, past, owner, masks)
         # the usual day, with the same values unknown as tomorrow and averaged over the same way: the ratio
         # p / base is then what tomorrow's known values do, nothing else
-        usual = np.where(masks[0][None, :] & ~np.isfinite(values), np.nan, np.asarray(est.mean_, dtype=float))
-        base = float(_marginal(est, usual, past, masks)[0])
-        x = _as_forecast(values.copy(), est, (np.zeros(len(key), dtype=bool), masks[1]))
-        c_all = est.contributions(x)[0]
+        usual = np.where(masks[0][None, :] & ~np.isfinite(values), np.nan, many.mean)
+        base = _marginal_many(many, usual, past, owner, masks)
+        x = values.copy()
+        fill = masks[1][None, :] & ~np.isfinite(x)
+        x[fill] = many.mean[fill]
+        c_all = many.dev(x) * many.coef
         keep = np.abs(c_all) > 1e-6
-        drivers = []
-        for col, c in zip(np.asarray(key, dtype=object)[keep], c_all[keep]):
-            factor, lag = _split(col)
-            # contribution on the probability scale: risk with this factor at its usual value vs as forecast
-            p_without = 1 / (1 + np.exp(-(np.log(p / (1 - p)) - c)))
-            drivers.append({"factor": factor, "lag_days": lag, "contribution": round(p - p_without, 4)})
-        drivers = sorted(drivers, key=lambda d: -abs(d["contribution"]))[:MAX_DRIVERS]
-        out[pid] = {"date": tomorrow.isoformat(), "attack_probability": round(p, 4),
-                    "baseline_probability": round(base, 4), "drivers": drivers}
-    return out
+        # contribution on the probability scale: risk with this factor at its usual value vs as forecast
+        p_without = 1 / (1 + np.exp(-(np.log(p / (1 - p))[:, None] - c_all)))
+        lost = p[:, None] - p_without
+        names = [_split(c) for c in key]
+        for j, i in enumerate(where.tolist()):
+            cols = np.flatnonzero(keep[j])
+            drivers = [{"factor": names[c][0], "lag_days": names[c][1], "contribution": round(v, 4)}
+                       for c, v in zip(cols.tolist(), lost[j, cols].tolist())]
+            drivers = sorted(drivers, key=lambda d: -abs(d["contribution"]))[:MAX_DRIVERS]
+            made[i] = {"date": tomorrow.isoformat(), "attack_probability": round(float(p[j]), 4),
+                       "baseline_probability": round(float(base[j]), 4), "drivers": drivers}
+    return {pids[i]: made[i] for i in sorted(made)}
+
+
+class _Models:
+    """The fitted models of several patients with one column layout, their per-patient attributes stacked
+    (a row each): :meth:`TriggerModel._eta` and ``_dev`` for many patients' rows at once."""
+
+    def __init__(self, ests: list[models.TriggerModel]):
+        self.mean = np.array([np.asarray(e.mean_, dtype=float) for e in ests]).reshape(len(ests), -1)
+        self.coef = np.array([e.coef_ for e in ests], dtype=float).reshape(self.mean.shape)
+        self.clip = np.array([e.clip_ for e in ests], dtype=float).reshape(self.mean.shape)
+        self.intercept = np.array([e.intercept_ for e in ests], dtype=float)
+        self.miss_groups = ests[0].miss_groups_
+        self.miss_coef = np.array([e.miss_coef_ for e in ests], dtype=float).reshape(len(ests), -1)
+
+    def dev(self, x: np.ndarray, who: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """Row ``r`` of ``x`` as patient ``who[r]``'s deviations from their usual (0 when unknown), clipped."""
+        return np.where(np.isfinite(x), np.clip(x - self.mean[who], -self.clip[who], self.clip[who]), 0.0)
+
+    def eta(self, x: np.ndarray, who: np.ndarray) -> np.ndarray:
+        """The log odds of row ``r`` of ``x`` under patient ``who[r]``'s model."""
+        miss = ~np.isfinite(x)
+        eta = self.intercept[who] + np.einsum("ij,ij->i", self.dev(x, who), self.coef[who])
+        for g, ix in enumerate(self.miss_groups):
+            eta = eta + self.miss_coef[who, g] * miss[:, ix].all(1)
+        return eta
+
+
+def _marginal_many(many: _Models, x: np.ndarray, past: np.ndarray, owner: np.ndarray, masks) -> np.ndarray:
+    """:func:`_marginal` of one day per patient (row ``i`` of ``x`` is patient ``i``'s), ``past`` holding every
+    patient's recent days (row ``r`` is patient ``owner[r]``'s)."""
+    hide, lag0 = masks
+    n = len(x)
+    unknown = hide[None, :] & ~np.isfinite(x)
+    ahead = x.copy()
+    fill = lag0[None, :] & ~np.isfinite(x) & ~unknown
+    ahead[fill] = many.mean[fill]
+    direct = ahead.copy()
+    direct[unknown] = many.mean[unknown]
+    p = expit(many.eta(direct, np.arange(n)))
+    days = np.bincount(owner, minlength=n)
+    averaged = (days > 0) & unknown.any(axis=1)
+    if averaged.any():
+        take = averaged[owner]
+        who = owner[take]
+        big = ahead[who]
+        u = unknown[who]
+        big[u] = past[take][u]
+        q = expit(many.eta(big, who))
+        p[averaged] = np.bincount(who, weights=q, minlength=n)[averaged] / days[averaged]
+    return p
 
 
 # ------------------------------------------------------------------------------------------ scores
