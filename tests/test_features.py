@@ -662,3 +662,26 @@ def test_a_block_of_patients_gets_the_columns_of_the_whole_cohort(db):
         if pid == "a":
             assert "food:cheese@0" not in alone.columns
             assert alone.attrs["factors"].set_index("column").loc["pills@0", "kind"] == "boolean"
+
+
+def test_the_cohort_columns_read_in_two_halves_are_the_one_query_s(tmp_path):
+    """On a database file the whole cohort's diary is grouped in two halves, side by side: the tags (their
+    days, and the order they were met in, which the panel's columns follow) and custom factors are those of
+    the one query, whatever half a group's days fall in."""
+    from trigger_watch import storage
+
+    db = storage.connect(tmp_path / "tw.db")
+    db["patients"].insert_all([{"patient_id": p, "timezone": "UTC"} for p in ("a", "b", "c")])
+    tags = ["cheese", "Käse", "wine; cheese", None, "", "ß", "zz; aa", "chocolate"]
+    symptoms = [None, "yawning", "", "yawning; neck stiffness", "Übelkeit", None]
+    rows = [{"patient_id": p, "date": d(i), "foods": tags[(i * 7 + k) % len(tags)],
+             "symptoms": symptoms[(i + k) % len(symptoms)],
+             "custom": json.dumps({"pills": (i + k) % 3}) if (i + k) % 4 == 0 else None}
+            for k, p in enumerate(("a", "b", "c")) for i in range(40)]
+    db["diary"].insert_all(rows)
+    end = as_of(39)
+    one = features.cohort_columns(db, None, end)
+    halves = features.cohort_columns(db, None, end, db_file=str(tmp_path / "tw.db"))
+    assert halves == one and list(halves.tags) == list(one.tags)
+    assert one.tags["food:cheese"] > 1 and one.custom == {"pills": False}
+    db.conn.close()
