@@ -449,16 +449,19 @@ def test_migration_42_moves_the_newest_charts_out_of_the_history(tmp_path):
     assert reports.latest_entry(old_db, "p2")["charts"] is None
     assert old_db.execute("SELECT count(*) FROM reports WHERE charts_json IS NOT NULL").fetchone()[0] == 0
 
+
 def test_the_ranking_reads_the_row_kept_with_the_newest_report(db):
     """One query for the whole cohort; a report kept without its ranking row (before migration 41) has it made
     from its triggers.json."""
     from trigger_watch.analysis import ranking_row
 
+    db["patients"].insert_all([{"patient_id": p, "timezone": "UTC"} for p in ("p1", "p2", "p3")])
     old = triggers_doc("p1", generated_at="2026-10-21T02:30:00Z", as_of="2026-10-20")
     new = triggers_doc("p1", generated_at="2026-11-21T02:30:00Z")
-    reports.record_history(db, old, None, ranking=ranking_row(old))
     reports.record_history(db, new, None, ranking=ranking_row(new))
+    reports.record_history(db, old, None, ranking=ranking_row(old))  # recorded late: still not the newest
     reports.record_history(db, triggers_doc("p2"), None)  # no ranking row kept
+    reports.record_history(db, triggers_doc("gone"), None)  # not a patient (any more): not ranked
     made = []
     rows = reports.latest_ranking_rows(db, lambda t: made.append(t["patient_id"]) or ranking_row(t))
     assert made == ["p2"]
