@@ -134,3 +134,58 @@ def test_ranking_table_sorts_on_a_click(pages, tmp_path):
     asc = [float(v) for v in r.stdout.split('data-asc="')[1].split('"')[0].split(",")]
     desc = [float(v) for v in r.stdout.split('data-desc="')[1].split('"')[0].split(",")]
     assert asc == sorted(asc) and desc == sorted(desc, reverse=True) and len(asc) == 3
+
+
+def _old_calendar(days: list[dict], cell: int = 15) -> str:
+    """The attack calendar as it was written when each day's cell carried its own fill and outline."""
+    from datetime import date
+
+    from trigger_watch import charts
+
+    by_month: dict = {}
+    for d in days:
+        day = date.fromisoformat(d["date"])
+        by_month.setdefault((day.year, day.month), []).append((day.day, d))
+    months, (y, m) = [], min(by_month)
+    while (y, m) <= max(by_month):
+        months.append((y, m))
+        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+    left, top = 62, 16
+    out = [f'<text x="{left + (d - 1) * cell + cell / 2:.1f}" y="11" text-anchor="middle" fill="#555">{d}</text>'
+           for d in (1, 5, 10, 15, 20, 25, 30)]
+    for row, (y, m) in enumerate(months):
+        yy = top + row * cell
+        out.append(f'<text x="{left - 6}" y="{yy + cell - 3}" text-anchor="end" fill="#333">'
+                   f'{charts.MONTHS[m - 1]} {y}</text>')
+        for dom, d in by_month.get((y, m), ()):
+            status = d["status"] if d["status"] in charts.CAL_COLOURS else "missing"
+            fill = charts.intensity_colour(d["intensity"], status) if status in ("onset", "attack") \
+                else charts.CAL_COLOURS[status]
+            stroke = ' stroke="#222" stroke-width="1.5"' if status == "onset" else ' stroke="#ccc" stroke-width="0.5"'
+            out.append(f'<rect x="{left + (dom - 1) * cell + 0.5}" y="{yy + 0.5}" width="{cell - 2}" '
+                       f'height="{cell - 2}" fill="{fill}"{stroke}><title>{d["date"]}: {status}</title></rect>')
+    return charts._svg(left + 31 * cell + 4, top + len(months) * cell + 4, "old calendar", out)
+
+
+def test_the_calendar_looks_as_it_did_when_each_cell_carried_its_own_colours(tmp_path):
+    """Pixel for pixel: the month groups' shared fill and outline draw the picture the cells' own did."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    try:
+        import render_reports
+    finally:
+        sys.path.pop(0)
+    from trigger_watch import charts
+
+    days = render_reports.fake_patient(4, days=200)[1]["calendar"]
+    days[3]["status"] = "unknown"
+    shots = []
+    for name, svg in (("old", _old_calendar(days)), ("new", charts.calendar_svg(days))):
+        page = tmp_path / f"{name}.html"
+        page.write_text(f'<!DOCTYPE html><html><body style="margin:0">{svg}</body></html>', encoding="utf-8")
+        shot = tmp_path / f"{name}.png"
+        r = chromium(page, f"--screenshot={shot}", "--window-size=600,300", "--hide-scrollbars")
+        assert shot.exists(), r.stderr[-2000:]
+        shots.append(png_pixels(shot))
+    assert shots[0] == shots[1]
+    free = tuple(int(charts.CAL_COLOURS["free"][k:k + 2], 16) for k in (1, 3, 5))
+    assert count_colour(tmp_path / "new.png", free, tol=2) > 500  # the calendar was drawn

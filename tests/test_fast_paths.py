@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import re
 import sqlite3
+import xml.etree.ElementTree as ET
 from contextlib import closing
 from datetime import date
 from itertools import pairwise
@@ -345,32 +347,86 @@ def test_cleaning_for_json_is_unchanged():
                                      "d": "2026-01-02", "f": 0.5, "t": True}
 
 
-def _cell_reference(y: int, m: int, dom: int, d: dict, left=62, top=16, row=0, cell=15) -> str:
-    """One calendar cell as calendar_svg wrote it before its pieces were cached."""
+def _cell_reference(y: int, m: int, dom: int, d: dict, left=62, top=16, row=0, cell=15) -> dict:
+    """One calendar cell as calendar_svg drew it when each cell carried its own attributes: its tooltip,
+    place, size, fill and outline."""
     yy = top + row * cell
     status = d.get("status")
     if status not in charts.CAL_COLOURS:
         status = "missing"
     fill = charts.intensity_colour(d.get("intensity"), status) if status in ("onset", "attack") \
         else charts.CAL_COLOURS.get(status, "#ffffff")
-    stroke = ' stroke="#222" stroke-width="1.5"' if status == "onset" else ' stroke="#ccc" stroke-width="0.5"'
+    stroke, stroke_width = ("#222", 1.5) if status == "onset" else ("#ccc", 0.5)
     tip = f'{y:04d}-{m:02d}-{dom:02d}: {status}'
     if d.get("intensity") is not None and status in ("onset", "attack"):
         tip += f", intensity {charts._num(float(d['intensity']))}"
-    return (f'<rect x="{left + (dom - 1) * cell + 0.5}" y="{yy + 0.5}" width="{cell - 2}" '
-            f'height="{cell - 2}" fill="{fill}"{stroke}><title>{tip}</title></rect>')
+    return {"title": tip, "x": left + (dom - 1) * cell + 0.5, "y": yy + 0.5, "width": cell - 2.0,
+            "height": cell - 2.0, "fill": fill, "stroke": stroke, "stroke-width": stroke_width}
+
+
+_SVG = "{http://www.w3.org/2000/svg}"
+_LOOK = ("fill", "stroke", "stroke-width")
+
+
+def drawn_rects(svg: str) -> list[dict]:
+    """Every ``<rect>`` of an SVG as drawn: its place with its groups' ``translate`` added, its size, and
+    its fill and outline, its own or inherited from its groups (SVG's defaults where none is given)."""
+    out = []
+
+    def walk(element, look: dict, dx: float, dy: float) -> None:
+        for child in element:
+            own = {k: child.get(k) for k in _LOOK if child.get(k) is not None}
+            if child.tag == _SVG + "g":
+                move = re.fullmatch(r"translate\(([-\d.]+)[ ,]+([-\d.]+)\)", child.get("transform", "translate(0 0)"))
+                assert move, child.get("transform")
+                walk(child, {**look, **own}, dx + float(move[1]), dy + float(move[2]))
+            elif child.tag == _SVG + "rect":
+                title = child.find(_SVG + "title")
+                drawn = {**look, **own}
+                out.append({"title": None if title is None else title.text,
+                            "x": dx + float(child.get("x", 0)), "y": dy + float(child.get("y", 0)),
+                            "width": float(child.get("width")), "height": float(child.get("height")),
+                            "fill": drawn.get("fill", "black"), "stroke": drawn.get("stroke", "none"),
+                            "stroke-width": float(drawn.get("stroke-width", 1))})
+
+    root = ET.fromstring(str(svg))
+    assert root.find(f".//{_SVG}style") is None and root.find(f".//{_SVG}script") is None
+    walk(root, {}, 0.0, 0.0)
+    return out
 
 
 @pytest.mark.parametrize("cell", [15, 9])
-def test_calendar_cells_are_unchanged(cell):
+def test_calendar_cells_look_as_they_did(cell):
     kinds = [("onset", 7.0), ("onset", 7), ("attack", -0.0), ("attack", 0.0), ("attack", 0), ("attack", None),
              ("attack", float("nan")), ("free", 0.0), ("missing", None), ("weird", 3.0), (None, 2.0),
-             ("onset", np.float64(4.5)), ("attack", 10.0), ("attack", 12.5)]
+             ("onset", np.float64(4.5)), ("attack", 10.0), ("attack", 12.5), ("missing", float("nan")),
+             ("free", None), ("free", -0.0)]
     days = [{"date": f"2026-03-{k + 1:02d}", "status": s, "intensity": i} for k, (s, i) in enumerate(kinds)]
-    svg = charts.calendar_svg(days, cell=cell)
-    for k, d in enumerate(days):
-        assert _cell_reference(2026, 3, k + 1, d, cell=cell) in svg
-    assert svg.count("<rect") == len(days)
+    days += [{"date": "2026-05-02", "status": "free", "intensity": 0.0}, {"date": "2026-01-31"}]  # a month between
+    for _ in range(2):  # drawn, then from the cells kept
+        drawn = drawn_rects(charts.calendar_svg(days, cell=cell))
+        want = [_cell_reference(2026, 3, k + 1, d, cell=cell, row=2) for k, d in enumerate(days[:-2])]
+        want += [_cell_reference(2026, 5, 2, days[-2], cell=cell, row=4),
+                 _cell_reference(2026, 1, 31, days[-1], cell=cell, row=0)]
+        assert sorted(drawn, key=lambda r: r["title"]) == sorted(want, key=lambda r: r["title"])
+
+
+def test_calendar_legend_shows_the_colours_the_calendar_draws():
+    statuses = ("free", "missing", "attack", "onset")
+    days = [{"date": f"2026-03-{k + 1:02d}", "status": s, "intensity": None} for k, s in enumerate(statuses)]
+    cells = {r["title"].split(": ")[1]: r for r in drawn_rects(charts.calendar_svg(days))}
+    legend = drawn_rects(charts.calendar_legend())
+    assert [r["fill"] for r in legend] == [cells[s]["fill"] for s in statuses]
+    assert cells["free"]["fill"] != cells["missing"]["fill"] != cells["attack"]["fill"] != cells["onset"]["fill"]
+    assert cells["missing"]["fill"] == "#ffffff"  # blank
+    # onsets outlined, darker and thicker than the other days, as the legend's says
+    assert cells["onset"]["stroke"] == legend[3]["stroke"] == "#222"
+    assert cells["onset"]["stroke-width"] > max(cells[s]["stroke-width"] for s in statuses[:3])
+    # attack days darker the worse they were
+    shades = [drawn_rects(charts.calendar_svg([{"date": "2026-03-01", "status": "attack", "intensity": i}]))[0]
+              ["fill"] for i in (2, 5, 9)]
+    assert [sum(int(f[k:k + 2], 16) for k in (1, 3, 5)) for f in shades] == sorted(
+        (sum(int(f[k:k + 2], 16) for k in (1, 3, 5)) for f in shades), reverse=True)
 
 
 # ------------------------------------------------------------------------------------------ ranking
@@ -948,3 +1004,33 @@ def test_next_day_for_many_patients_at_once_is_what_one_at_a_time_gave():
     want = _next_day_reference(ahead, results, tomorrow)
     assert list(got) == list(want) and len(want) > 20 and "p00004" not in got
     assert got == want
+
+
+# ---------------------------------------------------------------------------------------- report chunks
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_a_report_chunk_is_written_without_cyclic_collection_and_leaves_it_as_it_was(tmp_path, monkeypatch,
+                                                                                    collecting):
+    import gc
+
+    seen = []
+    build = analysis.build_triggers
+
+    def spy(*args, **kw):
+        seen.append(gc.isenabled())
+        return build(*args, **kw)
+
+    monkeypatch.setattr(analysis, "build_triggers", spy)
+    items, packed = analysis._pack_summaries(
+        [(pid, {"result": None, "as_of": date(2026, 11, 20), "generated_at": "2026-11-21T02:30:00Z"})
+         for pid in ("p1", "p2")])
+    was = gc.isenabled()
+    try:
+        gc.enable() if collecting else gc.disable()
+        rows, errors = analysis.write_report_chunk((str(tmp_path), items, packed,
+                                                   pd.DataFrame(columns=analysis.CHART_COLUMNS)))
+        assert gc.isenabled() is collecting
+    finally:
+        gc.enable() if was else gc.disable()
+    assert seen == [False, False] and errors == {}
+    assert [r[0] for r in rows] == ["p1", "p2"] and (tmp_path / "p2" / "clinician.html").exists()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import calendar as _calendar
 import math
 from datetime import date
-from functools import lru_cache
+from functools import cache
 
 from markupsafe import Markup, escape
 
@@ -69,95 +69,130 @@ def calendar_svg(days: list[dict], *, cell: int = 15) -> Markup:
 
     ``days``: ``[{"date": "YYYY-MM-DD", "status": "onset"|"attack"|"free"|"missing", "intensity": 0-10 or
     None}]``. Onset days are outlined; attack days are coloured by intensity; missing days are blank.
+
+    Each month's cells are one group (``<g>``) placed at the row's corner, carrying what most cells share
+    (a free day's fill, the thin grey outline); a cell says only what differs from it (:data:`CAL_CELL`).
+    A cell's markup then depends on the day alone, not on where the patient's calendar starts, and is kept
+    from patient to patient (:func:`_cell`).
     """
     if not days:
         return Markup("")
-    by_month: dict[tuple[int, int], list[tuple[int, dict]]] = {}
+    cells = _CELLS.get(cell)
+    if cells is None:
+        cells = _CELLS[cell] = {}
+    get = cells.get
+    by_month: dict[int, list[str]] = {}  # months counted from year 0
     for d in days:
-        text = d["date"]
-        y, m, dom = _ymd(text) if type(text) is str else _ymd.__wrapped__(text)
-        by_month.setdefault((y, m), []).append((dom, d))
-    first, last = min(by_month), max(by_month)
-    months = []
-    y, m = first
-    while (y, m) <= last:
-        months.append((y, m))
-        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+        try:
+            got = get((d["date"], d["status"], d["intensity"]))
+        except (KeyError, TypeError):  # a key left out, or an unhashable value
+            got = None
+        month, text = _new_cell(cells, (d["date"], d.get("status"), d.get("intensity")), cell) \
+            if got is None else got
+        pieces = by_month.get(month)
+        if pieces is None:
+            by_month[month] = [text]
+        else:
+            pieces.append(text)
+    first = min(by_month)
     left, top = 62, 16
-    width, height = left + 31 * cell + 4, top + len(months) * cell + 4
-    out = []
-    for d in (1, 5, 10, 15, 20, 25, 30):
-        out.append(f'<text x="{left + (d - 1) * cell + cell / 2:.1f}" y="11" text-anchor="middle" '
-                   f'fill="#555">{d}</text>')
-    # A cell is <rect x="X" y="Y" width="W" height="W" fill="F" STROKE><title>DATE: TIP</title></rect>; the
-    # pieces are made once per column, per row and per kind of day, and joined per cell.
-    xs = [f'<rect x="{left + (dom - 1) * cell + 0.5}" y="' for dom in range(32)]
-    size = cell - 2
-    for row, (y, m) in enumerate(months):
+    n_months = max(by_month) - first + 1
+    width, height = left + 31 * cell + 4, top + n_months * cell + 4
+    out = [_CAL_HEAD[cell] if cell in _CAL_HEAD else _cal_head(cell)]
+    for row in range(n_months):
         yy = top + row * cell
+        y, m = divmod(first + row, 12)
         out.append(f'<text x="{left - 6}" y="{yy + cell - 3}" text-anchor="end" fill="#333">'
-                   f'{MONTHS[m - 1]} {y}</text>')
-        head = f'{yy + 0.5}" width="{size}" height="{size}" fill="'
-        month = f'{y:04d}-{m:02d}-'
-        for dom, d in by_month.get((y, m), ()):
-            status = d.get("status")
-            # free and missing days look the same whatever their intensity
-            style, tip = _PLAIN_CELLS[status] if status in _PLAIN_CELLS else _cell_style(status, d.get("intensity"))
-            out.append(f'{xs[dom]}{head}{style}{month}{dom:02d}{tip}')
+                   f'{MONTHS[m]} {y}</text>')
+        pieces = by_month.get(first + row)
+        if pieces:
+            out.append(f'<g transform="translate({left + 0.5} {yy + 0.5})"{_CAL_GROUP}>')
+            out.append("".join(pieces))
+            out.append("</g>")
     return _svg(width, height, "Attack calendar: one row per month, one square per day", out)
 
 
-@lru_cache(maxsize=8192)
-def _ymd(text) -> tuple[int, int, int]:
+#: How a calendar cell of each status is drawn: its fill (attack days: :func:`intensity_colour`, unless the
+#: intensity is unknown) and outline. The legend (:func:`calendar_legend`) shows the same fills.
+CAL_CELL = {status: {"fill": colour, "stroke": "#222" if status == "onset" else "#ccc",
+                     "stroke-width": "1.5" if status == "onset" else "0.5"}
+            for status, colour in CAL_COLOURS.items()}
+#: What a month's group gives every cell in it (a free day's look); a cell writes what differs.
+_CAL_GROUP = ''.join(f' {k}="{v}"' for k, v in CAL_CELL["free"].items())
+_CELLS: dict[int, dict[tuple, tuple[int, str]]] = {}  # per cell size: (date, status, intensity)
+
+
+def _cal_head(cell: int) -> str:
+    return "".join(f'<text x="{62 + (d - 1) * cell + cell / 2:.1f}" y="11" text-anchor="middle" fill="#555">{d}</text>'
+                   for d in (1, 5, 10, 15, 20, 25, 30))
+
+
+_CAL_HEAD = {15: _cal_head(15)}
+
+
+def _new_cell(cells: dict, key: tuple, cell: int) -> tuple[int, str]:
+    """:func:`_cell` of a day not found in ``cells``, kept there (under ``key`` and, where the intensity
+    does not show, under an intensity of None) when it may be."""
+    text, status, intensity = key
+    keys = [key]
+    if status not in ("onset", "attack"):  # the intensity does not show (free days' is 0, missing days' NaN)
+        keys.append((text, status, None))
+        try:
+            got = cells.get(keys[-1])
+        except TypeError:
+            got = None
+    else:
+        got = None
+    if got is None:
+        got = _cell(text, status, intensity, cell)
+    if len(cells) >= 20000:  # dates move on night after night: start again rather than grow
+        cells.clear()
+    for k in keys:
+        if _keeps(k):
+            cells[k] = got
+    return got
+
+
+def _keeps(key: tuple) -> bool:
+    """Whether a cell's markup may be kept under ``key``: a date text, and an intensity that no other
+    value equal to it would print differently (not -0.0 next to 0.0, not NaN, which equals nothing)."""
+    text, status, intensity = key
+    if type(text) is not str:
+        return False
+    if intensity is None or type(intensity) is int:
+        return True
+    return type(intensity) is float and intensity == intensity and (
+        intensity != 0 or status not in ("onset", "attack"))
+
+
+def _cell(text, status, intensity, cell: int) -> tuple[int, str]:
+    """A day's month (``12 * year + month - 1``) and its cell, placed in its month's group: ``<rect x=".." width height
+    [fill stroke stroke-width]><title>DATE: STATUS[, intensity N]</title></rect>``."""
     day = date.fromisoformat(text)
-    return day.year, day.month, day.day
-
-
-_CELL_STYLES: dict = {}
-_PLAIN_CELLS: dict = {}  # filled below, once _make_cell_style exists
-
-
-def _cell_style(status, intensity) -> tuple[str, str]:
-    """A calendar cell's ``fill="..." stroke...><title>`` and its tip after the date, through ``</rect>``;
-    kept per status (and intensity, for attack days)."""
     if status not in CAL_COLOURS:
         status = "missing"
-    if status not in ("onset", "attack"):
-        key = status
-    elif intensity is None or type(intensity) is int or (type(intensity) is float and intensity == intensity
-                                                           and intensity != 0):
-        key = (status, intensity)  # (-0.0 and 0.0 would be one key but print differently: not kept)
-    else:
-        return _make_cell_style(status, intensity)
-    style = _CELL_STYLES.get(key)
-    if style is None:
-        style = _make_cell_style(status, intensity)
-        if len(_CELL_STYLES) < 4096:
-            _CELL_STYLES[key] = style
-    return style
-
-
-def _make_cell_style(status: str, intensity) -> tuple[str, str]:
-    fill = intensity_colour(intensity, status) if status in ("onset", "attack") \
-        else CAL_COLOURS.get(status, "#ffffff")
-    stroke = ' stroke="#222" stroke-width="1.5"' if status == "onset" else ' stroke="#ccc" stroke-width="0.5"'
+    look = dict(CAL_CELL[status])
+    if status in ("onset", "attack"):
+        look["fill"] = intensity_colour(intensity, status)
+    attrs = "".join(f' {k}="{v}"' for k, v in look.items() if CAL_CELL["free"][k] != v)
     # Safe without escaping: the date was parsed, the status is one of CAL_COLOURS.
-    tip = f": {status}"
+    tip = f"{day.isoformat()}: {status}"
     if intensity is not None and status in ("onset", "attack"):
         tip += f", intensity {_num(float(intensity))}"
-    return f'{fill}"{stroke}><title>', f"{tip}</title></rect>"
+    size = cell - 2
+    return 12 * day.year + day.month - 1, (f'<rect x="{(day.day - 1) * cell}" width="{size}" height="{size}"{attrs}>'
+                                   f'<title>{tip}</title></rect>')
 
 
-_PLAIN_CELLS.update({s: _make_cell_style(s, None) for s in ("free", "missing")})
-
-
+@cache
 def calendar_legend() -> Markup:
+    """The calendar's key: a square of each status's fill (:data:`CAL_CELL`) and what it means."""
     items = [("free", "no attack"), ("missing", "nothing logged"), ("attack", "attack day (darker = worse)"),
              ("onset", "attack started (outlined)")]
     out, x = [], 2
     for status, text in items:
         stroke = "#222" if status == "onset" else "#999"
-        out.append(f'<rect x="{x}" y="3" width="11" height="11" fill="{CAL_COLOURS[status]}" stroke="{stroke}"/>'
+        out.append(f'<rect x="{x}" y="3" width="11" height="11" fill="{CAL_CELL[status]["fill"]}" stroke="{stroke}"/>'
                    f'<text x="{x + 15}" y="12" fill="#333">{text}</text>')
         x += 22 + len(text) * 6
     return _svg(x, 18, "Legend of the attack calendar", out)
@@ -249,10 +284,16 @@ def _names(name: str) -> tuple[str, str]:
     return got
 
 
+_VERDICT_RANKS = {v: k for k, v in enumerate(VERDICT_ORDER)}
+
+
 def verdict_sort_key(f: dict) -> tuple:
     """Order of factors on the clinician page: by verdict, then rank, q-value, id and lag."""
     verdict = f.get("verdict")
-    order = VERDICT_ORDER.index(verdict) if verdict in VERDICT_ORDER else len(VERDICT_ORDER)
+    try:
+        order = _VERDICT_RANKS.get(verdict, len(VERDICT_ORDER))
+    except TypeError:  # unhashable: not a verdict
+        order = len(VERDICT_ORDER)
     rank = f.get("rank")
     q = f.get("q_value")
     return (order, rank if rank is not None else 10**9, q if q is not None else 2.0, str(f.get("factor")),
@@ -267,27 +308,52 @@ def _positive(v) -> bool:
 
 
 _NO_ESTIMATE = _e("no estimate")
+_ROW_H, _TOP = 17, 24
+_ROW_Y: dict[int, tuple[str, str, str]] = {}  # a row's top -> its texts' y, the whisker's y, the square's y
 
 
-def forest_svg(factors: list[dict], *, width: int = 780) -> Markup:
+def _row_y(y: int) -> tuple[str, str, str]:
+    got = _ROW_Y.get(y)
+    if got is None:
+        cy = y + _ROW_H / 2
+        got = (f"{cy + 4:.1f}", f"{cy:.1f}", f"{cy - 3.5:.1f}")
+        if len(_ROW_Y) < 4096:
+            _ROW_Y[y] = got
+    return got
+
+
+def forest_svg(factors: list[dict], *, width: int = 780, ordered: bool = False) -> Markup:
     """Every factor's odds ratio and 95% interval on a log axis, grouped and coloured by verdict.
 
     A vertical line marks OR = 1 and a grey band the no-association zone 0.8-1.25; whiskers running off
-    the axis end in an arrow; a factor with no estimate says so.
+    the axis end in an arrow; a factor with no estimate says so. ``ordered``: ``factors`` are already in
+    :func:`verdict_sort_key` order (the clinician page sorts them once for its table and this plot).
     """
     if not factors:
         return Markup("")
-    rows = sorted(factors, key=verdict_sort_key)
+    rows = factors if ordered else sorted(factors, key=verdict_sort_key)
+    # each row's estimate (odds ratio, low, high, and their logs) when all three can go on the axis
+    log, inf = math.log, math.inf
     span = math.log(2.5)
+    estimates = []
     for f in rows:
         get = f.get
-        for v in (get("ci_low"), get("ci_high"), get("odds_ratio")):
+        orr, lo, hi = get("odds_ratio"), get("ci_low"), get("ci_high")
+        if type(orr) is float and type(lo) is float and type(hi) is float and 0 < orr < inf and 0 < lo < inf \
+                and 0 < hi < inf:  # the common case of _positive, without the calls (same result)
+            logs = (log(orr), log(lo), log(hi))
+            span = max(span, abs(logs[0]), abs(logs[1]), abs(logs[2]))
+            estimates.append((orr, lo, hi, logs))
+            continue
+        for v in (lo, hi, orr):
             if _positive(v):
-                span = max(span, abs(math.log(v)))
+                span = max(span, abs(log(v)))
+        estimates.append((orr, lo, hi, (log(orr), log(lo), log(hi)))
+                         if _positive(orr) and _positive(lo) and _positive(hi) else None)
     span = min(span * 1.05, math.log(20))
     lo_v, hi_v = math.exp(-span), math.exp(span)
     log_lo, log_hi = math.log(lo_v), math.log(hi_v)
-    label_w, text_w, row_h, top = 290, 150, 17, 24
+    label_w, text_w, row_h, top = 290, 150, _ROW_H, _TOP
     pw = width - label_w - text_w
     heads = len({f.get("verdict") for f in rows})
     height = top + (len(rows) + heads) * row_h + 26
@@ -307,10 +373,10 @@ def forest_svg(factors: list[dict], *, width: int = 780) -> Markup:
                    f'<text x="{x:.1f}" y="{height - 8}" text-anchor="middle" fill="#555">{_num(t)}</text>')
     out.append(f'<text x="{label_w + pw / 2:.1f}" y="12" text-anchor="middle" fill="#333">'
                f'odds ratio (log scale), 95% interval &#8592; fewer attacks | more attacks &#8594;</text>')
-    value_x = label_w + pw + 8
+    value_text = f'<text x="{label_w + pw + 8}" y="'
     y = top
     current = None
-    for f in rows:
+    for f, estimate in zip(rows, estimates):
         get = f.get
         verdict = get("verdict")
         colour = VERDICT_COLOURS.get(verdict, "#555")
@@ -320,32 +386,34 @@ def forest_svg(factors: list[dict], *, width: int = 780) -> Markup:
                        f'{_e(str(verdict).replace("_", " "))}</text>')
             y += row_h
         name = get("label") or f"{get('factor')} (lag {get('lag_days')})"
-        cy = y + row_h / 2
-        cy_text = f"{cy + 4:.1f}"
+        cy_text, cy_1, square_y = _ROW_Y[y] if y in _ROW_Y else _row_y(y)
         e_name, e_short = _names(name) if type(name) is str else (_e(name), _e(_short(name, 44)))
         out.append(f'<text x="12" y="{cy_text}" fill="#222"><title>{e_name}</title>{e_short}</text>')
-        orr, lo, hi = get("odds_ratio"), get("ci_low"), get("ci_high")
-        if _positive(orr) and _positive(lo) and _positive(hi):
-            x1, x2, xc = xv(lo), xv(hi), xv(orr)
-            cy_1 = f"{cy:.1f}"
+        if estimate is not None:  # x of each as xv finds it, from the logs already taken
+            orr, lo, hi, (g_o, g_lo, g_hi) = estimate
+            x1 = label_w + pw * ((g_lo if lo_v <= lo <= hi_v else log_lo if lo < lo_v else log_hi) + span) \
+                / (2 * span)
+            x2 = label_w + pw * ((g_hi if lo_v <= hi <= hi_v else log_lo if hi < lo_v else log_hi) + span) \
+                / (2 * span)
+            xc = label_w + pw * ((g_o if lo_v <= orr <= hi_v else log_lo if orr < lo_v else log_hi) + span) \
+                / (2 * span)
             arrows = ""
             if lo < lo_v:
                 arrows += f'<path d="M{x1:.1f},{cy_1} l5,-3 l0,6 Z" fill="{colour}"/>'
             if hi > hi_v:
                 arrows += f'<path d="M{x2:.1f},{cy_1} l-5,-3 l0,6 Z" fill="{colour}"/>'
             o, a, b = f"{orr:.2f}", f"{lo:.2f}", f"{hi:.2f}"
-            # numbers: nothing to escape, unless a subclass formats itself otherwise
-            plain = type(orr) is float and type(lo) is float and type(hi) is float
             out.append(f'<line x1="{x1:.1f}" x2="{x2:.1f}" y1="{cy_1}" y2="{cy_1}" stroke="{colour}" '
                        f'stroke-width="1.5"/>{arrows}'
-                       f'<rect x="{xc - 3.5:.1f}" y="{cy - 3.5:.1f}" width="7" height="7" fill="{colour}">'
+                       f'<rect x="{xc - 3.5:.1f}" y="{square_y}" width="7" height="7" fill="{colour}">'
                        f'<title>{e_name}: OR {o} ({a}-{b})</title></rect>')
             text = f"{o} ({a}\u2013{b})"
-            if not plain:
+            # numbers: nothing to escape, unless a subclass formats itself otherwise
+            if not (type(orr) is float and type(lo) is float and type(hi) is float):
                 text = _e(text)
         else:
             text = _NO_ESTIMATE
-        out.append(f'<text x="{value_x}" y="{cy_text}" fill="#333">{text}</text>')
+        out.append(f'{value_text}{cy_text}" fill="#333">{text}</text>')
         y += row_h
     return _svg(width, height, "Forest plot of every factor's odds ratio by verdict", out)
 

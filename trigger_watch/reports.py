@@ -458,16 +458,23 @@ _HTML = _env(True)
 _MD = _env(False)
 
 
-def _html_charts(triggers: dict, charts: dict | None) -> dict[str, Markup]:
+def _html_charts(triggers: dict, charts: dict | None, factors: list | None = None) -> dict[str, Markup]:
+    """The charts of both pages; ``factors``: ``triggers["factors"]`` already in the clinician page's order
+    (:func:`_ordered_factors`), when the caller has them."""
     charts = charts or {}
     model = triggers.get("model") or {}
     return {
         "calendar": ch.calendar_svg(charts.get("calendar") or []),
         "legend": ch.calendar_legend(),
         "monthly": ch.monthly_svg(charts.get("monthly") or [], triggers.get("treatments") or []),
-        "forest": ch.forest_svg(triggers.get("factors") or []),
+        "forest": ch.forest_svg(_ordered_factors(triggers) if factors is None else factors, ordered=True),
         "calibration": ch.calibration_svg(model.get("calibration")),
     }
+
+
+def _ordered_factors(triggers: dict) -> list:
+    """The factors as the clinician page lists them (its table and forest plot): by verdict, then rank."""
+    return sorted(triggers.get("factors") or [], key=ch.verdict_sort_key)
 
 
 def render_patient_md(triggers: dict, charts: dict | None = None) -> str:
@@ -481,11 +488,14 @@ def render_patient_html(triggers: dict, charts: dict | None = None, *, svg: dict
     return _HTML.get_template("summary.html.j2").render(svg=svg, **patient_context(triggers, charts))
 
 
-def render_clinician_html(triggers: dict, charts: dict | None = None, *, svg: dict | None = None) -> str:
+def render_clinician_html(triggers: dict, charts: dict | None = None, *, svg: dict | None = None,
+                          factors: list | None = None) -> str:
     """clinician.html: data quality, calendar, monthly migraine days with treatments, forest plot, flags,
-    forecast validation and the model."""
-    svg = svg or _html_charts(triggers, charts)
-    factors = sorted(triggers.get("factors") or [], key=ch.verdict_sort_key)
+    forecast validation and the model. ``svg`` and ``factors`` (:func:`_ordered_factors`): what the caller
+    has made already."""
+    if factors is None:
+        factors = _ordered_factors(triggers)
+    svg = svg or _html_charts(triggers, charts, factors)
     return _HTML.get_template("clinician.html.j2").render(
         t=triggers, charts=charts or {}, svg=svg, factors=factors, factor_rows=factor_table_rows(factors),
         flag_rows=flag_table_rows(triggers.get("flags")), flags_listed=_FLAGS_LISTED,
@@ -544,18 +554,36 @@ def factor_table_rows(factors: list) -> Markup | None:
         label = f["label"] if "label" in f else _ABSENT
         factor = f["factor"] if "factor" in f else _ABSENT
         exposure = get("exposure")
+        key = (verdict, label, factor, exposure)
+        try:
+            head = _ROW_HEADS.get(key)
+        except TypeError:  # unhashable
+            head = None
+        if head is None:
+            head = _row_head(*key)
         rows.append(
-            f'    <tr><td><span class="badge" style="background: {_html(_verdict_colour(verdict))}">'
-            f'{_html(_words(verdict))}</span></td>\n'
-            f'      <td class="text">{_html(label or factor)}<br><span class="small muted">{_html(factor)}'
-            f'{" · exposed: " + _html(exposure) if exposure else ""}</span></td>\n'
-            f'      <td class="num">{_cell(get("lag_days"))}</td><td class="num">{_cell(get("rank"))}</td>\n'
+            f'{head}      <td class="num">{_cell(get("lag_days"))}</td><td class="num">{_cell(get("rank"))}</td>\n'
             f'      <td class="num">{_cell(get("odds_ratio"))}</td><td class="num">{_cell(get("ci_low"))}–'
             f'{_cell(get("ci_high"))}</td>\n'
             f'      <td class="num">{_cell(get("q_value"), 3)}</td><td class="num">{_cell(get("exposed_days"))}</td>\n'
             f'      <td class="num">{_cell(get("attacks_after_exposure"))}</td>'
             f'<td class="num">{_cell(get("days_needed"), 0)}</td></tr>\n')
     return Markup("".join(rows))
+
+
+_ROW_HEADS: dict[tuple, str] = {}
+
+
+def _row_head(verdict: Any, label: Any, factor: Any, exposure: Any) -> str:
+    """A factor table row's verdict and name cells, kept for the plain texts (they repeat from patient to
+    patient)."""
+    head = (f'    <tr><td><span class="badge" style="background: {_html(_verdict_colour(verdict))}">'
+            f'{_html(_words(verdict))}</span></td>\n'
+            f'      <td class="text">{_html(label or factor)}<br><span class="small muted">{_html(factor)}'
+            f'{" · exposed: " + _html(exposure) if exposure else ""}</span></td>\n')
+    if all(type(v) is str or v is None for v in (verdict, label, factor, exposure)) and len(_ROW_HEADS) < 20000:
+        _ROW_HEADS[(verdict, label, factor, exposure)] = head
+    return head
 
 
 #: The flags listed above the clinician page's table of the other flags (the template leaves them out of it
@@ -838,7 +866,8 @@ def _patient_files(triggers: dict, charts: dict | None) -> tuple[dict[str, str],
     """:func:`patient_texts`, and the history's JSON of ``triggers`` (``triggers_json`` of
     :func:`history_row`) made from the same encoded pieces as triggers.json (None when ``triggers`` is not a
     dict)."""
-    svg = _html_charts(triggers, charts)
+    factors = _ordered_factors(triggers)  # once for the forest plot and the factor table
+    svg = _html_charts(triggers, charts, factors)
     context = patient_context(triggers, charts)  # once for both patient pages
     clean = _clean(triggers)
     file_json, line_json = _json_texts(clean) if type(clean) is dict else (to_json(clean), None)
@@ -846,7 +875,7 @@ def _patient_files(triggers: dict, charts: dict | None) -> tuple[dict[str, str],
         "triggers.json": file_json,
         "summary.md": _MD.get_template("summary.md.j2").render(**context),
         "summary.html": _HTML.get_template("summary.html.j2").render(svg=svg, **context),
-        "clinician.html": render_clinician_html(triggers, charts, svg=svg),
+        "clinician.html": render_clinician_html(triggers, charts, svg=svg, factors=factors),
     }, line_json
 
 
