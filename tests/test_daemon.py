@@ -96,20 +96,20 @@ def test_a_failing_patient_does_not_stop_the_others_and_is_retried(ws, monkeypat
     db = storage.connect(cfg.database)
     for p in ("p00001", "p00002"):
         add_diary_row(db, ws, p, "2026-11-19")
-    original = reports.write_patient_reports
+    original = reports._patient_files  # what every way of writing a patient's files goes through
 
-    def flaky(reports_dir, triggers, charts):
+    def flaky(triggers, charts):
         if triggers["patient_id"] == "p00001":
             raise OSError("disk full (simulated)")
-        return original(reports_dir, triggers, charts)
+        return original(triggers, charts)
 
-    monkeypatch.setattr(reports, "write_patient_reports", flaky)
+    monkeypatch.setattr(reports, "_patient_files", flaky)
     first = daemon.run_cycle(db, cfg, today=date(2026, 11, 20), fetch=False)
     assert first.analysed == ["p00002"] and list(first.failed) == ["p00001"]
     assert "disk full" in first.failed["p00001"] and first.status == "partial"
     info = daemon.status(db, cfg)
     assert info["failing_patients"][0]["patient_id"] == "p00001"
-    monkeypatch.setattr(reports, "write_patient_reports", original)
+    monkeypatch.setattr(reports, "_patient_files", original)
     second = daemon.run_cycle(db, cfg, today=date(2026, 11, 20), fetch=False)
     assert second.analysed == ["p00001"]
     assert daemon.status(db, cfg)["failing_patients"] == []
@@ -170,13 +170,14 @@ def test_daemon_runs_scheduled_jobs_and_stops_on_sigterm(ws):
 SLOW_RUN = """
 import sys, time
 from trigger_watch import reports
-original = reports.write_patient_reports
-def slow(*args, **kwargs):
-    paths = original(*args, **kwargs)
-    print("wrote", args[1]["patient_id"], flush=True)
+original = reports.write_many_patient_reports
+def slow(reports_dir, items):
+    done = original(reports_dir, items)
+    for triggers, _, _ in done[0]:
+        print("wrote", triggers["patient_id"], flush=True)
     time.sleep(1.0)
-    return paths
-reports.write_patient_reports = slow
+    return done
+reports.write_many_patient_reports = slow
 from trigger_watch.cli import main
 sys.argv = ["trigger-watch", "run", "--no-weather"]
 main()

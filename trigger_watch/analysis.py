@@ -207,10 +207,10 @@ def _reports(db, config, ex, blocks, results, forecast_block, validation, *, as_
                 "flags": block.flags.loc[pid].to_dict() if pid in block.flags.index else None,
                 "treatments": block.responses.get(pid), "clinician_id": block.clinicians.get(pid)}
 
-    if ex.kind == "serial" or not write:
+    if not write:
         _reports_serial(db, config, blocks, parts_of, write, stop, progress, outcome)
-    else:
-        _reports_parallel(db, config, ex, blocks, parts_of, stop, progress, outcome)
+    else:  # in chunks, also in this process: two file-system syncs a chunk, not five a patient
+        _reports_in_chunks(db, config, ex, blocks, parts_of, stop, progress, outcome)
 
 
 def reduce_block(job) -> tuple[models.Prepared, _Block, dict[str, float]]:
@@ -293,7 +293,8 @@ EMPTY_CHART = {"calendar": [], "monthly": [], "gaps": []}
 
 
 def _reports_serial(db, config, blocks: list[_Block], parts_of, write, stop, progress, outcome) -> None:
-    """One patient after another in this process; ``stop`` is checked between patients."""
+    """One patient after another in this process; ``stop`` is checked between patients. (The pipeline
+    writes in chunks, :func:`_reports_in_chunks`; this is for a run that writes nothing.)"""
     from trigger_watch import reports
 
     total, done = sum(len(b.ids) for b in blocks), 0
@@ -320,10 +321,11 @@ def _reports_serial(db, config, blocks: list[_Block], parts_of, write, stop, pro
                 progress(done, total)
 
 
-def _reports_parallel(db, config, ex: compute.Executor, blocks: list[_Block], parts_of, stop, progress,
-                      outcome) -> None:
-    """Chunks of patients rendered and written by ``ex``'s workers; the history is stored here, one
-    transaction per chunk. ``stop`` is checked between chunks: chunks already sent are finished."""
+def _reports_in_chunks(db, config, ex: compute.Executor, blocks: list[_Block], parts_of, stop, progress,
+                       outcome) -> None:
+    """Chunks of patients rendered and written by ``ex``'s workers (or here, by the serial executor); the
+    history is stored here, one transaction per chunk. ``stop`` is checked between chunks: chunks already
+    sent are finished."""
     from trigger_watch import reports
 
     ids = [p for b in blocks for p in b.ids]
