@@ -957,7 +957,7 @@ def _next_day_reference(ahead, results: dict, tomorrow: date) -> dict[str, dict]
         p = float(forecast._marginal(est, values, past, masks)[0])
         usual = np.where(masks[0][None, :] & ~np.isfinite(values), np.nan, np.asarray(est.mean_, dtype=float))
         base = float(forecast._marginal(est, usual, past, masks)[0])
-        x = forecast._as_forecast(values.copy(), est, (np.zeros(len(key), dtype=bool), masks[1]))
+        x = forecast._as_forecast(values.copy(), est.mean_, (np.zeros(len(key), dtype=bool), masks[1]))
         c_all = est.contributions(x)[0]
         keep = np.abs(c_all) > 1e-6
         drivers = []

@@ -68,7 +68,7 @@ def forecast_rows(rows: pd.DataFrame, est: models.TriggerModel, *, hide_same_day
     columns set to the patient's usual value (validation: what was not known the evening before), and any
     other lag-0 value that is missing (no diary yet, no weather forecast) set to it too."""
     x = rows.reindex(columns=est.columns_).to_numpy(dtype=float, copy=True)
-    return pd.DataFrame(_as_forecast(x, est, _hide_mask(est.columns_, hide_same_day)), columns=est.columns_,
+    return pd.DataFrame(_as_forecast(x, est.mean_, _hide_mask(est.columns_, hide_same_day)), columns=est.columns_,
                         index=rows.index)
 
 
@@ -78,10 +78,11 @@ def _hide_mask(columns: Sequence[str], hide_same_day: Sequence[str]) -> tuple[np
             np.array([c.endswith("@0") for c in columns], dtype=bool))
 
 
-def _as_forecast(x: np.ndarray, est: models.TriggerModel, masks: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """In place on ``x`` (days x ``est.columns_``): hidden columns, and missing lag-0 values, -> usual value."""
+def _as_forecast(x: np.ndarray, usual, masks: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """In place on ``x`` (days x a model's columns): hidden columns, and missing lag-0 values, -> the usual
+    value (``usual``: the model's ``mean_``, or a row of them per row of ``x``)."""
     hide, lag0 = masks
-    usual = np.broadcast_to(np.asarray(est.mean_, dtype=float), x.shape)
+    usual = np.broadcast_to(np.asarray(usual, dtype=float), x.shape)
     fill = hide[None, :] | (lag0[None, :] & ~np.isfinite(x))
     x[fill] = usual[fill]
     return x
@@ -236,9 +237,7 @@ def next_day(panel: pd.DataFrame | Ahead, results: dict, tomorrow: date) -> dict
         # p / base is then what tomorrow's known values do, nothing else
         usual = np.where(masks[0][None, :] & ~np.isfinite(values), np.nan, many.mean)
         base = _marginal_many(many, usual, past, owner, masks)
-        x = values.copy()
-        fill = masks[1][None, :] & ~np.isfinite(x)
-        x[fill] = many.mean[fill]
+        x = _as_forecast(values.copy(), many.mean, (np.zeros(len(key), dtype=bool), masks[1]))
         c_all = many.dev(x) * many.coef
         keep = np.abs(c_all) > 1e-6
         # contribution on the probability scale: risk with this factor at its usual value vs as forecast
@@ -269,15 +268,12 @@ class _Models:
 
     def dev(self, x: np.ndarray, who: np.ndarray | slice = slice(None)) -> np.ndarray:
         """Row ``r`` of ``x`` as patient ``who[r]``'s deviations from their usual (0 when unknown), clipped."""
-        return np.where(np.isfinite(x), np.clip(x - self.mean[who], -self.clip[who], self.clip[who]), 0.0)
+        return models.deviation(x, self.mean[who], self.clip[who])
 
     def eta(self, x: np.ndarray, who: np.ndarray) -> np.ndarray:
         """The log odds of row ``r`` of ``x`` under patient ``who[r]``'s model."""
-        miss = ~np.isfinite(x)
         eta = self.intercept[who] + np.einsum("ij,ij->i", self.dev(x, who), self.coef[who])
-        for g, ix in enumerate(self.miss_groups):
-            eta = eta + self.miss_coef[who, g] * miss[:, ix].all(1)
-        return eta
+        return models.with_missing(eta, x, self.miss_groups, self.miss_coef[who])
 
 
 def _marginal_many(many: _Models, x: np.ndarray, past: np.ndarray, owner: np.ndarray, masks) -> np.ndarray:

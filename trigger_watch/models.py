@@ -808,11 +808,7 @@ class TriggerModel(BaseEstimator):
     def _eta(self, X) -> np.ndarray:
         check_is_fitted(self, "coef_")
         x = self._values(X)
-        miss = ~np.isfinite(x)
-        eta = self.intercept_ + self._dev(x) @ self.coef_
-        for ix, c in zip(self.miss_groups_, self.miss_coef_):
-            eta = eta + c * miss[:, ix].all(1)
-        return eta
+        return with_missing(self.intercept_ + self._dev(x) @ self.coef_, x, self.miss_groups_, self.miss_coef_)
 
     def predict_proba(self, X) -> np.ndarray:
         """Attack-onset probability for each row (a day's factor values; a DataFrame, or an array in
@@ -828,8 +824,24 @@ class TriggerModel(BaseEstimator):
         return pd.DataFrame(c, columns=self.columns_, index=X.index) if isinstance(X, pd.DataFrame) else c
 
     def _dev(self, x: np.ndarray) -> np.ndarray:
-        """Deviation of each value from the patient's usual (0 when unknown), clipped as in the fit."""
-        return np.where(np.isfinite(x), np.clip(x - self.mean_, -self.clip_, self.clip_), 0.0)
+        return deviation(x, self.mean_, self.clip_)
+
+
+def deviation(x: np.ndarray, mean: np.ndarray, clip: np.ndarray) -> np.ndarray:
+    """Deviation of each value of ``x`` from the patient's usual (0 when unknown), clipped as in the fit
+    (``mean``, ``clip``: one patient's, or a row of them per row of ``x``)."""
+    return np.where(np.isfinite(x), np.clip(x - mean, -clip, clip), 0.0)
+
+
+def with_missing(eta: np.ndarray, x: np.ndarray, miss_groups: list, miss_coef: np.ndarray) -> np.ndarray:
+    """``eta`` (the log odds of each row of ``x`` from its values) plus each missing-indicator group's
+    coefficient on the rows where all of the group's columns are missing (``miss_coef``: one per group, or a
+    row of them per row of ``x``)."""
+    miss = ~np.isfinite(x)
+    coef = np.asarray(miss_coef, dtype=float)
+    for g, ix in enumerate(miss_groups):
+        eta = eta + coef[..., g] * miss[:, ix].all(1)
+    return eta
 
 
 # ---------------------------------------------------------------------------------------- the cohort
