@@ -12,7 +12,7 @@ from __future__ import annotations
 import calendar as _calendar
 import math
 from datetime import date
-from functools import cache
+from functools import cache, lru_cache
 
 from markupsafe import Markup, escape
 
@@ -77,9 +77,7 @@ def calendar_svg(days: list[dict], *, cell: int = 15) -> Markup:
     """
     if not days:
         return Markup("")
-    cells = _CELLS.get(cell)
-    if cells is None:
-        cells = _CELLS[cell] = {}
+    cells = _CELLS.setdefault(cell, {})
     get = cells.get
     by_month: dict[int, list[str]] = {}  # months counted from year 0
     for d in days:
@@ -98,7 +96,7 @@ def calendar_svg(days: list[dict], *, cell: int = 15) -> Markup:
     left, top = 62, 16
     n_months = max(by_month) - first + 1
     width, height = left + 31 * cell + 4, top + n_months * cell + 4
-    out = [_CAL_HEAD[cell] if cell in _CAL_HEAD else _cal_head(cell)]
+    out = [_cal_head(cell)]
     for row in range(n_months):
         yy = top + row * cell
         y, m = divmod(first + row, 12)
@@ -122,12 +120,11 @@ _CAL_GROUP = ''.join(f' {k}="{v}"' for k, v in CAL_CELL["free"].items())
 _CELLS: dict[int, dict[tuple, tuple[int, str]]] = {}  # per cell size: (date, status, intensity)
 
 
+@cache
 def _cal_head(cell: int) -> str:
+    """The calendar's day-of-month scale along its top."""
     return "".join(f'<text x="{62 + (d - 1) * cell + cell / 2:.1f}" y="11" text-anchor="middle" fill="#555">{d}</text>'
                    for d in (1, 5, 10, 15, 20, 25, 30))
-
-
-_CAL_HEAD = {15: _cal_head(15)}
 
 
 def _new_cell(cells: dict, key: tuple, cell: int) -> tuple[int, str]:
@@ -309,17 +306,13 @@ def _positive(v) -> bool:
 
 _NO_ESTIMATE = _e("no estimate")
 _ROW_H, _TOP = 17, 24
-_ROW_Y: dict[int, tuple[str, str, str]] = {}  # a row's top -> its texts' y, the whisker's y, the square's y
 
 
+@lru_cache(maxsize=4096)
 def _row_y(y: int) -> tuple[str, str, str]:
-    got = _ROW_Y.get(y)
-    if got is None:
-        cy = y + _ROW_H / 2
-        got = (f"{cy + 4:.1f}", f"{cy:.1f}", f"{cy - 3.5:.1f}")
-        if len(_ROW_Y) < 4096:
-            _ROW_Y[y] = got
-    return got
+    """A forest plot row's texts' y, its whisker's y and its square's y, from the row's top ``y``."""
+    cy = y + _ROW_H / 2
+    return f"{cy + 4:.1f}", f"{cy:.1f}", f"{cy - 3.5:.1f}"
 
 
 def forest_svg(factors: list[dict], *, width: int = 780, ordered: bool = False) -> Markup:
@@ -333,23 +326,19 @@ def forest_svg(factors: list[dict], *, width: int = 780, ordered: bool = False) 
         return Markup("")
     rows = factors if ordered else sorted(factors, key=verdict_sort_key)
     # each row's estimate (odds ratio, low, high, and their logs) when all three can go on the axis
-    log, inf = math.log, math.inf
+    log = math.log
     span = math.log(2.5)
     estimates = []
     for f in rows:
         get = f.get
         orr, lo, hi = get("odds_ratio"), get("ci_low"), get("ci_high")
-        if type(orr) is float and type(lo) is float and type(hi) is float and 0 < orr < inf and 0 < lo < inf \
-                and 0 < hi < inf:  # the common case of _positive, without the calls (same result)
+        if _positive(orr) and _positive(lo) and _positive(hi):
             logs = (log(orr), log(lo), log(hi))
             span = max(span, abs(logs[0]), abs(logs[1]), abs(logs[2]))
             estimates.append((orr, lo, hi, logs))
-            continue
-        for v in (lo, hi, orr):
-            if _positive(v):
-                span = max(span, abs(log(v)))
-        estimates.append((orr, lo, hi, (log(orr), log(lo), log(hi)))
-                         if _positive(orr) and _positive(lo) and _positive(hi) else None)
+        else:  # what can go on the axis still sets its range
+            span = max([span, *(abs(log(v)) for v in (orr, lo, hi) if _positive(v))])
+            estimates.append(None)
     span = min(span * 1.05, math.log(20))
     lo_v, hi_v = math.exp(-span), math.exp(span)
     log_lo, log_hi = math.log(lo_v), math.log(hi_v)
@@ -358,8 +347,9 @@ def forest_svg(factors: list[dict], *, width: int = 780, ordered: bool = False) 
     heads = len({f.get("verdict") for f in rows})
     height = top + (len(rows) + heads) * row_h + 26
 
-    def xv(v: float) -> float:
-        log = log_lo if v < lo_v else log_hi if v > hi_v else math.log(v)  # v clamped to the axis
+    def xv(v: float, log_v: float | None = None) -> float:
+        """x of ``v``, clamped to the axis; ``log_v``: its log, when taken already."""
+        log = log_lo if v < lo_v else log_hi if v > hi_v else math.log(v) if log_v is None else log_v
         return label_w + pw * (log + span) / (2 * span)
 
     band = (f'<rect x="{xv(0.8):.1f}" y="{top - 4}" width="{xv(1.25) - xv(0.8):.1f}" '
@@ -386,17 +376,12 @@ def forest_svg(factors: list[dict], *, width: int = 780, ordered: bool = False) 
                        f'{_e(str(verdict).replace("_", " "))}</text>')
             y += row_h
         name = get("label") or f"{get('factor')} (lag {get('lag_days')})"
-        cy_text, cy_1, square_y = _ROW_Y[y] if y in _ROW_Y else _row_y(y)
+        cy_text, cy_1, square_y = _row_y(y)
         e_name, e_short = _names(name) if type(name) is str else (_e(name), _e(_short(name, 44)))
         out.append(f'<text x="12" y="{cy_text}" fill="#222"><title>{e_name}</title>{e_short}</text>')
-        if estimate is not None:  # x of each as xv finds it, from the logs already taken
+        if estimate is not None:
             orr, lo, hi, (g_o, g_lo, g_hi) = estimate
-            x1 = label_w + pw * ((g_lo if lo_v <= lo <= hi_v else log_lo if lo < lo_v else log_hi) + span) \
-                / (2 * span)
-            x2 = label_w + pw * ((g_hi if lo_v <= hi <= hi_v else log_lo if hi < lo_v else log_hi) + span) \
-                / (2 * span)
-            xc = label_w + pw * ((g_o if lo_v <= orr <= hi_v else log_lo if orr < lo_v else log_hi) + span) \
-                / (2 * span)
+            x1, x2, xc = xv(lo, g_lo), xv(hi, g_hi), xv(orr, g_o)
             arrows = ""
             if lo < lo_v:
                 arrows += f'<path d="M{x1:.1f},{cy_1} l5,-3 l0,6 Z" fill="{colour}"/>'
