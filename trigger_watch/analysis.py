@@ -208,7 +208,7 @@ def _reports(db, config, ex, blocks, results, forecast_block, validation, *, as_
                 "treatments": block.responses.get(pid), "clinician_id": block.clinicians.get(pid)}
 
     if not write:
-        _reports_serial(db, config, blocks, parts_of, write, stop, progress, outcome)
+        _reports_serial(blocks, parts_of, stop, progress, outcome)
     else:  # in chunks, also in this process: two file-system syncs a chunk, not five a patient
         _reports_in_chunks(db, config, ex, blocks, parts_of, stop, progress, outcome)
 
@@ -292,14 +292,12 @@ def _clinical_block(ids: list[str], inputs, panel: pd.DataFrame, as_of: date) ->
 EMPTY_CHART = {"calendar": [], "monthly": [], "gaps": []}
 
 
-def _reports_serial(db, config, blocks: list[_Block], parts_of, write, stop, progress, outcome) -> None:
-    """One patient after another in this process; ``stop`` is checked between patients. (The pipeline
-    writes in chunks, :func:`_reports_in_chunks`; this is for a run that writes nothing.)"""
-    from trigger_watch import reports
-
+def _reports_serial(blocks: list[_Block], parts_of, stop, progress, outcome) -> None:
+    """A run that writes nothing: each patient's triggers.json built, one after another in this process, to
+    find the ones that fail; ``stop`` is checked between patients. (Reports are written in chunks,
+    :func:`_reports_in_chunks`.)"""
     total, done = sum(len(b.ids) for b in blocks), 0
     for k, block in enumerate(blocks):
-        charts = build_charts(block.chart_rows)
         block.chart_rows = None
         for i, pid in enumerate(block.ids):
             if stop.is_set():
@@ -307,12 +305,7 @@ def _reports_serial(db, config, blocks: list[_Block], parts_of, write, stop, pro
                 return
             try:
                 parts = parts_of(pid, block)
-                triggers = build_triggers(pid, parts.pop("result"), **parts)
-                if write:
-                    chart = charts.get(pid, EMPTY_CHART)
-                    reports.write_patient_reports(config.reports_dir, triggers, chart)
-                    with storage.transaction(db):
-                        reports.record_history(db, triggers, chart, ranking=ranking_row(triggers))
+                build_triggers(pid, parts.pop("result"), **parts)
                 outcome.analysed.append(pid)
             except Exception as exc:  # one patient's failure must not stop the others
                 outcome.failed[pid] = f"{type(exc).__name__}: {exc}"
