@@ -14,9 +14,9 @@ from __future__ import annotations
 import contextlib
 import json
 import warnings
-from pathlib import Path
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
