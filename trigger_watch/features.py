@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.indexers import BaseIndexer
 
-from trigger_watch import storage
+from trigger_watch import packs, storage
 from trigger_watch.errors import UnknownPatient
 
 # ------------------------------------------------------------------------------------- the registry
@@ -186,7 +186,9 @@ def load_inputs(db, patient_ids=None, as_of: date | None = None, *,
         return storage.read_table(conn, table, columns, f"{who}{where}", params + extra)
 
     patients = read("patients", PATIENT_COLUMNS, "", [])
-    diary = read("diary", DIARY_COLUMNS, " AND date <= ?", [cut])
+    diary = None if patient_ids is None else packs.read_frame(conn, "diary", patient_ids, cut)
+    if diary is None:
+        diary = read("diary", DIARY_COLUMNS, " AND date <= ?", [cut])
     # The diary rows just read are the ones this query unpacks: when none has custom factors, its (empty)
     # answer is known without reading the diary a second time.
     if diary["custom"].notna().any():

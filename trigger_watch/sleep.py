@@ -443,6 +443,11 @@ _NUMERIC = ["start", "end", "start_local", "end_local", "day", "minutes_asleep",
             "efficiency", "awakenings"]
 
 
+def period_sql(extra: str = "") -> str:
+    """The periods' query without its WHERE (``extra``: more columns of ``sleep_periods s``)."""
+    return _PERIOD_SQL.format(extra=extra)
+
+
 def load_periods(db: sqlite_utils.Database, patient_ids: Iterable[str] | None = None,
                  as_of: date | None = None, *, with_rowid: bool = False) -> pd.DataFrame:
     """Stored periods in one query, as numbers: ``start``/``end`` epoch seconds (NaN for a date-only night),
@@ -462,6 +467,14 @@ def _read_periods(db: sqlite_utils.Database, patient_ids: Iterable[str] | None, 
     :func:`nightly`, which needs no DataFrame of them."""
     where, params = [], []
     ids = None if patient_ids is None else list(dict.fromkeys(patient_ids))
+    if ids is not None and as_of is not None and not with_rowid:  # the cycle's reading: from the packs
+        from trigger_watch import packs
+
+        packed = packs.read(db.conn, "sleep_periods", ids, pd.Timestamp(as_of).strftime("%Y-%m-%d"))
+        if packed is not None:
+            out = {n: packed[n].to_numpy(zero_copy_only=False) for n in ("patient_id", "source")}
+            out.update((n, packed[n].to_numpy(zero_copy_only=False)) for n in _NUMERIC)
+            return out
     if ids is not None:  # any number of ids, one parameter, through the patient index
         where.append("s.patient_id IN (SELECT value FROM json_each(?))")
         params.append(json.dumps(ids))

@@ -153,7 +153,7 @@ def _load_all_migrations() -> None:
     # Modules that own tables register their migrations when imported.
     import importlib
 
-    for mod in ("weather", "sleep", "models", "reports", "daemon"):
+    for mod in ("weather", "sleep", "models", "reports", "daemon", "packs"):
         try:
             importlib.import_module(f"trigger_watch.{mod}")
         except ModuleNotFoundError as exc:
@@ -289,8 +289,7 @@ def read_table(conn: sqlite3.Connection, table: str, columns: Sequence[str], whe
     all. Then pandas reads the query itself: rare, and exact by definition.
     """
     sql = f"SELECT {', '.join(_quoted(c) for c in columns)} FROM {table} WHERE {where}"
-    declared = {name: kind for _, name, kind, *_ in conn.execute(f"PRAGMA table_info({_quoted(table)})")}
-    kinds = [_affinity(declared[c]) if c in declared else "BLOB" for c in columns]
+    kinds = column_kinds(conn, table, columns)
     with collector_paused():
         if "BLOB" in kinds:
             return pd.read_sql_query(sql, conn, params=params)
@@ -306,6 +305,12 @@ def read_table(conn: sqlite3.Connection, table: str, columns: Sequence[str], whe
     frame = pd.DataFrame(dict(enumerate(arrays)))
     frame.columns = names
     return frame
+
+
+def column_kinds(conn: sqlite3.Connection, table: str, columns: Sequence[str]) -> list[str]:
+    """The affinity of each of these columns of ``table`` (BLOB for a column it does not have)."""
+    declared = {name: kind for _, name, kind, *_ in conn.execute(f"PRAGMA table_info({_quoted(table)})")}
+    return [_affinity(declared[c]) if c in declared else "BLOB" for c in columns]
 
 
 def _quoted(name: str) -> str:
@@ -328,22 +333,42 @@ def _affinity(declared: str) -> str:
 
 def _typed_columns(rows: list[tuple], kinds: list[str]) -> list | None:
     """The columns of :func:`read_table` from its rows; None when a value is not of its column's types."""
+    converted = arrow_rows(rows, kinds)
+    if converted is None:
+        return None
+    return frame_columns([converted.field(i) for i in range(len(kinds))], kinds)
+
+
+def arrow_rows(rows: list[tuple], kinds: list[str]) -> pa.StructArray | None:
+    """Rows read from SQLite as one Arrow struct array, field ``i`` the ``i``-th column: text for a TEXT
+    affinity, float64 for the others (exactly: an integer a float cannot hold is refused). None when a
+    value is not of its column's types (a blob, text that is not a number in a numeric column)."""
     text = [i for i, kind in enumerate(kinds) if kind == "TEXT"]
-    if text:
+    if text and rows:
         pick = operator.itemgetter(*text)
         values = map(pick, rows) if len(text) == 1 else itertools.chain.from_iterable(map(pick, rows))
         if bytes in set(map(type, values)):
             return None
-    struct = pa.struct([(str(i), pa.large_string() if kind == "TEXT" else pa.float64())
-                        for i, kind in enumerate(kinds)])
     try:  # a float64 field takes an integer only if the float holds it exactly
-        converted = pa.array(rows, type=struct)
+        return pa.array(rows, type=arrow_struct(kinds))
     except (pa.ArrowException, TypeError, ValueError, OverflowError):
         return None
-    n = len(rows)
+
+
+def arrow_struct(kinds: list[str]) -> pa.StructType:
+    """The Arrow type of :func:`arrow_rows` for columns of these affinities."""
+    return pa.struct([(str(i), pa.large_string() if kind == "TEXT" else pa.float64())
+                      for i, kind in enumerate(kinds)])
+
+
+def frame_columns(arrows: list[pa.Array], kinds: list[str]) -> list | None:
+    """The columns of :func:`read_table` from the Arrow columns of :func:`arrow_rows` (of any number of
+    its calls, concatenated): float64, or int64 for a whole INTEGER or NUMERIC column without NULL; pandas'
+    text dtype; a column of None when every row is NULL. None when a whole column's values are beyond
+    int64's exact range."""
     arrays = []
-    for i, kind in enumerate(kinds):
-        arrow = converted.field(i)
+    for arrow, kind in zip(arrows, kinds):
+        n = len(arrow)
         if arrow.null_count == n:
             arrays.append(np.full(n, None, dtype=object))
         elif kind == "TEXT":
