@@ -84,30 +84,55 @@ def _descendants(root: int) -> list[int]:
     return out
 
 
+def _cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of ``pid`` so far (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 class PeakMemory:
     """Samples the resident set of this process and its descendants (MB) on a thread; keeps the largest
-    sum, when it was (seconds from the start) and this process's share of it."""
+    sum, when it was (seconds from the start) and this process's share of it. Also adds up the CPU time
+    they used meanwhile (a worker's last 50 ms before it exits are missed)."""
 
     def __init__(self, every: float = 0.05):
         self.every, self.peak_kb, self.peak_at, self.peak_main_kb = every, 0, 0.0, 0
+        self._cpu: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         me, start = os.getpid(), time.perf_counter()
         while not self._stop.is_set():
-            sizes = [_rss_kb(p) for p in _descendants(me)]
-            if sum(sizes) > self.peak_kb:
-                self.peak_kb, self.peak_at, self.peak_main_kb = sum(sizes), time.perf_counter() - start, sizes[0]
+            self._sample(me, start)
             self._stop.wait(self.every)
+        self._sample(me, start)
+
+    def _sample(self, me: int, start: float) -> None:
+        pids = _descendants(me)
+        sizes = [_rss_kb(p) for p in pids]
+        if sum(sizes) > self.peak_kb:
+            self.peak_kb, self.peak_at, self.peak_main_kb = sum(sizes), time.perf_counter() - start, sizes[0]
+        for p in pids:
+            self._cpu[p] = max(self._cpu.get(p, 0.0), _cpu_s(p))
 
     def __enter__(self) -> PeakMemory:
+        self._cpu_before = _cpu_s(os.getpid())
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+    @property
+    def cpu_s(self) -> float:
+        """CPU seconds this process and its descendants used inside the block."""
+        return sum(self._cpu.values()) - self._cpu_before
 
     @property
     def peak_mb(self) -> float:
@@ -222,6 +247,7 @@ def phase_cycle(args, incremental: bool) -> dict:
         out["wall_s"] = time.perf_counter() - t
     out.update(status=result.status, analysed=len(result.analysed), failed=len(result.failed),
                peak_mb=mem.peak_mb, main_hwm_mb=_hwm_mb(), stages=captured, peak_at_s=mem.peak_at,
+               cpu_s=mem.cpu_s,
                peak_main_mb=mem.peak_main_kb / 1024)
     if result.failed:
         out["first_failures"] = dict(list(result.failed.items())[:3])
@@ -256,6 +282,9 @@ def _print(results: dict, args) -> None:
         extra = f", import of {r['imported_rows']} diary row(s) {r['import_s']:.2f} s" if "import_s" in r else ""
         print(f"{name} cycle: {r['wall_s']:.1f} s wall, {r['analysed']} analysed, {r['failed']} failed, "
               f"peak {r['peak_mb']:.0f} MB (main process {r['main_hwm_mb']:.0f} MB){extra}")
+        if "cpu_s" in r:
+            busy = r["cpu_s"] / (r["wall_s"] * (os.cpu_count() or 1))
+            print(f"  CPU: {r['cpu_s']:.1f} s in all processes, {busy:.0%} of {os.cpu_count()} cores' time")
         if "peak_at_s" in r:
             print(f"  the peak: {r['peak_at_s']:.1f} s in, this process {r['peak_main_mb']:.0f} MB and its workers "
                   f"{r['peak_mb'] - r['peak_main_mb']:.0f} MB")
