@@ -76,8 +76,8 @@ storage.register_patient_table("input_packs")
 
 @dataclass(frozen=True)
 class Source:
-    """The rows one table's packs hold: ``sql`` with ``{who}`` (the patients) and one ``?`` (the last
-    date, compared with result column ``cut``), ordered by patient first."""
+    """The rows one table's packs hold: ``sql`` with two parameters, the patients (a JSON array) and the
+    last date (compared with result column ``cut``), ordered by patient first."""
 
     table: str
     sql: str
@@ -90,16 +90,14 @@ class Source:
         text = repr((FORMAT, self.sql, self.names, self.kinds, self.cut))
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
-    def query(self, who: str) -> str:
-        return self.sql.format(who=who)
-
 
 def diary_source(conn: sqlite3.Connection) -> Source:
     """``features.load_inputs``'s diary rows."""
     from trigger_watch.features import DIARY_COLUMNS
 
     cols = ", ".join(f'"{c}"' for c in DIARY_COLUMNS)
-    return Source("diary", f"SELECT {cols} FROM diary WHERE {{who}} AND date <= ? ORDER BY patient_id, date",
+    return Source("diary", f"SELECT {cols} FROM diary WHERE {_who('patient_id')} AND date <= ? "
+                  "ORDER BY patient_id, date",
                   tuple(DIARY_COLUMNS), tuple(storage.column_kinds(conn, "diary", DIARY_COLUMNS)), "date")
 
 
@@ -109,8 +107,8 @@ def sleep_source(conn: sqlite3.Connection) -> Source:
 
     names = ("patient_id", "source", *sleep._NUMERIC, "local_date")
     kinds = ("TEXT", "TEXT", *["REAL"] * len(sleep._NUMERIC), "TEXT")
-    return Source("sleep_periods", sleep.period_sql(", s.local_date") + " WHERE {who} AND s.local_date <= ? "
-                  "ORDER BY s.patient_id, s.local_date, s.rowid", names, kinds, "local_date")
+    return Source("sleep_periods", sleep.period_sql(", s.local_date") + f" WHERE {_who('s.patient_id')} AND "
+                  "s.local_date <= ? ORDER BY s.patient_id, s.local_date, s.rowid", names, kinds, "local_date")
 
 
 _SOURCES = {"diary": diary_source, "sleep_periods": sleep_source}
@@ -118,10 +116,6 @@ _SOURCES = {"diary": diary_source, "sleep_periods": sleep_source}
 
 def _who(patient_column: str) -> str:
     return f"{patient_column} IN (SELECT value FROM json_each(?))"
-
-
-def _who_of(source: Source) -> str:
-    return _who("s.patient_id" if source.table == "sleep_periods" else "patient_id")
 
 
 def available(conn: sqlite3.Connection) -> bool:
@@ -174,7 +168,7 @@ def _refresh(conn: sqlite3.Connection, patient_ids: Iterable[str] | None) -> int
                 (source.table, source.layout, json.dumps(list(part)))))
         todo = [p for p in ids if p not in have]
         for part in _batched(todo, BATCH):
-            rows = conn.execute(source.query(_who_of(source)), (json.dumps(part), EVERYTHING)).fetchall()
+            rows = conn.execute(source.sql, (json.dumps(part), EVERYTHING)).fetchall()
             by_patient = {p: list(g) for p, g in itertools.groupby(rows, key=operator.itemgetter(0))}
             packs = []
             for p in part:
@@ -200,7 +194,10 @@ def read(conn: sqlite3.Connection, table: str, patient_ids: Iterable[str], cut: 
     columns' types (the caller reads them row by row)."""
     if not available(conn):
         return None
-    source = _SOURCES[table](conn)
+    return _read(conn, _SOURCES[table](conn), patient_ids, cut)
+
+
+def _read(conn: sqlite3.Connection, source: Source, patient_ids: Iterable[str], cut: str) -> pa.Table | None:
     ids = sorted({str(p) for p in patient_ids})
     who = json.dumps(ids)
     with storage.collector_paused():
@@ -211,8 +208,7 @@ def read(conn: sqlite3.Connection, table: str, patient_ids: Iterable[str], cut: 
         missing = len(found) < len(ids)
         if missing:
             have = {p for p, _ in found}
-            rows = conn.execute(source.query(_who_of(source)),
-                                (json.dumps([p for p in ids if p not in have]), cut)).fetchall()
+            rows = conn.execute(source.sql, (json.dumps([p for p in ids if p not in have]), cut)).fetchall()
             arrays = storage.arrow_rows(rows, list(source.kinds))
             if arrays is None:
                 return None
@@ -231,16 +227,14 @@ def read_frame(conn: sqlite3.Connection, table: str, patient_ids: Iterable[str],
     values, row order); None when :func:`read` gives None."""
     import pandas as pd
 
-    rows = read(conn, table, patient_ids, cut)
+    if not available(conn):
+        return None
+    source = _SOURCES[table](conn)
+    rows = _read(conn, source, patient_ids, cut)
     if rows is None:
         return None
     if not rows.num_rows:
         return pd.DataFrame(columns=list(rows.column_names))
-    kinds = list(_SOURCES[table](conn).kinds)
     arrays = storage.frame_columns([c.chunk(0) if c.num_chunks == 1 else c.combine_chunks()
-                                    for c in rows.columns], kinds)
-    if arrays is None:
-        return None
-    frame = pd.DataFrame(dict(enumerate(arrays)))
-    frame.columns = list(rows.column_names)
-    return frame
+                                    for c in rows.columns], list(source.kinds))
+    return None if arrays is None else storage.frame_of(arrays, rows.column_names)

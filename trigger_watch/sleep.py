@@ -467,20 +467,19 @@ def _read_periods(db: sqlite_utils.Database, patient_ids: Iterable[str] | None, 
     :func:`nightly`, which needs no DataFrame of them."""
     where, params = [], []
     ids = None if patient_ids is None else list(dict.fromkeys(patient_ids))
-    if ids is not None and as_of is not None and not with_rowid:  # the cycle's reading: from the packs
+    cut = None if as_of is None else pd.Timestamp(as_of).strftime("%Y-%m-%d")
+    if ids is not None and cut is not None and not with_rowid:  # the cycle's reading: from the packs
         from trigger_watch import packs
 
-        packed = packs.read(db.conn, "sleep_periods", ids, pd.Timestamp(as_of).strftime("%Y-%m-%d"))
+        packed = packs.read(db.conn, "sleep_periods", ids, cut)
         if packed is not None:
-            out = {n: packed[n].to_numpy(zero_copy_only=False) for n in ("patient_id", "source")}
-            out.update((n, packed[n].to_numpy(zero_copy_only=False)) for n in _NUMERIC)
-            return out
+            return {n: packed[n].to_numpy(zero_copy_only=False) for n in ("patient_id", "source", *_NUMERIC)}
     if ids is not None:  # any number of ids, one parameter, through the patient index
         where.append("s.patient_id IN (SELECT value FROM json_each(?))")
         params.append(json.dumps(ids))
-    if as_of is not None:
+    if cut is not None:
         where.append("s.local_date <= ?")
-        params.append(pd.Timestamp(as_of).strftime("%Y-%m-%d"))
+        params.append(cut)
     sql = _PERIOD_SQL.format(extra=", s.rowid, s.is_nap" if with_rowid else "")
     if where:
         sql += " WHERE " + " AND ".join(where)

@@ -302,8 +302,13 @@ def read_table(conn: sqlite3.Connection, table: str, columns: Sequence[str], whe
         del rows
         if arrays is None:
             return pd.read_sql_query(sql, conn, params=params)
+    return frame_of(arrays, names)
+
+
+def frame_of(arrays: list, names: Sequence[str]) -> pd.DataFrame:
+    """A frame of these columns under these names (which may repeat, as a query's may)."""
     frame = pd.DataFrame(dict(enumerate(arrays)))
-    frame.columns = names
+    frame.columns = list(names)
     return frame
 
 
