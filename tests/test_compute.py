@@ -94,6 +94,23 @@ def test_a_scheduler_setting_that_is_not_an_address_is_an_error():
         compute.make_executor(config_mod.Config(values={"compute.scheduler": "localhost"}), 10)
 
 
+def test_a_worker_hands_its_heap_back_when_a_new_stage_begins_not_between_tasks_of_one(monkeypatch):
+    released = []
+    monkeypatch.setattr(compute, "release_memory", lambda: released.append(1))
+    monkeypatch.setattr(compute, "_LAST_TASK", {})
+
+    def read_block(x):
+        return x + 1
+
+    def write_chunk(x):
+        return x * 2
+
+    reading, writing = compute._TrimOnNewStage(read_block), compute._TrimOnNewStage(write_chunk)
+    assert [reading(1), reading(2), reading(3)] == [2, 3, 4] and released == []  # one stage: heap kept
+    assert writing(5) == 10 and len(released) == 1  # the next stage starts on a trimmed heap
+    assert writing(6) == 12 and len(released) == 1
+
+
 def test_chunks_cover_every_item_once_in_order():
     items = [f"p{i}" for i in range(1003)]
     parts = compute.chunks(items, 2)

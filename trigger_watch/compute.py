@@ -62,22 +62,32 @@ class LocalExecutor(Executor):
         # dispatching) and results come back in order as they finish.
         parallel = Parallel(n_jobs=self.workers, backend="loky", return_as="generator",
                             pre_dispatch="2*n_jobs")
-        task = _ThenRelease(fn)
+        task = _TrimOnNewStage(fn)
         yield from parallel(delayed(task)(item) for item in items)
 
 
-class _ThenRelease:
-    """``fn``, then :func:`release_memory` in the worker: a worker keeps the heap its largest task grew to
-    for the rest of the cycle, next to the daemon's, and the cycle's peak is their sum."""
+class _TrimOnNewStage:
+    """``fn`` in a worker, after handing back the heap (:func:`release_memory`) when the worker's last
+    task was another function's: a worker would otherwise keep the heap the largest task of a stage grew to
+    through the next stages, next to the daemon's, and the cycle's peak is their sum. Between two tasks of
+    the same function the heap is kept: the next one grows it to about the same size again, and faulting
+    those pages back in cost more than the trim saved (reading and reducing 8 blocks of 250 patients: 1.6 s
+    of kernel time with a trim after each block, 0.6 s without; the 10,000-patient cycle used ~5 s less
+    CPU, its peak the same)."""
 
     def __init__(self, fn: Callable[[Any], Any]):
         self.fn = fn
 
     def __call__(self, item: Any) -> Any:
-        try:
-            return self.fn(item)
-        finally:
+        kind = getattr(self.fn, "__qualname__", repr(self.fn))
+        if _LAST_TASK.get("kind", kind) != kind:
             release_memory()
+        _LAST_TASK["kind"] = kind
+        return self.fn(item)
+
+
+#: This worker process's last task's function (:class:`_TrimOnNewStage`).
+_LAST_TASK: dict[str, str] = {}
 
 
 def release_memory() -> None:
