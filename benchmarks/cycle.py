@@ -8,10 +8,12 @@ Three phases, each in its own process so one phase's memory does not show up in 
    files (``simulate.write_files``) and import them through the public path (``importing.import_file``)
    into a fresh database. The last simulated day's diary and attacks are held back.
 2. **full**: ``daemon.run_cycle(fetch=False)`` over everyone, as of the day before the held-back one,
-   starting from the database as imported (no models or reports yet). ``--validation``: ``first`` (the
+   starting from the database as imported (no models or cycles yet). ``--validation``: ``first`` (the
    default) validates everyone's forecast, as the first night does; ``nightly`` only the seventh of the
    cohort whose night it is (``analysis.validation_slot``), as every night after the first does; ``skip``
-   none.
+   none. ``--reports``: ``fresh`` (the default with ``first``) removes the reports folder first, as on the
+   first night; ``kept`` (the default otherwise) leaves the reports the benchmark's run before wrote, to be
+   rewritten, as on every later night.
 3. **incremental**: a ``changed`` share of the patients (1 % by default) logs the held-back day (one diary
    row each, imported through ``import_file``), then ``run_cycle`` as of that day analyses only them.
 
@@ -200,6 +202,10 @@ def phase_generate(args) -> dict:
             "diary_rows": len(cohort.diary), "changed_patients": len(changed)}
 
 
+def _reports_mode(args) -> str:
+    return args.reports or ("fresh" if args.validation in ("first", "due") else "kept")
+
+
 def phase_cycle(args, incremental: bool) -> dict:
     from trigger_watch import daemon, storage
     from trigger_watch.importing import ImportOptions, import_file
@@ -210,7 +216,9 @@ def phase_cycle(args, incremental: bool) -> dict:
         for suffix in ("", "-wal", "-shm"):
             Path(str(cfg.database) + suffix).unlink(missing_ok=True)
         shutil.copyfile(workdir / PRISTINE, cfg.database)
-        for folder in (cfg.models_dir, cfg.reports_dir):
+        # no models (an unchanged cohort would take the stored fit); the reports of the run before stay
+        # unless --reports fresh (the first night): a clinic's nightly cycle rewrites last night's files
+        for folder in (cfg.models_dir, *([cfg.reports_dir] if _reports_mode(args) == "fresh" else [])):
             shutil.rmtree(folder, ignore_errors=True)
         os.sync()  # the kernel writes the copy out now, not on the cores of the cycle being timed
     db = storage.connect(cfg.database)
@@ -275,7 +283,8 @@ def _run_phase(name: str, argv: list[str]) -> dict:
 def _print(results: dict, args) -> None:
     g, f, i = results["generate"], results["full"], results["incremental"]
     print(f"cohort: {args.patients} patients x {args.days} days ({g['diary_rows']} diary rows), "
-          f"{os.cpu_count()} cores, scheduler {args.scheduler or 'local'}, validation {args.validation}")
+          f"{os.cpu_count()} cores, scheduler {args.scheduler or 'local'}, validation {args.validation}, "
+          f"reports {_reports_mode(args)}")
     print(f"generate: simulate {g['simulate_s']:.1f} s, write files {g['write_files_s']:.1f} s, "
           f"import {g['import_s']:.1f} s (peak {g['peak_mb']:.0f} MB)")
     for name, r in (("full", f), ("incremental", i)):
@@ -310,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="first (default; also 'due'): the full cycle validates everyone's forecast, as on the "
                          "first night; nightly: only the patients whose night of the week it is, as on every "
                          "later night (analysis.validation_every_days); skip: none")
+    ap.add_argument("--reports", choices=["fresh", "kept"],
+                    help="fresh: the full cycle starts with no reports folder, as on the first night (the "
+                         "default with --validation first); kept: it rewrites the reports the run before left, "
+                         "as every later night does (the default otherwise)")
     ap.add_argument("--phase", choices=["generate", "full", "incremental"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
