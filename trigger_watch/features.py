@@ -242,12 +242,11 @@ def warm_weather(db, patient_ids, as_of: date, *, weather_through: date | None =
 
 def _who(patient_ids) -> tuple[str, list]:
     """A WHERE clause (and its parameters) selecting ``patient_ids`` (everyone when None): one JSON array
-    parameter, so a long list needs neither thousands of placeholders nor a temporary table (whose filling
-    would open a write transaction on a connection that may only be reading)."""
+    parameter (:func:`storage.patients_in`)."""
     if patient_ids is None:
         return "1 = 1", []
     ids = sorted({str(p) for p in patient_ids})
-    return "patient_id IN (SELECT value FROM json_each(?))", [json.dumps(ids)]
+    return storage.patients_in(), [json.dumps(ids)]
 
 
 def _from_module(module: str, function: str, columns: list[str], *args) -> pd.DataFrame:

@@ -96,7 +96,7 @@ def diary_source(conn: sqlite3.Connection) -> Source:
     from trigger_watch.features import DIARY_COLUMNS
 
     cols = ", ".join(f'"{c}"' for c in DIARY_COLUMNS)
-    return Source("diary", f"SELECT {cols} FROM diary WHERE {_who('patient_id')} AND date <= ? "
+    return Source("diary", f"SELECT {cols} FROM diary WHERE {storage.patients_in()} AND date <= ? "
                   "ORDER BY patient_id, date",
                   tuple(DIARY_COLUMNS), tuple(storage.column_kinds(conn, "diary", DIARY_COLUMNS)), "date")
 
@@ -107,15 +107,11 @@ def sleep_source(conn: sqlite3.Connection) -> Source:
 
     names = ("patient_id", "source", *sleep._NUMERIC, "local_date")
     kinds = ("TEXT", "TEXT", *["REAL"] * len(sleep._NUMERIC), "TEXT")
-    return Source("sleep_periods", sleep.period_sql(", s.local_date") + f" WHERE {_who('s.patient_id')} AND "
+    return Source("sleep_periods", sleep.period_sql(", s.local_date") + f" WHERE {storage.patients_in('s.patient_id')} AND "
                   "s.local_date <= ? ORDER BY s.patient_id, s.local_date, s.rowid", names, kinds, "local_date")
 
 
 _SOURCES = {"diary": diary_source, "sleep_periods": sleep_source}
-
-
-def _who(patient_column: str) -> str:
-    return f"{patient_column} IN (SELECT value FROM json_each(?))"
 
 
 def available(conn: sqlite3.Connection) -> bool:
@@ -164,7 +160,7 @@ def _refresh(conn: sqlite3.Connection, patient_ids: Iterable[str] | None) -> int
         have = set()
         for part in _batched(ids, 10000):
             have.update(r[0] for r in conn.execute(
-                f"SELECT patient_id FROM input_packs WHERE source = ? AND layout = ? AND {_who('patient_id')}",
+                f"SELECT patient_id FROM input_packs WHERE source = ? AND layout = ? AND {storage.patients_in()}",
                 (source.table, source.layout, json.dumps(list(part)))))
         todo = [p for p in ids if p not in have]
         for part in _batched(todo, BATCH):
@@ -202,7 +198,7 @@ def _read(conn: sqlite3.Connection, source: Source, patient_ids: Iterable[str], 
     who = json.dumps(ids)
     with storage.collector_paused():
         found = conn.execute(
-            f"SELECT patient_id, data FROM input_packs WHERE source = ? AND layout = ? AND {_who('patient_id')}"
+            f"SELECT patient_id, data FROM input_packs WHERE source = ? AND layout = ? AND {storage.patients_in()}"
             " ORDER BY patient_id", (source.table, source.layout, who)).fetchall()
         tables = [_unpack(data) for _, data in found]
         missing = len(found) < len(ids)

@@ -475,12 +475,12 @@ def _read_periods(db: sqlite_utils.Database, patient_ids: Iterable[str] | None, 
         if packed is not None:
             return {n: packed[n].to_numpy(zero_copy_only=False) for n in ("patient_id", "source", *_NUMERIC)}
     if ids is not None:  # any number of ids, one parameter, through the patient index
-        where.append("s.patient_id IN (SELECT value FROM json_each(?))")
+        where.append(storage.patients_in("s.patient_id"))
         params.append(json.dumps(ids))
     if cut is not None:
         where.append("s.local_date <= ?")
         params.append(cut)
-    sql = _PERIOD_SQL.format(extra=", s.rowid, s.is_nap" if with_rowid else "")
+    sql = period_sql(", s.rowid, s.is_nap" if with_rowid else "")
     if where:
         sql += " WHERE " + " AND ".join(where)
     names = ["patient_id", "source", *_NUMERIC] + (["rowid", "is_nap"] if with_rowid else [])
