@@ -464,9 +464,10 @@ def test_ranking_rows_are_what_the_template_loop_writes():
     assert reports.render_ranking_html(RANKING_ROWS) == template.render(rows=rows, table_rows=None)
 
 
-def test_summaries_travel_to_the_report_workers_unchanged():
-    """A chunk's summaries go to its worker as one frame (analysis._pack_summaries) and come back as each
-    patient's own frame, equal to the one sent; a summary of other dtypes, or none, travels as it was."""
+def test_summaries_travel_to_the_report_workers_as_one_frame_and_give_each_patient_their_factors():
+    """A chunk's summaries go to its worker as one frame (analysis._pack_summaries); the worker turns it
+    into records at once (analysis._factor_records) and each patient gets the records of their own summary,
+    what build_triggers made of it alone. A summary of other dtypes, or none, travels as it was."""
     import dataclasses
     import pickle
 
@@ -483,14 +484,23 @@ def test_summaries_travel_to_the_report_workers_unchanged():
     items = [(f"p{i}", {"result": r, "as_of": date(2026, 1, 1)}) for i, r in enumerate(results)]
     packed_items, packed = analysis._pack_summaries(items)
     assert packed[0] is not None and len(packed[0]) == 6  # the two of the first kind in one frame
-    back = analysis._unpack_summaries(*pickle.loads(pickle.dumps((packed_items, packed))))
-    assert [p for p, _ in back] == [p for p, _ in items]
-    for (_, sent), (_, got) in zip(items, back):
-        if sent["result"] is None:
-            assert got["result"] is None
-            continue
-        pd.testing.assert_frame_equal(got["result"].summary, sent["result"].summary)
-        assert dataclasses.replace(got["result"], summary=None) == dataclasses.replace(sent["result"], summary=None)
+    sent_items, sent = pickle.loads(pickle.dumps((packed_items, packed)))
+    factors = analysis._factor_records(sent_items, sent)
+    assert [p for p, _ in sent_items] == [p for p, _ in items] and len(factors) == len(items)
+    for (_, before), (_, after), made in zip(items, sent_items, factors):
+        result = before["result"]
+        if result is None:
+            assert after["result"] is None and made is None
+        elif result.summary is odd:  # travelled with its result, made into records by build_triggers
+            pd.testing.assert_frame_equal(after["result"].summary, odd)
+            assert made is None
+        else:
+            assert after["result"].summary is None
+            assert dataclasses.replace(after["result"], summary=None) == dataclasses.replace(result, summary=None)
+            assert _same(made, analysis._records(result.summary))
+            doc = analysis.build_triggers("p", result, as_of=date(2026, 1, 1), generated_at="t")
+            assert _same(analysis.build_triggers("p", after["result"], as_of=date(2026, 1, 1), generated_at="t",
+                                                 factors=made), doc)
 
 
 def test_the_spike_and_slab_split_by_columns_is_the_whole_fit():

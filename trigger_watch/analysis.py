@@ -380,13 +380,14 @@ def write_report_chunk(job: tuple) -> tuple[list[tuple], dict[str, str]]:
     # cycles to collect.
     with storage.collector_paused():
         reports_dir, items, summaries, chart_rows = job
-        items = _unpack_summaries(items, summaries)
+        factors = _factor_records(items, summaries)
         charts, calendars = build_charts_json(chart_rows)
         docs, errors = [], {}
-        for pid, parts in items:
+        for (pid, parts), given in zip(items, factors):
             try:
                 parts = dict(parts)
-                docs.append((build_triggers(pid, parts.pop("result"), **parts), charts.get(pid, EMPTY_CHART)))
+                docs.append((build_triggers(pid, parts.pop("result"), factors=given, **parts),
+                             charts.get(pid, EMPTY_CHART)))
             except Exception as exc:  # one patient's failure must not stop the others
                 errors[pid] = f"{type(exc).__name__}: {exc}"
         written, failed = reports.write_many_patient_reports(reports_dir, docs)
@@ -398,8 +399,8 @@ def write_report_chunk(job: tuple) -> tuple[list[tuple], dict[str, str]]:
 def _pack_summaries(items: list[tuple[str, dict]]) -> tuple[list[tuple[str, dict]], tuple]:
     """A chunk's items for a worker, their results' summaries taken out into one frame: pickling a few
     hundred small frames with text columns cost the sending process ~20 times what one frame of them does.
-    Returns the items (each result's ``summary`` None) and ``(frame, rows per item)``, undone by
-    :func:`_unpack_summaries`."""
+    Returns the items (each result's ``summary`` None) and ``(frame, rows per item)``: a worker makes the
+    triggers.json factors of them all at once (:func:`_factor_records`)."""
     frames, sizes, out = [], [], []
     for pid, parts in items:
         result = parts["result"]
@@ -414,16 +415,16 @@ def _pack_summaries(items: list[tuple[str, dict]]) -> tuple[list[tuple[str, dict
     return out, ((pd.concat(frames, ignore_index=True) if frames else None), sizes)
 
 
-def _unpack_summaries(items: list[tuple[str, dict]], packed) -> list[tuple[str, dict]]:
-    """:func:`_pack_summaries` undone: each result gets its summary back (index 0..n-1, as it had)."""
+def _factor_records(items: list[tuple[str, dict]], packed) -> list[list[dict] | None]:
+    """Each item's triggers.json ``factors`` from the summaries :func:`_pack_summaries` took out (all of them
+    at once, :func:`_records` of the frame, then each patient's rows), None for an item whose summary
+    travelled with it (:func:`build_triggers` turns that one into records itself)."""
     frame, sizes = packed
+    records = _records(frame) if frame is not None else []
     out, at = [], 0
-    for (pid, parts), n in zip(items, sizes):
-        if n >= 0:
-            summary = models.summary_rows(frame, at, at + n)
-            parts = {**parts, "result": dataclasses.replace(parts["result"], summary=summary)}
-            at += n
-        out.append((pid, parts))
+    for n in sizes:
+        out.append(records[at:at + n] if n >= 0 else None)
+        at += max(n, 0)
     return out
 
 
@@ -537,36 +538,41 @@ def _clean(v):
 
 def _records(frame: pd.DataFrame, skip: str | None = None) -> list[dict]:
     """``[_clean(r) for r in frame.replace({np.nan: None}).to_dict("records")]`` (without column ``skip``),
-    through one object array instead of per-patient pandas calls: a missing value (NaN, None, NA, NaT) is
-    None, as the replace made it, and every other value is cleaned."""
+    built column by column (a report chunk's summaries are one frame of ~4,000 rows): a missing value (NaN,
+    None, NA, NaT) is None, as the replace made it, and every other value is cleaned."""
     names = list(frame.columns)
     if len(set(names)) < len(names):
         records = frame.replace({np.nan: None}).to_dict("records")
         return [_clean({k: x for k, x in r.items() if k != skip}) for r in records]
-    rows = frame.to_numpy(dtype=object, na_value=None).tolist()
-    if skip is not None and skip in names:
-        i = names.index(skip)
-        del names[i]
-        for r in rows:
-            del r[i]
-    out = []
-    for r in rows:
-        record = {}
-        for k, v in zip(names, r):
-            kind = type(v)
-            if kind is float:
-                v = round(v, 4) if math.isfinite(v) else None
-            elif not (kind is str or kind is int or kind is bool or v is None):
-                v = _clean(v)
-            record[k] = v
-        out.append(record)
+    keep = [i for i, k in enumerate(names) if k != skip]
+    names = [names[i] for i in keep]
+    columns = [_column_values(frame.iloc[:, i]) for i in keep]
+    return [dict(zip(names, row)) for row in zip(*columns)] if columns else [{} for _ in range(len(frame))]
+
+
+def _column_values(column: pd.Series) -> list:
+    """One column's values as :func:`_records` puts them in its records."""
+    kind = column.dtype
+    if kind == np.float64:  # finite floats rounded, NaN and infinities None (what _clean makes of them)
+        values = column.to_numpy()
+        return [round(v, 4) if ok else None for v, ok in zip(values.tolist(), np.isfinite(values).tolist())]
+    if kind == np.int64 or kind == np.bool_:
+        return column.to_numpy().tolist()  # Python ints and bools
+    out = column.to_numpy(dtype=object, na_value=None).tolist()
+    for i, v in enumerate(out):
+        t = type(v)
+        if t is float:
+            out[i] = round(v, 4) if math.isfinite(v) else None
+        elif not (t is str or t is int or t is bool or v is None):
+            out[i] = None if v is pd.NaT else _clean(v)  # a date column's missing values stay NaT
     return out
 
 
 def build_triggers(pid: str, result, *, as_of: date, generated_at: str, forecast=None, validation=None,
                    flags: dict | None = None, treatments: pd.DataFrame | None = None,
-                   clinician_id: str | None = None) -> dict:
-    """The triggers.json document of reports.md for one patient (plus documented extra keys)."""
+                   clinician_id: str | None = None, factors: list[dict] | None = None) -> dict:
+    """The triggers.json document of reports.md for one patient (plus documented extra keys). ``factors``:
+    ``_records(result.summary)`` when the caller made it already (then ``result.summary`` is not read)."""
     if result is None:
         data = {"first_day": None, "last_day": None, "diary_days": 0, "missing_days": 0, "at_risk_days": 0,
                 "attacks": 0, "migraine_days_last_30": 0}
@@ -574,7 +580,7 @@ def build_triggers(pid: str, result, *, as_of: date, generated_at: str, forecast
     else:
         data = _clean(dict(result.data))
         status = result.status
-        factors = _records(result.summary)
+        factors = _records(result.summary) if factors is None else factors
         model = _clean(dict(result.model)) | {"version": MODEL_VERSION}
         model.setdefault("model_id", result.model.get("fingerprint"))
     if validation:

@@ -36,6 +36,7 @@ the pooled posterior decides verdict and rank and drives the next-day risk (:met
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import threading
@@ -53,7 +54,7 @@ from scipy.special import expit
 from scipy.stats import norm
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
-from threadpoolctl import threadpool_limits  # installed with scikit-learn
+from threadpoolctl import ThreadpoolController  # installed with scikit-learn
 
 from trigger_watch.errors import ModelError
 
@@ -609,8 +610,16 @@ def _fit_cohort(rows: pd.DataFrame, design: _Design, prior: CohortPrior | None, 
 
 
 def _fit_loaded(ch: _Chunk, lam: np.ndarray, centre: np.ndarray):
-    with threadpool_limits(1, user_api="blas"), ch.loaded():  # many tiny matrices: threads only contend
+    with _threadpools().limit(limits=1, user_api="blas"), ch.loaded():  # many tiny matrices: threads only contend
         return _fit_chunk(ch, lam, centre)
+
+
+@functools.cache
+def _threadpools() -> ThreadpoolController:
+    """This process's thread pools, looked up once: ``threadpool_limits`` inspects every loaded library
+    each time (~4 ms with numpy's, scipy's and scikit-learn's; a night's fits and validation call it
+    hundreds of times)."""
+    return ThreadpoolController()
 
 
 def _fit_spilled(task) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
