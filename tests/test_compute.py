@@ -186,3 +186,17 @@ def test_validation_runs_when_due_and_is_reused_in_between(files, tmp_path):
     assert out.validation["patients"] == 12
     assert {m["cv_as_of"] for m in models.values()} == {(first + timedelta(days=8)).isoformat()}
     db.conn.close()
+
+
+def test_a_cycle_settles_its_blocks_and_results_and_leaves_the_collector_as_it_was(files, tmp_path, monkeypatch):
+    """The blocks of patients and the results stay to the end of the cycle: they are taken out of the
+    collector's sight as they are made (storage.objects_settled), once per block and once after the fit,
+    and handed back when the cycle ends."""
+    import gc
+
+    calls = []
+    freeze = gc.freeze
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append(1) or freeze())
+    result, _, _ = cycle(tmp_path / "ws", files, block=5)
+    assert result.status == "ok" and len(calls) == 3 + 1  # 12 patients in blocks of 5, then the results
+    assert gc.get_freeze_count() == 0 and gc.isenabled()

@@ -1,5 +1,7 @@
 import sqlite3
 
+import pytest
+
 from trigger_watch import storage
 
 
@@ -60,3 +62,32 @@ def test_two_connections_share_the_file(tmp_path):
         a.conn.execute("INSERT INTO patients (patient_id) VALUES ('x')")
     assert b.execute("SELECT count(*) FROM patients").fetchone()[0] == 1
     assert isinstance(a.conn, sqlite3.Connection)
+
+
+def test_settled_objects_are_out_of_the_collectors_sight_until_the_block_ends():
+    """storage.objects_settled: what settle() took out of sight (gc.freeze) is not looked through, so
+    garbage in a reference cycle among it stays until the block ends, and is collected after; an error
+    inside ends the block too."""
+    import gc
+    import weakref
+
+    class Node:
+        pass
+
+    assert gc.get_freeze_count() == 0
+    with storage.objects_settled() as settle:
+        node = Node()
+        node.me = node  # freed by the cyclic collector only
+        ref = weakref.ref(node)
+        settle()
+        assert gc.get_freeze_count() > 0
+        del node
+        gc.collect()
+        assert ref() is not None
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert ref() is None
+    with pytest.raises(RuntimeError), storage.objects_settled() as settle:
+        settle()
+        raise RuntimeError("mid-cycle")
+    assert gc.get_freeze_count() == 0

@@ -119,74 +119,78 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
     parts: list[models.Prepared] = []
     sizes = compute.chunks(ids, 1, size=int(config["compute.block_patients"]))
     t0 = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        ex = stack.enter_context(compute.executor(config, len(ids)))
-        spill = stack.enter_context(tempfile.TemporaryDirectory(prefix=".fit-", dir=config.models_dir))
-        # one block: this process, no files; several: the executor's workers, design blocks in files
-        first = ex if len(sizes) > 1 else compute.Executor()
-        spill_dir = Path(spill) if len(sizes) > 1 else None
-        # Local workers read their blocks from the database file themselves (SQLite serves several readers);
-        # a Dask worker may be on another machine: the blocks are read here and sent.
-        db_file = _file_of(db) if ex.kind == "local" else None
-        if db_file:
-            t = time.perf_counter()
-            features.warm_weather(db, ids if subset else None, as_of, weather_through=tomorrow)
-            timings["columns"] += time.perf_counter() - t
-
-        def jobs():
-            for block_ids in sizes:
+    # the blocks, then the results, stay to the end: the collector need not look through them again and again
+    with storage.objects_settled() as settle:
+        with contextlib.ExitStack() as stack:
+            ex = stack.enter_context(compute.executor(config, len(ids)))
+            spill = stack.enter_context(tempfile.TemporaryDirectory(prefix=".fit-", dir=config.models_dir))
+            # one block: this process, no files; several: the executor's workers, design blocks in files
+            first = ex if len(sizes) > 1 else compute.Executor()
+            spill_dir = Path(spill) if len(sizes) > 1 else None
+            # Local workers read their blocks from the database file themselves (SQLite serves several readers);
+            # a Dask worker may be on another machine: the blocks are read here and sent.
+            db_file = _file_of(db) if ex.kind == "local" else None
+            if db_file:
                 t = time.perf_counter()
-                source = _block_source(db, db_file if first is ex else None, block_ids, as_of, tomorrow)
-                timings["read_and_reduce/load_inputs"] += time.perf_counter() - t
-                # a Dask worker cannot reach this machine's folder: it returns the design blocks instead
-                yield (config, block_ids, source, as_of, columns, None if ex.kind == "dask" else spill_dir)
+                features.warm_weather(db, ids if subset else None, as_of, weather_through=tomorrow)
+                timings["columns"] += time.perf_counter() - t
 
-        for part, block, secs in first.map(reduce_block, jobs()):
-            if spill_dir is not None and ex.kind == "dask":
-                for ch in part.chunks:
-                    ch.spill(spill_dir)
-            if parts and part.design.columns != parts[0].design.columns:
-                raise models.ModelError("blocks of patients built panels with different columns")
-            parts.append(part)
-            blocks.append(block)
-            for k, v in secs.items():
-                timings[f"read_and_reduce/{k}"] += v
-        timings["read_and_reduce"] = time.perf_counter() - t0
+            def jobs():
+                for block_ids in sizes:
+                    t = time.perf_counter()
+                    source = _block_source(db, db_file if first is ex else None, block_ids, as_of, tomorrow)
+                    timings["read_and_reduce/load_inputs"] += time.perf_counter() - t
+                    # a Dask worker cannot reach this machine's folder: it returns the design blocks instead
+                    yield (config, block_ids, source, as_of, columns, None if ex.kind == "dask" else spill_dir)
+
+            for part, block, secs in first.map(reduce_block, jobs()):
+                if spill_dir is not None and ex.kind == "dask":
+                    for ch in part.chunks:
+                        ch.spill(spill_dir)
+                if parts and part.design.columns != parts[0].design.columns:
+                    raise models.ModelError("blocks of patients built panels with different columns")
+                parts.append(part)
+                blocks.append(block)
+                settle()
+                for k, v in secs.items():
+                    timings[f"read_and_reduce/{k}"] += v
+            timings["read_and_reduce"] = time.perf_counter() - t0
+
+            t = time.perf_counter()
+            stack.callback(store.wait)  # the model store is written while the reports are
+            reports_start = threading.Event()
+            results = models.fit_prepared(parts, config, prior=prior, store=store,
+                                          map_fn=first.map if first.kind == "local" else None,
+                                          save_after=reports_start)
+            del parts
+            compute.release_memory()  # the fit's working arrays: the validation's workers need the room
+            settle()
+            timings["fit"] = time.perf_counter() - t
+
+            t = time.perf_counter()
+            validation = validation_for(db, config, ids, as_of, results, columns, subset=subset, validate=validate,
+                                        outcome=outcome, ex=ex, db_file=db_file)
+            timings["validation"] = time.perf_counter() - t
+            t = time.perf_counter()
+            timings["forecast"] = 0.0
+
+            def forecast_block(block: _Block) -> None:
+                # each patient's forecast is their own: made block by block here while the workers render the
+                # blocks before (forecast.next_day of the whole cohort gives the same)
+                start = time.perf_counter()
+                ahead, block.ahead = block.ahead, None
+                block.forecasts = forecast.next_day(ahead, results, tomorrow) if ahead is not None else {}
+                timings["forecast"] += time.perf_counter() - start
+
+            reports_start.set()
+            _reports(db, config, ex, blocks, results, forecast_block, validation, as_of=as_of,
+                     generated_at=generated_at, write=write, stop=stop, progress=progress, outcome=outcome)
+            timings["reports"] = time.perf_counter() - t - timings["forecast"]
 
         t = time.perf_counter()
-        stack.callback(store.wait)  # the model store is written while the reports are
-        reports_start = threading.Event()
-        results = models.fit_prepared(parts, config, prior=prior, store=store,
-                                      map_fn=first.map if first.kind == "local" else None,
-                                      save_after=reports_start)
-        del parts
-        compute.release_memory()  # the fit's working arrays: the validation's workers need the room
-        timings["fit"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        validation = validation_for(db, config, ids, as_of, results, columns, subset=subset, validate=validate,
-                                    outcome=outcome, ex=ex, db_file=db_file)
-        timings["validation"] = time.perf_counter() - t
-        t = time.perf_counter()
-        timings["forecast"] = 0.0
-
-        def forecast_block(block: _Block) -> None:
-            # each patient's forecast is their own: made block by block here while the workers render the
-            # blocks before (forecast.next_day of the whole cohort gives the same)
-            start = time.perf_counter()
-            ahead, block.ahead = block.ahead, None
-            block.forecasts = forecast.next_day(ahead, results, tomorrow) if ahead is not None else {}
-            timings["forecast"] += time.perf_counter() - start
-
-        reports_start.set()
-        _reports(db, config, ex, blocks, results, forecast_block, validation, as_of=as_of,
-                 generated_at=generated_at, write=write, stop=stop, progress=progress, outcome=outcome)
-        timings["reports"] = time.perf_counter() - t - timings["forecast"]
-
-    t = time.perf_counter()
-    if write:
-        outcome.ranking = _write_ranking(db, config, everyone)
-    timings["ranking"] = time.perf_counter() - t
+        if write:
+            outcome.ranking = _write_ranking(db, config, everyone)
+        timings["ranking"] = time.perf_counter() - t
     outcome.timings = timings
     return outcome
 
