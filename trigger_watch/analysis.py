@@ -564,10 +564,7 @@ def _column_values(column: pd.Series) -> list:
         return column.to_numpy().tolist()  # Python ints and bools
     out = column.to_numpy(dtype=object, na_value=None).tolist()
     for i, v in enumerate(out):
-        t = type(v)
-        if t is float:
-            out[i] = round(v, 4) if math.isfinite(v) else None
-        elif not (t is str or t is int or t is bool or v is None):
+        if not (type(v) is str or v is None):  # text, the usual case here, as it is
             out[i] = None if v is pd.NaT else _clean(v)  # a date column's missing values stay NaT
     return out
 

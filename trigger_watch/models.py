@@ -1181,8 +1181,9 @@ def fit_prepared(parts: list[Prepared], config, *, prior: CohortPrior | None = N
         fit = _fit_chunks(chunks, design, prior, {p: s == "ok" for p, s in status.items()}, progress=progress,
                           map_fn=map_fn)
         # A summary, model and analysis for every patient: ~60 tracked objects each, which set off full
-        # collections of the caller's whole heap again and again while they pile up (10,000 patients: 2.3 s
-        # of the daemon's time between the fit and the reports, 0.3 s without), and make no cycles.
+        # collections of the caller's whole heap again and again while they pile up, and make no cycles
+        # (10,000 patients: the slicing alone 1.0 s with the collector on, 0.26 s paused; this step of the
+        # nightly cycle 2.3 s -> ~1.5 s).
         with storage.collector_paused():
             summaries = _verdicts(fit, design, status, data, fdr, lo, hi, min_days, min_att)
             fitted_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
