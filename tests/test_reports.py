@@ -431,6 +431,34 @@ def test_only_the_newest_reports_charts_are_kept_in_one_row_per_patient(db):
     assert db.execute("SELECT count(*) FROM report_charts").fetchone()[0] == 0
 
 
+def test_the_history_stores_its_json_compressed_and_still_reads_rows_stored_as_text(db):
+    """What we told the patient is kept compressed (a history row per patient per night adds up at a clinic's
+    scale); rows stored as text before that are read as they were, by the history and by the ranking."""
+    from trigger_watch.analysis import ranking_row
+
+    db["patients"].insert_all([{"patient_id": p, "timezone": "UTC"} for p in ("p1", "p2")])
+    older = triggers_doc("p1", generated_at="2026-10-21T02:30:00Z", as_of="2026-10-20")
+    with storage.transaction(db) as conn:  # as a history row was stored before, with no ranking row
+        conn.executemany(
+            "INSERT INTO reports (patient_id, generated_at, as_of, status, triggers_json, recorded_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [("p1", older["generated_at"], older["as_of"], "ok", json.dumps(older), "x"),
+             ("p2", "2026-11-21T02:30:00Z", "2026-11-20", "ok", json.dumps(triggers_doc("p2")), "x")])
+    newer, charts = triggers_doc("p1"), charts_doc(days=120)
+    reports.record_history(db, newer, charts, ranking=ranking_row(newer))
+
+    (t_stored, c_stored), = db.execute(
+        "SELECT r.triggers_json, c.charts_json FROM reports AS r JOIN report_charts AS c USING (patient_id) "
+        "WHERE r.generated_at = ?", (newer["generated_at"],)).fetchall()
+    assert type(t_stored) is bytes and type(c_stored) is bytes
+    assert len(t_stored) < len(json.dumps(newer)) / 2 and len(c_stored) < len(json.dumps(charts)) / 5
+    assert [(r["triggers"], r["charts"]) for r in reports.history(db, "p1")] == [(newer, charts), (older, None)]
+    assert reports.latest(db, "p2") == triggers_doc("p2")
+    assert reports.latest_ranking_rows(db, ranking_row) == {"p1": ranking_row(newer),
+                                                             "p2": ranking_row(triggers_doc("p2"))}
+    assert reports.history_lines(db, "p1")[1].startswith("2026-10-21T02:30:00Z  as of 2026-10-20  ok")
+
+
 def test_migration_42_moves_the_newest_charts_out_of_the_history(tmp_path):
     """A database made before migration 42 kept the newest report's charts in its history row: after the
     upgrade they are read from report_charts, and the history rows no longer hold them."""
@@ -478,7 +506,7 @@ def test_writing_many_patients_at_once_writes_the_same_files(tmp_path):
     written, errors = reports.write_many_patient_reports(tmp_path / "many", [docs[0], (bad, None), *docs[1:]])
     assert [t["patient_id"] for t, _, _ in written] == ["p0", "p1", "p2"] and list(errors) == [".."]
     # each comes with the history's copy of its triggers.json, made with the file
-    assert all(text == reports.history_row(t, c)[5] for t, c, text in written)
+    assert all(reports.pack_json(text) == reports.history_row(t, c)[5] for t, c, text in written)
     one = {str(p.relative_to(tmp_path / "one")): p.read_bytes() for p in (tmp_path / "one").rglob("*") if p.is_file()}
     many = {str(p.relative_to(tmp_path / "many")): p.read_bytes() for p in (tmp_path / "many").rglob("*")
             if p.is_file()}
