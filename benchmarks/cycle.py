@@ -86,14 +86,15 @@ def _descendants(root: int) -> list[int]:
     return out
 
 
-def _cpu_s(pid: int) -> float:
-    """User plus system CPU seconds of ``pid`` so far (0 when it is gone)."""
+def _cpu_s(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``pid`` so far (0 when it is gone)."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick  # utime, stime
 
 
 class PeakMemory:
@@ -103,7 +104,7 @@ class PeakMemory:
 
     def __init__(self, every: float = 0.05):
         self.every, self.peak_kb, self.peak_at, self.peak_main_kb = every, 0, 0.0, 0
-        self._cpu: dict[int, float] = {}
+        self._cpu: dict[int, tuple[float, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -120,7 +121,7 @@ class PeakMemory:
         if sum(sizes) > self.peak_kb:
             self.peak_kb, self.peak_at, self.peak_main_kb = sum(sizes), time.perf_counter() - start, sizes[0]
         for p in pids:
-            self._cpu[p] = max(self._cpu.get(p, 0.0), _cpu_s(p))
+            self._cpu[p] = max(self._cpu.get(p, (0.0, 0.0)), _cpu_s(p), key=sum)
 
     def __enter__(self) -> PeakMemory:
         self._cpu_before = _cpu_s(os.getpid())
@@ -134,7 +135,16 @@ class PeakMemory:
     @property
     def cpu_s(self) -> float:
         """CPU seconds this process and its descendants used inside the block."""
-        return sum(self._cpu.values()) - self._cpu_before
+        return self.cpu_user_s + self.cpu_system_s
+
+    @property
+    def cpu_user_s(self) -> float:
+        return sum(u for u, _ in self._cpu.values()) - self._cpu_before[0]
+
+    @property
+    def cpu_system_s(self) -> float:
+        """The part of :attr:`cpu_s` spent in the kernel (files, memory, the database's I/O)."""
+        return sum(k for _, k in self._cpu.values()) - self._cpu_before[1]
 
     @property
     def peak_mb(self) -> float:
@@ -255,7 +265,7 @@ def phase_cycle(args, incremental: bool) -> dict:
         out["wall_s"] = time.perf_counter() - t
     out.update(status=result.status, analysed=len(result.analysed), failed=len(result.failed),
                peak_mb=mem.peak_mb, main_hwm_mb=_hwm_mb(), stages=captured, peak_at_s=mem.peak_at,
-               cpu_s=mem.cpu_s,
+               cpu_s=mem.cpu_s, cpu_system_s=mem.cpu_system_s,
                peak_main_mb=mem.peak_main_kb / 1024)
     if result.failed:
         out["first_failures"] = dict(list(result.failed.items())[:3])
@@ -293,7 +303,9 @@ def _print(results: dict, args) -> None:
               f"peak {r['peak_mb']:.0f} MB (main process {r['main_hwm_mb']:.0f} MB){extra}")
         if "cpu_s" in r:
             busy = r["cpu_s"] / (r["wall_s"] * (os.cpu_count() or 1))
-            print(f"  CPU: {r['cpu_s']:.1f} s in all processes, {busy:.0%} of {os.cpu_count()} cores' time")
+            kernel = f" ({r['cpu_system_s']:.1f} s of it in the kernel)" if "cpu_system_s" in r else ""
+            print(f"  CPU: {r['cpu_s']:.1f} s in all processes{kernel}, {busy:.0%} of {os.cpu_count()} "
+                  "cores' time")
         if "peak_at_s" in r:
             print(f"  the peak: {r['peak_at_s']:.1f} s in, this process {r['peak_main_mb']:.0f} MB and its workers "
                   f"{r['peak_mb'] - r['peak_main_mb']:.0f} MB")

@@ -154,6 +154,27 @@ def test_the_migration_packs_a_database_that_had_no_packs(tmp_path, files):
     db.conn.close()
 
 
+def test_packs_of_an_older_format_are_made_again_by_the_migration_that_changed_it(tmp_path, files):
+    """Packs made by the first format (zlib) are of another layout, which the cycle would not read (everyone
+    row by row until their rows change): migration 61 packs everyone again."""
+    import zlib
+
+    db = storage.connect(tmp_path / "old.db", migrate=False)
+    with mock.patch.object(packs, "FORMAT", 1), \
+            mock.patch.object(storage, "compress", lambda data, level=1: zlib.compress(bytes(data), 1)):
+        storage.migrate_db(db, up_to=60)
+        for kind in KINDS:
+            import_file(db, kind, files[kind], OPTIONS)
+    old = dict(db.execute("SELECT patient_id || source, layout FROM input_packs").fetchall())
+    assert len(old) == 12
+    assert_same_inputs(db, ids_of(db), LAST, unpacked=False)  # none of them is read
+    assert storage.migrate_db(db) == [61]
+    new = dict(db.execute("SELECT patient_id || source, layout FROM input_packs").fetchall())
+    assert new.keys() == old.keys() and not set(new.values()) & set(old.values())
+    assert_same_inputs(db, ids_of(db), LAST)
+    db.conn.close()
+
+
 def test_forgetting_a_patient_removes_their_packs(packed):
     p = ids_of(packed)[0]
     forget(packed, p)

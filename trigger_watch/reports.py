@@ -29,13 +29,11 @@ import math
 import os
 import re
 import secrets
-import threading
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import jinja2
-import zstandard
 from markupsafe import Markup, escape
 
 from trigger_watch import charts as ch
@@ -1008,30 +1006,17 @@ def record_history(db, triggers: dict, charts: dict | None = None, *, ranking: d
 # The history's JSON is stored as zstd frames (BLOB values in the same TEXT columns; rows stored as text
 # before that are read as they are). A triggers.json of ~25 KB is ~4 KB in the history, the charts ~23 KB ->
 # ~1.4 KB: 10,000 patients' nightly history rows grow the database by ~40 MB a night, not ~260 MB, and the
-# report workers hand the daemon a seventh of the bytes. Level 1 costs ~0.06 ms a patient (zlib's level 1,
-# ~0.17 ms, compresses less).
-_CODEC = threading.local()
-
+# report workers hand the daemon a seventh of the bytes, for ~0.06 ms a patient.
 
 def pack_json(text: str) -> bytes:
     """``text`` as the history stores it: a zstd frame of its UTF-8 bytes (:func:`unpack_json` reads it)."""
-    try:
-        compressor = _CODEC.compressor
-    except AttributeError:  # one context per thread, reused (making one costs ~10 us)
-        compressor = _CODEC.compressor = zstandard.ZstdCompressor(level=1)
-    return compressor.compress(text.encode("utf-8"))
+    return storage.compress(text.encode("utf-8"))
 
 
 def unpack_json(value: str | bytes | None) -> str | bytes | None:
     """A stored JSON value as :func:`json.loads` takes it: a zstd frame (:func:`pack_json`) unpacked, text
     (rows stored before the history was compressed) or None as it is."""
-    if not isinstance(value, bytes):
-        return value
-    try:
-        decompressor = _CODEC.decompressor
-    except AttributeError:
-        decompressor = _CODEC.decompressor = zstandard.ZstdDecompressor()
-    return decompressor.decompress(value)
+    return storage.decompress(value) if isinstance(value, bytes) else value
 
 
 def history_row(triggers: dict, charts: dict | None = None, *, ranking: dict | None = None,

@@ -25,6 +25,7 @@ import gc
 import itertools
 import operator
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from datetime import datetime, timezone
@@ -34,6 +35,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import sqlite_utils
+import zstandard
 
 from trigger_watch.errors import StorageError
 
@@ -251,6 +253,35 @@ def migrate_db(db: sqlite_utils.Database, *, up_to: int | None = None) -> list[i
             )
         applied.append(version)
     return applied
+
+
+# ------------------------------------------------------------------------------ compressed values
+
+# zstd: 2-4 times as fast as zlib at the same or a better ratio, both ways (the report history's JSON and the
+# packed inputs, both on the nightly cycle's path). One context per thread, reused: making one costs ~10 us.
+_CODEC = threading.local()
+
+
+def compress(data, level: int = 1) -> bytes:
+    """``data`` (bytes, or any object with the buffer protocol) as one zstd frame (:func:`decompress`).
+    A higher ``level`` packs smaller (and unpacks a little faster) for more time spent packing."""
+    try:
+        compressor = _CODEC.compressors[level]
+    except AttributeError:
+        _CODEC.compressors = {}
+        return compress(data, level)
+    except KeyError:
+        compressor = _CODEC.compressors[level] = zstandard.ZstdCompressor(level=level)
+    return compressor.compress(data)
+
+
+def decompress(frame) -> bytes:
+    """The bytes :func:`compress` made ``frame`` of."""
+    try:
+        decompressor = _CODEC.decompressor
+    except AttributeError:
+        decompressor = _CODEC.decompressor = zstandard.ZstdDecompressor()
+    return decompressor.decompress(frame)
 
 
 # ----------------------------------------------------------------------------------------- reading
