@@ -504,6 +504,44 @@ def test_summaries_travel_to_the_report_workers_as_one_frame_and_give_each_patie
                                                  factors=made), doc)
 
 
+def test_summaries_sliced_from_the_fits_frame_are_taken_from_it_as_the_joined_slices_were(monkeypatch):
+    """The fit's summaries are slices of one frame (models.Analyses.summaries): a chunk's are taken out of it
+    at once, in the chunk's order, whatever that order, mixed with summaries from elsewhere (a patient's
+    copy, a frame of other dtypes, none); the worker gets what joining them one by one gave."""
+
+    def summary(n: int, shift: int) -> pd.DataFrame:
+        return pd.DataFrame({"factor": pd.array([f"f{j}" for j in range(n)], dtype="str"),
+                             "rank": pd.array([pd.NA if j % 2 else j + shift for j in range(n)], dtype="Int64"),
+                             "odds_ratio": np.linspace(0.5, 2, n) + shift, "exposed_days": np.arange(n) * shift})
+
+    fitted = {f"p{i}": summary(3, i) for i in range(5)}
+    source = models._Summaries()
+    source.body = pd.concat(fitted.values(), ignore_index=True)
+    source.rows = {p: (3 * i, 3 * i + 3) for i, p in enumerate(fitted)}
+    for p, (start, stop) in source.rows.items():
+        source[p] = models.summary_rows(source.body, start, stop)
+    of = {**{p: source[p] for p in fitted}, "copy": source["p2"].copy(), "none": None, "other": summary(4, 9),
+          "odd": summary(2, 7).astype({"exposed_days": float})}
+    chunks = [["p3", "p1", "p2"],  # all of them from the fit's frame, not in its order
+              ["p4", "copy", "p0", "odd", "none", "other"]]
+    found = []
+    span = source.span
+    monkeypatch.setattr(source, "span", lambda *a: found.append(span(*a)) or found[-1])
+    taken = []
+    for chunk in chunks:
+        items = [(p, {"result": None if of[p] is None else models.PatientAnalysis("ok", {}, of[p], {})})
+                 for p in chunk]
+        fast = analysis._pack_summaries(items, source)
+        slow = analysis._pack_summaries(items)
+        assert fast[1][1] == slow[1][1]  # rows per item
+        pd.testing.assert_frame_equal(fast[1][0], slow[1][0], check_exact=True)
+        sent_items, sent = pickle.loads(pickle.dumps(fast))
+        assert _same(analysis._factor_records(sent_items, sent), analysis._factor_records(*slow))
+        taken.append(sum(r is not None for r in found))
+        found.clear()
+    assert taken == [3, 2]  # the copy is not the fit's slice, though its rows are the same
+
+
 def test_the_spike_and_slab_split_by_columns_is_the_whole_fit():
     """models._spike_slab_by_columns fits column groups (on the workers when there are any): each column's
     prior is its own, so the pieces put together are the whole cohort's EM, with or without a starting

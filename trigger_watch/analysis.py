@@ -214,7 +214,8 @@ def _reports(db, config, ex, blocks, results, forecast_block, validation, *, as_
     if not write:
         _reports_serial(blocks, parts_of, stop, progress, outcome)
     else:  # in chunks, also in this process: two file-system syncs a chunk, not five a patient
-        _reports_in_chunks(db, config, ex, blocks, parts_of, stop, progress, outcome)
+        _reports_in_chunks(db, config, ex, blocks, parts_of, stop, progress, outcome,
+                           summaries=getattr(results, "summaries", None))
 
 
 def reduce_block(job) -> tuple[models.Prepared, _Block, dict[str, float]]:
@@ -321,10 +322,10 @@ def _reports_serial(blocks: list[_Block], parts_of, stop, progress, outcome) -> 
 
 
 def _reports_in_chunks(db, config, ex: compute.Executor, blocks: list[_Block], parts_of, stop, progress,
-                       outcome) -> None:
+                       outcome, *, summaries=None) -> None:
     """Chunks of patients rendered and written by ``ex``'s workers (or here, by the serial executor); the
     history is stored here, one transaction per chunk. ``stop`` is checked between chunks: chunks already
-    sent are finished."""
+    sent are finished. ``summaries``: see :func:`_pack_summaries`."""
     from trigger_watch import reports
 
     ids = [p for b in blocks for p in b.ids]
@@ -348,7 +349,7 @@ def _reports_in_chunks(db, config, ex: compute.Executor, blocks: list[_Block], p
                 # each chunk's chart days go with it: the workers draw the charts
                 rows = block.chart_rows[block.chart_rows["patient_id"].isin(part)]
                 sent.append(part)
-                yield (str(config.reports_dir), *_pack_summaries(items), rows)
+                yield (str(config.reports_dir), *_pack_summaries(items, summaries), rows)
             block.chart_rows = None
 
     done, total = 0, len(ids)
@@ -400,23 +401,43 @@ def write_report_chunk(job: tuple) -> tuple[list[tuple], dict[str, str]]:
                                     calendar_json=calendars.get(t["patient_id"])) for t, c, j in written], errors
 
 
-def _pack_summaries(items: list[tuple[str, dict]]) -> tuple[list[tuple[str, dict]], tuple]:
+def _pack_summaries(items: list[tuple[str, dict]], source=None) -> tuple[list[tuple[str, dict]], tuple]:
     """A chunk's items for a worker, their results' summaries taken out into one frame: pickling a few
     hundred small frames with text columns cost the sending process ~20 times what one frame of them does.
     Returns the items (each result's ``summary`` None) and ``(frame, rows per item)``: a worker makes the
-    triggers.json factors of them all at once (:func:`_factor_records`)."""
-    frames, sizes, out = [], [], []
+    triggers.json factors of them all at once (:func:`_factor_records`).
+
+    ``source`` (``models.Analyses.summaries``): the frame the fitted patients' summaries are slices of; those
+    are taken out of it with one ``take`` (joining 10,000 patients' slices again, a chunk at a time, cost the
+    daemon ~2 s of a night's cycle)."""
+    body = None if source is None else source.body
+    like = None if body is None else body.dtypes
+    pieces, rows, sizes, out = [], [], [], []
     for pid, parts in items:
         result = parts["result"]
         summary = None if result is None else result.summary
-        if summary is None or (frames and not summary.dtypes.equals(frames[0].dtypes)):
+        span = None if summary is None or body is None else source.span(pid, summary)
+        if span is not None:
+            rows.append(np.arange(*span))
+        elif summary is None or (like is not None and not summary.dtypes.equals(like)):
             sizes.append(-1)  # sent as it is (a frame of other dtypes would change them in the concat)
+            out.append((pid, parts))
+            continue
         else:
-            frames.append(summary)
-            sizes.append(len(summary))
-            parts = {**parts, "result": dataclasses.replace(result, summary=None)}
-        out.append((pid, parts))
-    return out, ((pd.concat(frames, ignore_index=True) if frames else None), sizes)
+            if rows:
+                pieces.append(body.take(np.concatenate(rows)))
+                rows = []
+            pieces.append(summary)
+            like = summary.dtypes if like is None else like
+        sizes.append(len(summary))
+        out.append((pid, {**parts, "result": dataclasses.replace(result, summary=None)}))
+    if rows:
+        pieces.append(body.take(np.concatenate(rows)))
+    if not pieces:
+        return out, (None, sizes)
+    if len(pieces) > 1:
+        return out, (pd.concat(pieces, ignore_index=True), sizes)
+    return out, (pieces[0].set_axis(pd.RangeIndex(len(pieces[0]))), sizes)
 
 
 def _factor_records(items: list[tuple[str, dict]], packed) -> list[list[dict] | None]:

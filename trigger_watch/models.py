@@ -1176,7 +1176,7 @@ def fit_prepared(parts: list[Prepared], config, *, prior: CohortPrior | None = N
     if cached is not None:
         return cached
     chunks = [ch for part in parts for ch in part.chunks]
-    results: dict[str, PatientAnalysis] = {}
+    results = Analyses()
     if chunks:
         fit = _fit_chunks(chunks, design, prior, {p: s == "ok" for p, s in status.items()}, progress=progress,
                           map_fn=map_fn)
@@ -1185,7 +1185,7 @@ def fit_prepared(parts: list[Prepared], config, *, prior: CohortPrior | None = N
         # (10,000 patients: the slicing alone 1.0 s with the collector on, 0.26 s paused; this step of the
         # nightly cycle 2.3 s -> ~1.5 s).
         with storage.collector_paused():
-            summaries = _verdicts(fit, design, status, data, fdr, lo, hi, min_days, min_att)
+            summaries = results.summaries = _verdicts(fit, design, status, data, fdr, lo, hi, min_days, min_att)
             fitted_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             n_ok = sum(s == "ok" for s in status.values())
             prior_id = fit.prior.id
@@ -1355,8 +1355,9 @@ def _verdicts(fit: _Fit, design: _Design, status, data, fdr, lo, hi, min_days, m
     })
     out = _Summaries()
     out.body = body  # every summary in one frame, in the order of ``out`` (the model store keeps this)
-    for i, pid in enumerate(fit.pids):
-        out[pid] = summary_rows(body, i * J, (i + 1) * J)
+    out.rows = {pid: (i * J, (i + 1) * J) for i, pid in enumerate(fit.pids)}
+    for pid, (start, stop) in out.rows.items():
+        out[pid] = summary_rows(body, start, stop)
     return out
 
 
@@ -1369,9 +1370,23 @@ def summary_rows(frame: pd.DataFrame, start: int, stop: int) -> pd.DataFrame:
 
 
 class _Summaries(dict):
-    """``{patient_id: summary}`` whose summaries are consecutive slices of one frame, ``body``."""
+    """``{patient_id: summary}`` whose summaries are consecutive slices of one frame, ``body``, each patient's
+    rows at ``rows[patient_id]`` (a ``(start, stop)`` pair)."""
 
     body: pd.DataFrame | None = None
+    rows: dict[str, tuple[int, int]]
+
+    def span(self, patient_id: str, summary: pd.DataFrame) -> tuple[int, int] | None:
+        """Where ``summary`` is in :attr:`body`, when it is this patient's slice of it (None otherwise)."""
+        return self.rows.get(patient_id) if self.get(patient_id) is summary else None
+
+
+class Analyses(dict):
+    """``{patient_id: PatientAnalysis}`` as :func:`fit_prepared` returns it; ``summaries``: the fitted
+    patients' summaries as slices of one frame (:class:`_Summaries`), which lets a caller take many of them
+    at once instead of joining them again (None when they were not made so: loaded from the store)."""
+
+    summaries: _Summaries | None = None
 
 
 def _empty_summary(design: _Design, d: dict, min_days: int) -> pd.DataFrame:
