@@ -26,6 +26,7 @@ its worker processes, sampled every 50 ms (``/proc``), next to the main process'
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import shutil
@@ -105,6 +106,7 @@ class PeakMemory:
     def __init__(self, every: float = 0.05):
         self.every, self.peak_kb, self.peak_at, self.peak_main_kb = every, 0, 0.0, 0
         self._cpu: dict[int, tuple[float, float]] = {}
+        self.series: list[tuple[float, float, float]] = []  # (perf_counter, user, system) summed so far
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -122,6 +124,16 @@ class PeakMemory:
             self.peak_kb, self.peak_at, self.peak_main_kb = sum(sizes), time.perf_counter() - start, sizes[0]
         for p in pids:
             self._cpu[p] = max(self._cpu.get(p, (0.0, 0.0)), _cpu_s(p), key=sum)
+        self.series.append((time.perf_counter(), sum(u for u, _ in self._cpu.values()),
+                            sum(k for _, k in self._cpu.values())))
+
+    def cpu_between(self, t0: float, t1: float) -> tuple[float, float]:
+        """User and system CPU seconds used between two ``time.perf_counter()`` readings (to the nearest
+        sample, 50 ms)."""
+        times = [t for t, _, _ in self.series]
+        a = self.series[max(bisect.bisect_left(times, t0) - 1, 0)]
+        b = self.series[min(bisect.bisect_left(times, t1), len(times) - 1)]
+        return b[1] - a[1], b[2] - a[2]
 
     def __enter__(self) -> PeakMemory:
         self._cpu_before = _cpu_s(os.getpid())
@@ -254,6 +266,7 @@ def phase_cycle(args, incremental: bool) -> dict:
             night = kw["as_of"].toordinal() % every
             everyone = analysis.all_patient_ids(db_)
             kw["validate"] = [p for p in everyone if analysis.validation_slot(p, every) == night]
+        captured["_start"] = time.perf_counter()
         outcome = analysis.analyze(db_, config_, **kw)
         captured.update(outcome.timings)
         return outcome
@@ -263,8 +276,18 @@ def phase_cycle(args, incremental: bool) -> dict:
         t = time.perf_counter()
         result = daemon.run_cycle(db, cfg, today=today, fetch=False, analyse=analyse)
         out["wall_s"] = time.perf_counter() - t
+    # each stage's CPU (all processes), the stages being one after the other from the analysis' start (the
+    # forecast runs inside the reports stage)
+    at, stage_cpu = captured.pop("_start", None), {}
+    for stage in ("columns", "read_and_reduce", "fit", "validation", "reports", "ranking"):
+        if at is None or stage not in captured:
+            continue
+        end = at + captured[stage] + (captured.get("forecast", 0.0) if stage == "reports" else 0.0)
+        stage_cpu[stage] = mem.cpu_between(at, end)
+        at = end
     out.update(status=result.status, analysed=len(result.analysed), failed=len(result.failed),
                peak_mb=mem.peak_mb, main_hwm_mb=_hwm_mb(), stages=captured, peak_at_s=mem.peak_at,
+               stage_cpu=stage_cpu,
                cpu_s=mem.cpu_s, cpu_system_s=mem.cpu_system_s,
                peak_main_mb=mem.peak_main_kb / 1024)
     if result.failed:
@@ -312,6 +335,9 @@ def _print(results: dict, args) -> None:
         stages = {k: v for k, v in r["stages"].items() if "/" not in k}
         print("  " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
               + f"  | sum {sum(stages.values()):.1f} s")
+        if r.get("stage_cpu"):
+            print("  CPU by stage, user + kernel: " + ", ".join(
+                f"{k} {u:.1f} + {k_:.1f}" for k, (u, k_) in r["stage_cpu"].items()))
         steps = {k: v for k, v in r["stages"].items() if "/" in k}
         if steps:
             print("  steps (summed over blocks, overlapping): " + ", ".join(f"{k} {v:.2f}" for k, v in steps.items()))
