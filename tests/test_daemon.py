@@ -64,8 +64,7 @@ def tw(ws: Path, *args: str, **kw) -> subprocess.Popen | subprocess.CompletedPro
 def test_first_cycle_analysed_everyone_and_wrote_reports(analysed_workspace):
     cfg = cfg_of(analysed_workspace)
     reports = cfg.reports_dir
-    patients = sorted(p.name for p in reports.iterdir() if p.is_dir() and p.name != "cohort"
-                      and not p.name.startswith("."))  # .spare: the report files' older versions
+    patients = sorted(p.name for p in reports.iterdir() if p.is_dir() and p.name != "cohort")
     assert len(patients) == 8
     for p in patients:
         doc = json.loads((reports / p / "triggers.json").read_text())
@@ -84,8 +83,7 @@ def test_one_new_diary_row_reanalyses_that_patient_only(ws):
     result = daemon.run_cycle(db, cfg, today=date(2026, 11, 20), fetch=False)
     assert result.analysed == ["p00003"]
     after = snapshot(cfg.reports_dir)
-    # the patient's folder, or the older versions of its files that the writer keeps (.spare/<patient>)
-    changed = {k.split("/")[k.startswith(".")] for k in after if after[k] != before.get(k)}
+    changed = {k.split("/")[0] for k in after if after[k] != before.get(k)}
     assert changed <= {"p00003", "cohort"} and "p00003" in changed
     runs = db.execute("SELECT status, patients_analysed FROM runs ORDER BY id").fetchall()
     assert runs[-2:] == [("ok", 0), ("ok", 1)]

@@ -228,17 +228,15 @@ def test_forget_leaves_no_row_of_the_patient(patients, write, do_import, tmp_pat
     do_import("diary", write("d.csv", HEADER + "p1,2026-03-01,3,,,,,\np2,2026-03-01,4,,,,,\np1,2026-03-02,99,,,,,\n"))
     do_import("attacks", write("a.csv", "patient_id,start\np1,2026-03-01T10:00\n"))
     do_import("treatments", write("t.csv", "patient_id,date,treatment\np1,2026-03-01,botox\n"))
-    for folder in ("p1", ".spare/p1", ".spare/p2"):  # .spare: the report files' older versions
-        (tmp_path / "reports" / folder).mkdir(parents=True)
-        (tmp_path / "reports" / folder / "summary.md").write_text("x")
+    (tmp_path / "reports" / "p1").mkdir(parents=True)
+    (tmp_path / "reports" / "p1" / "summary.md").write_text("x")
     forget(patients, "p1", reports_dir=tmp_path / "reports")
     for table, column in storage.PATIENT_TABLES:
         if table in patients.table_names():
             n = patients.execute(f'SELECT count(*) FROM "{table}" WHERE "{column}" = ?', ("p1",)).fetchone()[0]
             assert n == 0, table
     assert rows(patients, "SELECT patient_id FROM diary") == [("p2",)]
-    assert not (tmp_path / "reports" / "p1").exists() and not (tmp_path / "reports" / ".spare" / "p1").exists()
-    assert (tmp_path / "reports" / ".spare" / "p2" / "summary.md").exists()
+    assert not (tmp_path / "reports" / "p1").exists()
     with pytest.raises(UnknownPatient):
         forget(patients, "p1")
 

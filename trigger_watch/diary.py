@@ -426,11 +426,8 @@ def forget(db: sqlite_utils.Database, patient_id: str, *, reports_dir: Path | No
         if not deleted:
             raise UnknownPatient(patient_id)
     if reports_dir is not None:
-        from trigger_watch.reports import SPARE_DIR
-
-        # the report folder, and the older versions of its files the report writer keeps to write over
-        for folder in (Path(reports_dir) / patient_id, Path(reports_dir) / SPARE_DIR / patient_id):
-            if folder.is_dir():
-                shutil.rmtree(folder)
-                deleted["report files"] = 1
+        folder = Path(reports_dir) / patient_id
+        if folder.is_dir():
+            shutil.rmtree(folder)
+            deleted["report files"] = 1
     return deleted

@@ -22,7 +22,6 @@ table (migration 40) so we can say what we told a patient last month; its JSON i
 from __future__ import annotations
 
 import csv
-import errno
 import io
 import itertools
 import json
@@ -30,7 +29,6 @@ import math
 import os
 import re
 import secrets
-import sys
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -898,142 +896,53 @@ def write_many_patient_reports(reports_dir: str | os.PathLike, items: list[tuple
                                ) -> tuple[list[tuple[dict, dict | None, str | None]], dict[str, str]]:
     """:func:`write_patient_reports` for many patients, with two file-system syncs in all instead of five
     per patient: every file is rendered and written to its temporary name, the file system is synced, every
-    file is put in place, and it is synced again. The guarantee is the same (a reader sees old or new
-    whole files; after a crash, a file put in place has its content). Returns the ``(triggers, charts,
+    file is renamed into place, and it is synced again. The guarantee is the same (a reader sees old or new
+    whole files; after a crash, a renamed file has its content). Returns the ``(triggers, charts,
     triggers_json)`` written, ``triggers_json`` being the history's copy of triggers.json for
     :func:`history_row`, and ``{patient_id: error}`` for the patients that could not be (their old files are
     untouched).
-
-    On Linux a file's new version is written over its spare (:data:`SPARE_DIR`) and swapped with the live
-    file, whose old version becomes the spare: the run makes and frees no file. Elsewhere, or on a file
-    system that cannot swap, each file is a new one renamed over the old.
     """
-    staged: list[tuple[tuple[dict, dict | None, str | None], list[tuple[str, str, str | None]]]] = []
+    staged: list[tuple[tuple[dict, dict | None, str | None], list[tuple[str, str]]]] = []
     errors: dict[str, str] = {}
     # temporary names: this process, one random tag per chunk and a count (not a random draw per file)
     tag, count = f"{os.getpid()}.{secrets.token_hex(4)}", itertools.count()
-    root = os.fspath(reports_dir)
     for triggers, charts in items:
         pid = triggers.get("patient_id")
-        moves: list[tuple[str, str, str | None]] = []
+        moves: list[tuple[str, str]] = []
         try:
             folder = os.fspath(_safe_folder(Path(reports_dir), pid))
-            spares = f"{root}/{SPARE_DIR}/{pid}" if _SWAP.works else None
             texts, triggers_json = _patient_files(triggers, charts)
             for name, text in texts.items():
-                tmp = f"{spares or folder}/.{name}.{tag}.{next(count)}.tmp"
-                spare = None if spares is None else f"{spares}/{name}"
-                fd = _staged_file(tmp, spare)
-                moves.append((tmp, f"{folder}/{name}", spare))
+                tmp = f"{folder}/.{name}.{tag}.{next(count)}.tmp"
+                try:
+                    fd = os.open(tmp, _NEW_FILE, 0o666)
+                except FileNotFoundError:  # the patient's first report: make the folder (not tried each time)
+                    os.makedirs(folder, exist_ok=True)
+                    fd = os.open(tmp, _NEW_FILE, 0o666)
+                moves.append((tmp, f"{folder}/{name}"))
                 _write_fd(fd, text.encode("utf-8"))
             staged.append(((triggers, charts, triggers_json), moves))
         except Exception as exc:  # one patient's failure must not stop the others
             errors[str(pid)] = f"{type(exc).__name__}: {exc}"
-            _remove(tmp for tmp, _, _ in moves)
+            _remove(tmp for tmp, _ in moves)
     if not staged:
         return [], errors
     _sync_file_system(Path(reports_dir))
     written = []
     for item, moves in staged:
         try:
-            for tmp, path, spare in moves:
-                _put_in_place(tmp, path, spare)
+            for tmp, path in moves:
+                os.replace(tmp, path)
             written.append(item)
         except OSError as exc:
             errors[str(item[0].get("patient_id"))] = f"{type(exc).__name__}: {exc}"
-            _remove(tmp for tmp, _, _ in moves)
+            _remove(tmp for tmp, _ in moves)
     _sync_file_system(Path(reports_dir))
     return written, errors
 
 
-# ------------------------------------------------------------------------------ swapping files in place
-
-#: ``<reports_dir>/.spare/<patient_id>/<file>``: each report file's previous version, which the next run
-#: writes its new version over and swaps with the live file. Making a new file and freeing the one it
-#: replaced cost ~0.6 ms of kernel time a patient file on this machine's disk (a journal-less ext4 looks past
-#: every inode freed in the last 12 hours to make a file, and a nightly cycle frees 40,000), writing over a
-#: spare and swapping ~0.1 ms. The folder holds nothing the patient's own folder did not; it may be
-#: deleted at any time (the next run makes the spares again), and ``forget`` deletes a patient's.
-SPARE_DIR = ".spare"
-
-
-class _Swap:
-    """``renameat2(RENAME_EXCHANGE)`` through ctypes (Linux 3.15+, glibc 2.28+); :attr:`works` turns False
-    for good in this process the first time the system or the file system says it cannot."""
-
-    works = sys.platform.startswith("linux")
-    _call = None
-
-    @classmethod
-    def exchange(cls, a: str, b: str) -> bool:
-        """Swap the files at ``a`` and ``b``: True when done, False when it cannot be done here.
-        ``FileNotFoundError`` when either is missing."""
-        if cls._call is None:
-            try:
-                import ctypes
-
-                fn = ctypes.CDLL(None, use_errno=True).renameat2
-            except (OSError, AttributeError):
-                cls.works = False
-                return False
-            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-            cls._call = (fn, ctypes.get_errno)
-        fn, get_errno = cls._call
-        if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-            return True
-        err = get_errno()
-        if err == errno.ENOENT:
-            raise FileNotFoundError(err, os.strerror(err), b)
-        if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EXDEV, errno.EPERM):
-            cls.works = False
-            return False
-        raise OSError(err, os.strerror(err), b)
-
-
-_SWAP = _Swap
-_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
-
-
-def _staged_file(tmp: str, spare: str | None) -> int:
-    """``tmp`` opened for writing from the start: the ``spare`` file renamed to it when there is one (the
-    rename claims it: a second writer of the same patient finds no spare and makes its own file), else a
-    new file (its folder made when missing)."""
-    if spare is not None:
-        try:
-            os.rename(spare, tmp)
-            return os.open(tmp, _REUSED_FILE)
-        except FileNotFoundError:
-            pass
-    try:
-        return os.open(tmp, _NEW_FILE, 0o666)
-    except FileNotFoundError:  # the patient's first report or first spare: make the folder (not tried each time)
-        os.makedirs(os.path.dirname(tmp), exist_ok=True)
-        return os.open(tmp, _NEW_FILE, 0o666)
-
-
-def _put_in_place(tmp: str, path: str, spare: str | None) -> None:
-    """Put the written file ``tmp`` at ``path`` in one step; the file it replaces becomes ``spare`` (when
-    given and the system can swap them), or is removed."""
-    try:
-        if spare is not None and _SWAP.works and _SWAP.exchange(tmp, path):
-            try:
-                os.rename(tmp, spare)  # the old version waits there for the next run
-            except OSError:
-                _remove([tmp])
-            return
-    except FileNotFoundError:  # nothing at ``path`` yet
-        pass
-    try:
-        os.replace(tmp, path)
-    except FileNotFoundError:  # the patient's first report: make the folder
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        os.replace(tmp, path)
-
-
 #: ``open(path, "xb")`` as one system call (Python's open adds an fstat, an ioctl and an lseek).
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-#: an existing file opened to be written over from the start
-_REUSED_FILE = os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC
 
 
 def _write_fd(fd: int, data: bytes) -> None:
