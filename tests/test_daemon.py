@@ -115,6 +115,30 @@ def test_a_failing_patient_does_not_stop_the_others_and_is_retried(ws, monkeypat
     assert daemon.status(db, cfg)["failing_patients"] == []
 
 
+def test_analyze_and_forget_do_not_run_beside_a_cycle(ws):
+    """A manual analysis would write the model store and reports the cycle is writing, and a cycle could write
+    a forgotten patient's reports back: both wait for the cycle's lease, or exit clearly and change nothing."""
+    import threading
+
+    cfg = cfg_of(ws)
+    before = snapshot(cfg.reports_dir)
+    with daemon.Lease(cfg.database).acquire():
+        analysed, forgot = tw(ws, "analyze"), tw(ws, "forget", "p00001")
+    for r, says in ((analysed, "analyse once it has ended"), (forgot, "nothing was erased")):
+        assert r.returncode == 1 and "another trigger-watch cycle is running" in r.stderr, r.stderr
+        assert says in r.stderr and "--wait SECONDS" in r.stderr and "Traceback" not in r.stderr
+    assert snapshot(cfg.reports_dir) == before
+    db = sqlite3.connect(cfg.database)
+    assert db.execute("SELECT count(*) FROM diary WHERE patient_id = 'p00001'").fetchone()[0] > 0
+    # --wait: it goes ahead once the cycle ends
+    lease = daemon.Lease(cfg.database).acquire()
+    threading.Timer(1.5, lease.release).start()
+    r = tw(ws, "forget", "p00001", "--wait", "60")
+    assert r.returncode == 0, r.stderr
+    assert db.execute("SELECT count(*) FROM diary WHERE patient_id = 'p00001'").fetchone()[0] == 0
+    assert not (cfg.reports_dir / "p00001").exists()
+
+
 def test_second_run_while_one_runs_exits_clearly_and_changes_nothing(ws):
     cfg = cfg_of(ws)
     before = snapshot(cfg.reports_dir)

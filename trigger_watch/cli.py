@@ -169,14 +169,25 @@ def rejects(app: App, kind: str | None, limit: int | None, raw: bool) -> None:
             app.say(f"    {r['raw']}")
 
 
+def _wait_option(what: str):
+    return click.option("--wait", "wait_seconds", type=click.FloatRange(min=0), default=0, metavar="SECONDS",
+                        help=f"If a cycle is running, wait this long for it to end before {what}, instead of "
+                             "exiting.")
+
+
 @cli.command()
 @click.argument("patient")
+@_wait_option("forgetting")
 @pass_app
-def forget(app: App, patient: str) -> None:
+def forget(app: App, patient: str, wait_seconds: float) -> None:
     """Erase every record of PATIENT: diary, attacks, sleep, treatments, rejects, models and reports."""
+    from trigger_watch import daemon
     from trigger_watch.diary import forget as forget_patient
 
-    deleted = forget_patient(app.db, patient, reports_dir=app.config.reports_dir, config=app.config)
+    # under the cycle's lease: a cycle running meanwhile could write the patient's reports back
+    with daemon.Lease(app.config.database).acquire(
+            wait_seconds, busy="nothing was erased; forget the patient once it has ended"):
+        deleted = forget_patient(app.db, patient, reports_dir=app.config.reports_dir, config=app.config)
     what = ", ".join(f"{n} {t}" for t, n in deleted.items())
     app.say(f"forgot patient {patient}: {what}")
 
@@ -216,20 +227,23 @@ def fetch_weather_cmd(app: App, start: str | None, end: str | None) -> None:
 @cli.command()
 @click.option("--patient", "patients", multiple=True, metavar="ID", help="Only this patient (repeatable).")
 @click.option("--as-of", metavar="DATE", help="Analyse as if this date were today; no later data is used.")
+@_wait_option("analysing")
 @pass_app
-def analyze(app: App, patients: tuple[str, ...], as_of: str | None) -> None:
+def analyze(app: App, patients: tuple[str, ...], as_of: str | None, wait_seconds: float) -> None:
     """Build features, fit the models and write every report (and the cohort ranking)."""
-    from trigger_watch import analysis
+    from trigger_watch import analysis, daemon
     from trigger_watch.errors import UnknownPatient
 
     known = set(analysis.all_patient_ids(app.db))
     for p in patients:
         if p not in known:
             raise UnknownPatient(p)
-    bar = app.progress("writing reports")
-    outcome = analysis.analyze(app.db, app.config, as_of=_as_of(as_of, app.today),
-                               patient_ids=list(patients) or None, progress=bar)
-    bar.close()
+    # under the cycle's lease: two analyses at once would write the same model store and reports
+    with daemon.Lease(app.config.database).acquire(wait_seconds, busy="analyse once it has ended"):
+        bar = app.progress("writing reports")
+        outcome = analysis.analyze(app.db, app.config, as_of=_as_of(as_of, app.today),
+                                   patient_ids=list(patients) or None, progress=bar)
+        bar.close()
     for line in outcome.lines():
         app.say(line)
     app.say(f"reports in {app.config.reports_dir}")
@@ -238,8 +252,7 @@ def analyze(app: App, patients: tuple[str, ...], as_of: str | None) -> None:
 
 
 @cli.command()
-@click.option("--wait", "wait_seconds", type=click.FloatRange(min=0), default=0, metavar="SECONDS",
-              help="If another cycle is running, wait this long for it instead of exiting.")
+@_wait_option("running this one")
 @click.option("--no-weather", is_flag=True, help="Do not fetch weather in this cycle.")
 @pass_app
 def run(app: App, wait_seconds: float, no_weather: bool) -> None:

@@ -67,7 +67,10 @@ class Lease:
         self.path = Path(str(database) + ".lock")
         self._fh = None
 
-    def acquire(self, wait_seconds: float = 0.0, poll: float = 0.2) -> "Lease":
+    def acquire(self, wait_seconds: float = 0.0, poll: float = 0.2,
+                busy: str = "it will pick up the same changes, or run again later") -> "Lease":
+        """Take the lease, waiting up to ``wait_seconds`` for its holder; else :class:`CycleBusy`, whose
+        message says who holds it and then ``busy`` (what the caller should do)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+")
         deadline = time.monotonic() + wait_seconds
@@ -81,10 +84,8 @@ class Lease:
                     fh.close()
                     who = f" (pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')})" \
                         if holder else ""
-                    raise CycleBusy(
-                        f"another trigger-watch cycle is running{who}; it will pick up the same changes, "
-                        f"or run again later (--wait SECONDS waits for it)"
-                    ) from None
+                    raise CycleBusy(f"another trigger-watch cycle is running{who}; {busy} "
+                                    "(--wait SECONDS waits for it)") from None
                 time.sleep(poll)
         fh.seek(0)
         fh.truncate()
