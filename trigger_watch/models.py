@@ -1374,11 +1374,13 @@ class _Summaries(dict):
     rows at ``rows[patient_id]`` (a ``(start, stop)`` pair)."""
 
     body: pd.DataFrame | None = None
-    rows: dict[str, tuple[int, int]]
+    rows: dict[str, tuple[int, int]] | None = None
 
     def span(self, patient_id: str, summary: pd.DataFrame) -> tuple[int, int] | None:
         """Where ``summary`` is in :attr:`body`, when it is this patient's slice of it (None otherwise)."""
-        return self.rows.get(patient_id) if self.get(patient_id) is summary else None
+        if self.rows is None or self.get(patient_id) is not summary:
+            return None
+        return self.rows.get(patient_id)
 
 
 class Analyses(dict):
