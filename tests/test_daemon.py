@@ -128,6 +128,9 @@ def test_analyze_and_forget_do_not_run_beside_a_cycle(ws):
         assert r.returncode == 1 and "another trigger-watch cycle is running" in r.stderr, r.stderr
         assert says in r.stderr and "--wait SECONDS" in r.stderr and "Traceback" not in r.stderr
     assert snapshot(cfg.reports_dir) == before
+    with daemon.Lease(cfg.database, "analyze").acquire():  # the message says what holds it
+        ran = tw(ws, "run", "--no-weather")
+    assert ran.returncode == 1 and "trigger-watch analysis (trigger-watch analyze) is running (pid" in ran.stderr
     db = sqlite3.connect(cfg.database)
     assert db.execute("SELECT count(*) FROM diary WHERE patient_id = 'p00001'").fetchone()[0] > 0
     # --wait: it goes ahead once the cycle ends

@@ -185,7 +185,7 @@ def forget(app: App, patient: str, wait_seconds: float) -> None:
     from trigger_watch.diary import forget as forget_patient
 
     # under the cycle's lease: a cycle running meanwhile could write the patient's reports back
-    with daemon.Lease(app.config.database).acquire(
+    with daemon.Lease(app.config.database, "forget").acquire(
             wait_seconds, busy="nothing was erased; forget the patient once it has ended"):
         deleted = forget_patient(app.db, patient, reports_dir=app.config.reports_dir, config=app.config)
     what = ", ".join(f"{n} {t}" for t, n in deleted.items())
@@ -239,7 +239,7 @@ def analyze(app: App, patients: tuple[str, ...], as_of: str | None, wait_seconds
         if p not in known:
             raise UnknownPatient(p)
     # under the cycle's lease: two analyses at once would write the same model store and reports
-    with daemon.Lease(app.config.database).acquire(wait_seconds, busy="analyse once it has ended"):
+    with daemon.Lease(app.config.database, "analyze").acquire(wait_seconds, busy="analyse once it has ended"):
         bar = app.progress("writing reports")
         outcome = analysis.analyze(app.db, app.config, as_of=_as_of(as_of, app.today),
                                    patient_ids=list(patients) or None, progress=bar)

@@ -60,11 +60,17 @@ storage.register_patient_table("patient_state")
 
 # ------------------------------------------------------------------------------------------ lease
 
+#: what a lease's holder is doing, in the message another process gets
+_HOLDERS = {"cycle": "cycle", "weather": "weather fetch", "analyze": "analysis (trigger-watch analyze)",
+            "forget": "erasure (trigger-watch forget)"}
+
+
 class Lease:
     """An exclusive, crash-safe lock on ``<database>.lock`` (``flock``; released when the process dies)."""
 
-    def __init__(self, database: Path):
+    def __init__(self, database: Path, what: str = "cycle"):
         self.path = Path(str(database) + ".lock")
+        self.what = what  # what holds it, for the message another process gets ("cycle", "analyze", ...)
         self._fh = None
 
     def acquire(self, wait_seconds: float = 0.0, poll: float = 0.2,
@@ -82,14 +88,16 @@ class Lease:
                 if time.monotonic() >= deadline:
                     holder = self.holder()
                     fh.close()
+                    what = _HOLDERS.get(holder.get("what", "cycle"), holder.get("what"))
                     who = f" (pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')})" \
                         if holder else ""
-                    raise CycleBusy(f"another trigger-watch cycle is running{who}; {busy} "
+                    raise CycleBusy(f"another trigger-watch {what} is running{who}; {busy} "
                                     "(--wait SECONDS waits for it)") from None
                 time.sleep(poll)
         fh.seek(0)
         fh.truncate()
-        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": storage.utcnow_text()}))
+        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": storage.utcnow_text(),
+                             "what": self.what}))
         fh.flush()
         self._fh = fh
         return self
@@ -273,7 +281,7 @@ def _fetch_weather(db, config, session, today: date, progress) -> list[str]:
 def fetch_weather_job(db, config, *, today: date, session=None) -> list[str]:
     """The hourly weather job: fetch under the lease (skipped quietly while a cycle runs)."""
     try:
-        with Lease(config.database).acquire(0):
+        with Lease(config.database, "weather").acquire(0):
             run_id = _start_run(db, "weather")
             lines = _fetch_weather(db, config, session, today, None)
             failed = any("failed" in line for line in lines)
