@@ -465,6 +465,13 @@ def test_ranking_rows_are_what_the_template_loop_writes():
     assert reports.render_ranking_html(RANKING_ROWS) == template.render(rows=rows, table_rows=None)
 
 
+def summary_frame(n: int, shift: int) -> pd.DataFrame:
+    """A small summary frame of the kinds of columns a real one has (text, nullable ints, floats, ints)."""
+    return pd.DataFrame({"factor": pd.array([f"f{j}" for j in range(n)], dtype="str"),
+                         "rank": pd.array([pd.NA if j % 2 else j + shift for j in range(n)], dtype="Int64"),
+                         "odds_ratio": np.linspace(0.5, 2, n) + shift, "exposed_days": np.arange(n) * shift})
+
+
 def test_summaries_travel_to_the_report_workers_as_one_frame_and_give_each_patient_their_factors():
     """A chunk's summaries go to its worker as one frame (analysis._pack_summaries); the worker turns it
     into records at once (analysis._factor_records) and each patient gets the records of their own summary,
@@ -474,14 +481,9 @@ def test_summaries_travel_to_the_report_workers_as_one_frame_and_give_each_patie
 
     from trigger_watch import models
 
-    def summary(n: int, shift: int) -> pd.DataFrame:
-        return pd.DataFrame({"factor": pd.array([f"f{j}" for j in range(n)], dtype="str"),
-                             "rank": pd.array([pd.NA if j % 2 else j + shift for j in range(n)], dtype="Int64"),
-                             "odds_ratio": np.linspace(0.5, 2, n) + shift, "exposed_days": np.arange(n) * shift})
-
-    odd = summary(3, 9).astype({"exposed_days": float})  # float counts: must not turn the others' into floats
-    results = [models.PatientAnalysis("ok", {}, summary(4, 1), {}), None,
-               models.PatientAnalysis("ok", {}, odd, {}), models.PatientAnalysis("ok", {}, summary(2, 5), {})]
+    odd = summary_frame(3, 9).astype({"exposed_days": float})  # float counts: must not turn the others' into floats
+    results = [models.PatientAnalysis("ok", {}, summary_frame(4, 1), {}), None,
+               models.PatientAnalysis("ok", {}, odd, {}), models.PatientAnalysis("ok", {}, summary_frame(2, 5), {})]
     items = [(f"p{i}", {"result": r, "as_of": date(2026, 1, 1)}) for i, r in enumerate(results)]
     packed_items, packed = analysis._pack_summaries(items)
     assert packed[0] is not None and len(packed[0]) == 6  # the two of the first kind in one frame
@@ -509,19 +511,14 @@ def test_summaries_sliced_from_the_fits_frame_are_taken_from_it_as_the_joined_sl
     at once, in the chunk's order, whatever that order, mixed with summaries from elsewhere (a patient's
     copy, a frame of other dtypes, none); the worker gets what joining them one by one gave."""
 
-    def summary(n: int, shift: int) -> pd.DataFrame:
-        return pd.DataFrame({"factor": pd.array([f"f{j}" for j in range(n)], dtype="str"),
-                             "rank": pd.array([pd.NA if j % 2 else j + shift for j in range(n)], dtype="Int64"),
-                             "odds_ratio": np.linspace(0.5, 2, n) + shift, "exposed_days": np.arange(n) * shift})
-
-    fitted = {f"p{i}": summary(3, i) for i in range(5)}
+    fitted = {f"p{i}": summary_frame(3, i) for i in range(5)}
     source = models._Summaries()
     source.body = pd.concat(fitted.values(), ignore_index=True)
     source.rows = {p: (3 * i, 3 * i + 3) for i, p in enumerate(fitted)}
     for p, (start, stop) in source.rows.items():
         source[p] = models.summary_rows(source.body, start, stop)
-    of = {**{p: source[p] for p in fitted}, "copy": source["p2"].copy(), "none": None, "other": summary(4, 9),
-          "odd": summary(2, 7).astype({"exposed_days": float})}
+    of = {**{p: source[p] for p in fitted}, "copy": source["p2"].copy(), "none": None, "other": summary_frame(4, 9),
+          "odd": summary_frame(2, 7).astype({"exposed_days": float})}
     chunks = [["p3", "p1", "p2"],  # all of them from the fit's frame, not in its order
               ["p4", "copy", "p0", "odd", "none", "other"]]
     found = []
