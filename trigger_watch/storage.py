@@ -265,21 +265,19 @@ _CODEC = threading.local()
 def compress(data, level: int = 1) -> bytes:
     """``data`` (bytes, or any object with the buffer protocol) as one zstd frame (:func:`decompress`).
     A higher ``level`` packs smaller (and unpacks a little faster) for more time spent packing."""
-    try:
-        compressor = _CODEC.compressors[level]
-    except AttributeError:
-        _CODEC.compressors = {}
-        return compress(data, level)
-    except KeyError:
-        compressor = _CODEC.compressors[level] = zstandard.ZstdCompressor(level=level)
+    compressors = getattr(_CODEC, "compressors", None)
+    if compressors is None:
+        compressors = _CODEC.compressors = {}
+    compressor = compressors.get(level)
+    if compressor is None:
+        compressor = compressors[level] = zstandard.ZstdCompressor(level=level)
     return compressor.compress(data)
 
 
 def decompress(frame) -> bytes:
     """The bytes :func:`compress` made ``frame`` of."""
-    try:
-        decompressor = _CODEC.decompressor
-    except AttributeError:
+    decompressor = getattr(_CODEC, "decompressor", None)
+    if decompressor is None:
         decompressor = _CODEC.decompressor = zstandard.ZstdDecompressor()
     return decompressor.decompress(frame)
 
