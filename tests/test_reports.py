@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trigger_watch import charts, reports, storage
-from trigger_watch.errors import TriggerWatchError, UnknownPatient
+from trigger_watch.errors import StorageError, TriggerWatchError, UnknownPatient
 
 HOSTILE = '<script>alert(1)</script>'
 QUOTES = 'he said "stop" & it\'s <b>bold</b>'
@@ -457,6 +457,22 @@ def test_the_history_stores_its_json_compressed_and_still_reads_rows_stored_as_t
     assert reports.latest_ranking_rows(db, ranking_row) == {"p1": ranking_row(newer),
                                                              "p2": ranking_row(triggers_doc("p2"))}
     assert reports.history_lines(db, "p1")[1].startswith("2026-10-21T02:30:00Z  as of 2026-10-20  ok")
+
+
+def test_a_damaged_stored_report_is_one_clear_error_naming_it(db):
+    """A history value that is not a whole zstd frame (or not JSON) is not a traceback: the error names the
+    patient, the report and the row, and says how to get a readable one."""
+    db["patients"].insert_all([{"patient_id": "p1", "timezone": "UTC"}])
+    reports.record_history(db, triggers_doc("p1"), charts_doc())
+    good = db.execute("SELECT triggers_json FROM reports").fetchone()[0]
+    for damaged in (good[:-5], reports.pack_json("{not json")):
+        with storage.transaction(db) as conn:
+            conn.execute("UPDATE reports SET triggers_json = ?", (damaged,))
+        for read in (lambda: reports.latest(db, "p1"), lambda: reports.history_lines(db, "p1")):
+            with pytest.raises(StorageError, match=r"stored report of patient 'p1' made at "
+                               r"2026-11-21T02:30:00Z \(reports row 1\) cannot be read: .*"
+                               r"`trigger-watch analyze --patient p1` makes a new one"):
+                read()
 
 
 def test_migration_42_moves_the_newest_charts_out_of_the_history(tmp_path):

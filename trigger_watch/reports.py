@@ -39,7 +39,7 @@ from markupsafe import Markup, escape
 from trigger_watch import charts as ch
 from trigger_watch import storage
 from trigger_watch.ranking import ENTRY_KEYS
-from trigger_watch.errors import TriggerWatchError, UnknownPatient
+from trigger_watch.errors import StorageError, TriggerWatchError, UnknownPatient
 
 # ------------------------------------------------------------------------------------------- history
 
@@ -1073,8 +1073,14 @@ def record_history_rows(db, rows: list[tuple]) -> None:
 
 
 def _row(r: tuple) -> dict:
+    try:
+        triggers = json.loads(unpack_json(r[6]))
+        charts = json.loads(unpack_json(r[7])) if r[7] else None
+    except (StorageError, ValueError) as exc:
+        raise StorageError(f"the stored report of patient {r[1]!r} made at {r[2]} (reports row {r[0]}) cannot be "
+                           f"read: {exc}; `trigger-watch analyze --patient {r[1]}` makes a new one") from None
     return {"id": r[0], "patient_id": r[1], "generated_at": r[2], "as_of": r[3], "model_id": r[4], "status": r[5],
-            "triggers": json.loads(unpack_json(r[6])), "charts": json.loads(unpack_json(r[7])) if r[7] else None}
+            "triggers": triggers, "charts": charts}
 
 
 #: a history row and, for the newest report, its charts (``report_charts``)

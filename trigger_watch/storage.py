@@ -275,11 +275,14 @@ def compress(data, level: int = 1) -> bytes:
 
 
 def decompress(frame) -> bytes:
-    """The bytes :func:`compress` made ``frame`` of."""
+    """The bytes :func:`compress` made ``frame`` of; :class:`StorageError` when it is not a whole frame."""
     decompressor = getattr(_CODEC, "decompressor", None)
     if decompressor is None:
         decompressor = _CODEC.decompressor = zstandard.ZstdDecompressor()
-    return decompressor.decompress(frame)
+    try:
+        return decompressor.decompress(frame)
+    except zstandard.ZstdError as exc:
+        raise StorageError(f"a compressed value in the database is damaged ({exc})") from None
 
 
 # ----------------------------------------------------------------------------------------- reading
