@@ -200,3 +200,26 @@ def test_a_cycle_settles_its_blocks_and_results_and_leaves_the_collector_as_it_w
     result, _, _ = cycle(tmp_path / "ws", files, block=5)
     assert result.status == "ok" and len(calls) == 3 + 1  # 12 patients in blocks of 5, then the results
     assert gc.get_freeze_count() == 0 and gc.isenabled()
+
+
+def test_a_report_that_cannot_be_put_in_place_fails_that_patient_alone(files, tmp_path, monkeypatch):
+    """The workers leave each chunk's files under temporary names and the cycle's own thread renames them
+    (reports.commit_staged): a patient whose file cannot be renamed into place is failed, with no history
+    row, and no temporary file is left anywhere."""
+    from trigger_watch import reports
+
+    commit = reports.commit_staged
+
+    def blocked(reports_dir, staged):
+        for pid, moves in staged:
+            if pid == "p00003":  # a folder where the file should go: the rename fails
+                Path(moves[1][1]).mkdir()
+        return commit(reports_dir, staged)
+
+    monkeypatch.setattr(reports, "commit_staged", blocked)
+    result, out, history = cycle(tmp_path / "ws", files)
+    assert list(result.failed) == ["p00003"] and "IsADirectoryError" in result.failed["p00003"]
+    assert len(result.analysed) == 11 and "p00003" not in result.analysed
+    assert history == (11, 11)
+    assert not [name for name in out if name.endswith(".tmp")]
+    assert sum(name.startswith("p00004/") for name in out) == 4

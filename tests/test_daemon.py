@@ -197,14 +197,14 @@ def test_daemon_runs_scheduled_jobs_and_stops_on_sigterm(ws):
 SLOW_RUN = """
 import sys, time
 from trigger_watch import reports
-original = reports.write_many_patient_reports
-def slow(reports_dir, items):
-    done = original(reports_dir, items)
-    for triggers, _, _ in done[0]:
-        print("wrote", triggers["patient_id"], flush=True)
+original = reports.commit_staged
+def slow(reports_dir, staged):
+    done = original(reports_dir, staged)
+    for i in done[0]:
+        print("wrote", staged[i][0], flush=True)
     time.sleep(1.0)
     return done
-reports.write_many_patient_reports = slow
+reports.commit_staged = slow
 from trigger_watch.cli import main
 sys.argv = ["trigger-watch", "run", "--no-weather"]
 main()

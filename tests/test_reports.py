@@ -528,6 +528,39 @@ def test_writing_many_patients_at_once_writes_the_same_files(tmp_path):
             if p.is_file()}
     assert one == many and len(many) == 3 * 4  # no temporary file left behind
 
+def test_staged_reports_replace_the_old_ones_only_when_committed(tmp_path):
+    old = [(triggers_doc(f"p{i}", generated_at="2026-10-21T02:30:00Z"), charts_doc()) for i in range(2)]
+    new = [(triggers_doc(f"p{i}"), charts_doc()) for i in range(2)]
+    for t, c in old:
+        reports.write_patient_reports(tmp_path / "now", t, c)
+    for t, c in new:
+        reports.write_patient_reports(tmp_path / "want", t, c)
+
+    def files(folder):
+        return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    before = files(tmp_path / "now")
+    staged, errors = reports.stage_patient_reports(tmp_path / "now", new)
+    assert errors == {} and [item[0]["patient_id"] for item, _ in staged] == ["p0", "p1"]
+    seen = files(tmp_path / "now")
+    assert {k: v for k, v in seen.items() if not k.endswith(".tmp")} == before  # a reader still sees the old
+    assert len(seen) == 2 * len(before)
+    done, errors = reports.commit_staged(tmp_path / "now", [(item[0]["patient_id"], m) for item, m in staged])
+    assert done == [0, 1] and errors == {}
+    assert files(tmp_path / "now") == files(tmp_path / "want")  # and no temporary file left
+
+
+def test_a_staged_file_that_cannot_be_renamed_fails_its_patient_and_leaves_no_temporary_file(tmp_path):
+    docs = [(triggers_doc(f"p{i}"), charts_doc()) for i in range(2)]
+    staged, _ = reports.stage_patient_reports(tmp_path, docs)
+    (tmp_path / "p0" / "summary.html").mkdir()
+    done, errors = reports.commit_staged(tmp_path, [(item[0]["patient_id"], m) for item, m in staged])
+    assert done == [1] and list(errors) == ["p0"] and "IsADirectoryError" in errors["p0"]
+    assert not list(tmp_path.rglob("*.tmp"))
+    assert sorted(p.name for p in (tmp_path / "p1").iterdir()) == ["clinician.html", "summary.html", "summary.md",
+                                                                   "triggers.json"]
+
+
 def test_stored_report_and_errors(patients):
     db = patients
     with pytest.raises(UnknownPatient):

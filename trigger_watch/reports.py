@@ -895,13 +895,27 @@ def write_patient_reports(reports_dir: str | os.PathLike, triggers: dict, charts
 def write_many_patient_reports(reports_dir: str | os.PathLike, items: list[tuple[dict, dict | None]]
                                ) -> tuple[list[tuple[dict, dict | None, str | None]], dict[str, str]]:
     """:func:`write_patient_reports` for many patients, with two file-system syncs in all instead of five
-    per patient: every file is rendered and written to its temporary name, the file system is synced, every
-    file is renamed into place, and it is synced again. The guarantee is the same (a reader sees old or new
-    whole files; after a crash, a renamed file has its content). Returns the ``(triggers, charts,
-    triggers_json)`` written, ``triggers_json`` being the history's copy of triggers.json for
-    :func:`history_row`, and ``{patient_id: error}`` for the patients that could not be (their old files are
-    untouched).
+    per patient: every file is rendered and written to its temporary name (:func:`stage_patient_reports`),
+    then the file system is synced, every file is renamed into place, and it is synced again
+    (:func:`commit_staged`). The guarantee is the same (a reader sees old or new whole files; after a crash,
+    a renamed file has its content). Returns the ``(triggers, charts, triggers_json)`` written,
+    ``triggers_json`` being the history's copy of triggers.json for :func:`history_row`, and
+    ``{patient_id: error}`` for the patients that could not be (their old files are untouched).
     """
+    staged, errors = stage_patient_reports(reports_dir, items)
+    done, failed = commit_staged(reports_dir, [(str(item[0].get("patient_id")), moves) for item, moves in staged])
+    errors.update(failed)
+    return [staged[i][0] for i in done], errors
+
+
+def stage_patient_reports(reports_dir: str | os.PathLike, items: list[tuple[dict, dict | None]]
+                          ) -> tuple[list[tuple[tuple[dict, dict | None, str | None], list[tuple[str, str]]]],
+                                     dict[str, str]]:
+    """The first half of :func:`write_many_patient_reports`: each patient's four files rendered and written
+    to temporary names beside the files they will replace, nothing synced or renamed. Returns ``((triggers,
+    charts, triggers_json), [(temporary, final path), ...])`` per patient staged, and ``{patient_id:
+    error}`` for the others (nothing of theirs is left on disk). :func:`commit_staged` puts the files in
+    place; until then a reader sees the old ones."""
     staged: list[tuple[tuple[dict, dict | None, str | None], list[tuple[str, str]]]] = []
     errors: dict[str, str] = {}
     # temporary names: this process, one random tag per chunk and a count (not a random draw per file)
@@ -925,20 +939,30 @@ def write_many_patient_reports(reports_dir: str | os.PathLike, items: list[tuple
         except Exception as exc:  # one patient's failure must not stop the others
             errors[str(pid)] = f"{type(exc).__name__}: {exc}"
             _remove(tmp for tmp, _ in moves)
+    return staged, errors
+
+
+def commit_staged(reports_dir: str | os.PathLike, staged: list[tuple[str, list[tuple[str, str]]]]
+                  ) -> tuple[list[int], dict[str, str]]:
+    """The second half of :func:`write_many_patient_reports`: ``staged`` is ``(patient_id, [(temporary,
+    final path), ...])`` per patient (:func:`stage_patient_reports`' moves, staged by any process). Syncs
+    the file system (the contents are on disk before any name points at them), renames each patient's
+    files into place and syncs again. Returns the positions in ``staged`` of the patients whose files are
+    all in place, and ``{patient_id: error}`` for the others (their temporary files removed)."""
     if not staged:
-        return [], errors
+        return [], {}
     _sync_file_system(Path(reports_dir))
-    written = []
-    for item, moves in staged:
+    done, errors = [], {}
+    for i, (pid, moves) in enumerate(staged):
         try:
             for tmp, path in moves:
                 os.replace(tmp, path)
-            written.append(item)
+            done.append(i)
         except OSError as exc:
-            errors[str(item[0].get("patient_id"))] = f"{type(exc).__name__}: {exc}"
+            errors[pid] = f"{type(exc).__name__}: {exc}"
             _remove(tmp for tmp, _ in moves)
     _sync_file_system(Path(reports_dir))
-    return written, errors
+    return done, errors
 
 
 #: ``open(path, "xb")`` as one system call (Python's open adds an fstat, an ioctl and an lseek).
