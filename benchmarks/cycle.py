@@ -313,6 +313,20 @@ def _run_phase(name: str, argv: list[str]) -> dict:
     return result
 
 
+#: In the workdir: when the last run of this benchmark there ended (epoch seconds).
+LAST_RUN = ".last-run"
+#: How long ext4 without a journal holds back a freed inode: 60 s, 360 s while its inode table block is
+#: not yet written (RECENTCY_MIN and RECENTCY_DIRTY in the kernel's fs/ext4/ialloc.c).
+RECENTLY_FREED_S = 360
+
+
+def _since_last_run(workdir: Path) -> float | None:
+    try:
+        return time.time() - float((workdir / LAST_RUN).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _print(results: dict, args) -> None:
     g, f, i = results["generate"], results["full"], results["incremental"]
     print(f"cohort: {args.patients} patients x {args.days} days ({g['diary_rows']} diary rows), "
@@ -329,6 +343,10 @@ def _print(results: dict, args) -> None:
             kernel = f" ({r['cpu_system_s']:.1f} s of it in the kernel)" if "cpu_system_s" in r else ""
             print(f"  CPU: {r['cpu_s']:.1f} s in all processes{kernel}, {busy:.0%} of {os.cpu_count()} "
                   "cores' time")
+        if r.get("since_last_run_s") is not None and r["since_last_run_s"] < RECENTLY_FREED_S:
+            print(f"  note: the last run here ended {r['since_last_run_s']:.0f} s before this one: on ext4 without "
+                  "a journal, the report files it replaced make this run's new files slower to create "
+                  f"(a nightly cycle does not meet them; --settle {RECENTLY_FREED_S} waits)")
         if "peak_at_s" in r:
             print(f"  the peak: {r['peak_at_s']:.1f} s in, this process {r['peak_main_mb']:.0f} MB and its workers "
                   f"{r['peak_mb'] - r['peak_main_mb']:.0f} MB")
@@ -361,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="fresh: the full cycle starts with no reports folder, as on the first night (the "
                          "default with --validation first); kept: it rewrites the reports the run before left, "
                          "as every later night does (the default otherwise)")
+    ap.add_argument("--settle", type=float, default=0, metavar="SECONDS",
+                    help="wait until this long after the last run in --workdir ended before the full cycle "
+                         "(360: past the window in which ext4 without a journal holds back the inodes that "
+                         "run freed, as on a real night; see docs/performance.md)")
     ap.add_argument("--phase", choices=["generate", "full", "incremental"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -379,8 +401,16 @@ def main(argv: list[str] | None = None) -> int:
                                "peak_mb": 0}
     else:
         results["generate"] = _run_phase("generate", passthrough)
+    since = _since_last_run(Path(args.workdir))
+    if since is not None and since < args.settle:
+        print(f"waiting {args.settle - since:.0f} s: the last run here ended {since:.0f} s ago (--settle)",
+              file=sys.stderr, flush=True)
+        time.sleep(args.settle - since)
+        since = args.settle
     results["full"] = _run_phase("full", passthrough)
+    results["full"]["since_last_run_s"] = since
     results["incremental"] = _run_phase("incremental", passthrough)
+    (Path(args.workdir) / LAST_RUN).write_text(f"{time.time():.0f}\n")
     _print(results, args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
