@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from trigger_watch import config as config_mod
-from trigger_watch import daemon, storage
+from trigger_watch import daemon, reports, storage
 from trigger_watch.demo import run_demo
 from trigger_watch.importing import ImportOptions, import_file
 
@@ -231,17 +231,25 @@ def test_sigkill_mid_cycle_leaves_reports_whole_and_next_cycle_completes(ws):
     assert proc.returncode == -signal.SIGKILL
 
     for folder in cfg.reports_dir.iterdir():
-        for f in folder.iterdir():
+        for f in folder.iterdir() if folder.is_dir() else []:
             if f.suffix == ".json":
                 json.loads(f.read_text())  # every JSON file is whole
             if f.suffix == ".html":
                 assert f.read_text().rstrip().endswith("</html>")
+    # the killed run left its mark; a temporary file as a kill while staging a chunk leaves one
+    assert (cfg.reports_dir / reports.WRITING).exists()
+    left = cfg.reports_dir / written[0] / ".summary.md.4242.0badcafe.7.tmp"
+    left.write_text("half a report")
+    os.utime(left, (time.time() - 60, time.time() - 60))
+    leftovers = len(list(cfg.reports_dir.rglob(".*.tmp")))  # with any the kill left
     db = storage.connect(cfg.database)
     result = daemon.run_cycle(db, cfg, today=date(2026, 11, 20), fetch=False)
     assert result.status == "ok"
     assert sorted(result.analysed) == [f"p{i:05d}" for i in range(8)]
     statuses = [r[0] for r in db.execute("SELECT status FROM runs ORDER BY id")]
     assert statuses[-2:] == ["abandoned", "ok"]
+    assert not list(cfg.reports_dir.rglob("*.tmp")) and not (cfg.reports_dir / reports.WRITING).exists()
+    assert f"  removed {leftovers} temporary report file(s) an interrupted run left" in result.lines()
 
 
 def test_schedule_strings(tmp_path):

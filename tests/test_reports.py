@@ -561,6 +561,34 @@ def test_a_staged_file_that_cannot_be_renamed_fails_its_patient_and_leaves_no_te
                                                                    "triggers.json"]
 
 
+def test_a_run_cleans_up_the_temporary_files_an_interrupted_run_left(tmp_path):
+    import os
+    import time
+
+    for t, c in [(triggers_doc("p1"), charts_doc())]:
+        reports.write_patient_reports(tmp_path, t, c)
+    reports.write_cohort_reports(tmp_path, [])
+    old = time.time() - 60
+    left = [tmp_path / "p1" / ".summary.md.123.0badcafe.4.tmp", tmp_path / "cohort" / ".ranking.csv.9.ab.tmp"]
+    kept = [tmp_path / "p1" / ".notes", tmp_path / "p1" / "draft.tmp", tmp_path / ".x.tmp"]
+    for f in left + kept:
+        f.write_text("x")
+        os.utime(f, (old, old))
+    assert reports.begin_writing(tmp_path) == 0  # the last run finished: nothing is looked for
+    assert all(f.exists() for f in left + kept) and (tmp_path / reports.WRITING).exists()
+    # this run is killed; the next one finds its mark and removes what it left (only hidden .tmp files in
+    # the folders, made before it began)
+    new = tmp_path / "p1" / ".triggers.json.77.cafe.0.tmp"
+    new.write_text("x")
+    os.utime(new, (time.time() + 60, time.time() + 60))
+    assert reports.begin_writing(tmp_path) == 2
+    assert not any(f.exists() for f in left) and all(f.exists() for f in kept + [new])
+    reports.end_writing(tmp_path)
+    assert not (tmp_path / reports.WRITING).exists()
+    assert sorted(p.name for p in (tmp_path / "p1").iterdir() if not p.name.startswith(".") and p.suffix != ".tmp") == [
+        "clinician.html", "summary.html", "summary.md", "triggers.json"]
+
+
 def test_stored_report_and_errors(patients):
     db = patients
     with pytest.raises(UnknownPatient):

@@ -43,9 +43,13 @@ class AnalysisOutcome:
     ranking: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     validation: dict = field(default_factory=dict)
+    #: temporary report files an interrupted run had left, removed by this one
+    leftovers_removed: int = 0
 
     def lines(self) -> list[str]:
         out = [f"analysed {len(self.analysed)} patient(s); {len(self.failed)} failed"]
+        if self.leftovers_removed:
+            out.append(f"  removed {self.leftovers_removed} temporary report file(s) an interrupted run left")
         out.extend(f"  failed {p}: {e}" for p, e in sorted(self.failed.items())[:20])
         if self.skipped:
             out.append(f"  stopped early: {len(self.skipped)} patient(s) not analysed")
@@ -185,6 +189,10 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
                 timings["forecast"] += time.perf_counter() - start
 
             reports_start.set()
+            if write:  # marked until the ranking is written: a run killed before then is cleaned up after
+                from trigger_watch import reports
+
+                outcome.leftovers_removed = reports.begin_writing(config.reports_dir)
             _reports(db, config, ex, blocks, results, forecast_block, validation, as_of=as_of,
                      generated_at=generated_at, write=write, stop=stop, progress=progress, outcome=outcome)
             timings["reports"] = time.perf_counter() - t - timings["forecast"]
@@ -192,6 +200,9 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
         t = time.perf_counter()
         if write:
             outcome.ranking = _write_ranking(db, config, everyone)
+            from trigger_watch import reports
+
+            reports.end_writing(config.reports_dir)
         timings["ranking"] = time.perf_counter() - t
     outcome.timings = timings
     return outcome

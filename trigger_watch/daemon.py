@@ -133,6 +133,8 @@ class CycleResult:
     weather: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    #: temporary report files an interrupted run had left, removed by this one
+    leftovers_removed: int = 0
 
     def lines(self) -> list[str]:
         out = [f"cycle {self.run_id}: {self.status} in {self.seconds:.1f} s; {len(self.analysed)} patient(s) "
@@ -143,6 +145,8 @@ class CycleResult:
         out.extend(f"  failed {p}: {e}" for p, e in sorted(self.failed.items())[:20])
         if self.skipped:
             out.append(f"  stopped early: {len(self.skipped)} patient(s) left for the next cycle")
+        if self.leftovers_removed:
+            out.append(f"  removed {self.leftovers_removed} temporary report file(s) an interrupted run left")
         if self.error:
             out.append(f"  error: {self.error}")
         return out
@@ -243,6 +247,7 @@ def run_cycle(db: sqlite_utils.Database, config, *, today: date, session=None, f
                                      stop=stop, progress=progress)
                 result.analysed, result.failed = list(outcome.analysed), dict(outcome.failed)
                 result.skipped = list(outcome.skipped)
+                result.leftovers_removed = getattr(outcome, "leftovers_removed", 0)
                 record_outcomes(db, result.analysed, result.failed, MODEL_VERSION, started, seen)
             if result.failed:
                 result.status = "partial"

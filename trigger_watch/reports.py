@@ -965,6 +965,51 @@ def commit_staged(reports_dir: str | os.PathLike, staged: list[tuple[str, list[t
     return done, errors
 
 
+#: In the reports folder while a run writes reports (:func:`begin_writing`): found by the next run, it says
+#: the last one was killed or crashed mid-way and may have left temporary files beside the reports.
+WRITING = ".writing"
+
+
+def begin_writing(reports_dir: str | os.PathLike) -> int:
+    """Mark ``reports_dir`` as being written (until :func:`end_writing`). When the last run left its mark
+    (killed or crashed while writing), first remove the temporary files it left in the patients' folders and
+    ``cohort`` (hidden ``.*.tmp`` files made before now; runs that write reports take the cycle's lock, so
+    no other one is writing). Returns how many were removed."""
+    root = Path(reports_dir)
+    removed = remove_leftovers(root) if (root / WRITING).exists() else 0
+    root.mkdir(parents=True, exist_ok=True)
+    (root / WRITING).write_text(f"{os.getpid()}\n")
+    return removed
+
+
+def end_writing(reports_dir: str | os.PathLike) -> None:
+    """The run that called :func:`begin_writing` has put every file it wrote in place."""
+    (Path(reports_dir) / WRITING).unlink(missing_ok=True)
+
+
+def remove_leftovers(reports_dir: str | os.PathLike, before: float | None = None) -> int:
+    """Remove the temporary report files (``.<name>.<...>.tmp``, made before ``before``, default now) in
+    the folders of ``reports_dir``. Returns how many."""
+    import time
+
+    before = time.time() if before is None else before
+    removed = 0
+    with os.scandir(reports_dir) as folders:
+        for folder in folders:
+            if not folder.is_dir(follow_symlinks=False):
+                continue
+            with os.scandir(folder.path) as files:
+                for f in files:
+                    if (f.name.startswith(".") and f.name.endswith(".tmp") and f.is_file(follow_symlinks=False)
+                            and f.stat(follow_symlinks=False).st_mtime < before):
+                        try:
+                            os.unlink(f.path)
+                            removed += 1
+                        except FileNotFoundError:
+                            pass
+    return removed
+
+
 #: ``open(path, "xb")`` as one system call (Python's open adds an fstat, an ioctl and an lseek).
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
