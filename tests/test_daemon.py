@@ -231,13 +231,13 @@ def test_sigkill_mid_cycle_leaves_reports_whole_and_next_cycle_completes(ws):
     assert proc.returncode == -signal.SIGKILL
 
     for folder in cfg.reports_dir.iterdir():
-        for f in folder.iterdir() if folder.is_dir() else []:
+        for f in folder.iterdir():
             if f.suffix == ".json":
                 json.loads(f.read_text())  # every JSON file is whole
             if f.suffix == ".html":
                 assert f.read_text().rstrip().endswith("</html>")
     # the killed run left its mark; a temporary file as a kill while staging a chunk leaves one
-    assert (cfg.reports_dir / reports.WRITING).exists()
+    assert (cfg.models_dir / reports.WRITING).exists()
     left = cfg.reports_dir / written[0] / ".summary.md.4242.0badcafe.7.tmp"
     left.write_text("half a report")
     os.utime(left, (time.time() - 60, time.time() - 60))
@@ -248,7 +248,7 @@ def test_sigkill_mid_cycle_leaves_reports_whole_and_next_cycle_completes(ws):
     assert sorted(result.analysed) == [f"p{i:05d}" for i in range(8)]
     statuses = [r[0] for r in db.execute("SELECT status FROM runs ORDER BY id")]
     assert statuses[-2:] == ["abandoned", "ok"]
-    assert not list(cfg.reports_dir.rglob("*.tmp")) and not (cfg.reports_dir / reports.WRITING).exists()
+    assert not list(cfg.reports_dir.rglob("*.tmp")) and not (cfg.models_dir / reports.WRITING).exists()
     assert f"  removed {leftovers} temporary report file(s) an interrupted run left" in result.lines()
 
 

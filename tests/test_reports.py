@@ -574,17 +574,17 @@ def test_a_run_cleans_up_the_temporary_files_an_interrupted_run_left(tmp_path):
     for f in left + kept:
         f.write_text("x")
         os.utime(f, (old, old))
-    assert reports.begin_writing(tmp_path) == 0  # the last run finished: nothing is looked for
-    assert all(f.exists() for f in left + kept) and (tmp_path / reports.WRITING).exists()
+    assert reports.begin_writing(tmp_path, tmp_path / "models") == 0  # the last run finished: nothing is looked for
+    assert all(f.exists() for f in left + kept) and (tmp_path / "models" / reports.WRITING).exists()
     # this run is killed; the next one finds its mark and removes what it left (only hidden .tmp files in
     # the folders, made before it began)
     new = tmp_path / "p1" / ".triggers.json.77.cafe.0.tmp"
     new.write_text("x")
     os.utime(new, (time.time() + 60, time.time() + 60))
-    assert reports.begin_writing(tmp_path) == 2
+    assert reports.begin_writing(tmp_path, tmp_path / "models") == 2
     assert not any(f.exists() for f in left) and all(f.exists() for f in kept + [new])
-    reports.end_writing(tmp_path)
-    assert not (tmp_path / reports.WRITING).exists()
+    reports.end_writing(tmp_path / "models")
+    assert not (tmp_path / "models" / reports.WRITING).exists()
     assert sorted(p.name for p in (tmp_path / "p1").iterdir() if not p.name.startswith(".") and p.suffix != ".tmp") == [
         "clinician.html", "summary.html", "summary.md", "triggers.json"]
 

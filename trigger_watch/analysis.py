@@ -192,7 +192,7 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
             if write:  # marked until the ranking is written: a run killed before then is cleaned up after
                 from trigger_watch import reports
 
-                outcome.leftovers_removed = reports.begin_writing(config.reports_dir)
+                outcome.leftovers_removed = reports.begin_writing(config.reports_dir, config.models_dir)
             _reports(db, config, ex, blocks, results, forecast_block, validation, as_of=as_of,
                      generated_at=generated_at, write=write, stop=stop, progress=progress, outcome=outcome)
             timings["reports"] = time.perf_counter() - t - timings["forecast"]
@@ -202,7 +202,7 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
             outcome.ranking = _write_ranking(db, config, everyone)
             from trigger_watch import reports
 
-            reports.end_writing(config.reports_dir)
+            reports.end_writing(config.models_dir)
         timings["ranking"] = time.perf_counter() - t
     outcome.timings = timings
     return outcome

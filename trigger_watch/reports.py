@@ -965,26 +965,28 @@ def commit_staged(reports_dir: str | os.PathLike, staged: list[tuple[str, list[t
     return done, errors
 
 
-#: In the reports folder while a run writes reports (:func:`begin_writing`): found by the next run, it says
-#: the last one was killed or crashed mid-way and may have left temporary files beside the reports.
-WRITING = ".writing"
+#: While a run writes reports, a file of this name in its models folder (:func:`begin_writing`; not in the
+#: reports folder, which clinics read): found by the next run, it says the last one was killed or crashed
+#: mid-way and may have left temporary files beside the reports.
+WRITING = ".reports-writing"
 
 
-def begin_writing(reports_dir: str | os.PathLike) -> int:
-    """Mark ``reports_dir`` as being written (until :func:`end_writing`). When the last run left its mark
-    (killed or crashed while writing), first remove the temporary files it left in the patients' folders and
-    ``cohort`` (hidden ``.*.tmp`` files made before now; runs that write reports take the cycle's lock, so
-    no other one is writing). Returns how many were removed."""
-    root = Path(reports_dir)
-    removed = remove_leftovers(root) if (root / WRITING).exists() else 0
-    root.mkdir(parents=True, exist_ok=True)
-    (root / WRITING).write_text(f"{os.getpid()}\n")
+def begin_writing(reports_dir: str | os.PathLike, mark_dir: str | os.PathLike) -> int:
+    """Mark ``reports_dir`` as being written (a :data:`WRITING` file in ``mark_dir``, until
+    :func:`end_writing`). When the last run left its mark (killed or crashed while writing), first remove the
+    temporary files it left in the patients' folders and ``cohort`` (hidden ``.*.tmp`` files made before
+    now; runs that write reports take the cycle's lock, so no other one is writing). Returns how many were
+    removed."""
+    mark = Path(mark_dir) / WRITING
+    removed = remove_leftovers(reports_dir) if mark.exists() and Path(reports_dir).is_dir() else 0
+    mark.parent.mkdir(parents=True, exist_ok=True)
+    mark.write_text(f"{os.fspath(reports_dir)}\n")
     return removed
 
 
-def end_writing(reports_dir: str | os.PathLike) -> None:
+def end_writing(mark_dir: str | os.PathLike) -> None:
     """The run that called :func:`begin_writing` has put every file it wrote in place."""
-    (Path(reports_dir) / WRITING).unlink(missing_ok=True)
+    (Path(mark_dir) / WRITING).unlink(missing_ok=True)
 
 
 def remove_leftovers(reports_dir: str | os.PathLike, before: float | None = None) -> int:
