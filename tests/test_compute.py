@@ -203,9 +203,8 @@ def test_a_cycle_settles_its_blocks_and_results_and_leaves_the_collector_as_it_w
 
 
 def test_a_report_that_cannot_be_put_in_place_fails_that_patient_alone(files, tmp_path, monkeypatch):
-    """The workers leave each chunk's files under temporary names and the cycle's own thread renames them
-    (reports.commit_staged): a patient whose file cannot be renamed into place is failed, with no history
-    row, and no temporary file is left anywhere."""
+    """A patient whose file cannot be renamed into place (reports.commit_staged) is failed, with no history
+    row, the others are written, and no temporary file is left anywhere."""
     from trigger_watch import reports
 
     commit = reports.commit_staged

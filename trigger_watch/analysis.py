@@ -10,8 +10,6 @@ and the weather forecast, and that row is what the next-day forecast is made fro
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import contextlib
 import dataclasses
 import math
@@ -338,18 +336,12 @@ def _reports_in_chunks(db, config, ex: compute.Executor, blocks: list[_Block], p
                        outcome, *, summaries=None) -> None:
     """Chunks of patients rendered and written by ``ex``'s workers (or here, by the serial executor); the
     history is stored here, one transaction per chunk. ``stop`` is checked between chunks: chunks already
-    sent are finished. ``summaries``: see :func:`_pack_summaries`.
-
-    On this machine (not on Dask) a worker leaves its chunk's files under their temporary names and goes on
-    to the next chunk; a thread here syncs the file system and renames them into place (waiting on the disk
-    while the workers render), then the chunk's history is stored. A Dask worker renames its own files: the
-    shared folder's writes are its to flush."""
+    sent are finished. ``summaries``: see :func:`_pack_summaries`."""
     from trigger_watch import reports
 
     ids = [p for b in blocks for p in b.ids]
     size = len(compute.chunks(ids, ex.workers)[0])
     sent: list[list[str]] = []
-    stage_only = ex.kind != "dask"
 
     def jobs():
         for k, block in enumerate(blocks):
@@ -368,15 +360,13 @@ def _reports_in_chunks(db, config, ex: compute.Executor, blocks: list[_Block], p
                 # each chunk's chart days go with it: the workers draw the charts
                 rows = block.chart_rows[block.chart_rows["patient_id"].isin(part)]
                 sent.append(part)
-                yield (str(config.reports_dir), *_pack_summaries(items, summaries), rows, stage_only)
+                yield (str(config.reports_dir), *_pack_summaries(items, summaries), rows)
             block.chart_rows = None
 
     done, total = 0, len(ids)
     written: set[str] = set()
-    pending: collections.deque = collections.deque()  # (renaming, history rows, chunk number), in order
-
-    def store(rows: list[tuple], k: int) -> None:
-        nonlocal done
+    for k, (rows, errors) in enumerate(ex.map(write_report_chunk, jobs())):
+        outcome.failed.update(errors)
         try:
             reports.record_history_rows(db, rows)
             written.update(r[0] for r in rows)
@@ -386,39 +376,17 @@ def _reports_in_chunks(db, config, ex: compute.Executor, blocks: list[_Block], p
         done += len(sent[k])
         if progress:
             progress(done, total)
-
-    def store_renamed(wait: bool) -> None:
-        while pending and (wait or pending[0][0].done()):
-            renaming, rows, k = pending.popleft()
-            placed, failed = renaming.result()
-            outcome.failed.update(failed)
-            store([rows[i] for i in placed], k)
-
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tw-rename") as renamer:
-        try:
-            for k, (rows, errors, moves) in enumerate(ex.map(write_report_chunk, jobs())):
-                outcome.failed.update(errors)
-                if moves is None:
-                    store(rows, k)
-                else:
-                    staged = [(r[0], m) for r, m in zip(rows, moves)]
-                    pending.append((renamer.submit(reports.commit_staged, config.reports_dir, staged), rows, k))
-                    store_renamed(wait=False)
-        finally:  # the chunks staged so far are put in place and recorded, whatever stopped the loop
-            store_renamed(wait=True)
     outcome.analysed.extend(p for p in ids if p in written)
 
 
-def write_report_chunk(job: tuple) -> tuple[list[tuple], dict[str, str], list[list[tuple[str, str]]] | None]:
+def write_report_chunk(job: tuple) -> tuple[list[tuple], dict[str, str]]:
     """A worker's task: build, draw, render and write the reports of a chunk of patients.
 
-    ``job`` is ``(reports_dir, [(patient_id, parts), ...], summaries, chart_rows[, stage_only])`` with
-    ``parts`` the keyword arguments of :func:`build_triggers` (``result`` among them, its summary in
-    ``summaries``: see :func:`_pack_summaries`) and ``chart_rows`` those patients' days (CHART_COLUMNS) for
+    ``job`` is ``(reports_dir, [(patient_id, parts), ...], summaries, chart_rows)`` with ``parts`` the
+    keyword arguments of :func:`build_triggers` (``result`` among them, its summary in ``summaries``: see
+    :func:`_pack_summaries`) and ``chart_rows`` those patients' days (CHART_COLUMNS) for
     :func:`build_charts`. Returns the history rows of the patients written (``reports.history_row``, for the
-    caller to store), ``{patient_id: error}`` for the others, and None -- or, with ``stage_only``, the
-    files are left under their temporary names (``reports.stage_patient_reports``) and the third item is
-    each row's ``(temporary, final path)`` moves, for ``reports.commit_staged``.
+    caller to store) and ``{patient_id: error}`` for the others.
     """
     from trigger_watch import reports
 
@@ -427,8 +395,7 @@ def write_report_chunk(job: tuple) -> tuple[list[tuple], dict[str, str], list[li
     # the worker's whole heap (measured: 2-12% of the chunk's CPU), while a chunk leaves ~20 objects in
     # cycles to collect.
     with storage.collector_paused():
-        reports_dir, items, summaries, chart_rows, *rest = job
-        stage_only = bool(rest and rest[0])
+        reports_dir, items, summaries, chart_rows = job
         factors = _factor_records(items, summaries)
         charts, calendars = build_charts_json(chart_rows)
         docs, errors = [], {}
@@ -439,15 +406,10 @@ def write_report_chunk(job: tuple) -> tuple[list[tuple], dict[str, str], list[li
                              charts.get(pid, EMPTY_CHART)))
             except Exception as exc:  # one patient's failure must not stop the others
                 errors[pid] = f"{type(exc).__name__}: {exc}"
-        if stage_only:
-            staged, failed = reports.stage_patient_reports(reports_dir, docs)
-            written, moves = [item for item, _ in staged], [m for _, m in staged]
-        else:
-            (written, failed), moves = reports.write_many_patient_reports(reports_dir, docs), None
+        written, failed = reports.write_many_patient_reports(reports_dir, docs)
         errors.update(failed)
-        rows = [reports.history_row(t, c, ranking=ranking_row(t), triggers_json=j,
-                                    calendar_json=calendars.get(t["patient_id"])) for t, c, j in written]
-        return rows, errors, moves
+        return [reports.history_row(t, c, ranking=ranking_row(t), triggers_json=j,
+                                    calendar_json=calendars.get(t["patient_id"])) for t, c, j in written], errors
 
 
 def _pack_summaries(items: list[tuple[str, dict]], source=None) -> tuple[list[tuple[str, dict]], tuple]:
