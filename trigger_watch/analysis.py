@@ -95,6 +95,8 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
     """
     import time
 
+    from trigger_watch import reports  # here, not at the top: the workers' reading needs no templates
+
     stop = stop or threading.Event()
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -188,8 +190,6 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
 
             reports_start.set()
             if write:  # marked until the ranking is written: a run killed before then is cleaned up after
-                from trigger_watch import reports
-
                 outcome.leftovers_removed = reports.begin_writing(config.reports_dir, config.models_dir)
             _reports(db, config, ex, blocks, results, forecast_block, validation, as_of=as_of,
                      generated_at=generated_at, write=write, stop=stop, progress=progress, outcome=outcome)
@@ -198,8 +198,6 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
         t = time.perf_counter()
         if write:
             outcome.ranking = _write_ranking(db, config, everyone)
-            from trigger_watch import reports
-
             reports.end_writing(config.models_dir)
         timings["ranking"] = time.perf_counter() - t
     outcome.timings = timings

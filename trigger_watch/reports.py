@@ -945,7 +945,7 @@ def stage_patient_reports(reports_dir: str | os.PathLike, items: list[tuple[dict
 def commit_staged(reports_dir: str | os.PathLike, staged: list[tuple[str, list[tuple[str, str]]]]
                   ) -> tuple[list[int], dict[str, str]]:
     """The second half of :func:`write_many_patient_reports`: ``staged`` is ``(patient_id, [(temporary,
-    final path), ...])`` per patient (:func:`stage_patient_reports`' moves, staged by any process). Syncs
+    final path), ...])`` per patient (:func:`stage_patient_reports`' moves). Syncs
     the file system (the contents are on disk before any name points at them), renames each patient's
     files into place and syncs again. Returns the positions in ``staged`` of the patients whose files are
     all in place, and ``{patient_id: error}`` for the others (their temporary files removed)."""
