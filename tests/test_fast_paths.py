@@ -1052,6 +1052,23 @@ def test_next_day_for_many_patients_at_once_is_what_one_at_a_time_gave():
     assert got == want
 
 
+def test_the_forecast_days_kept_per_block_are_those_of_the_whole_panel():
+    """Ahead.of keeps each patient's last at-risk days before the forecast day, of the same-day columns
+    only; taken from those columns alone they are the days and values the whole panel gave."""
+    from trigger_watch import forecast
+
+    panel = simulate.panel_from_cohort(simulate.simulate_cohort(12, 150, 5, premonitory=1.0))
+    last = panel["date"].max()
+    ahead = forecast.Ahead.of(panel, last.date())
+    same = forecast._same_day_columns(panel.attrs["factors"], [c for c in panel.columns if "@" in c])
+    assert same and "at_risk" in panel
+    whole = forecast._recent(panel, last)  # every column masked and sorted, as before
+    want = pd.concat([whole[["patient_id", "date"]], whole[same].astype(np.float32)], axis=1)
+    assert len(want) > 12 * 30 and (want["date"] < last).all()
+    pd.testing.assert_frame_equal(ahead.recent, want)
+    pd.testing.assert_frame_equal(ahead.rows, panel[panel["date"] == last], check_like=False)
+
+
 # ---------------------------------------------------------------------------------------- report chunks
 
 @pytest.mark.parametrize("collecting", [True, False])

@@ -521,8 +521,11 @@ class Ahead:
         meta = panel.attrs.get("factors")
         rows = panel[panel["date"] == stamp]
         rows.attrs = {}
-        recent = _recent(panel, stamp)
         same = _same_day_columns(meta, [c for c in panel.columns if "@" in c])
+        # only the columns kept: masking and sorting the whole panel copied every factor column (~1 s of
+        # the 10,000-patient cycle)
+        narrow = panel[["patient_id", "date", *(["at_risk"] if "at_risk" in panel else []), *same]]
+        recent = _recent(narrow, stamp)
         # float32: 60 days x every patient; a forecast averages over these, 7 significant digits are plenty
         recent = pd.concat([recent[["patient_id", "date"]], recent[same].astype(np.float32)], axis=1)
         return cls(rows, recent, meta)
