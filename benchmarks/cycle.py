@@ -99,7 +99,7 @@ def _cpu_s(pid: int) -> tuple[float, float]:
 
 
 class PeakMemory:
-    """Samples the resident set of this process and its descendants (MB) on a thread; keeps the largest
+    """Samples the resident set of this process and its descendants (MiB) on a thread; keeps the largest
     sum, when it was (seconds from the start) and this process's share of it. Also adds up the CPU time
     they used meanwhile (a worker's last 50 ms before it exits are missed)."""
 
@@ -333,11 +333,11 @@ def _print(results: dict, args) -> None:
           f"{os.cpu_count()} cores, scheduler {args.scheduler or 'local'}, validation {args.validation}, "
           f"reports {_reports_mode(args)}")
     print(f"generate: simulate {g['simulate_s']:.1f} s, write files {g['write_files_s']:.1f} s, "
-          f"import {g['import_s']:.1f} s (peak {g['peak_mb']:.0f} MB)")
+          f"import {g['import_s']:.1f} s (peak {g['peak_mb']:.0f} MiB)")
     for name, r in (("full", f), ("incremental", i)):
         extra = f", import of {r['imported_rows']} diary row(s) {r['import_s']:.2f} s" if "import_s" in r else ""
         print(f"{name} cycle: {r['wall_s']:.1f} s wall, {r['analysed']} analysed, {r['failed']} failed, "
-              f"peak {r['peak_mb']:.0f} MB (main process {r['main_hwm_mb']:.0f} MB){extra}")
+              f"peak {r['peak_mb']:.0f} MiB (main process {r['main_hwm_mb']:.0f} MiB){extra}")
         if "cpu_s" in r:
             busy = r["cpu_s"] / (r["wall_s"] * (os.cpu_count() or 1))
             kernel = f" ({r['cpu_system_s']:.1f} s of it in the kernel)" if "cpu_system_s" in r else ""
@@ -348,8 +348,8 @@ def _print(results: dict, args) -> None:
                   "a journal, the report files it replaced make this run's new files slower to create "
                   f"(a nightly cycle does not meet them; --settle {RECENTLY_FREED_S} waits)")
         if "peak_at_s" in r:
-            print(f"  the peak: {r['peak_at_s']:.1f} s in, this process {r['peak_main_mb']:.0f} MB and its workers "
-                  f"{r['peak_mb'] - r['peak_main_mb']:.0f} MB")
+            print(f"  the peak: {r['peak_at_s']:.1f} s in, this process {r['peak_main_mb']:.0f} MiB and its workers "
+                  f"{r['peak_mb'] - r['peak_main_mb']:.0f} MiB")
         stages = {k: v for k, v in r["stages"].items() if "/" not in k}
         print("  " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
               + f"  | sum {sum(stages.values()):.1f} s")
