@@ -1066,7 +1066,7 @@ def test_the_forecast_days_kept_per_block_are_those_of_the_whole_panel():
     want = pd.concat([whole[["patient_id", "date"]], whole[same].astype(np.float32)], axis=1)
     assert len(want) > 12 * 30 and (want["date"] < last).all()
     pd.testing.assert_frame_equal(ahead.recent, want)
-    pd.testing.assert_frame_equal(ahead.rows, panel[panel["date"] == last], check_like=False)
+    pd.testing.assert_frame_equal(ahead.rows, panel[panel["date"] == last])
 
 
 # ---------------------------------------------------------------------------------------- report chunks
