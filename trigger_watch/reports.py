@@ -1001,14 +1001,10 @@ def remove_leftovers(reports_dir: str | os.PathLike, before: float | None = None
             if not folder.is_dir(follow_symlinks=False):
                 continue
             with os.scandir(folder.path) as files:
-                for f in files:
-                    if (f.name.startswith(".") and f.name.endswith(".tmp") and f.is_file(follow_symlinks=False)
-                            and f.stat(follow_symlinks=False).st_mtime < before):
-                        try:
-                            os.unlink(f.path)
-                            removed += 1
-                        except FileNotFoundError:
-                            pass
+                removed += _remove(f.path for f in files
+                                   if f.name.startswith(".") and f.name.endswith(".tmp")
+                                   and f.is_file(follow_symlinks=False)
+                                   and f.stat(follow_symlinks=False).st_mtime < before)
     return removed
 
 
@@ -1026,12 +1022,16 @@ def _write_fd(fd: int, data: bytes) -> None:
         os.close(fd)
 
 
-def _remove(paths) -> None:
+def _remove(paths) -> int:
+    """Remove the files ``paths`` (those already gone are skipped). Returns how many were removed."""
+    removed = 0
     for p in paths:
         try:
             os.unlink(p)
+            removed += 1
         except FileNotFoundError:
             pass
+    return removed
 
 
 def _sync_file_system(folder: Path) -> None:
