@@ -121,9 +121,9 @@ def keep_heap() -> None:
     32 MiB) separately and unmaps it on free, and hands the heap's top back once more than twice that is
     free: a block's frames, a few MiB each, were mapped and faulted in page by page on every task. With the
     threshold at its largest and the top kept (a new stage still trims it, :class:`_TrimOnNewStage`),
-    reading and reducing 8 blocks of 250 patients faulted in 45-52 thousand pages instead of 108-127
+    reading and reducing 8 blocks of 250 patients faulted in 43-52 thousand pages instead of 87-128
     thousand, and in the 10,000-patient cycle the fit and the validation spent ~1.5 s less CPU in the kernel,
-    its peak the same (docs/performance.md, eleventh round). Nothing where there is no glibc."""
+    its peak up to 40 MiB higher (docs/performance.md, eleventh round). Nothing where there is no glibc."""
     mallopt = _libc("mallopt")
     if mallopt is not None:
         mallopt(_M_MMAP_THRESHOLD, HEAP_BUFFERS_UP_TO)
