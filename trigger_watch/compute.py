@@ -73,7 +73,7 @@ class _TrimOnNewStage:
     the same function the heap is kept: the next one grows it to about the same size again, and faulting
     those pages back in cost more than the trim saved (reading and reducing 8 blocks of 250 patients: 1.6 s
     of kernel time with a trim after each block, 0.6 s without; the 10,000-patient cycle used ~5 s less
-    CPU, its peak the same)."""
+    CPU, its peak the same). A worker's first task first tells glibc to keep the heap (:func:`keep_heap`)."""
 
     def __init__(self, fn: Callable[[Any], Any]):
         self.fn = fn
