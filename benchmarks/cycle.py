@@ -30,6 +30,7 @@ import bisect
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -327,6 +328,15 @@ def _since_last_run(workdir: Path) -> float | None:
         return None
 
 
+def _probe(n: int) -> list[dict[str, float]]:
+    """``benchmarks/probe.py``'s figures, ``n`` times (it runs the workload on every core at once)."""
+    if n <= 0:
+        return []
+    import probe
+
+    return [probe.probe() for _ in range(n)]
+
+
 def _print(results: dict, args) -> None:
     g, f, i = results["generate"], results["full"], results["incremental"]
     print(f"cohort: {args.patients} patients x {args.days} days ({g['diary_rows']} diary rows), "
@@ -347,6 +357,10 @@ def _print(results: dict, args) -> None:
             print(f"  note: the last run here ended {r['since_last_run_s']:.0f} s before this one: on ext4 without "
                   "a journal, the report files it replaced make this run's new files slower to create "
                   f"(a nightly cycle does not meet them; --settle {RECENTLY_FREED_S} waits)")
+        if r.get("probe"):
+            b, a = ([p["total"] for p in r["probe"][k]] for k in ("before", "after"))
+            print(f"  machine probe (benchmarks/probe.py, median of {len(b)}): {statistics.median(b):.2f} s before, "
+                  f"{statistics.median(a):.2f} s after (fastest {min(b):.2f} and {min(a):.2f} s)")
         if "peak_at_s" in r:
             print(f"  the peak: {r['peak_at_s']:.1f} s in, this process {r['peak_main_mb']:.0f} MiB and its workers "
                   f"{r['peak_mb'] - r['peak_main_mb']:.0f} MiB")
@@ -383,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="wait until this long after the last run in --workdir ended before the full cycle "
                          "(360: past the window in which ext4 without a journal holds back the inodes that "
                          "run freed, as on a real night; see docs/performance.md)")
+    ap.add_argument("--probe", type=int, default=5, metavar="N",
+                    help="time benchmarks/probe.py's fixed workload N times before and after the full cycle, "
+                         "to read the cycle's figures against the machine's speed at the time (0: do not)")
     ap.add_argument("--phase", choices=["generate", "full", "incremental"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -407,8 +424,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
         time.sleep(args.settle - since)
         since = args.settle
+    before = _probe(args.probe)
     results["full"] = _run_phase("full", passthrough)
     results["full"]["since_last_run_s"] = since
+    if args.probe > 0:
+        results["full"]["probe"] = {"before": before, "after": _probe(args.probe)}
     results["incremental"] = _run_phase("incremental", passthrough)
     (Path(args.workdir) / LAST_RUN).write_text(f"{time.time():.0f}\n")
     _print(results, args)
