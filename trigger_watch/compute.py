@@ -123,7 +123,7 @@ def keep_heap() -> None:
     threshold at its largest and the top kept (a new stage still trims it, :class:`_TrimOnNewStage`),
     reading and reducing 8 blocks of 250 patients faulted in 43-52 thousand pages instead of 87-128
     thousand, and in the 10,000-patient cycle the fit and the validation spent ~1.5 s less CPU in the kernel,
-    its peak up to 40 MiB higher (docs/performance.md, eleventh round). Nothing where there is no glibc."""
+    its peak up to 40 MiB higher (docs/performance-history.md, eleventh round). Nothing where there is no glibc."""
     mallopt = _libc("mallopt")
     if mallopt is not None:
         mallopt(_M_MMAP_THRESHOLD, HEAP_BUFFERS_UP_TO)
