@@ -473,7 +473,7 @@ def rolling_origin(panel: pd.DataFrame, config, *, prior: models.CohortPrior | N
         train = panel[panel["date"] < d]
         train.attrs = dict(panel.attrs)
         t, c = time.perf_counter(), time.process_time()
-        results = models.analyse(train, config, prior=prior, store=False) if len(train) else {}
+        results = models.analyse(train, config, prior=prior, store=False, fingerprint=False) if len(train) else {}
         fit_seconds.append(time.perf_counter() - t)
         fit_cpu.append(time.process_time() - c)
         del train

@@ -1076,7 +1076,7 @@ def fingerprints(panel: pd.DataFrame, columns: list[str]) -> dict[str, str]:
 
 def analyse(panel: pd.DataFrame, config, *, prior: CohortPrior | None = None,
             progress: Callable[[int, int], None] | None = None,
-            store: ModelStore | bool | None = None) -> dict[str, PatientAnalysis]:
+            store: ModelStore | bool | None = None, fingerprint: bool = True) -> dict[str, PatientAnalysis]:
     """Fit every patient of ``panel`` (the panel of docs/internals.md) and make the cohort's calls.
 
     ``config``: reads ``analysis.*`` and ``storage.models_dir``. ``prior``: a :class:`CohortPrior` to use
@@ -1084,13 +1084,19 @@ def analyse(panel: pd.DataFrame, config, *, prior: CohortPrior | None = None,
     than 30 patients of this run inform use it (or the default) anyway. ``store``: a :class:`ModelStore`,
     ``None`` for the one under ``config.models_dir``, ``False`` for none. With a store, a run whose patients'
     data are unchanged (same fingerprints) and whose prior is unchanged reuses the stored fits.
+    ``fingerprint=False`` (only with ``store=False``): the models' ``fingerprint`` is None, not a hash of the
+    data (a refit that is used and thrown away, as the validation's are, does not need one: ~5 % of its
+    CPU).
 
     The same as :func:`fit_prepared` of one :func:`prepare` (the pipeline prepares blocks of patients one
     at a time, so that a national cohort's panel never has to be in memory at once).
     """
     if panel.empty:
         return {}
-    return fit_prepared([prepare(panel, config)], config, prior=prior, progress=progress, store=store)
+    if not fingerprint and store is not False:
+        raise ValueError("a model store needs the fingerprints: fingerprint=False goes with store=False")
+    return fit_prepared([prepare(panel, config, fingerprint=fingerprint)], config, prior=prior, progress=progress,
+                        store=store)
 
 
 @dataclass
@@ -1100,14 +1106,15 @@ class Prepared:
     design: _Design
     data: dict[str, dict]
     status: dict[str, str]
-    fingerprints: dict[str, str]
+    fingerprints: dict[str, str | None]
     chunks: list[_Chunk]
 
 
-def prepare(panel: pd.DataFrame, config, *, spill_dir: Path | None = None) -> Prepared:
-    """What the fit needs of the patients of ``panel``: data blocks, status, fingerprints and the design
-    blocks of their at-risk days (moved to files under ``spill_dir`` when given). Blocks of one cohort must
-    have the same columns (``features.build_panel(..., columns=features.cohort_columns(...))``)."""
+def prepare(panel: pd.DataFrame, config, *, spill_dir: Path | None = None, fingerprint: bool = True) -> Prepared:
+    """What the fit needs of the patients of ``panel``: data blocks, status, fingerprints (None each with
+    ``fingerprint=False``) and the design blocks of their at-risk days (moved to files under ``spill_dir``
+    when given). Blocks of one cohort must have the same columns (``features.build_panel(...,
+    columns=features.cohort_columns(...))``)."""
     min_days, min_att = int(config["analysis.min_at_risk_days"]), int(config["analysis.min_attacks"])
     design = _Design.from_panel(panel)
     panel = _bare(panel)
@@ -1120,7 +1127,7 @@ def prepare(panel: pd.DataFrame, config, *, spill_dir: Path | None = None) -> Pr
     data = _data_blocks(panel)
     status = {p: ("ok" if d["at_risk_days"] >= min_days and d["attacks"] >= min_att else "insufficient_data")
               for p, d in data.items()}
-    fps = fingerprints(panel, design.columns)
+    fps = fingerprints(panel, design.columns) if fingerprint else dict.fromkeys(data)
     at = _fit_rows(panel)
     chunks = _chunks(panel, design, at) if len(at) else []
     if spill_dir is not None:
