@@ -64,7 +64,7 @@ def _worker(start, out) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import numpy  # noqa: F401  (imported here so its import is not timed)
 
-    start.wait()
+    start.wait()  # every process has imported numpy: they begin together
     times = {}
     for name, fn in PARTS.items():
         t = time.perf_counter()
@@ -78,12 +78,10 @@ def probe(processes: int | None = None) -> dict[str, float]:
     wall time in seconds, and ``total``."""
     n = processes or os.cpu_count() or 1
     ctx = mp.get_context("spawn")
-    start, out = ctx.Event(), ctx.Queue()
+    start, out = ctx.Barrier(n), ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(start, out)) for _ in range(n)]
     for p in procs:
         p.start()
-    time.sleep(0.5)  # let every process import numpy before the common start
-    start.set()
     results = [out.get() for _ in procs]
     for p in procs:
         p.join()
