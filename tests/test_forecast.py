@@ -207,6 +207,8 @@ def test_the_validation_refits_without_fingerprints_and_the_same_models(panel, c
         pd.testing.assert_frame_equal(without[pid].summary, a.summary)
     with pytest.raises(ValueError, match="store=False"):
         models.analyse(train, cfg, fingerprint=False)
+    with pytest.raises(ValueError, match="store=False"):  # the pipeline's way in: prepare, then fit_prepared
+        models.fit_prepared([models.prepare(train, cfg, fingerprint=False)], cfg)
 
     def no_hashing(*args, **kwargs):
         raise AssertionError("the validation hashed the data")

@@ -1084,17 +1084,15 @@ def analyse(panel: pd.DataFrame, config, *, prior: CohortPrior | None = None,
     than 30 patients of this run inform use it (or the default) anyway. ``store``: a :class:`ModelStore`,
     ``None`` for the one under ``config.models_dir``, ``False`` for none. With a store, a run whose patients'
     data are unchanged (same fingerprints) and whose prior is unchanged reuses the stored fits.
-    ``fingerprint=False`` (only with ``store=False``): the models' ``fingerprint`` is None, not a hash of the
-    data (a refit that is used and thrown away, as the validation's are, does not need one: ~5 % of its
-    CPU).
+    ``fingerprint=False`` (only with ``store=False``; :func:`fit_prepared` refuses a store without
+    fingerprints): the models' ``fingerprint`` is None, not a hash of the data (a refit that is used and
+    thrown away, as the validation's are, does not need one: ~5 % of its CPU).
 
     The same as :func:`fit_prepared` of one :func:`prepare` (the pipeline prepares blocks of patients one
     at a time, so that a national cohort's panel never has to be in memory at once).
     """
     if panel.empty:
         return {}
-    if not fingerprint and store is not False:
-        raise ValueError("a model store needs the fingerprints: fingerprint=False goes with store=False")
     return fit_prepared([prepare(panel, config, fingerprint=fingerprint)], config, prior=prior, progress=progress,
                         store=store)
 
@@ -1179,6 +1177,9 @@ def fit_prepared(parts: list[Prepared], config, *, prior: CohortPrior | None = N
     data = {k: v for part in parts for k, v in part.data.items()}
     status = {k: v for part in parts for k, v in part.status.items()}
     fps = {k: v for part in parts for k, v in part.fingerprints.items()}
+    if store and None in fps.values():
+        raise ValueError("a model store needs the fingerprints: prepare(..., fingerprint=False) goes with "
+                         "store=False")
     cached = _cached(store, data, fps, prior) if store else None
     if cached is not None:
         return cached
