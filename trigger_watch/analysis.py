@@ -395,7 +395,7 @@ def write_report_chunk(job: tuple) -> tuple[list[tuple], dict[str, str]]:
     with storage.collector_paused():
         reports_dir, items, summaries, chart_rows = job
         factors = _factor_records(items, summaries)
-        charts, calendars = build_charts_json(chart_rows)
+        charts = build_charts(chart_rows)
         docs, errors = [], {}
         for (pid, parts), given in zip(items, factors):
             try:
@@ -406,8 +406,7 @@ def write_report_chunk(job: tuple) -> tuple[list[tuple], dict[str, str]]:
                 errors[pid] = f"{type(exc).__name__}: {exc}"
         written, failed = reports.write_many_patient_reports(reports_dir, docs)
         errors.update(failed)
-        return [reports.history_row(t, c, ranking=ranking_row(t), triggers_json=j,
-                                    calendar_json=calendars.get(t["patient_id"])) for t, c, j in written], errors
+        return [reports.history_row(t, c, ranking=ranking_row(t), triggers_json=j) for t, c, j in written], errors
 
 
 def _pack_summaries(items: list[tuple[str, dict]], source=None) -> tuple[list[tuple[str, dict]], tuple]:
@@ -645,19 +644,8 @@ _STATUSES = ("onset", "attack", "free", "missing")
 
 def build_charts(panel: pd.DataFrame) -> dict[str, dict]:
     """Per patient: calendar days, monthly counts and gaps of unlogged days (vectorised, then split)."""
-    return _build_charts(panel, calendar_json=False)[0]
-
-
-def build_charts_json(panel: pd.DataFrame) -> tuple[dict[str, dict], dict[str, str]]:
-    """:func:`build_charts`, and per patient its ``calendar`` as JSON, what ``reports.history_row`` stores
-    (its ``calendar_json``): written once per distinct day of the chunk, where encoding every patient's
-    ~365 day dicts one by one took a report worker about 0.3 ms a patient."""
-    return _build_charts(panel, calendar_json=True)
-
-
-def _build_charts(panel: pd.DataFrame, calendar_json: bool) -> tuple[dict[str, dict], dict[str, str]]:
     if panel.empty:
-        return {}, {}
+        return {}
     pid = panel["patient_id"].to_numpy(dtype=object)
     # one str object per status, shared by every day (smaller and faster to send to the report workers)
     status_code = np.select([panel["onset"].to_numpy() == 1, panel["in_episode"].to_numpy(dtype=bool),
@@ -710,21 +698,7 @@ def _build_charts(panel: pd.DataFrame, calendar_json: bool) -> tuple[dict[str, d
     for k, name in enumerate(keys.tolist()):
         out[name] = {"calendar": cal[bounds[k]:bounds[k + 1]], "monthly": m_rows[m_bounds[k]:m_bounds[k + 1]],
                      "gaps": g_rows[g_bounds[k]:g_bounds[k + 1]]}
-    if not calendar_json:
-        return out, {}
-    # Each distinct (day, status, intensity) of the chunk written once, as the JSON encoder writes the day's
-    # dict: the date needs no escaping, an intensity is its repr, NaN and infinities are null (as
-    # reports._clean makes them). Intensities are told apart by their bits, so 0.0 and -0.0 stay apart.
-    i_code, i_bits = pd.factorize(rounded.to_numpy().view(np.int64))
-    i_text = [repr(v) if math.isfinite(v) else "null" for v in i_bits.view(np.float64).tolist()]
-    combo = (day_code.astype(np.int64) * len(_STATUSES) + status_code) * len(i_text) + i_code
-    combo_code, combos = pd.factorize(combo[order])
-    texts = np.array([f'{{"date": "{day_text[c // len(i_text) // len(_STATUSES)]}", '
-                      f'"status": "{_STATUSES[c // len(i_text) % len(_STATUSES)]}", '
-                      f'"intensity": {i_text[c % len(i_text)]}}}' for c in combos.tolist()], dtype=object)
-    texts = texts[combo_code].tolist()
-    return out, {name: "[" + ", ".join(texts[bounds[k]:bounds[k + 1]]) + "]"
-                 for k, name in enumerate(keys.tolist())}
+    return out
 
 
 def _write_ranking(db, config, everyone: list[str]) -> list[dict]:
