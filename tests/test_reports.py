@@ -459,6 +459,24 @@ def test_the_history_stores_its_json_compressed_and_still_reads_rows_stored_as_t
     assert reports.history_lines(db, "p1")[1].startswith("2026-10-21T02:30:00Z  as of 2026-10-20  ok")
 
 
+def test_the_ranking_reads_stored_json_that_orjson_refuses(db):
+    """A history row kept as text with a NaN in it (the standard encoder writes one; orjson does not read
+    it) is still ranked, through the standard parser."""
+    from trigger_watch.analysis import ranking_row
+
+    db["patients"].insert_all([{"patient_id": "p1", "timezone": "UTC"}])
+    doc = triggers_doc("p1")
+    doc["forecast"] = {**(doc.get("forecast") or {}), "attack_probability": float("nan")}
+    text = json.dumps(doc)
+    assert "NaN" in text
+    with storage.transaction(db) as conn:
+        conn.execute("INSERT INTO reports (patient_id, generated_at, as_of, status, triggers_json, recorded_at) "
+                     "VALUES (?, ?, ?, ?, ?, ?)", ("p1", doc["generated_at"], doc["as_of"], "ok", text, "x"))
+    got = reports.latest_ranking_rows(db, ranking_row)["p1"]
+    assert got["patient_id"] == "p1" and math.isnan(got["risk_next_day"])
+    assert reports._loads('{"a": [1, 2.5]}') == {"a": [1, 2.5]}
+
+
 def test_a_damaged_stored_report_is_one_clear_error_naming_it(db):
     """A history value that is not a whole zstd frame (or not JSON) is not a traceback: the error names the
     patient, the report and the row, and says how to get a readable one."""

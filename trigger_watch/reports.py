@@ -1201,8 +1201,16 @@ def latest_ranking_rows(db, make_row) -> dict[str, dict]:
         "JOIN reports AS r ON r.id = l.id "
         "LEFT JOIN report_rankings k ON k.patient_id = r.patient_id AND k.generated_at = r.generated_at"
     ).fetchall()
-    return {pid: json.loads(row) if row is not None else make_row(json.loads(unpack_json(text)))
-            for pid, row, text in rows}
+    return {pid: _loads(row) if row is not None else make_row(_loads(unpack_json(text))) for pid, row, text in rows}
+
+
+def _loads(text: str | bytes) -> Any:
+    """``json.loads``, by orjson (the ranking reads 10,000 stored rows a night, ~3 times faster); the standard
+    parser for what orjson refuses (NaN written by an older version, an integer past 64 bits)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 def stored_report(db, patient_id: str, audience: str = "patient", fmt: str = "md") -> str:
     """The patient's latest report re-rendered from the history (``trigger-watch report``)."""
