@@ -829,7 +829,8 @@ def _safe_folder(reports_dir: Path, name: str) -> Path:
 
 
 def atomic_write(path: Path, text: str | bytes, *, fsync: bool = True) -> Path:
-    """Write ``text`` (UTF-8, or bytes as they are) to ``path`` via a temporary file in the same folder and ``os.replace``.
+    """Write ``text`` (UTF-8, or bytes as they are) to ``path`` via a temporary file in the same folder and
+    ``os.replace``.
 
     A reader sees the old file or the new one, never a part; on any error the temporary file is removed
     and the old file is untouched.
