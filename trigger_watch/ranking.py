@@ -152,9 +152,7 @@ def priority(r: dict) -> tuple[int, list[str]]:
 def _records(rows) -> list[dict]:
     if isinstance(rows, pd.DataFrame):
         rows = rows.to_dict("records")
-    # plain values as they are, without a call each (what _clean gives them)
-    return [{k: v if (type(v) is str or type(v) is int or type(v) is bool or v is None) else _clean(v)
-             for k, v in dict(r).items()} for r in rows]
+    return [{k: _clean(v) for k, v in dict(r).items()} for r in rows]
 
 
 @lru_cache(maxsize=4096)
