@@ -793,7 +793,8 @@ def to_json(obj: Any) -> str:
 
 def _json_texts(obj: dict) -> tuple[bytes, bytes]:
     """A dict as :func:`to_json` writes it (in UTF-8), and on one line (:func:`_dumpb`): triggers.json and
-    the history's copy of it."""
+    the history's copy of it. The line is a second orjson call rather than a join of the file's pieces: the
+    join in Python was no faster (~120 against ~110-116 µs a patient for both texts)."""
     if not obj:
         return b"{}\n", b"{}"
     lines = []
@@ -828,6 +829,11 @@ def _safe_folder(reports_dir: Path, name: str) -> Path:
     return Path(reports_dir) / name
 
 
+def _utf8(text: str | bytes) -> bytes:
+    """``text`` in UTF-8; bytes (triggers.json as orjson writes it) as they are."""
+    return text if type(text) is bytes else text.encode("utf-8")
+
+
 def atomic_write(path: Path, text: str | bytes, *, fsync: bool = True) -> Path:
     """Write ``text`` (UTF-8, or bytes as they are) to ``path`` via a temporary file in the same folder and
     ``os.replace``.
@@ -836,7 +842,7 @@ def atomic_write(path: Path, text: str | bytes, *, fsync: bool = True) -> Path:
     and the old file is untouched.
     """
     path = Path(path)
-    data = text if type(text) is bytes else text.encode("utf-8")
+    data = _utf8(text)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
@@ -952,7 +958,7 @@ def stage_patient_reports(reports_dir: str | os.PathLike, items: list[tuple[dict
                     os.makedirs(folder, exist_ok=True)
                     fd = os.open(tmp, _NEW_FILE, 0o666)
                 moves.append((tmp, f"{folder}/{name}"))
-                _write_fd(fd, text if type(text) is bytes else text.encode("utf-8"))
+                _write_fd(fd, _utf8(text))
             staged.append(((triggers, charts, triggers_json), moves))
         except Exception as exc:  # one patient's failure must not stop the others
             errors[str(pid)] = f"{type(exc).__name__}: {exc}"
@@ -1099,7 +1105,7 @@ def record_history(db, triggers: dict, charts: dict | None = None, *, ranking: d
 
 def pack_json(text: str | bytes) -> bytes:
     """``text`` as the history stores it: a zstd frame of its UTF-8 bytes (:func:`unpack_json` reads it)."""
-    return storage.compress(text if type(text) is bytes else text.encode("utf-8"))
+    return storage.compress(_utf8(text))
 
 
 def unpack_json(value: str | bytes | None) -> str | bytes | None:
