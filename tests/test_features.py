@@ -664,10 +664,10 @@ def test_a_block_of_patients_gets_the_columns_of_the_whole_cohort(db):
             assert alone.attrs["factors"].set_index("column").loc["pills@0", "kind"] == "boolean"
 
 
-def test_the_cohort_columns_read_in_two_halves_are_the_one_query_s(tmp_path):
-    """On a database file the whole cohort's diary is grouped in two halves, side by side: the tags (their
-    days, and the order they were met in, which the panel's columns follow) and custom factors are those of
-    the one query, whatever half a group's days fall in."""
+def test_the_cohort_columns_are_read_through_the_tag_index_as_through_the_table(tmp_path):
+    """The whole cohort's diary is grouped through the index of migration 4 (a scan in the order of the
+    groups, not a sort of every row): the tags (their days up to the day analysed, and the order they were
+    met in, which the panel's columns follow) and the custom factors are those of the table read without it."""
     from trigger_watch import storage
 
     db = storage.connect(tmp_path / "tw.db")
@@ -679,9 +679,36 @@ def test_the_cohort_columns_read_in_two_halves_are_the_one_query_s(tmp_path):
              "custom": json.dumps({"pills": (i + k) % 3}) if (i + k) % 4 == 0 else None}
             for k, p in enumerate(("a", "b", "c")) for i in range(40)]
     db["diary"].insert_all(rows)
-    end = as_of(39)
-    one = features.cohort_columns(db, None, end)
-    halves = features.cohort_columns(db, None, end, db_file=str(tmp_path / "tw.db"))
-    assert halves == one and list(halves.tags) == list(one.tags)
-    assert one.tags["food:cheese"] > 1 and one.custom == {"pills": False}
+    end = as_of(29)
+    sql = "SELECT foods, symptoms, custom IS NOT NULL, COUNT(*) FROM diary WHERE 1 = 1 AND date <= ? GROUP BY 1, 2, 3"
+    plan = " ".join(str(r) for r in db.conn.execute("EXPLAIN QUERY PLAN " + sql, [end.isoformat()]))
+    assert "diary_tag_groups" in plan and "TEMP B-TREE" not in plan
+    indexed = features.cohort_columns(db, None, end)
+    # the days of each tag up to the cut, counted here from the rows written
+    expect: dict[str, int] = {}
+    for r in rows:
+        if r["date"] <= end.isoformat():
+            for prefix, text in (("food", r["foods"]), ("symptom", r["symptoms"])):
+                for tag in features.split_tags(text or ""):
+                    expect[f"{prefix}:{tag}"] = expect.get(f"{prefix}:{tag}", 0) + 1
+    assert indexed.tags == expect and indexed.custom == {"pills": False}
+    db.conn.execute("DROP INDEX diary_tag_groups")
+    # (a new text: the connection keeps the plan of the one it saw before)
+    plan = " ".join(str(r) for r in db.conn.execute("EXPLAIN QUERY PLAN " + sql + " -- again", [end.isoformat()]))
+    assert "TEMP B-TREE" in plan
+    table = features.cohort_columns(db, None, end)
+    assert indexed == table and list(indexed.tags) == list(table.tags)
+    db.conn.close()
+
+
+def test_a_database_made_before_the_tag_index_gets_it(tmp_path):
+    from trigger_watch import storage
+
+    db = storage.connect(tmp_path / "tw.db")
+    db.conn.execute("DROP INDEX diary_tag_groups")
+    db.conn.execute("DELETE FROM schema_migrations WHERE version = 4")
+    db.conn.commit()
+    db.conn.close()
+    db = storage.connect(tmp_path / "tw.db")
+    assert "diary_tag_groups" in {r[0] for r in db.conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     db.conn.close()

@@ -113,7 +113,7 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
     store = models.ModelStore(config.models_dir)
     subset = len(ids) < len(everyone)
     prior = store.load_prior() if subset else None
-    columns = features.cohort_columns(db, ids if subset else None, as_of, db_file=_file_of(db))
+    columns = features.cohort_columns(db, ids if subset else None, as_of)
     timings["columns"] = time.perf_counter() - t
     # sub-stages of the first pass ("pass/step"): the seconds each step took, summed over the blocks (in the
     # workers when there are several: they overlap each other and the reading)

@@ -11,12 +11,10 @@ its row by arithmetic (``block start + day - first day``), never by a Python loo
 
 from __future__ import annotations
 
-import contextlib
 import json
 import warnings
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -898,25 +896,20 @@ class CohortColumns:
     custom: dict[str, bool] = field(default_factory=dict)
 
 
-def cohort_columns(db, patient_ids=None, as_of: date | None = None, *, db_file: str | None = None
-                   ) -> CohortColumns:
+def cohort_columns(db, patient_ids=None, as_of: date | None = None) -> CohortColumns:
     """Two grouped queries over the stored diary: how many days list each tag, and which custom factors
     there are and whether all their values are 0/1 -- what :func:`build_panel` decides its columns by.
 
-    ``db_file`` (the file behind ``db``): the whole cohort's diary is read in two halves side by side, each
-    on a connection of its own in a thread (SQLite runs without the GIL), and the halves' groups added up
-    in the order one query gives them."""
+    The whole cohort's groups are read through the index ``diary_tag_groups`` (migration 4) in the order
+    of the groups; a set of patients through the diary's key."""
     conn = db.conn
     cut = _as_date(as_of).isoformat() if as_of is not None else "9999-12-31"
     who, params = _who(patient_ids)
     # one pass over the diary: the distinct (foods, symptoms) pairs with their days, and whether any day
     # has custom factors (only then is the JSON read)
-    sql = (f"SELECT foods, symptoms, custom IS NOT NULL, COUNT(*) FROM diary WHERE {who} AND date <= ? "
-           "{} GROUP BY 1, 2, 3")
-    if db_file and patient_ids is None:
-        groups = _diary_groups_in_halves(conn, db_file, sql, params + [cut])
-    else:
-        groups = conn.execute(sql.format(""), params + [cut]).fetchall()
+    groups = conn.execute(
+        f"SELECT foods, symptoms, custom IS NOT NULL, COUNT(*) FROM diary WHERE {who} AND date <= ? "
+        "GROUP BY 1, 2, 3", params + [cut]).fetchall()
     tags: dict[str, int] = {}
     any_custom = False
     for foods, symptoms, has_custom, n in groups:
@@ -929,39 +922,6 @@ def cohort_columns(db, patient_ids=None, as_of: date | None = None, *, db_file: 
         f"(SELECT custom FROM diary WHERE {who} AND custom IS NOT NULL AND date <= ?) d, json_each(d.custom) j "
         "WHERE j.type IN ('integer', 'real', 'true', 'false') GROUP BY j.key", params + [cut])} if any_custom else {}
     return CohortColumns(tags, custom)
-
-
-def _diary_groups_in_halves(conn, db_file: str, sql: str, params: list) -> list[tuple]:
-    """The rows of ``sql`` (a GROUP BY 1, 2, 3 over the diary with a count last; ``{}`` where a rowid
-    range goes) run on the diary's two halves by rowid in two threads, the halves' counts added, in
-    SQLite's order of the groups (NULL first, then text by its UTF-8 bytes, which is code point order)."""
-    import sqlite3
-    from concurrent.futures import ThreadPoolExecutor
-
-    top = conn.execute("SELECT max(rowid) FROM diary").fetchone()[0] or 0
-    halves = [("AND rowid <= ?", [top // 2]), ("AND rowid > ?", [top // 2])]
-
-    def run(half):
-        where, extra = half
-        with contextlib.closing(sqlite3.connect(f"{Path(db_file).resolve().as_uri()}?mode=ro", uri=True)) as own:
-            return own.execute(sql.format(where), params + extra).fetchall()
-
-    with ThreadPoolExecutor(2) as pool:
-        parts = list(pool.map(run, halves))
-    counts: dict[tuple, int] = {}
-    for rows in parts:
-        for *key, n in rows:
-            counts[tuple(key)] = counts.get(tuple(key), 0) + n
-    return [(*k, counts[k]) for k in sorted(counts, key=lambda k: tuple(_sqlite_order(v) for v in k))]
-
-
-def _sqlite_order(value) -> tuple:
-    """A sort key that orders values as SQLite's ORDER BY does (BINARY collation): NULL, numbers, text, blobs."""
-    if value is None:
-        return (0, 0)
-    if isinstance(value, (int, float)):
-        return (1, value)
-    return (2, value) if isinstance(value, str) else (3, bytes(value))
 
 
 __all__ = ["FACTORS", "FACTOR_BY_ID", "CohortColumns", "Factor", "PanelInputs", "build_panel", "cohort_columns",

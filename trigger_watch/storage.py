@@ -133,11 +133,18 @@ Migration = tuple[int, str, Sequence[str] | Callable[[sqlite3.Connection], None]
 # v3: a change counter per patient, bumped in the same transaction as the data it marks, so a cycle can
 # tell exactly which changes it has seen (timestamps cannot: two imports can share a second).
 _V3 = ["ALTER TABLE changes ADD COLUMN version INTEGER NOT NULL DEFAULT 1"]
+# v4: the diary's groups of tags read in index order. Every night features.cohort_columns counts the days of
+# each (foods, symptoms, custom or not) group over the whole cohort's diary: through this index a scan in
+# group order, not every row sorted into a temporary B-tree (10,000 patients x 365 days, one thread: 0.6-0.8
+# s against ~7 s, on a machine at half speed). It costs ~5 % more file (90 MB at that size).
+_V4 = ["CREATE INDEX diary_tag_groups ON diary (foods, symptoms, custom IS NOT NULL, date)"]
+
 
 MIGRATIONS: list[Migration] = [
     (1, "core tables: patients, diary, attacks, treatments, rejects, imports, changes", _V1),
     (2, "index patients by clinician", _V2),
     (3, "change counter per patient", _V3),
+    (4, "index of the diary's tag groups", _V4),
 ]
 
 
