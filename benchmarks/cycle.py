@@ -166,6 +166,36 @@ class PeakMemory:
         return self.peak_kb / 1024
 
 
+#: The columns of /proc/stat's "cpu" line (proc(5)), in clock ticks summed over every core.
+_STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def _machine_ticks() -> dict[str, int] | None:
+    """The whole machine's time so far, by what the cores did (/proc/stat); None where there is none."""
+    try:
+        with open("/proc/stat") as fh:
+            values = fh.readline().split()[1:1 + len(_STAT_FIELDS)]
+    except OSError:
+        return None
+    return dict(zip(_STAT_FIELDS, map(int, values)))
+
+
+def _machine_split(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, float] | None:
+    """What the machine's cores did between two :func:`_machine_ticks`, as shares of all their time: ``user``
+    (with nice), ``kernel`` (with interrupts), ``iowait`` (idle with a disk request outstanding), ``steal``
+    (a virtual machine's cores running someone else's work on the host) and ``idle``. Every process counts,
+    not only the cycle's."""
+    if not before or not after:
+        return None
+    d = {k: after[k] - before.get(k, 0) for k in after}
+    total = sum(d.values())
+    if total <= 0:
+        return None
+    parts = {"user": d["user"] + d["nice"], "kernel": d["system"] + d["irq"] + d["softirq"],
+             "iowait": d["iowait"], "steal": d.get("steal", 0), "idle": d["idle"]}
+    return {k: v / total for k, v in parts.items()}
+
+
 def _hwm_mb() -> float:
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -276,9 +306,11 @@ def phase_cycle(args, incremental: bool) -> dict:
 
     analyse.model_version = analysis.MODEL_VERSION
     with PeakMemory() as mem:
+        ticks = _machine_ticks()
         t = time.perf_counter()
         result = daemon.run_cycle(db, cfg, today=today, fetch=False, analyse=analyse)
         out["wall_s"] = time.perf_counter() - t
+        out["machine"] = _machine_split(ticks, _machine_ticks())
     # each stage's CPU (all processes), the stages being one after the other from the analysis' start (the
     # forecast runs inside the reports stage)
     at, stage_cpu = captured.pop("_start", None), {}
@@ -355,6 +387,10 @@ def _print(results: dict, args) -> None:
             kernel = f" ({r['cpu_system_s']:.1f} s of it in the kernel)" if "cpu_system_s" in r else ""
             print(f"  CPU: {r['cpu_s']:.1f} s in all processes{kernel}, {busy:.0%} of {os.cpu_count()} "
                   "cores' time")
+        if r.get("machine"):
+            m = {k: round(100 * v) for k, v in r["machine"].items()}
+            print(f"  the machine's cores meanwhile (every process): {m['user']} % user, {m['kernel']} % kernel, "
+                  f"{m['iowait']} % waiting on the disk, {m['steal']} % taken by the host (steal), {m['idle']} % idle")
         if r.get("since_last_run_s") is not None and r["since_last_run_s"] < RECENTLY_FREED_S:
             print(f"  note: the last run here ended {r['since_last_run_s']:.0f} s before this one: on ext4 without "
                   "a journal, the report files it replaced make this run's new files slower to create "

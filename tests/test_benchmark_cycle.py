@@ -1,0 +1,41 @@
+"""benchmarks/cycle.py's reading of what the machine's cores did during a cycle (/proc/stat)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "cycle.py"
+
+
+@pytest.fixture(scope="module")
+def cycle():
+    spec = importlib.util.spec_from_file_location("bench_cycle", _PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_cores_time_is_split_into_user_kernel_disk_steal_and_idle(cycle):
+    before = {"user": 1000, "nice": 10, "system": 200, "idle": 5000, "iowait": 40, "irq": 3, "softirq": 7,
+              "steal": 100}
+    # 2 cores x 10 s at 100 ticks a second: 2,000 ticks
+    after = {"user": 1000 + 1190, "nice": 10 + 10, "system": 200 + 300, "idle": 5000 + 100, "iowait": 40 + 120,
+             "irq": 3 + 10, "softirq": 7 + 10, "steal": 100 + 260}
+    split = cycle._machine_split(before, after)
+    assert split == pytest.approx({"user": 0.6, "kernel": 0.16, "iowait": 0.06, "steal": 0.13, "idle": 0.05})
+    assert sum(split.values()) == pytest.approx(1.0)
+
+
+def test_no_split_without_the_counters_or_without_time(cycle):
+    ticks = {"user": 1, "nice": 0, "system": 0, "idle": 0, "iowait": 0, "irq": 0, "softirq": 0, "steal": 0}
+    assert cycle._machine_split(None, ticks) is None
+    assert cycle._machine_split(ticks, dict(ticks)) is None
+
+
+def test_the_counters_are_read_from_this_machine(cycle):
+    ticks = cycle._machine_ticks()
+    if not Path("/proc/stat").exists():
+        assert ticks is None
+        return
+    assert set(ticks) == set(cycle._STAT_FIELDS) and ticks["user"] > 0 and ticks["idle"] >= 0
