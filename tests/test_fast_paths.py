@@ -144,6 +144,29 @@ def test_records_give_what_replace_and_to_dict_gave():
     assert analysis._records(frame.iloc[:0]) == []
 
 
+def test_round4_floats_are_pythons_round_to_the_bit():
+    """analysis.round4 rounds a column in numpy: the same doubles as round(v, 4), sign of zero included,
+    also where the product v * 1e4 rounds across a half, past 2**52, for tiny and huge values."""
+    rng = np.random.default_rng(7)
+    k = rng.integers(-10**9, 10**9, 4000).astype(float)
+    halves = (k + 0.5) / 1e4  # the doubles nearest to halves of the fourth decimal, and their neighbours
+    values = np.concatenate([
+        rng.normal(0, 1, 4000), rng.lognormal(0, 6, 4000), -rng.lognormal(0, 6, 2000),
+        halves, np.nextafter(halves, np.inf), np.nextafter(halves, -np.inf),
+        [0.00015, 1.23455, 2.675, -2.675, 0.5, -0.5, 1e-4, 5e-5, -5e-5, 4.9999999e-5, -4.9999999e-5],
+        [2.0**52 / 1e4, np.nextafter(2.0**52 / 1e4, 0), 2.0**52 / 1e4 + 0.5, 1e11, 1e15, 1e300, -1e300, 1.7e308],
+        [0.0, -0.0, 1e-300, -1e-300, 5e-324, -5e-324, np.nan, np.inf, -np.inf],
+    ])
+    got = analysis.round4(values)
+    want = [round(v, 4) if math.isfinite(v) else None for v in values.tolist()]
+    assert len(got) == len(want)
+    for g, w, v in zip(got, want, values.tolist()):
+        if w is None:
+            assert g is None, v
+        else:
+            assert type(g) is float and g == w and math.copysign(1, g) == math.copysign(1, w), (v, g, w)
+
+
 # ------------------------------------------------------------------------------------------ reports
 
 FACTORS = [

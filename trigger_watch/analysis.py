@@ -587,15 +587,37 @@ def _column_values(column: pd.Series) -> list:
     """One column's values as :func:`_records` puts them in its records."""
     kind = column.dtype
     if kind == np.float64:  # finite floats rounded, NaN and infinities None (what _clean makes of them)
-        values = column.to_numpy()
-        return [round(v, 4) if ok else None for v, ok in zip(values.tolist(), np.isfinite(values).tolist())]
+        return round4(column.to_numpy())
     if kind == np.int64 or kind == np.bool_:
         return column.to_numpy().tolist()  # Python ints and bools
     out = column.to_numpy(dtype=object, na_value=None).tolist()
+    if isinstance(kind, pd.StringDtype | pd.Int64Dtype):  # text or Python ints, missing ones None: as they are
+        return out
     for i, v in enumerate(out):
         if not (type(v) is str or v is None):  # text, the usual case here, as it is
             out[i] = None if v is pd.NaT else _clean(v)  # a date column's missing values stay NaT
     return out
+
+
+def round4(values: np.ndarray) -> list:
+    """``[round(v, 4) if math.isfinite(v) else None for v in values.tolist()]``, the same floats, in numpy.
+
+    ``rint(v * 1e4) / 1e4`` is the double nearest to ``k / 10**4`` (the division is correctly rounded), as
+    Python's ``round`` is, whenever ``k`` is the same whole number: that is, unless the product's own rounding
+    moved it across a half (or it is past 2**52, where it has no fraction to round). Those few values go
+    through ``round``. A report chunk's ~16,000 values of one column: ~1 ms against ~7 ms."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = values * 1e4
+        size = np.abs(scaled)
+        near_half = np.abs(scaled - np.floor(scaled) - 0.5) <= 4 * np.spacing(size)
+        exact = finite & ~(near_half | ~(size < 2.0**52))
+        out = np.where(exact, np.rint(scaled) / 1e4, 0.0).astype(object)
+    for i in np.flatnonzero(finite & ~exact).tolist():
+        out[i] = round(float(values[i]), 4)
+    out[~finite] = None
+    return out.tolist()
 
 
 def build_triggers(pid: str, result, *, as_of: date, generated_at: str, forecast=None, validation=None,
