@@ -510,6 +510,35 @@ def summary_frame(n: int, shift: int) -> pd.DataFrame:
                          "odds_ratio": np.linspace(0.5, 2, n) + shift, "exposed_days": np.arange(n) * shift})
 
 
+def test_text_columns_are_what_a_frame_makes_of_the_strings():
+    """models._text_column gives the column (dtype and values) a frame makes of texts[codes] str by str."""
+    from trigger_watch import models
+
+    texts = np.array(["insufficient_data", ">= 6.8/10", "Käse (yes/no) the day before", ""], dtype=object)
+    codes = np.random.default_rng(3).integers(0, len(texts), 500)
+    frame = pd.DataFrame({"made": models._text_column(texts, codes), "inferred": texts[codes]})
+    assert frame["made"].dtype == frame["inferred"].dtype
+    assert frame["made"].tolist() == frame["inferred"].tolist()
+
+
+def test_fitted_and_unfitted_patients_summaries_have_the_same_columns_and_dtypes():
+    """A chunk's summaries are taken from the fit's frame in one piece only when their dtypes are the
+    frame's (analysis._pack_summaries): a patient with nothing to fit gets a summary of the same dtypes."""
+    from trigger_watch import config, models, simulate
+
+    c = simulate.simulate_cohort(6, 200, 5, premonitory=1.0)
+    panel = simulate.panel_from_cohort(c)
+    last = panel["patient_id"].iloc[-1]
+    panel.loc[panel["patient_id"] == last, "at_risk"] = False  # nothing to fit for this one
+    res = models.analyse(panel, config.defaults(), store=False)
+    fitted = [a.summary for a in res.values() if a.status == "ok"]
+    empty = res[last].summary
+    assert fitted and res[last].status != "ok"
+    for s in fitted:
+        assert list(s.columns) == list(empty.columns) and s.dtypes.equals(empty.dtypes)
+    assert set(fitted[0]["verdict"]) <= set(models._VERDICTS)
+
+
 def test_summaries_travel_to_the_report_workers_as_one_frame_and_give_each_patient_their_factors():
     """A chunk's summaries go to its worker as one frame (analysis._pack_summaries); the worker turns it
     into records at once (analysis._factor_records) and each patient gets the records of their own summary,
