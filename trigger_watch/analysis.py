@@ -612,7 +612,7 @@ def round4(values: np.ndarray) -> list:
         scaled = values * 1e4
         size = np.abs(scaled)
         near_half = np.abs(scaled - np.floor(scaled) - 0.5) <= 4 * np.spacing(size)
-        exact = finite & ~(near_half | ~(size < 2.0**52))
+        exact = finite & ~near_half & (size < 2.0**52)
         out = np.where(exact, np.rint(scaled) / 1e4, 0.0).astype(object)
     for i in np.flatnonzero(finite & ~exact).tolist():
         out[i] = round(float(values[i]), 4)
