@@ -19,8 +19,8 @@ Three phases, each in its own process so one phase's memory does not show up in 
 
 For each phase it prints the wall time, the peak memory and, for the cycles, the pipeline's time per
 stage (``AnalysisOutcome.timings``). Peak memory is the largest resident set of the phase's process plus
-its worker processes, sampled every 50 ms (``/proc``), next to the main process's own high-water mark
-(``VmHWM``). Around the full cycle it times ``benchmarks/probe.py``'s fixed workload (``--probe N`` times
+its worker processes, sampled every 50 ms (``/proc``, by a process of its own), next to the main process's
+own high-water mark (``VmHWM``). Around the full cycle it times ``benchmarks/probe.py``'s fixed workload (``--probe N`` times
 before and after; 0: not at all), so that the cycle's figures can be read against the machine's speed at
 the time. ``--json FILE`` also writes the figures as JSON.
 """
@@ -35,7 +35,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from datetime import date, timedelta
 from pathlib import Path
@@ -59,23 +58,19 @@ workers = {workers}
 
 # ------------------------------------------------------------------------------------------ memory
 
-def _rss_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+_PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024 if hasattr(os, "sysconf") else 4
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _descendants(root: int) -> list[int]:
-    """``root`` and every process below it, from each thread's ``children`` list: a few small reads, where
-    scanning all of /proc took ~10 % of a core at this sampling rate (from the cycle it measures)."""
+def _descendants(root: int, skip: int | None = None) -> list[int]:
+    """``root`` and every process below it but ``skip`` (the sampler itself), from each thread's
+    ``children`` list: a few small reads, where scanning all of /proc took ~10 % of a core at this sampling
+    rate (from the cycle it measures)."""
     out, todo = [], [root]
     while todo:
         p = todo.pop()
+        if p == skip:
+            continue
         out.append(p)
         try:
             tasks = os.listdir(f"/proc/{p}/task")
@@ -90,62 +85,94 @@ def _descendants(root: int) -> list[int]:
     return out
 
 
-def _cpu_s(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of ``pid`` so far (0 when it is gone)."""
+def _usage(pid: int) -> tuple[int, float, float]:
+    """Resident set (KiB) and user and system CPU seconds so far of ``pid``, from one read of
+    ``/proc/PID/stat`` (its ``rss`` is the same count as ``VmRSS`` of ``status``); zeros when it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0, 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick  # utime, stime
+        return 0, 0.0, 0.0
+    return int(fields[21]) * _PAGE_KB, int(fields[11]) / _TICK, int(fields[12]) / _TICK  # rss, utime, stime
+
+
+class Sampler:
+    """What :class:`PeakMemory` reads, every ``every`` seconds: the resident set of process ``root`` and its
+    descendants (the largest sum, when, and ``root``'s share of it) and the CPU time they have used. It runs
+    in a process of its own (``cycle.py --sample PID``): a thread in the measured process took its
+    interpreter's lock ~1 ms in every 50 ms, time the daemon of a real night does not lose."""
+
+    def __init__(self, root: int, skip: int | None = None):
+        self.root, self.skip = root, skip
+        self.peak_kb, self.peak_at, self.peak_main_kb = 0, 0.0, 0
+        self.cpu: dict[int, tuple[float, float]] = {}
+        self.series: list[tuple[float, float, float]] = []  # (perf_counter, user, system) summed so far
+        self.start = time.perf_counter()
+
+    def sample(self) -> None:
+        pids = _descendants(self.root, self.skip)
+        usage = [_usage(p) for p in pids]
+        size = sum(u[0] for u in usage)
+        if size > self.peak_kb:
+            self.peak_kb, self.peak_at, self.peak_main_kb = size, time.perf_counter() - self.start, usage[0][0]
+        for p, (_, user, system) in zip(pids, usage):
+            if user + system > sum(self.cpu.get(p, (0.0, 0.0))):
+                self.cpu[p] = (user, system)
+        self.series.append((time.perf_counter(), sum(u for u, _ in self.cpu.values()),
+                            sum(k for _, k in self.cpu.values())))
+
+    def result(self) -> dict:
+        return {"peak_kb": self.peak_kb, "peak_at": self.peak_at, "peak_main_kb": self.peak_main_kb,
+                "cpu": {str(p): list(c) for p, c in self.cpu.items()}, "series": self.series}
+
+
+def run_sampler(root: int, every: float) -> None:
+    """``cycle.py --sample PID``: sample until a line (or the end) arrives on stdin, then print the result as
+    JSON. Prints an empty line once the first sample is taken."""
+    import select
+
+    sampler = Sampler(root, skip=os.getpid())
+    sampler.sample()
+    print(flush=True)
+    while not select.select([sys.stdin], [], [], every)[0]:
+        sampler.sample()
+    sampler.sample()
+    print(json.dumps(sampler.result()), flush=True)
 
 
 class PeakMemory:
-    """Samples the resident set of this process and its descendants (MiB) on a thread; keeps the largest
-    sum, when it was (seconds from the start) and this process's share of it. Also adds up the CPU time
-    they used meanwhile (a worker's last 50 ms before it exits are missed)."""
+    """Samples the resident set of this process and its descendants (MiB) every 50 ms, from a process of its
+    own (:class:`Sampler`); keeps the largest sum, when it was (seconds from the start) and this process's
+    share of it. Also adds up the CPU time they used meanwhile (a worker's last 50 ms before it exits are
+    missed)."""
 
     def __init__(self, every: float = 0.05):
         self.every, self.peak_kb, self.peak_at, self.peak_main_kb = every, 0, 0.0, 0
         self._cpu: dict[int, tuple[float, float]] = {}
-        self.series: list[tuple[float, float, float]] = []  # (perf_counter, user, system) summed so far
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me, start = os.getpid(), time.perf_counter()
-        while not self._stop.is_set():
-            self._sample(me, start)
-            self._stop.wait(self.every)
-        self._sample(me, start)
-
-    def _sample(self, me: int, start: float) -> None:
-        pids = _descendants(me)
-        sizes = [_rss_kb(p) for p in pids]
-        if sum(sizes) > self.peak_kb:
-            self.peak_kb, self.peak_at, self.peak_main_kb = sum(sizes), time.perf_counter() - start, sizes[0]
-        for p in pids:
-            self._cpu[p] = max(self._cpu.get(p, (0.0, 0.0)), _cpu_s(p), key=sum)
-        self.series.append((time.perf_counter(), sum(u for u, _ in self._cpu.values()),
-                            sum(k for _, k in self._cpu.values())))
+        self.series: list[tuple[float, float, float]] = []
 
     def cpu_between(self, t0: float, t1: float) -> tuple[float, float]:
         """User and system CPU seconds used between two ``time.perf_counter()`` readings (to the nearest
-        sample, 50 ms)."""
+        sample, 50 ms; the sampler's clock is the same, ``CLOCK_MONOTONIC``)."""
         times = [t for t, _, _ in self.series]
         a = self.series[max(bisect.bisect_left(times, t0) - 1, 0)]
         b = self.series[min(bisect.bisect_left(times, t1), len(times) - 1)]
         return b[1] - a[1], b[2] - a[2]
 
     def __enter__(self) -> PeakMemory:
-        self._cpu_before = _cpu_s(os.getpid())
-        self._thread.start()
+        _, *self._cpu_before = _usage(os.getpid())
+        self._proc = subprocess.Popen([sys.executable, __file__, "--sample", str(os.getpid()),
+                                       "--every", str(self.every)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._proc.stdout.readline()  # the first sample is taken
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+        out, _ = self._proc.communicate("stop\n")
+        got = json.loads(out)
+        self.peak_kb, self.peak_at, self.peak_main_kb = got["peak_kb"], got["peak_at"], got["peak_main_kb"]
+        self._cpu = {int(p): tuple(c) for p, c in got["cpu"].items()}
+        self.series = [tuple(s) for s in got["series"]]
 
     @property
     def cpu_s(self) -> float:
@@ -439,7 +466,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="time benchmarks/probe.py's fixed workload N times before and after the full cycle, "
                          "to read the cycle's figures against the machine's speed at the time (0: do not)")
     ap.add_argument("--phase", choices=["generate", "full", "incremental"], help=argparse.SUPPRESS)
+    ap.add_argument("--sample", type=int, metavar="PID", help=argparse.SUPPRESS)
+    ap.add_argument("--every", type=float, default=0.05, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+
+    if args.sample:
+        run_sampler(args.sample, args.every)
+        return 0
 
     if args.phase:
         fn = {"generate": phase_generate, "full": lambda a: phase_cycle(a, False),

@@ -1,6 +1,10 @@
 """benchmarks/cycle.py's reading of what the machine's cores did during a cycle (/proc/stat)."""
 
 import importlib.util
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,3 +43,20 @@ def test_the_counters_are_read_from_this_machine(cycle):
         assert ticks is None
         return
     assert set(ticks) == set(cycle._STAT_FIELDS) and ticks["user"] > 0 and ticks["idle"] >= 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_peak_memory_counts_the_workers_but_not_its_own_sampler(cycle):
+    worker = ("import sys, time; block = bytearray(200 * 2**20); block[::4096] = b'x' * len(block[::4096]); "
+              "print(flush=True); sys.stdin.readline()")
+    with cycle.PeakMemory() as mem:
+        proc = subprocess.Popen([sys.executable, "-c", worker], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        proc.stdout.readline()  # the 200 MiB are touched
+        time.sleep(0.3)  # several samples of it
+        proc.communicate(b"\n")
+    main_mb = cycle._usage(os.getpid())[0] / 1024
+    assert mem.peak_mb >= main_mb + 195  # the worker's block, on top of this process
+    assert mem.peak_main_kb / 1024 == pytest.approx(main_mb, abs=50)
+    sampler = mem._proc.pid
+    assert proc.pid in mem._cpu and sampler not in mem._cpu
+    assert len(mem.series) >= 5 and mem.series == sorted(mem.series)
