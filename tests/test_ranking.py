@@ -103,6 +103,29 @@ def test_days_since_last_entry_counts_to_as_of():
     assert not any("no diary entry" in x for x in build_ranking([r])[0]["reasons"])
 
 
+def test_rows_with_nan_and_numpy_values_give_plain_json_entries():
+    import numpy as np
+
+    nan = float("nan")
+    r = row("x", migraine_days_prev_90_per_30=nan, risk_next_day=np.float64(0.61234),
+            migraine_days_last_30=np.int64(4), days_logged_last_30=np.int64(28), top_triggers=("a", "b"),
+            last_entry=pd.Timestamp("2026-11-10"), chronic_migraine=np.bool_(True),
+            latest_treatment_response={"treatment": "ketamine_infusion", "date": "2026-08-02",
+                                       "migraine_days_per_30_before": 9.0, "migraine_days_per_30_after": nan,
+                                       "responder": None, "caveat": np.float64(nan)})
+    entry = build_ranking([r], as_of=AS_OF)[0]
+    assert entry["migraine_days_prev_90_per_30"] is None
+    assert entry["risk_next_day"] == 0.612 and type(entry["risk_next_day"]) is float
+    assert entry["migraine_days_last_30"] == 4 and type(entry["migraine_days_last_30"]) is int
+    assert entry["top_triggers"] == ["a", "b"] and entry["chronic_migraine"] is True
+    assert entry["last_entry"] == "2026-11-10"
+    assert "no diary entry for 10 days" in entry["reasons"]
+    assert entry["latest_treatment_response"] == {
+        "treatment": "ketamine_infusion", "date": "2026-08-02", "migraine_days_per_30_before": 9.0,
+        "migraine_days_per_30_after": None, "responder": None, "caveat": None}
+    json.dumps(entry, allow_nan=False)  # nothing JSON cannot say
+
+
 def test_filter_by_clinician_keeps_cohort_order_and_ranks_again():
     ranked = build_ranking(COHORT)
     mine = filter_by_clinician(ranked, "dr_b")

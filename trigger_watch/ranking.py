@@ -50,6 +50,17 @@ def _clean(value):
         return value
     if kind is float:  # a stored ranking row's numbers (what the rest of this function does with a float)
         return None if math.isnan(value) else value
+    if kind is dict:  # a row: its plain values without a call each (the same result)
+        out = {}
+        for k, v in value.items():
+            vk = type(v)
+            if vk is float:
+                if math.isnan(v):
+                    v = None
+            elif not (v is None or vk is str or vk is int or vk is bool):
+                v = _clean(v)
+            out[k if type(k) is str else str(k)] = v
+        return out
     if isinstance(value, dict):
         return {str(k): _clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -152,13 +163,14 @@ def priority(r: dict) -> tuple[int, list[str]]:
 def _records(rows) -> list[dict]:
     if isinstance(rows, pd.DataFrame):
         rows = rows.to_dict("records")
-    return [{k: _clean(v) for k, v in dict(r).items()} for r in rows]
+    return [_clean(r if type(r) is dict else dict(r)) for r in rows]
 
 
 @lru_cache(maxsize=4096)
-def _timestamp(text: str) -> pd.Timestamp:
-    """``pd.Timestamp(text)`` of a last entry's date: 10,000 patients' rows hold a few hundred distinct ones."""
-    return pd.Timestamp(text)
+def _days_since(as_of: pd.Timestamp, text: str) -> int:
+    """Days from a last entry's date (text) to ``as_of``: 10,000 patients' rows hold a few hundred distinct
+    ones."""
+    return (as_of - pd.Timestamp(text)).days
 
 
 def build_ranking(rows, as_of=None) -> list[dict]:
@@ -179,8 +191,8 @@ def build_ranking(rows, as_of=None) -> list[dict]:
         if last and as_of is not None:  # fresher than a stored report's own count
             if as_of_ts is None:
                 as_of_ts = pd.Timestamp(as_of)
-            r["days_since_last_entry"] = (as_of_ts - (_timestamp(last) if type(last) is str
-                                                      else pd.Timestamp(last))).days
+            r["days_since_last_entry"] = (_days_since(as_of_ts, last) if type(last) is str
+                                          else (as_of_ts - pd.Timestamp(last)).days)
         score, reasons = priority(r)
         risk = r.get("risk_next_day")
         risk = None if risk is None else round(float(risk), 3)  # ordered by the risk as shown
