@@ -3,6 +3,9 @@ signs, avoidance never becomes a protective factor. Every cohort is simulated wi
 
 from __future__ import annotations
 
+import pickle
+
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -201,6 +204,29 @@ def test_a_run_over_some_patients_under_the_stored_prior_adds_to_the_store(tmp_p
     # a full run replaces everything and drops the delta
     models.analyse(panel, cfg)
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["analyses.joblib", "index.joblib"]
+
+
+def test_the_store_reads_the_files_joblib_wrote_and_writes_plain_pickles(tmp_path):
+    """Since the store writes its files with the C pickler (a header line, then pickle protocol 5), a store
+    written by joblib before still answers: no refit of a clinic's cohort after the upgrade."""
+    cfg, panel, first = _stored_run(tmp_path, 4, SEED_PLANTED + 3)
+    folder = tmp_path / "models"
+    for name in ("index.joblib", "analyses.joblib"):
+        raw = (folder / name).read_bytes()
+        assert raw.startswith(models.ModelStore.HEADER)
+        with (folder / name).open("rb") as fh:
+            fh.seek(len(models.ModelStore.HEADER))
+            obj = pickle.load(fh)
+        joblib.dump(obj, folder / name)  # the same contents as the version before wrote them
+        assert not (folder / name).read_bytes().startswith(models.ModelStore.HEADER)
+    old = models.ModelStore(cfg.models_dir)
+    assert old.load_index()["fingerprints"] == {p: a.model["fingerprint"] for p, a in first.items()}
+    assert all(old.load(p).summary.equals(first[p].summary) for p in first)
+    again = models.analyse(panel, cfg)
+    assert all(again[p].model["fitted_at"] == first[p].model["fitted_at"] for p in first)  # reused, not refitted
+    # a damaged file is refitted, never fatal
+    (folder / "analyses.joblib").write_bytes(models.ModelStore.HEADER + b"not a pickle")
+    assert models.ModelStore(cfg.models_dir).load(min(first)) is None
 
 
 def test_a_store_written_in_the_background_reports_its_failure(tmp_path):

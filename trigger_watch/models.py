@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import pickle
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -983,19 +984,32 @@ class ModelStore:
     def save_validation(self, record: dict) -> None:
         self._write(self.root / self.VALIDATION, record)
 
-    @staticmethod
-    def _read(p: Path):
-        if not p.exists():
+    #: The first line of every file the store writes; a pickle (protocol 5) follows. joblib's pickler, which
+    #: wrote them before, is Python code: for the 10,000-patient store (140 MB) it took ~1.3 s of the
+    #: daemon's time at half speed to write, where the C pickler takes a tenth of that (and reads it in a
+    #: ninth of joblib's time). Files without the line (joblib's) are still read, by joblib.
+    HEADER = b"trigger-watch model store: pickle protocol 5\n"
+
+    @classmethod
+    def _read(cls, p: Path):
+        try:
+            fh = open(p, "rb")
+        except FileNotFoundError:
             return None
         try:
-            return joblib.load(p)
+            with fh:
+                if fh.read(len(cls.HEADER)) == cls.HEADER:
+                    return pickle.load(fh)
+            return joblib.load(p)  # written before the header
         except Exception:  # noqa: BLE001 -- a damaged or foreign file is refitted, never fatal
             return None
 
     def _write(self, p: Path, obj) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(p.name + ".tmp")
-        joblib.dump(obj, tmp)
+        with open(tmp, "wb") as fh:
+            fh.write(self.HEADER)
+            pickle.dump(obj, fh, protocol=5)
         tmp.replace(p)  # atomic: a reader never sees half a file
 
 
