@@ -215,6 +215,8 @@ def next_day(panel: pd.DataFrame | Ahead, results: dict, tomorrow: date) -> dict
     over the patient's own recent values of those (see :func:`_marginal`). ``panel``: the panel, or the
     :class:`Ahead` part of it for ``tomorrow``. The patients whose models share a column layout (all of a
     cohort fit's) are computed together, row by row as :func:`_marginal` does one patient."""
+    from trigger_watch.analysis import round4  # here: analysis imports this module
+
     ahead = panel if isinstance(panel, Ahead) else Ahead.of(panel, tomorrow)
     rows = ahead.rows
     history = _History(ahead.recent, ahead.meta)
@@ -242,15 +244,19 @@ def next_day(panel: pd.DataFrame | Ahead, results: dict, tomorrow: date) -> dict
         keep = np.abs(c_all) > 1e-6
         # contribution on the probability scale: risk with this factor at its usual value vs as forecast
         p_without = 1 / (1 + np.exp(-(np.log(p / (1 - p))[:, None] - c_all)))
-        lost = p[:, None] - p_without
+        # each patient's drivers: the kept columns by size of the rounded contribution, largest first (ties
+        # in column order), the first MAX_DRIVERS; dicts made only for those
+        lost = np.array(round4((p[:, None] - p_without).ravel()), dtype=float).reshape(p_without.shape)
+        top = np.argsort(np.where(keep, -np.abs(lost), np.inf), axis=1, kind="stable")[:, :MAX_DRIVERS]
+        shown = np.minimum(keep.sum(axis=1), MAX_DRIVERS).tolist()
         names = [_split(c) for c in key]
+        p_r, base_r = round4(p), round4(base)
         for j, i in enumerate(where.tolist()):
-            cols = np.flatnonzero(keep[j])
-            drivers = [{"factor": names[c][0], "lag_days": names[c][1], "contribution": round(v, 4)}
+            cols = top[j, :shown[j]]
+            drivers = [{"factor": names[c][0], "lag_days": names[c][1], "contribution": v}
                        for c, v in zip(cols.tolist(), lost[j, cols].tolist())]
-            drivers = sorted(drivers, key=lambda d: -abs(d["contribution"]))[:MAX_DRIVERS]
-            made[i] = {"date": tomorrow.isoformat(), "attack_probability": round(float(p[j]), 4),
-                       "baseline_probability": round(float(base[j]), 4), "drivers": drivers}
+            made[i] = {"date": tomorrow.isoformat(), "attack_probability": p_r[j],
+                       "baseline_probability": base_r[j], "drivers": drivers}
     return {pids[i]: made[i] for i in sorted(made)}
 
 
