@@ -91,6 +91,29 @@ def test_a_dask_cluster_writes_the_same_reports(serial, files, tmp_path):
         assert_same(serial, cycle(tmp_path / "ws5", files, scheduler=cluster.scheduler_address, block=5))
 
 
+def _loaded(name: str) -> tuple[int, bool]:
+    """A worker's pid and whether it has imported ``name`` (a task for the test below)."""
+    import os
+    import time
+
+    time.sleep(0.05)  # long enough that both workers get tasks
+    return os.getpid(), name in sys.modules
+
+
+def test_workers_started_early_have_imported_what_they_were_given():
+    """LocalExecutor.start: the workers start and import the given modules on a thread while the caller goes
+    on; once its wait returns, every worker has them (colorsys: a module nothing here imports)."""
+    ex = compute.LocalExecutor(2)
+    list(ex.map(_loaded, ["os"] * 4))  # the pool is up, as after an earlier cycle: the imports take no time
+    wait = ex.start(("colorsys",))
+    assert "colorsys" not in sys.modules  # imported there, not here
+    wait()
+    seen = list(ex.map(_loaded, ["colorsys"] * 20))
+    assert len({pid for pid, _ in seen}) == 2
+    assert all(loaded for _, loaded in seen)
+    assert compute.Executor().start(("colorsys",))() is None  # in this process: nothing to start
+
+
 def test_a_scheduler_setting_that_is_not_an_address_is_an_error():
     with pytest.raises(ConfigError, match="tcp://host:8786"):
         compute.make_executor(config_mod.Config(values={"compute.scheduler": "localhost"}), 10)

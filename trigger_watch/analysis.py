@@ -113,8 +113,6 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
     store = models.ModelStore(config.models_dir)
     subset = len(ids) < len(everyone)
     prior = store.load_prior() if subset else None
-    columns = features.cohort_columns(db, ids if subset else None, as_of)
-    timings["columns"] = time.perf_counter() - t
     # sub-stages of the first pass ("pass/step"): the seconds each step took, summed over the blocks (in the
     # workers when there are several: they overlap each other and the reading)
     for k in ("load_inputs", "build_panel", "prepare", "ahead", "clinical"):
@@ -124,11 +122,15 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
     blocks: list[_Block] = []
     parts: list[models.Prepared] = []
     sizes = compute.chunks(ids, 1, size=int(config["compute.block_patients"]))
-    t0 = time.perf_counter()
     # the blocks, then the results, stay to the end: the collector need not look through them again and again
     with storage.objects_settled() as settle:
         with contextlib.ExitStack() as stack:
             ex = stack.enter_context(compute.executor(config, len(ids)))
+            # the workers start and import the pipeline while this process reads the cohort's columns
+            started = ex.start(("trigger_watch.analysis",)) if len(sizes) > 1 else (lambda: None)
+            columns = features.cohort_columns(db, ids if subset else None, as_of)
+            timings["columns"] = time.perf_counter() - t
+            t0 = time.perf_counter()
             spill = stack.enter_context(tempfile.TemporaryDirectory(prefix=".fit-", dir=config.models_dir))
             # one block: this process, no files; several: the executor's workers, design blocks in files
             first = ex if len(sizes) > 1 else compute.Executor()
@@ -140,6 +142,7 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
                 t = time.perf_counter()
                 features.warm_weather(db, ids if subset else None, as_of, weather_through=tomorrow)
                 timings["columns"] += time.perf_counter() - t
+            started()
 
             def jobs():
                 for block_ids in sizes:
