@@ -84,7 +84,7 @@ class LocalExecutor(Executor):
             try:
                 Parallel(n_jobs=self.workers, backend="loky")(
                     delayed(_import_modules)(modules) for _ in range(self.workers))
-            except Exception:  # noqa: BLE001 -- a worker that cannot start fails the first map, which says why
+            except Exception:  # noqa: BLE001, S110 -- a worker that cannot start fails the first map, which says why
                 pass
 
         thread = threading.Thread(target=run, name="workers-start", daemon=True)

@@ -993,15 +993,11 @@ class ModelStore:
     @classmethod
     def _read(cls, p: Path):
         try:
-            fh = open(p, "rb")
-        except FileNotFoundError:
-            return None
-        try:
-            with fh:
+            with open(p, "rb") as fh:
                 if fh.read(len(cls.HEADER)) == cls.HEADER:
                     return pickle.load(fh)
             return joblib.load(p)  # written before the header
-        except Exception:  # noqa: BLE001 -- a damaged or foreign file is refitted, never fatal
+        except Exception:  # noqa: BLE001 -- a missing, damaged or foreign file is refitted, never fatal
             return None
 
     def _write(self, p: Path, obj) -> None:
