@@ -319,6 +319,12 @@ def test_ranking_csv_is_a_safe_spreadsheet():
     assert table[0]["top_triggers"] == "a; b" and table[0]["reasons"] == "one; two"
     assert table[0]["chronic_migraine"] == "1" and table[0]["risk_next_day"] == "0.25"
     assert table[0]["clinician_id"] == ""
+    # text that a spreadsheet would run, also when it is a list joined; numbers stay numbers
+    rows = [{"patient_id": "-1+1", "clinician_id": "@dr", "top_triggers": ["=cmd", "b"],
+             "migraine_days_prev_90_per_30": -0.5, "trend": "\tworse"}]
+    row = next(csv.DictReader(io.StringIO(reports.ranking_csv(rows))))
+    assert row["patient_id"] == "'-1+1" and row["clinician_id"] == "'@dr" and row["trend"] == "'\tworse"
+    assert row["top_triggers"] == "'=cmd; b" and row["migraine_days_prev_90_per_30"] == "-0.5"
 
 
 @settings(max_examples=40, deadline=None)

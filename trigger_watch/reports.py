@@ -517,13 +517,16 @@ _ESCAPED: dict[str, str] = {}
 
 def _html(value: Any) -> str:
     """``{{ value }}`` on an HTML page (escaped); a missing key prints nothing."""
-    if type(value) is str:
+    kind = type(value)
+    if kind is str:
         text = _ESCAPED.get(value)
         if text is None:
             text = str(escape(value))
             if len(_ESCAPED) < 20000:  # factor names and labels repeat from patient to patient
                 _ESCAPED[value] = text
         return text
+    if kind is int or kind is float:  # digits, "-", ".", "e", "inf", "nan": nothing to escape
+        return str(value)
     return "" if value is _ABSENT else str(escape(value))
 
 
@@ -680,15 +683,23 @@ def ranking_table_rows(rows: list[dict]) -> Markup | None:
 CSV_COLUMNS = tuple(ENTRY_KEYS)
 
 
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _csv_cell(v: Any) -> Any:
+    kind = type(v)  # the plain types first, as the general path below treats them
+    if kind is str:
+        return "'" + v if v[:1] in _FORMULA else v
+    if kind is int or kind is float:
+        return v
+    if v is None:
+        return ""
     if isinstance(v, (list, tuple)):
         v = "; ".join(str(x) for x in v)
     if isinstance(v, bool):
         return int(v)
-    if v is None:
-        return ""
     # A spreadsheet must not run patient-entered text as a formula.
-    if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    if isinstance(v, str) and v[:1] in _FORMULA:
         return "'" + v
     return v
 
