@@ -325,6 +325,11 @@ def test_ranking_csv_is_a_safe_spreadsheet():
     row = next(csv.DictReader(io.StringIO(reports.ranking_csv(rows))))
     assert row["patient_id"] == "'-1+1" and row["clinician_id"] == "'@dr" and row["trend"] == "'\tworse"
     assert row["top_triggers"] == "'=cmd; b" and row["migraine_days_prev_90_per_30"] == "-0.5"
+    # the latest treatment response, an object in ranking.json, is the same object as JSON in its cell
+    response = {"treatment": "ketamine_infusion", "date": "2026-07-11", "migraine_days_per_30_before": 7.2,
+                "migraine_days_per_30_after": 0.3, "responder": True, "caveat": None}
+    row = next(csv.DictReader(io.StringIO(reports.ranking_csv([{"latest_treatment_response": response}]))))
+    assert json.loads(row["latest_treatment_response"]) == response
 
 
 @settings(max_examples=40, deadline=None)
