@@ -698,8 +698,8 @@ def _csv_cell(v: Any) -> Any:
         v = "; ".join(str(x) for x in v)
     if isinstance(v, bool):
         return int(v)
-    if isinstance(v, dict):  # the latest treatment response: JSON, not Python's repr of the dict
-        v = json.dumps(v, ensure_ascii=False, allow_nan=False, default=str)
+    if isinstance(v, dict):  # the latest treatment response: JSON as ranking.json has it, not Python's repr
+        v = _dumpb(v).decode("utf-8")
     # A spreadsheet must not run patient-entered text as a formula.
     if isinstance(v, str) and v[:1] in _FORMULA:
         return "'" + v
