@@ -20,9 +20,9 @@ Three phases, each in its own process so one phase's memory does not show up in 
 For each phase it prints the wall time, the peak memory and, for the cycles, the pipeline's time per
 stage (``AnalysisOutcome.timings``). Peak memory is the largest resident set of the phase's process plus
 its worker processes, sampled every 50 ms (``/proc``, by a process of its own), next to the main process's
-own high-water mark (``VmHWM``). Around the full cycle it times ``benchmarks/probe.py``'s fixed workload (``--probe N`` times
-before and after; 0: not at all), so that the cycle's figures can be read against the machine's speed at
-the time. ``--json FILE`` also writes the figures as JSON.
+own high-water mark (``VmHWM``). Around the full cycle it times ``benchmarks/probe.py``'s fixed workload
+(``--probe N`` times before and after; 0: not at all), so that the cycle's figures can be read against the
+machine's speed at the time. ``--json FILE`` also writes the figures as JSON.
 """
 
 from __future__ import annotations

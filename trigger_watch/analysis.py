@@ -126,14 +126,14 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
     with storage.objects_settled() as settle:
         with contextlib.ExitStack() as stack:
             ex = stack.enter_context(compute.executor(config, len(ids)))
+            # one block: this process, no files; several: the executor's workers, design blocks in files
+            first = ex if len(sizes) > 1 else compute.Executor()
             # the workers start and import the pipeline while this process reads the cohort's columns
-            started = ex.start(("trigger_watch.analysis",)) if len(sizes) > 1 else (lambda: None)
+            started = first.start(("trigger_watch.analysis",))
             columns = features.cohort_columns(db, ids if subset else None, as_of)
             timings["columns"] = time.perf_counter() - t
             t0 = time.perf_counter()
             spill = stack.enter_context(tempfile.TemporaryDirectory(prefix=".fit-", dir=config.models_dir))
-            # one block: this process, no files; several: the executor's workers, design blocks in files
-            first = ex if len(sizes) > 1 else compute.Executor()
             spill_dir = Path(spill) if len(sizes) > 1 else None
             # Local workers read their blocks from the database file themselves (SQLite serves several readers);
             # a Dask worker may be on another machine: the blocks are read here and sent.
