@@ -260,13 +260,13 @@ def test_a_report_that_cannot_be_put_in_place_fails_that_patient_alone(files, tm
 
     def blocked(reports_dir, staged):
         for pid, moves in staged:
-            if pid == "p00003":  # a folder where the file should go: the rename fails
-                Path(moves[1][1]).mkdir()
+            if pid == "p00003":  # the staged file is gone: it cannot be put in place
+                Path(moves[1][0]).unlink()
         return commit(reports_dir, staged)
 
     monkeypatch.setattr(reports, "commit_staged", blocked)
     result, out, history = cycle(tmp_path / "ws", files)
-    assert list(result.failed) == ["p00003"] and "IsADirectoryError" in result.failed["p00003"]
+    assert list(result.failed) == ["p00003"] and "FileNotFoundError" in result.failed["p00003"]
     assert len(result.analysed) == 11 and "p00003" not in result.analysed
     assert history == (11, 11)
     assert not [name for name in out if name.endswith(".tmp")]

@@ -1158,7 +1158,7 @@ def test_a_report_chunk_is_written_without_cyclic_collection_and_leaves_it_as_it
     try:
         gc.enable() if collecting else gc.disable()
         rows, errors = analysis.write_report_chunk((str(tmp_path), items, packed,
-                                                   pd.DataFrame(columns=analysis.CHART_COLUMNS)))
+                                                   pd.DataFrame(columns=analysis.CHART_COLUMNS), True))
         assert gc.isenabled() is collecting
     finally:
         gc.enable() if was else gc.disable()

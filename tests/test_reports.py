@@ -554,8 +554,77 @@ def test_writing_many_patients_at_once_writes_the_same_files(tmp_path):
     assert all(reports.pack_json(text) == reports.history_row(t, c)[5] for t, c, text in written)
     one = {str(p.relative_to(tmp_path / "one")): p.read_bytes() for p in (tmp_path / "one").rglob("*") if p.is_file()}
     many = {str(p.relative_to(tmp_path / "many")): p.read_bytes() for p in (tmp_path / "many").rglob("*")
-            if p.is_file()}
+            if p.is_file() and not p.name.endswith(reports.SPARE)}
     assert one == many and len(many) == 3 * 4  # no temporary file left behind
+    # p1, written twice, keeps its first version as the spares; the others, written once, have none yet
+    spares = sorted(str(p.relative_to(tmp_path / "many")) for p in (tmp_path / "many").rglob(f"*{reports.SPARE}"))
+    assert spares == sorted(f"p1/.{name}.spare" for name in ("clinician.html", "summary.html", "summary.md",
+                                                              "triggers.json"))
+
+
+def _report_files(folder):
+    """``{name: (inode, bytes)}`` of the files in ``folder``."""
+    return {p.name: (p.stat().st_ino, p.read_bytes()) for p in folder.iterdir()}
+
+
+def test_the_spares_swap_with_the_reports_and_are_written_over_in_place(tmp_path):
+    """With spares, a report's previous version stays as ``.<name>.spare``; each run writes the new version
+    over the spare and swaps the two names, so after the first two runs no file is made or removed (same
+    inodes), and a version shorter or longer than the spare's old one is cut to its own length."""
+    names = ["clinician.html", "summary.html", "summary.md", "triggers.json"]
+    few = [factor()]
+    many = triggers_doc()["factors"] * 3
+    versions = [triggers_doc(generated_at=f"2026-11-2{i}T02:30:00Z", factors=f) for i, f in
+                enumerate([triggers_doc()["factors"], many, few, many])]
+    want = [reports.patient_texts(v, charts_doc()) for v in versions]
+    seen = []
+    for v in versions:
+        written, errors = reports.write_many_patient_reports(tmp_path, [(v, charts_doc())])
+        assert errors == {} and len(written) == 1
+        seen.append(_report_files(tmp_path / "p1"))
+    assert sorted(seen[0]) == names  # the first run: no spare yet
+    for k in range(1, 4):
+        assert sorted(seen[k]) == sorted(names + [f".{n}.spare" for n in names])
+        for n in names:
+            assert seen[k][n][1] == want[k][n].encode()  # the new version in place...
+            assert seen[k][f".{n}.spare"][1] == want[k - 1][n].encode()  # ...the one before it the spare
+    for k in (2, 3):  # the same two files each time, their names swapped
+        for n in names:
+            assert seen[k][n][0] == seen[k - 1][f".{n}.spare"][0]
+            assert seen[k][f".{n}.spare"][0] == seen[k - 1][n][0]
+    # version 2 (one factor) was written over version 0's longer files, version 3 over version 1's
+    assert len(want[2]["clinician.html"]) < len(want[0]["clinician.html"])
+
+
+def test_without_spares_or_where_names_cannot_be_swapped_reports_are_replaced(tmp_path, monkeypatch):
+    names = ["clinician.html", "summary.html", "summary.md", "triggers.json"]
+    docs = [(triggers_doc(generated_at=f"2026-11-2{i}T02:30:00Z"), charts_doc()) for i in range(3)]
+    reports.write_many_patient_reports(tmp_path / "off", docs[:1], spares=False)
+    before = _report_files(tmp_path / "off" / "p1")
+    reports.write_many_patient_reports(tmp_path / "off", docs[1:2], spares=False)
+    after = _report_files(tmp_path / "off" / "p1")
+    assert sorted(after) == names and all(after[n][0] != before[n][0] for n in names)  # new files, no spare
+    assert all(after[n][1] == reports.patient_texts(*docs[1])[n].encode() for n in names)
+    # a system or file system that cannot exchange two names: the spare is renamed over the report
+    monkeypatch.setattr(reports, "_exchange", lambda: None)
+    for doc in docs:
+        reports.write_many_patient_reports(tmp_path / "plain", [doc])
+    files = _report_files(tmp_path / "plain" / "p1")
+    assert sorted(files) == names and all(files[n][1] == reports.patient_texts(*docs[2])[n].encode() for n in names)
+
+
+def test_a_spare_that_cannot_be_written_over_is_left_and_the_report_still_written(tmp_path):
+    docs = [(triggers_doc(generated_at=f"2026-11-2{i}T02:30:00Z"), charts_doc()) for i in range(2)]
+    reports.write_many_patient_reports(tmp_path, docs[:1])
+    (tmp_path / "p1" / ".summary.md.spare").mkdir()  # something else where the spare would be
+    (tmp_path / "p1" / "elsewhere.txt").write_text("keep")
+    (tmp_path / "p1" / ".triggers.json.spare").symlink_to(tmp_path / "p1" / "elsewhere.txt")
+    written, errors = reports.write_many_patient_reports(tmp_path, docs[1:])
+    assert errors == {} and len(written) == 1
+    want = reports.patient_texts(*docs[1])
+    assert all((tmp_path / "p1" / n).read_text() == text for n, text in want.items())
+    assert (tmp_path / "p1" / ".summary.md.spare").is_dir() and (tmp_path / "p1" / "elsewhere.txt").read_text() == "keep"
+    assert not list(tmp_path.rglob("*.tmp"))
 
 def test_staged_reports_replace_the_old_ones_only_when_committed(tmp_path):
     old = [(triggers_doc(f"p{i}", generated_at="2026-10-21T02:30:00Z"), charts_doc()) for i in range(2)]
@@ -572,20 +641,33 @@ def test_staged_reports_replace_the_old_ones_only_when_committed(tmp_path):
     staged, errors = reports.stage_patient_reports(tmp_path / "now", new)
     assert errors == {} and [item[0]["patient_id"] for item, _ in staged] == ["p0", "p1"]
     seen = files(tmp_path / "now")
-    assert {k: v for k, v in seen.items() if not k.endswith(".tmp")} == before  # a reader still sees the old
+    assert {k: v for k, v in seen.items() if "/." not in k} == before  # a reader still sees the old
     assert len(seen) == 2 * len(before)
     done, errors = reports.commit_staged(tmp_path / "now", [(item[0]["patient_id"], m) for item, m in staged])
     assert done == [0, 1] and errors == {}
-    assert files(tmp_path / "now") == files(tmp_path / "want")  # and no temporary file left
+    # and no temporary file left; the old versions are the spares
+    now = files(tmp_path / "now")
+    assert {k: v for k, v in now.items() if "/." not in k} == files(tmp_path / "want")
+    assert {k.replace("/.", "/").removesuffix(reports.SPARE): v for k, v in now.items() if "/." in k} == before
 
 
-def test_a_staged_file_that_cannot_be_renamed_fails_its_patient_and_leaves_no_temporary_file(tmp_path):
+@pytest.mark.parametrize("spares, spoil, error", [
+    (False, "folder", "IsADirectoryError"),  # a folder where the file should go
+    (False, "staged", "FileNotFoundError"),  # the staged file is gone
+    (True, "staged", "FileNotFoundError"),
+])
+def test_a_staged_file_that_cannot_be_renamed_fails_its_patient_and_leaves_no_temporary_file(
+        tmp_path, spares, spoil, error):
     docs = [(triggers_doc(f"p{i}"), charts_doc()) for i in range(2)]
-    staged, _ = reports.stage_patient_reports(tmp_path, docs)
-    (tmp_path / "p0" / "summary.html").mkdir()
+    staged, _ = reports.stage_patient_reports(tmp_path, docs, spares=spares)
+    staged_file, final = staged[0][1][1]
+    if spoil == "folder":
+        Path(final).mkdir()
+    else:
+        Path(staged_file).unlink()
     done, errors = reports.commit_staged(tmp_path, [(item[0]["patient_id"], m) for item, m in staged])
-    assert done == [1] and list(errors) == ["p0"] and "IsADirectoryError" in errors["p0"]
-    assert not list(tmp_path.rglob("*.tmp"))
+    assert done == [1] and list(errors) == ["p0"] and error in errors["p0"]
+    assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob(f"*{reports.SPARE}"))
     assert sorted(p.name for p in (tmp_path / "p1").iterdir()) == ["clinician.html", "summary.html", "summary.md",
                                                                    "triggers.json"]
 
@@ -675,3 +757,22 @@ def test_benchmark_builder_output_renders(tmp_path):
     texts = reports.patient_texts(copy.deepcopy(doc), ch_)
     assert "Your migraine report" in texts["summary.html"]
     assert "rank" in reports.render_ranking_html(render_reports.fake_ranking(5))
+
+
+@pytest.mark.parametrize("short", [None, 100, 5000 + 10])
+def test_writing_over_an_old_file_leaves_exactly_the_new_bytes(tmp_path, monkeypatch, short):
+    """``_write_fd(over=True)`` pads the write to whole pages and cuts the file to the new length, also when
+    a write call stops short (``short`` bytes: within the data, or within the padding)."""
+    real = os.writev
+
+    def writev(fd, buffers):
+        if short is None:
+            return real(fd, buffers)
+        return os.write(fd, b"".join(bytes(b) for b in buffers)[:short])
+
+    monkeypatch.setattr(os, "writev", writev)
+    path = tmp_path / "f"
+    for old, new in [(b"o" * 9000, b"n" * 5000), (b"o" * 10, b"n" * 5000), (b"o" * 5000, b"")]:
+        path.write_bytes(old)
+        reports._write_fd(os.open(path, os.O_WRONLY), new, over=True)
+        assert path.read_bytes() == new

@@ -361,7 +361,8 @@ def _reports_in_chunks(db, config, ex: compute.Executor, blocks: list[_Block], p
                 # each chunk's chart days go with it: the workers draw the charts
                 rows = block.chart_rows[block.chart_rows["patient_id"].isin(part)]
                 sent.append(part)
-                yield (str(config.reports_dir), *_pack_summaries(items, summaries), rows)
+                yield (str(config.reports_dir), *_pack_summaries(items, summaries), rows,
+                       bool(config["storage.report_spares"]))
             block.chart_rows = None
 
     done, total = 0, len(ids)
@@ -383,10 +384,10 @@ def _reports_in_chunks(db, config, ex: compute.Executor, blocks: list[_Block], p
 def write_report_chunk(job: tuple) -> tuple[list[tuple], dict[str, str]]:
     """A worker's task: build, draw, render and write the reports of a chunk of patients.
 
-    ``job`` is ``(reports_dir, [(patient_id, parts), ...], summaries, chart_rows)`` with ``parts`` the
+    ``job`` is ``(reports_dir, [(patient_id, parts), ...], summaries, chart_rows, spares)`` with ``parts`` the
     keyword arguments of :func:`build_triggers` (``result`` among them, its summary in ``summaries``: see
-    :func:`_pack_summaries`) and ``chart_rows`` those patients' days (CHART_COLUMNS) for
-    :func:`build_charts`. Returns the history rows of the patients written (``reports.history_row``, for the
+    :func:`_pack_summaries`), ``chart_rows`` those patients' days (CHART_COLUMNS) for :func:`build_charts`
+    and ``spares`` ``[storage] report_spares`` (:data:`reports.SPARE`). Returns the history rows of the patients written (``reports.history_row``, for the
     caller to store) and ``{patient_id: error}`` for the others.
     """
     from trigger_watch import reports
@@ -396,7 +397,7 @@ def write_report_chunk(job: tuple) -> tuple[list[tuple], dict[str, str]]:
     # the worker's whole heap (measured: 2-12% of the chunk's CPU), while a chunk leaves ~20 objects in
     # cycles to collect.
     with storage.collector_paused():
-        reports_dir, items, summaries, chart_rows = job
+        reports_dir, items, summaries, chart_rows, spares = job
         factors = _factor_records(items, summaries)
         charts = build_charts(chart_rows)
         docs, errors = [], {}
@@ -407,7 +408,7 @@ def write_report_chunk(job: tuple) -> tuple[list[tuple], dict[str, str]]:
                              charts.get(pid, EMPTY_CHART)))
             except Exception as exc:  # one patient's failure must not stop the others
                 errors[pid] = f"{type(exc).__name__}: {exc}"
-        written, failed = reports.write_many_patient_reports(reports_dir, docs)
+        written, failed = reports.write_many_patient_reports(reports_dir, docs, spares=spares)
         errors.update(failed)
         return [reports.history_row(t, c, ranking=ranking_row(t), triggers_json=j) for t, c, j in written], errors
 

@@ -40,6 +40,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("storage", "reports_dir", "reports", "where reports are written, one folder per patient", is_path=True),
     Setting("storage", "models_dir", "models", "store of fitted per-patient models", is_path=True),
     Setting("storage", "busy_timeout_ms", 30000, "how long a writer waits for another one to finish, ms", int),
+    Setting("storage", "report_spares", True,
+            "keep each report file's previous version as a hidden .spare to write over next time "
+            "(about twice the disk; no files created or freed each night)", bool),
     # patients
     Setting("patients", "default_timezone", "UTC", "IANA time zone for patients imported without one"),
     # import
