@@ -270,7 +270,7 @@ def _forest_reference(factors: list[dict], *, width: int = 780) -> Markup:
         name = f.get("label") or f"{f.get('factor')} (lag {f.get('lag_days')})"
         cy = y + row_h / 2
         out.append(f'<text x="12" y="{cy + 4:.1f}" fill="#222"><title>{e(name)}</title>'
-                   f'{e(charts._short(name, 44))}</text>')
+                   f'{e(name) if len(name) <= 44 else e(name[:43]) + "&#8230;"}</text>')
         orr, lo, hi = f.get("odds_ratio"), f.get("ci_low"), f.get("ci_high")
         if all(isinstance(v, (int, float)) and v > 0 and math.isfinite(v) for v in (orr, lo, hi)):
             x1, x2, xc = xv(lo), xv(hi), xv(orr)
@@ -282,10 +282,10 @@ def _forest_reference(factors: list[dict], *, width: int = 780) -> Markup:
                 out.append(f'<path d="M{x2:.1f},{cy:.1f} l-5,-3 l0,6 Z" fill="{colour}"/>')
             out.append(f'<rect x="{xc - 3.5:.1f}" y="{cy - 3.5:.1f}" width="7" height="7" fill="{colour}">'
                        f'<title>{e(name)}: OR {orr:.2f} ({lo:.2f}-{hi:.2f})</title></rect>')
-            text = f"{orr:.2f} ({lo:.2f}\u2013{hi:.2f})"
+            text = f"{e(f'{orr:.2f}')} ({e(f'{lo:.2f}')}&#8211;{e(f'{hi:.2f}')})"
         else:
-            text = "no estimate"
-        out.append(f'<text x="{label_w + pw + 8}" y="{cy + 4:.1f}" fill="#333">{e(text)}</text>')
+            text = e("no estimate")
+        out.append(f'<text x="{label_w + pw + 8}" y="{cy + 4:.1f}" fill="#333">{text}</text>')
         y += row_h
     return charts._svg(width, height, "Forest plot of every factor's odds ratio by verdict", out)
 

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import sys
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -280,7 +281,7 @@ def test_hostile_text_is_escaped_in_html_and_round_trips():
         assert HOSTILE in text and CHINESE in text and GERMAN in text
     clinician = visible_text(reports.render_clinician_html(doc, charts_doc()))
     assert QUOTES in clinician and LONG in clinician
-    assert "\u2026" in reports.render_clinician_html(doc, {})  # the forest plot label is shortened
+    assert "&#8230;" in reports.render_clinician_html(doc, {})  # the forest plot label is shortened
 
 
 def test_hostile_text_in_markdown_is_shown_not_run():
@@ -776,3 +777,36 @@ def test_writing_over_an_old_file_leaves_exactly_the_new_bytes(tmp_path, monkeyp
         path.write_bytes(old)
         reports._write_fd(os.open(path, os.O_WRONLY), new, over=True)
         assert path.read_bytes() == new
+
+
+def test_the_html_pages_are_ascii_and_show_the_same_dashes_and_ellipses():
+    """The pages' own text writes its dashes, dots and ellipses as character references (``reports.DASH``):
+    a page with nothing outside ASCII stays one byte a character in Python (its UTF-8 is a copy). A browser
+    shows the characters: the visible text has them where they were."""
+    from trigger_watch.analysis import ranking_row
+
+    long = "a factor whose label is much longer than the forest plot's label column"
+    factors = [factor(), factor("screen_hours", 0, "no_association", exposure=">= 6 h"),
+               factor("sleep_short", 1, "insufficient_data", odds_ratio=None, ci_low=None, ci_high=None,
+                      days_needed=40, label=long)]
+    doc = triggers_doc(factors=factors, model={"method": "eb", "model_id": None, "fitted_at": None})
+    doc["treatments"][0]["responder"] = None
+    doc["treatments"][0]["treatment"] = "a treatment with a long name"
+    charts = charts_doc()
+    clinician = reports.render_clinician_html(doc, charts)
+    patient = reports.render_patient_html(doc, charts)
+    ranking = reports.render_ranking_html([ranking_row(doc), {**ranking_row(doc), "risk_next_day": None,
+                                                             "clinician_id": None, "trend": None}])
+    for page in (clinician, patient, ranking):
+        assert page.isascii()
+    shown = visible_text(clinician)
+    assert "no-association zone 0.8\u20131.25" in shown
+    assert "1.50\u20133.90" in shown  # a factor's interval in the table
+    assert "2.40 (1.50\u20133.90)" in shown  # and beside the forest plot
+    assert "alcohol_units \u00b7 exposed: >= 3 drinks" in shown
+    assert long[:43] + "\u2026" in shown  # cut in the forest plot
+    assert "fitted at \u2013" in shown and "\u2013\u2013\u2013" in shown  # missing values; a missing interval
+    assert "Clinician report \u2013 p1" in unescape(clinician) and "Your migraine report \u2013" in unescape(patient)
+    assert "\u2013" in visible_text(ranking)
+    # the Markdown summary keeps its characters as they are
+    assert "&#" not in reports.render_patient_md(doc, charts)

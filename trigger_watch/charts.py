@@ -36,9 +36,11 @@ def _e(text) -> str:
     return str(escape("" if text is None else text))
 
 
-def _short(text, n: int) -> str:
+def _e_short(text, n: int) -> str:
+    """``text`` escaped, cut to ``n`` characters with an ellipsis (as a character reference: the pages are
+    ASCII, see ``reports.DASH``)."""
     text = "" if text is None else str(text)
-    return text if len(text) <= n else text[: n - 1] + "\u2026"
+    return _e(text) if len(text) <= n else _e(text[: n - 1]) + "&#8230;"
 
 
 def _num(x: float) -> str:
@@ -256,13 +258,13 @@ def monthly_svg(monthly: list[dict], treatments: list[dict] | None = None, *, wi
             continue
         frac = (when.day - 1) / _calendar.monthrange(when.year, when.month)[1]
         x = left + (months.index(key) + frac) * band
-        label = _short(t.get("treatment"), 22)
+        label = _e_short(t.get("treatment"), 22)
         ly = 10 + (k % 2) * 11
         out.append(f'<g class="treatment"><title>{_e(t.get("treatment"))} started {_e(t.get("date"))}</title>'
                    f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{ly + 3}" y2="{top + ph}" stroke="#1f6fb2" '
                    f'stroke-width="1.5" stroke-dasharray="3 2"/>'
                    f'<path d="M{x - 4:.1f},{top - 6} L{x + 4:.1f},{top - 6} L{x:.1f},{top} Z" fill="#1f6fb2"/>'
-                   f'<text x="{x + 3:.1f}" y="{ly}" fill="#1f6fb2">{_e(label)}</text></g>')
+                   f'<text x="{x + 3:.1f}" y="{ly}" fill="#1f6fb2">{label}</text></g>')
     return _svg(width, height, "Migraine days per month (bars), headache days (line), treatments (blue)", out)
 
 
@@ -275,7 +277,7 @@ def _names(name: str) -> tuple[str, str]:
     """A forest plot row's label escaped, whole and shortened (labels repeat from patient to patient)."""
     got = _NAMES.get(name)
     if got is None:
-        got = (_e(name), _e(_short(name, 44)))
+        got = (_e(name), _e_short(name, 44))
         if len(_NAMES) < 20000:
             _NAMES[name] = got
     return got
@@ -377,7 +379,7 @@ def forest_svg(factors: list[dict], *, width: int = 780, ordered: bool = False) 
             y += row_h
         name = get("label") or f"{get('factor')} (lag {get('lag_days')})"
         cy_text, cy_1, square_y = _row_y(y)
-        e_name, e_short = _names(name) if type(name) is str else (_e(name), _e(_short(name, 44)))
+        e_name, e_short = _names(name) if type(name) is str else (_e(name), _e_short(name, 44))
         out.append(f'<text x="12" y="{cy_text}" fill="#222"><title>{e_name}</title>{e_short}</text>')
         if estimate is not None:
             orr, lo, hi, (g_o, g_lo, g_hi) = estimate
@@ -392,10 +394,10 @@ def forest_svg(factors: list[dict], *, width: int = 780, ordered: bool = False) 
                        f'stroke-width="1.5"/>{arrows}'
                        f'<rect x="{xc - 3.5:.1f}" y="{square_y}" width="7" height="7" fill="{colour}">'
                        f'<title>{e_name}: OR {o} ({a}-{b})</title></rect>')
-            text = f"{o} ({a}\u2013{b})"
             # numbers: nothing to escape, unless a subclass formats itself otherwise
             if not (type(orr) is float and type(lo) is float and type(hi) is float):
-                text = _e(text)
+                o, a, b = _e(o), _e(a), _e(b)
+            text = f"{o} ({a}&#8211;{b})"
         else:
             text = _NO_ESTIMATE
         out.append(f'{value_text}{cy_text}" fill="#333">{text}</text>')

@@ -415,6 +415,14 @@ def md_escape(value: Any) -> str:
     return _MD_SPECIAL.sub(r"\\\1", "" if value is None else str(value))
 
 
+#: The dash of a missing value on the HTML pages, as a character reference: with no character outside ASCII
+#: in their own text (templates, charts, tables), the pages' strings stay one byte a character, and writing
+#: one to UTF-8 is a copy (~6 µs a patient's two pages, against ~360 µs for the same text with "–", "·"
+#: and "…" in it; every join of its pieces ~3 times faster too). A browser shows the same page.
+_DASH = "&#8211;"
+DASH = Markup(_DASH)
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None or isinstance(value, jinja2.Undefined) or (isinstance(value, float) and not math.isfinite(value)):
         return "\u2013"
@@ -423,6 +431,12 @@ def _fmt(value: Any, digits: int = 2) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def _fmt_html(value: Any, digits: int = 2) -> str:
+    """:func:`_fmt` on an HTML page: the dash of a missing value is :data:`DASH`."""
+    text = _fmt(value, digits)
+    return DASH if text == "\u2013" else text
 
 
 _DICT_ATTRIBUTES = frozenset(dir(dict))
@@ -456,7 +470,9 @@ def _env(autoescape: bool) -> jinja2.Environment:
         autoescape=autoescape, trim_blocks=True, keep_trailing_newline=True, auto_reload=False, lstrip_blocks=True, undefined=jinja2.ChainableUndefined,
         finalize=None if autoescape else md_escape,
     )
-    env.filters.update(fmt=_fmt, pct=percent, long_date=long_date, verdict_colour=_verdict_colour, words=_words)
+    env.filters.update(fmt=_fmt_html if autoescape else _fmt, pct=percent, long_date=long_date,
+                       verdict_colour=_verdict_colour, words=_words)
+    env.globals["DASH"] = DASH if autoescape else "\u2013"
     return env
 
 
@@ -536,17 +552,17 @@ def _html(value: Any) -> str:
 
 def _cell(value: Any, digits: int = 2) -> str:
     """``{{ value | fmt(digits) }}`` on an HTML page: :func:`_fmt` written out for the plain types, whose text
-    (digits, "-", ".", "yes", "no" or "–") needs no escaping."""
+    (digits, "-", ".", "yes", "no" or :data:`DASH`) needs no escaping."""
     kind = type(value)
     if kind is float:
-        return f"{value:.{digits}f}" if math.isfinite(value) else "\u2013"
+        return f"{value:.{digits}f}" if math.isfinite(value) else _DASH
     if kind is int:
         return str(value)
     if value is None:
-        return "\u2013"
+        return _DASH
     if kind is bool:
         return "yes" if value else "no"
-    return str(escape(_fmt(value, digits)))
+    return str(escape(_fmt_html(value, digits)))
 
 
 def factor_table_rows(factors: list) -> Markup | None:
@@ -572,7 +588,7 @@ def factor_table_rows(factors: list) -> Markup | None:
             head = _row_head(*key)
         rows.append(
             f'{head}      <td class="num">{_cell(get("lag_days"))}</td><td class="num">{_cell(get("rank"))}</td>\n'
-            f'      <td class="num">{_cell(get("odds_ratio"))}</td><td class="num">{_cell(get("ci_low"))}–'
+            f'      <td class="num">{_cell(get("odds_ratio"))}</td><td class="num">{_cell(get("ci_low"))}&#8211;'
             f'{_cell(get("ci_high"))}</td>\n'
             f'      <td class="num">{_cell(get("q_value"), 3)}</td><td class="num">{_cell(get("exposed_days"))}</td>\n'
             f'      <td class="num">{_cell(get("attacks_after_exposure"))}</td>'
@@ -589,7 +605,7 @@ def _row_head(verdict: Any, label: Any, factor: Any, exposure: Any) -> str:
     head = (f'    <tr><td><span class="badge" style="background: {_html(_verdict_colour(verdict))}">'
             f'{_html(_words(verdict))}</span></td>\n'
             f'      <td class="text">{_html(label or factor)}<br><span class="small muted">{_html(factor)}'
-            f'{" · exposed: " + _html(exposure) if exposure else ""}</span></td>\n')
+            f'{" &#183; exposed: " + _html(exposure) if exposure else ""}</span></td>\n')
     if all(type(v) is str or v is None for v in (verdict, label, factor, exposure)) and len(_ROW_HEADS) < 20000:
         _ROW_HEADS[(verdict, label, factor, exposure)] = head
     return head
@@ -619,16 +635,16 @@ def flag_table_rows(flags: Any) -> Markup | None:
             continue
         kind = type(value)
         if kind in _SCALARS:
-            text = _html(_fmt(value))
+            text = _html(_fmt_html(value))
         elif kind is dict:
             if any(type(k) is not str or type(v) not in _SCALARS for k, v in value.items()):
                 return None
-            text = "; ".join(f"{_html(_words(k))}: {_html(_fmt(v))}"
+            text = "; ".join(f"{_html(_words(k))}: {_html(_fmt_html(v))}"
                              for k, v in sorted(value.items(), key=_by_key))
         elif kind is list or kind is tuple:
             if any(type(x) not in _SCALARS for x in value):
                 return None
-            text = _html(", ".join(map(str, value)) or "\u2013")
+            text = _html(", ".join(map(str, value))) or _DASH
         else:
             return None
         rows.append(f'<tr><th>{_html(_words(key))}</th><td class="text">{text}</td></tr>')
@@ -654,7 +670,7 @@ def ranking_table_rows(rows: list[dict]) -> Markup | None:
     template's loop then writes them. ``tests/test_fast_paths.py`` checks that the two agree."""
     if not rows or any(type(r) is not dict or not _RANKING_KEYS <= r.keys() for r in rows):
         return None
-    dash, yes = "\u2013", '<span class="flag-on">yes</span>'
+    dash, yes = _DASH, '<span class="flag-on">yes</span>'
     out = []
     for r in rows:
         risk, prev, band, pid = r["risk_next_day"], r["migraine_days_prev_90_per_30"], r["risk_band"], r["patient_id"]
@@ -665,19 +681,19 @@ def ranking_table_rows(rows: list[dict]) -> Markup | None:
             "<tr>\n"
             f'  <td class="num" data-v="{_html(r["rank"])}">{_cell(r["rank"])}</td>\n'
             f'  <td class="text" data-v="{_html(pid)}"><a href="../{link}/clinician.html">{_html(pid)}</a></td>\n'
-            f'  <td class="text">{_html(r["clinician_id"] or dash)}</td>\n'
+            f'  <td class="text">{_html(r["clinician_id"]) if r["clinician_id"] else dash}</td>\n'
             f'  <td class="num" data-v="{_html(risk if risk is not None else "")}">'
-            f'{_html(percent(risk) if risk is not None else dash)}</td>\n'
+            f'{_html(percent(risk)) if risk is not None else dash}</td>\n'
             f'  <td data-v="{_html(_BANDS.get(band, 0))}">{badge}</td>\n'
             f'  <td class="num">{_cell(r["migraine_days_last_30"])}</td>\n'
             f'  <td class="num" data-v="{_html(prev if prev is not None else "")}">{_cell(prev, 1)}</td>\n'
-            f'  <td>{_html(r["trend"] or dash)}</td>\n'
+            f'  <td>{_html(r["trend"]) if r["trend"] else dash}</td>\n'
             f'  <td data-v="{1 if r["chronic_migraine"] else 0}">{yes if r["chronic_migraine"] else "no"}</td>\n'
             f'  <td data-v="{1 if r["medication_overuse"] else 0}">{yes if r["medication_overuse"] else "no"}</td>\n'
             f'  <td class="text triggers">{"<br>".join(_html(x) for x in (r["top_triggers"] or []))}</td>\n'
             f'  <td class="num">{_cell(r["days_logged_last_30"])}</td>\n'
-            f'  <td>{_html(r["last_entry"] or dash)}</td>\n'
-            f'  <td>{_html(r["latest_treatment_response"] or dash)}</td>\n'
+            f'  <td>{_html(r["last_entry"]) if r["last_entry"] else dash}</td>\n'
+            f'  <td>{_html(r["latest_treatment_response"]) if r["latest_treatment_response"] else dash}</td>\n'
             f'  <td class="text reasons">{"<ul>" + reasons + "</ul>" if reasons else ""}</td>\n'
             "</tr>\n")
     return Markup("".join(out))
