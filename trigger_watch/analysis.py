@@ -387,8 +387,9 @@ def write_report_chunk(job: tuple) -> tuple[list[tuple], dict[str, str]]:
     ``job`` is ``(reports_dir, [(patient_id, parts), ...], summaries, chart_rows, spares)`` with ``parts`` the
     keyword arguments of :func:`build_triggers` (``result`` among them, its summary in ``summaries``: see
     :func:`_pack_summaries`), ``chart_rows`` those patients' days (CHART_COLUMNS) for :func:`build_charts`
-    and ``spares`` ``[storage] report_spares`` (:data:`reports.SPARE`). Returns the history rows of the patients written (``reports.history_row``, for the
-    caller to store) and ``{patient_id: error}`` for the others.
+    and ``spares`` ``[storage] report_spares`` (:data:`reports.SPARE`). Returns the history rows of the
+    patients written (``reports.history_row``, for the caller to store) and ``{patient_id: error}`` for the
+    others.
     """
     from trigger_watch import reports
 
