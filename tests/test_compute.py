@@ -143,7 +143,7 @@ def test_a_worker_told_to_keep_its_heap_reuses_freed_buffers_instead_of_faulting
     block's frames are, twenty times over. By glibc's default the freed top of the heap is handed back
     (more than twice the largest freed buffer is free) and faulted in again the next time; not after
     keep_heap."""
-    if compute._libc("mallopt") is None:
+    if compute.libc("mallopt") is None:
         pytest.skip("not glibc: keep_heap does nothing here")
     code = (
         "import resource, sys, numpy as np\n"

@@ -559,8 +559,7 @@ def test_writing_many_patients_at_once_writes_the_same_files(tmp_path):
     assert one == many and len(many) == 3 * 4  # no temporary file left behind
     # p1, written twice, keeps its first version as the spares; the others, written once, have none yet
     spares = sorted(str(p.relative_to(tmp_path / "many")) for p in (tmp_path / "many").rglob(f"*{reports.SPARE}"))
-    assert spares == sorted(f"p1/.{name}.spare" for name in ("clinician.html", "summary.html", "summary.md",
-                                                              "triggers.json"))
+    assert spares == sorted(f"p1/.{name}.spare" for name in reports.PATIENT_FILES)
 
 
 def _report_files(folder):
@@ -572,7 +571,7 @@ def test_the_spares_swap_with_the_reports_and_are_written_over_in_place(tmp_path
     """With spares, a report's previous version stays as ``.<name>.spare``; each run writes the new version
     over the spare and swaps the two names, so after the first two runs no file is made or removed (same
     inodes), and a version shorter or longer than the spare's old one is cut to its own length."""
-    names = ["clinician.html", "summary.html", "summary.md", "triggers.json"]
+    names = sorted(reports.PATIENT_FILES)
     few = [factor()]
     many = triggers_doc()["factors"] * 3
     versions = [triggers_doc(generated_at=f"2026-11-2{i}T02:30:00Z", factors=f) for i, f in
@@ -598,7 +597,7 @@ def test_the_spares_swap_with_the_reports_and_are_written_over_in_place(tmp_path
 
 
 def test_without_spares_or_where_names_cannot_be_swapped_reports_are_replaced(tmp_path, monkeypatch):
-    names = ["clinician.html", "summary.html", "summary.md", "triggers.json"]
+    names = sorted(reports.PATIENT_FILES)
     docs = [(triggers_doc(generated_at=f"2026-11-2{i}T02:30:00Z"), charts_doc()) for i in range(3)]
     reports.write_many_patient_reports(tmp_path / "off", docs[:1], spares=False)
     before = _report_files(tmp_path / "off" / "p1")
@@ -670,8 +669,7 @@ def test_a_staged_file_that_cannot_be_renamed_fails_its_patient_and_leaves_no_te
     done, errors = reports.commit_staged(tmp_path, [(item[0]["patient_id"], m) for item, m in staged])
     assert done == [1] and list(errors) == ["p0"] and error in errors["p0"]
     assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob(f"*{reports.SPARE}"))
-    assert sorted(p.name for p in (tmp_path / "p1").iterdir()) == ["clinician.html", "summary.html", "summary.md",
-                                                                   "triggers.json"]
+    assert sorted(p.name for p in (tmp_path / "p1").iterdir()) == sorted(reports.PATIENT_FILES)
 
 
 def test_a_run_cleans_up_the_temporary_files_an_interrupted_run_left(tmp_path):

@@ -141,7 +141,7 @@ def release_memory() -> None:
 
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
-    return _libc("malloc_trim")
+    return libc("malloc_trim")
 
 
 #: glibc's ``mallopt`` parameters (malloc.h).
@@ -162,18 +162,25 @@ def keep_heap() -> None:
     reading and reducing 8 blocks of 250 patients faulted in 43-52 thousand pages instead of 87-128
     thousand, and in the 10,000-patient cycle the fit and the validation spent ~1.5 s less CPU in the kernel,
     its peak up to 40 MiB higher (docs/performance-history.md, eleventh round). Nothing where there is no glibc."""
-    mallopt = _libc("mallopt")
+    mallopt = libc("mallopt")
     if mallopt is not None:
         mallopt(_M_MMAP_THRESHOLD, HEAP_BUFFERS_UP_TO)
         mallopt(_M_TRIM_THRESHOLD, HEAP_KEPT_UP_TO)
 
 
-def _libc(name: str) -> Callable[..., int] | None:
-    try:
-        import ctypes
+def libc(name: str) -> Callable[..., int] | None:
+    """The C library's function ``name`` (``ctypes``, errno kept for ``ctypes.get_errno``), or None where
+    the library or the function is not there."""
+    return getattr(_c_library(), name, None)
 
-        return getattr(ctypes.CDLL("libc.so.6"), name)
-    except (OSError, AttributeError):
+
+@functools.cache
+def _c_library():
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True)  # the process's own symbols: glibc, musl or another libc
+    except OSError:
         return None
 
 

@@ -42,6 +42,7 @@ import orjson
 from markupsafe import Markup, escape
 
 from trigger_watch import charts as ch
+from trigger_watch import compute
 from trigger_watch import storage
 from trigger_watch.ranking import ENTRY_KEYS
 from trigger_watch.errors import StorageError, TriggerWatchError, UnknownPatient
@@ -423,9 +424,9 @@ _DASH = "&#8211;"
 DASH = Markup(_DASH)
 
 
-def _fmt(value: Any, digits: int = 2) -> str:
+def _fmt(value: Any, digits: int = 2, dash: str = "\u2013") -> str:
     if value is None or isinstance(value, jinja2.Undefined) or (isinstance(value, float) and not math.isfinite(value)):
-        return "\u2013"
+        return dash
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
@@ -435,8 +436,7 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 def _fmt_html(value: Any, digits: int = 2) -> str:
     """:func:`_fmt` on an HTML page: the dash of a missing value is :data:`DASH`."""
-    text = _fmt(value, digits)
-    return DASH if text == "\u2013" else text
+    return _fmt(value, digits, DASH)
 
 
 _DICT_ATTRIBUTES = frozenset(dir(dict))
@@ -994,11 +994,7 @@ def stage_patient_reports(reports_dir: str | os.PathLike, items: list[tuple[dict
                     fd, reused = _open_spare(tmp, folder)
                 if fd is None:  # no spares, or this file's spare cannot be used
                     tmp, reused = f"{folder}/.{name}.{tag}.{next(count)}.tmp", False
-                    try:
-                        fd = os.open(tmp, _NEW_FILE, 0o666)
-                    except FileNotFoundError:  # the patient's first report: make the folder (not tried each time)
-                        os.makedirs(folder, exist_ok=True)
-                        fd = os.open(tmp, _NEW_FILE, 0o666)
+                    fd = _new_file(tmp, folder)
                 moves.append((tmp, f"{folder}/{name}"))
                 _write_fd(fd, _utf8(text), over=reused)
             staged.append(((triggers, charts, triggers_json), moves))
@@ -1102,14 +1098,18 @@ def _open_spare(path: str, folder: str) -> tuple[int | None, bool]:
     try:
         return os.open(path, _SPARE_FILE), True
     except FileNotFoundError:
-        pass
+        return _new_file(path, folder), False
     except OSError:
         return None, False
+
+
+def _new_file(path: str, folder: str) -> int:
+    """Create ``path`` for writing (it must not exist); ``folder`` is made when it is missing."""
     try:
-        return os.open(path, _NEW_FILE, 0o666), False
+        return os.open(path, _NEW_FILE, 0o666)
     except FileNotFoundError:  # the patient's first report: make the folder (not tried each time)
         os.makedirs(folder, exist_ok=True)
-        return os.open(path, _NEW_FILE, 0o666), False
+        return os.open(path, _NEW_FILE, 0o666)
 
 
 def _write_fd(fd: int, data: bytes, *, over: bool = False) -> None:
@@ -1150,9 +1150,8 @@ _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 @functools.cache
 def _exchange():
     """libc's ``renameat2`` (glibc 2.28 and later, musl 1.2.3), or None."""
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
+    fn = compute.libc("renameat2")
+    if fn is None:
         return None
     fn.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
     fn.restype = ctypes.c_int
@@ -1173,15 +1172,16 @@ def _remove(paths) -> int:
 
 def _sync_file_system(folder: Path) -> None:
     """Flush the file system holding ``folder`` (``syncfs``; ``os.sync`` where that is not available)."""
+    syncfs = compute.libc("syncfs")
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            if libc.syncfs(fd) == 0:
-                return
-        finally:
-            os.close(fd)
-    except (OSError, AttributeError):
+        if syncfs is not None:
+            fd = os.open(folder, os.O_RDONLY)
+            try:
+                if syncfs(fd) == 0:
+                    return
+            finally:
+                os.close(fd)
+    except OSError:
         pass
     os.sync()
 
