@@ -74,6 +74,32 @@ def test_local_worker_processes_write_the_same_reports(serial, files, tmp_path, 
     assert_same(serial, cycle(tmp_path / "ws5", files, workers=2, block=5))
 
 
+def test_the_validation_runs_on_the_workers_while_this_process_makes_the_calls(serial, files, tmp_path,
+                                                                              monkeypatch):
+    """The validation needs only the cohort prior: its blocks go to the local workers as soon as the fit has
+    it, while this process makes the cohort's calls (models._verdicts), and the reports are the same."""
+    import threading
+
+    from trigger_watch import analysis, models
+
+    monkeypatch.setattr(compute, "MIN_PARALLEL", 1)
+    begun, waited = threading.Event(), []
+    validation_for, verdicts = analysis.validation_for, models._verdicts
+
+    def validation_spy(*args, **kwargs):
+        begun.set()
+        return validation_for(*args, **kwargs)
+
+    def verdicts_spy(*args, **kwargs):  # the calls wait for the validation to begin: run after it, they never would
+        waited.append(begun.wait(30))
+        return verdicts(*args, **kwargs)
+
+    monkeypatch.setattr(analysis, "validation_for", validation_spy)
+    monkeypatch.setattr(models, "_verdicts", verdicts_spy)
+    assert_same(serial, cycle(tmp_path / "ws", files, workers=2, block=5))
+    assert waited == [True]
+
+
 def test_blocks_of_patients_write_the_same_reports_as_one_block(serial, files, tmp_path):
     """The pipeline reads, reduces and spills 5 patients at a time (three blocks, design blocks in files):
     the same panel columns, fits, forecasts, validation and reports as the whole cohort at once."""

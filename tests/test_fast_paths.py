@@ -1036,6 +1036,32 @@ def test_prepare_gives_what_the_whole_block_version_gave(design_panel):
     assert {"p00002", "p00003"} <= set(data) and "p00002" not in set(chunks[0].pids)
 
 
+def test_each_block_brings_its_score_statistics_so_the_fit_need_not_read_it_back(design_panel, tmp_path):
+    """The fit's first look at the cohort (one-step score statistics of each main column) is made with each
+    design block, in the worker that prepared it: the same numbers, bit for bit, as made from the block's
+    arrays read back from its file, and close to a float64 sum of the definition."""
+    part = models.prepare(design_panel, config.defaults(), spill_dir=tmp_path)
+    Km = len(part.design.main)
+    assert part.chunks and all(ch.path is not None and ch.X is None for ch in part.chunks)
+    b, s = models._score_stats(part.chunks, Km)
+    for ch in part.chunks:
+        ch.score = None  # made again from the spilled arrays
+    b2, s2 = models._score_stats(part.chunks, Km)
+    assert np.array_equal(_bits(b), _bits(b2)) and np.array_equal(_bits(s), _bits(s2))
+    want_b, want_s = [], []
+    for chunk in part.chunks:
+        with chunk.loaded() as ch:
+            X, y, w = ch.X[..., :Km].astype(float), ch.y, ch.w
+            p0 = (y * w).sum(1) / np.maximum(w.sum(1), 1)
+            U = (X * (w * (y - p0[:, None]))[..., None]).sum(1)
+            info = np.maximum(p0[:, None] * (1 - p0[:, None]) * (X * X).sum(1), 1e-9)
+        want_b.append(U / info)
+        want_s.append(1 / np.sqrt(info))
+    np.testing.assert_allclose(b, np.concatenate(want_b), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(s, np.concatenate(want_s), rtol=1e-4)
+    assert (np.abs(b) > 0.01).any()
+
+
 @pytest.mark.parametrize(("chunk_cells", "tile_rows"), [(60_000, 100), (8_000_000, 1), (8_000_000, 10**6)])
 def test_design_blocks_are_what_the_whole_block_version_gave(design_panel, chunk_cells, tile_rows):
     panel = design_panel.sort_values(["patient_id", "date"], kind="stable")
