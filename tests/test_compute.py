@@ -100,6 +100,20 @@ def test_the_validation_runs_on_the_workers_while_this_process_makes_the_calls(s
     assert waited == [True]
 
 
+def test_work_in_the_background_hands_back_its_result_or_its_error_and_never_holds_up_the_exit():
+    """compute.Background (the validation's thread): result() returns what the function returned or raises
+    what it raised; a process that gives up on it (Ctrl-C) exits without waiting for it."""
+    assert compute.Background(divmod, 17, 5).result() == (3, 2)
+    failing = compute.Background(int, "seventeen")
+    with pytest.raises(ValueError, match="seventeen"):
+        failing.result()
+    assert failing.done()
+    code = ("import time; from trigger_watch import compute; "
+            "job = compute.Background(time.sleep, 300); print(job.done())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "False"
+
+
 def test_blocks_of_patients_write_the_same_reports_as_one_block(serial, files, tmp_path):
     """The pipeline reads, reduces and spills 5 patients at a time (three blocks, design blocks in files):
     the same panel columns, fits, forecasts, validation and reports as the whole cohort at once."""
@@ -260,6 +274,44 @@ def test_validation_runs_when_due_and_is_reused_in_between(files, tmp_path):
     out, models = run(first + timedelta(days=8), validate=True)
     assert out.validation["patients"] == 12
     assert {m["cv_as_of"] for m in models.values()} == {(first + timedelta(days=8)).isoformat()}
+    db.conn.close()
+
+
+def test_a_validation_the_cycle_gave_up_on_sends_no_more_blocks_and_keeps_nothing(files, tmp_path):
+    """The validation runs on a thread while the cycle goes on; when the cycle fails or is interrupted it sets
+    ``halt``: no further block is sent and nothing of the validation is stored."""
+    import threading
+
+    from trigger_watch import analysis, features, models
+
+    cycle(tmp_path / "ws", files)
+    cfg = config_mod.load(tmp_path / "ws" / "config.toml")
+    db = storage.connect(cfg.database)
+    night = TODAY - timedelta(days=1)
+    ids = analysis.all_patient_ids(db)
+    store = models.ModelStore(cfg.models_dir)
+    kept = (Path(cfg.models_dir) / store.VALIDATION).read_bytes()
+    sent = []
+    source = analysis._block_source
+
+    def counted(*args, **kwargs):
+        sent.append(args[2])
+        return source(*args, **kwargs)
+
+    args = (db, cfg.with_values(compute__block_patients=4), ids, night, {}, features.cohort_columns(db, None, night))
+    kwargs = {"subset": False, "validate": True, "outcome": analysis.AnalysisOutcome(),
+              "prior": store.load_prior()}
+    halt = threading.Event()
+    halt.set()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(analysis, "_block_source", counted)
+        with pytest.raises(analysis.AnalysisHalted):
+            analysis.validation_for(*args, **kwargs, halt=halt)
+        assert sent == []
+        assert (Path(cfg.models_dir) / store.VALIDATION).read_bytes() == kept
+        done = analysis.validation_for(*args, **kwargs, halt=threading.Event())
+    assert len(sent) == 6 and sorted(done) == ids  # blocks of two: twelve patients validated
+    assert all(v["cv_as_of"] == night.isoformat() for v in done.values())
     db.conn.close()
 
 

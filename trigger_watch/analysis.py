@@ -17,7 +17,6 @@ import tempfile
 import threading
 import zlib
 from collections.abc import Callable, Collection
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -31,6 +30,10 @@ from trigger_watch import clinical, compute, features, forecast, models, storage
 #: Changes when the pipeline or model changes in a way that makes old reports stale.
 MODEL_VERSION = f"{models.MODEL_VERSION}+pipeline-1"
 SCHEMA_VERSION = 1
+
+
+class AnalysisHalted(Exception):
+    """Work of a cycle that the cycle gave up on before it ended (:func:`validation_for`'s ``halt``)."""
 
 
 @dataclass
@@ -169,17 +172,19 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
             t = time.perf_counter()
             stack.callback(store.wait)  # the model store is written while the reports are
             reports_start = threading.Event()
-            validating = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="validation"))
-            early: list[Future] = []
+            early: list[compute.Background] = []
+            halt = threading.Event()
+            stack.callback(halt.set)  # this cycle failed or was interrupted: the validation sends no more blocks
 
             def fitted(cohort_prior) -> None:
                 # The validation needs only the cohort prior: its blocks go to the local workers now, while
                 # this process makes the cohort's calls (~1.5 s at 10,000 patients that the workers waited
                 # out). The thread only dispatches and waits: the workers read the database file themselves.
                 if db_file:
-                    early.append(validating.submit(
+                    early.append(compute.Background(
                         validation_for, db, config, ids, as_of, {}, columns, subset=subset, validate=validate,
-                        outcome=outcome, ex=ex, db_file=db_file, prior=cohort_prior))
+                        outcome=outcome, ex=ex, db_file=db_file, prior=cohort_prior, halt=halt,
+                        name="validation"))
 
             results = models.fit_prepared(parts, config, prior=prior, store=store,
                                           map_fn=first.map if first.kind == "local" else None,
@@ -532,11 +537,12 @@ def validate_block(job) -> forecast.Validation:
 def validation_for(db, config, ids: list[str], as_of: date, results: dict, columns, *, subset: bool,
                    validate: bool | Collection[str] | None, outcome: AnalysisOutcome,
                    ex: compute.Executor | None = None, db_file: str | None = None,
-                   prior: models.CohortPrior | None = None) -> dict[str, dict]:
+                   prior: models.CohortPrior | None = None, halt: threading.Event | None = None) -> dict[str, dict]:
     """Each patient's forecast validation (the ``cv_*`` keys of triggers.json): run for those due
     (:func:`validate_due`), block by block under this run's cohort prior (``prior``, else the one
     ``results`` were fitted with), and kept in the models folder for the nights it is not due. Returns
-    ``{patient_id: keys}`` for ``ids``."""
+    ``{patient_id: keys}`` for ``ids``. ``halt`` set (the cycle, which runs this on a thread, gave up):
+    no more blocks are sent, and :class:`AnalysisHalted` is raised instead of keeping a part."""
     store = models.ModelStore(config.models_dir)
     saved = store.load_validation(MODEL_VERSION)
     stored: dict[str, dict] = dict(saved.get("patients", {}))
@@ -551,9 +557,18 @@ def validation_for(db, config, ids: list[str], as_of: date, results: dict, colum
         # (a worker peaked at 585 MB on 250 patients, 400 MB on 125, for the same seconds per patient)
         blocks = compute.chunks(due, 1, size=max(1, int(config["compute.block_patients"]) // 2))
         run_on = ex if len(blocks) > 1 else compute.Executor()
-        jobs = ((config, block, _block_source(db, db_file if run_on is ex else None, block, as_of), as_of, columns,
-                 prior, origins) for block in blocks)
-        checked = forecast.combine(list(run_on.map(validate_block, jobs)), origins, step, prior)
+
+        def jobs():
+            for block in blocks:
+                if halt is not None and halt.is_set():  # the cycle gave up on it: send no more blocks
+                    return
+                yield (config, block, _block_source(db, db_file if run_on is ex else None, block, as_of), as_of,
+                       columns, prior, origins)
+
+        parts = list(run_on.map(validate_block, jobs()))
+        if halt is not None and halt.is_set():
+            raise AnalysisHalted("the validation was halted before its end: nothing of it is kept")
+        checked = forecast.combine(parts, origins, step, prior)
         for pid in due:
             stored.pop(pid, None)
         stored.update({pid: {**v, "cv_as_of": as_of.isoformat()} for pid, v in checked.per_patient.items()})

@@ -92,6 +92,35 @@ class LocalExecutor(Executor):
         return thread.join
 
 
+class Background:
+    """``fn(*args, **kwargs)`` run on a thread of its own; :meth:`result` waits for it and returns what it
+    returned or raises what it raised. A daemon thread: unlike a ``ThreadPoolExecutor``'s, it does not hold
+    the process back when the caller gives up on it (Ctrl-C while the workers validate exits at once)."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any, name: str = "background", **kwargs: Any):
+        import threading
+
+        self._outcome: tuple[bool, Any] | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args, kwargs), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, fn, args, kwargs) -> None:
+        try:
+            self._outcome = (True, fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 -- handed to the caller by result()
+            self._outcome = (False, exc)
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def result(self) -> Any:
+        self._thread.join()
+        ok, value = self._outcome
+        if not ok:
+            raise value
+        return value
+
+
 def _import_modules(modules: tuple[str, ...]) -> int:
     """A worker's warm-up task (:meth:`LocalExecutor.start`): import ``modules``; returns the worker's pid."""
     import importlib
