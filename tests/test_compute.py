@@ -315,57 +315,6 @@ def test_a_validation_the_cycle_gave_up_on_sends_no_more_blocks_and_keeps_nothin
     db.conn.close()
 
 
-def test_the_validation_reads_the_panels_the_first_pass_kept_instead_of_building_them_again(files, tmp_path):
-    """The first pass keeps the panels of the patients the validation refits tonight (analysis.keep_panel,
-    from its panel through tomorrow cut at tonight): read back for a block of them they are the panel
-    features.build_panel builds for that block through tonight, and the validation takes them instead of
-    reading the database, with the same figures."""
-    from trigger_watch import analysis, features, models
-
-    cycle(tmp_path / "ws", files)
-    cfg = config_mod.load(tmp_path / "ws" / "config.toml")
-    db = storage.connect(cfg.database)
-    night = TODAY - timedelta(days=1)
-    ids = analysis.all_patient_ids(db)
-    columns = features.cohort_columns(db, None, night)
-    keep = ["p00001", "p00003", "p00004", "p00007", "p00011"]
-    spill = tmp_path / "spill"
-    spill.mkdir()
-    blocks = []
-    for block_ids in (ids[:5], ids[5:10], ids[10:]):  # the first pass, in blocks of five
-        _, block, secs = analysis.reduce_block((cfg, block_ids, str(cfg.database), night, columns, spill,
-                                                [p for p in block_ids if p in keep]))
-        assert "kept_for_validation" in secs
-        blocks.append(block)
-    panels = analysis.kept_panels(blocks)
-    assert sorted(panels) == keep and len(set(panels.values())) == 3
-    some = keep[1:4]  # from two of the files
-    got = analysis._read_kept([(panels[p], [p]) for p in some])
-    want = features.build_panel(features.load_inputs(db, some, night), night, columns=columns)
-    assert got.equals(want) and list(got.dtypes) == list(want.dtypes) and isinstance(got.index, type(want.index))
-    assert got.attrs["factors"].equals(want.attrs["factors"])
-
-    sent = []
-    source = analysis._block_source
-
-    def counted(*args, **kwargs):
-        sent.append(args[2])
-        return source(*args, **kwargs)
-
-    args = (db, cfg.with_values(compute__block_patients=4), ids, night, {}, columns)
-    kwargs = {"subset": False, "validate": keep, "outcome": analysis.AnalysisOutcome(),
-              "prior": models.ModelStore(cfg.models_dir).load_prior()}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(analysis, "_block_source", counted)
-        read = analysis.validation_for(*args, **kwargs, panels=panels)
-        assert sent == []
-        built = analysis.validation_for(*args, **kwargs)
-    assert sent == [keep[:2], keep[2:4], keep[4:]]  # blocks of two, read from the database
-    assert sorted(read) == ids and read == built
-    assert {read[p]["cv_as_of"] for p in keep} == {night.isoformat()}
-    db.conn.close()
-
-
 def test_a_cycle_settles_its_blocks_and_results_and_leaves_the_collector_as_it_was(files, tmp_path, monkeypatch):
     """The blocks of patients and the results stay to the end of the cycle: they are taken out of the
     collector's sight as they are made (storage.objects_settled), once per block and once after the fit,

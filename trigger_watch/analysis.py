@@ -77,7 +77,6 @@ class _Block:
     responses: dict[str, pd.DataFrame]  # treatment responses per patient
     clinicians: dict[str, str | None]
     forecasts: dict[str, dict] | None = None  # forecast.next_day's, made just before the block's reports
-    kept: tuple[str, list[str]] | None = None  # the file of the panels kept for the validation, and whose
 
 
 def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list[str] | None = None,
@@ -120,7 +119,7 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
     prior = store.load_prior() if subset else None
     # sub-stages of the first pass ("pass/step"): the seconds each step took, summed over the blocks (in the
     # workers when there are several: they overlap each other and the reading)
-    for k in ("load_inputs", "build_panel", "prepare", "ahead", "clinical", "kept_for_validation"):
+    for k in ("load_inputs", "build_panel", "prepare", "ahead", "clinical"):
         timings[f"read_and_reduce/{k}"] = 0.0
 
     Path(config.models_dir).mkdir(parents=True, exist_ok=True)
@@ -148,10 +147,6 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
                 features.warm_weather(db, ids if subset else None, as_of, weather_through=tomorrow)
                 timings["columns"] += time.perf_counter() - t
             started()
-            # The patients the validation refits tonight: the local workers keep their panels in files for it,
-            # so that it does not read and build them again (~a fifth of its work).
-            due = set(validate_due(config, store.load_validation(MODEL_VERSION).get("patients", {}), ids, as_of,
-                                   validate)) if db_file and spill_dir is not None and first is ex else set()
 
             def jobs():
                 for block_ids in sizes:
@@ -159,8 +154,7 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
                     source = _block_source(db, db_file if first is ex else None, block_ids, as_of, tomorrow)
                     timings["read_and_reduce/load_inputs"] += time.perf_counter() - t
                     # a Dask worker cannot reach this machine's folder: it returns the design blocks instead
-                    yield (config, block_ids, source, as_of, columns, None if ex.kind == "dask" else spill_dir,
-                           [p for p in block_ids if p in due])
+                    yield (config, block_ids, source, as_of, columns, None if ex.kind == "dask" else spill_dir)
 
             for part, block, secs in first.map(reduce_block, jobs()):
                 if spill_dir is not None and ex.kind == "dask":
@@ -190,7 +184,7 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
                     early.append(compute.Background(
                         validation_for, db, config, ids, as_of, {}, columns, subset=subset, validate=validate,
                         outcome=outcome, ex=ex, db_file=db_file, prior=cohort_prior, halt=halt,
-                        panels=kept_panels(blocks), name="validation"))
+                        name="validation"))
 
             results = models.fit_prepared(parts, config, prior=prior, store=store,
                                           map_fn=first.map if first.kind == "local" else None,
@@ -219,8 +213,7 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
                 validation = early[0].result()
             else:
                 validation = validation_for(db, config, ids, as_of, results, columns, subset=subset,
-                                            validate=validate, outcome=outcome, ex=ex, db_file=db_file,
-                                            panels=kept_panels(blocks))
+                                            validate=validate, outcome=outcome, ex=ex, db_file=db_file)
             timings["validation"] = time.perf_counter() - t - timings["forecast"]  # what the cycle waited
             t, made = time.perf_counter(), timings["forecast"]
 
@@ -267,13 +260,10 @@ def reduce_block(job) -> tuple[models.Prepared, _Block, dict[str, float]]:
     """A worker's task in the first pass: one block of patients' inputs reduced to what the later stages
     need -- the model's design blocks (in files under ``spill`` when given), the forecast day's rows, flags,
     treatment responses and the chart days. ``job``: ``(config, patient_ids, inputs, as_of, columns,
-    spill[, keep])``: ``keep``, the patients whose panels (through ``as_of``) the validation will read, put
-    in a file under ``spill`` (:func:`keep_panel`). Returns them with the seconds each step took (of this
-    worker's time)."""
+    spill)``. Returns them with the seconds each step took (of this worker's time)."""
     import time
 
-    config, ids, inputs, as_of, columns, spill, *rest = job
-    keep = rest[0] if rest else None
+    config, ids, inputs, as_of, columns, spill = job
     tomorrow = as_of + timedelta(days=1)
     secs = {}
     t = time.perf_counter()
@@ -295,52 +285,7 @@ def reduce_block(job) -> tuple[models.Prepared, _Block, dict[str, float]]:
     block = _clinical_block(ids, inputs, fit_panel, as_of)
     block.ahead = ahead
     secs["clinical"] = time.perf_counter() - t
-    if keep and spill is not None:
-        t = time.perf_counter()
-        block.kept = (keep_panel(fit_panel, keep, spill, as_of), list(keep))
-        secs["kept_for_validation"] = time.perf_counter() - t
     return part, block, secs
-
-
-def keep_panel(panel: pd.DataFrame, patient_ids: list[str], folder: Path, as_of: date) -> str:
-    """The rows of ``patient_ids`` of a block's panel through ``as_of``, in a file under ``folder`` (pickle
-    protocol 5) for the validation to read instead of building their panel again: a panel built through
-    tomorrow and cut at ``as_of`` has the rows, columns and types of the panel built through ``as_of``
-    (``tests/test_compute.py``). Of its attrs the validation reads only the factors' table."""
-    import pickle
-    import secrets
-
-    bare = pd.DataFrame(panel, copy=False)
-    bare.attrs = {}  # a selection would deep-copy the panel's attrs first
-    rows = bare[bare["patient_id"].isin(patient_ids)]
-    rows.attrs = {"factors": panel.attrs.get("factors"), "as_of": as_of.isoformat()}
-    path = Path(folder) / f"panel-{secrets.token_hex(6)}.pkl"
-    with open(path, "wb") as fh:
-        pickle.dump(rows, fh, protocol=5)
-    return str(path)
-
-
-def kept_panels(blocks: list[_Block]) -> dict[str, str]:
-    """Which file holds each patient's panel kept for the validation (:func:`keep_panel`)."""
-    return {pid: block.kept[0] for block in blocks if block.kept is not None for pid in block.kept[1]}
-
-
-def _read_kept(files: list[tuple[str, list[str]]]) -> pd.DataFrame:
-    """The panel of the patients listed with each file (:func:`keep_panel`), in the order given: what
-    ``features.build_panel`` builds for them through the validation's day."""
-    import pickle
-
-    frames = []
-    for path, pids in files:
-        with open(path, "rb") as fh:
-            rows = pickle.load(fh)
-        attrs = rows.attrs
-        rows = rows[rows["patient_id"].isin(pids)]
-        rows.attrs = {}
-        frames.append(rows)
-    panel = pd.concat(frames, ignore_index=True)
-    panel.attrs = attrs
-    return panel
 
 
 def _block_source(db, db_file: str | None, ids: list[str], as_of: date, through: date | None = None):
@@ -585,25 +530,19 @@ def validate_block(job) -> forecast.Validation:
     """A worker's task: the rolling-origin validation of one block of patients. ``job``: ``(config,
     patient_ids, inputs or the database file, as_of, columns, prior, origins)``."""
     config, ids, inputs, as_of, columns, prior, origins = job
-    if isinstance(inputs, list):  # the files of the panels the first pass kept (keep_panel)
-        panel = _read_kept(inputs)
-    else:
-        panel = features.build_panel(_block_inputs(inputs, ids, as_of), as_of, columns=columns)
+    panel = features.build_panel(_block_inputs(inputs, ids, as_of), as_of, columns=columns)
     return forecast.rolling_origin(panel, config, prior=prior, origins=origins)
 
 
 def validation_for(db, config, ids: list[str], as_of: date, results: dict, columns, *, subset: bool,
                    validate: bool | Collection[str] | None, outcome: AnalysisOutcome,
                    ex: compute.Executor | None = None, db_file: str | None = None,
-                   prior: models.CohortPrior | None = None, halt: threading.Event | None = None,
-                   panels: dict[str, str] | None = None) -> dict[str, dict]:
+                   prior: models.CohortPrior | None = None, halt: threading.Event | None = None) -> dict[str, dict]:
     """Each patient's forecast validation (the ``cv_*`` keys of triggers.json): run for those due
     (:func:`validate_due`), block by block under this run's cohort prior (``prior``, else the one
     ``results`` were fitted with), and kept in the models folder for the nights it is not due. Returns
     ``{patient_id: keys}`` for ``ids``. ``halt`` set (the cycle, which runs this on a thread, gave up):
-    no more blocks are sent, and :class:`AnalysisHalted` is raised instead of keeping a part. ``panels``:
-    the files of the panels the first pass kept (:func:`kept_panels`); a block whose patients are all
-    there is read from them instead of being built again."""
+    no more blocks are sent, and :class:`AnalysisHalted` is raised instead of keeping a part."""
     store = models.ModelStore(config.models_dir)
     saved = store.load_validation(MODEL_VERSION)
     stored: dict[str, dict] = dict(saved.get("patients", {}))
@@ -619,19 +558,12 @@ def validation_for(db, config, ids: list[str], as_of: date, results: dict, colum
         blocks = compute.chunks(due, 1, size=max(1, int(config["compute.block_patients"]) // 2))
         run_on = ex if len(blocks) > 1 else compute.Executor()
 
-        def source(block: list[str]):
-            if panels and all(p in panels for p in block):
-                files: dict[str, list[str]] = {}
-                for p in block:
-                    files.setdefault(panels[p], []).append(p)
-                return list(files.items())
-            return _block_source(db, db_file if run_on is ex else None, block, as_of)
-
         def jobs():
             for block in blocks:
                 if halt is not None and halt.is_set():  # the cycle gave up on it: send no more blocks
                     return
-                yield config, block, source(block), as_of, columns, prior, origins
+                yield (config, block, _block_source(db, db_file if run_on is ex else None, block, as_of), as_of,
+                       columns, prior, origins)
 
         parts = list(run_on.map(validate_block, jobs()))
         if halt is not None and halt.is_set():
