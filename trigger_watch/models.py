@@ -565,20 +565,13 @@ def _fit_chunk(ch: _Chunk, lam: np.ndarray, centre: np.ndarray, max_iter: int = 
     return beta, var, U, info
 
 
-def _score_stats(chunks: list[_Chunk], Km: int):
+def _score_stats(chunks: list[_Chunk]):
     """One-step score statistics of each main column alone (against an intercept-only model), standardised
     units: the first, cheap look at the cohort that seeds the prior. Each block's were made with it
     (:func:`_chunks`, in the worker that prepared it): reading every spilled block back here to make them
     kept the daemon busy ~0.8 s at the start of the fit while the workers waited (10,000 patients, half
     speed)."""
-    b, s = [], []
-    for chunk in chunks:
-        if chunk.score is None:
-            with chunk.loaded() as ch:
-                chunk.score = _score_of(ch.X, ch.y, ch.w, Km)
-        b.append(chunk.score[0])
-        s.append(chunk.score[1])
-    return np.concatenate(b), np.concatenate(s)
+    return tuple(np.concatenate([chunk.score[k] for chunk in chunks]) for k in (0, 1))
 
 
 def _score_of(X: np.ndarray, y: np.ndarray, w: np.ndarray, Km: int) -> tuple[np.ndarray, np.ndarray]:
@@ -680,7 +673,7 @@ def _fit_chunks(chunks: list[_Chunk], design: _Design, prior: CohortPrior | None
     # round-1 ridge: the second moment of the effects
     ridge = np.maximum(np.sqrt((1 - g_pi0) * (g_mu ** 2 + g_tau ** 2)), TAU_MIN)[:Km]
     if learn[:Km].any():
-        b0, s0 = _score_stats(chunks, Km)
+        b0, s0 = _score_stats(chunks)
         est = _normal_prior_ml(b0 * to_c[:, :Km], s0 * to_c[:, :Km], inform[:, :Km])
         ridge = np.where(learn[:Km], est, ridge)
     lam_c = np.broadcast_to(1 / ridge ** 2, (len(pids), Km)).copy()
