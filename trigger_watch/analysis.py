@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import tempfile
 import threading
@@ -175,16 +176,17 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
             early: list[compute.Background] = []
             halt = threading.Event()
             stack.callback(halt.set)  # this cycle failed or was interrupted: the validation sends no more blocks
+            validation_of = functools.partial(validation_for, db, config, ids, as_of, columns=columns,
+                                              subset=subset, validate=validate, outcome=outcome, ex=ex,
+                                              db_file=db_file)
 
             def fitted(cohort_prior) -> None:
                 # The validation needs only the cohort prior: its blocks go to the local workers now, while
                 # this process makes the cohort's calls (~1.5 s at 10,000 patients that the workers waited
                 # out). The thread only dispatches and waits: the workers read the database file themselves.
                 if db_file:
-                    early.append(compute.Background(
-                        validation_for, db, config, ids, as_of, {}, columns, subset=subset, validate=validate,
-                        outcome=outcome, ex=ex, db_file=db_file, prior=cohort_prior, halt=halt,
-                        name="validation"))
+                    early.append(compute.Background(validation_of, {}, prior=cohort_prior, halt=halt,
+                                                    name="validation"))
 
             results = models.fit_prepared(parts, config, prior=prior, store=store,
                                           map_fn=first.map if first.kind == "local" else None,
@@ -212,8 +214,7 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
                     forecast_block(block)
                 validation = early[0].result()
             else:
-                validation = validation_for(db, config, ids, as_of, results, columns, subset=subset,
-                                            validate=validate, outcome=outcome, ex=ex, db_file=db_file)
+                validation = validation_of(results)
             timings["validation"] = time.perf_counter() - t - timings["forecast"]  # what the cycle waited
             t, made = time.perf_counter(), timings["forecast"]
 
