@@ -131,6 +131,32 @@ def test_a_dask_cluster_writes_the_same_reports(serial, files, tmp_path):
         assert_same(serial, cycle(tmp_path / "ws5", files, scheduler=cluster.scheduler_address, block=5))
 
 
+def test_the_design_blocks_files_are_gone_once_the_fit_is_done(serial, files, tmp_path, monkeypatch):
+    """The fit's spilled design blocks are removed as soon as the fit has read them for the last time (on a
+    thread), not after the reports: when the reports begin, the folder is gone; the reports are the same."""
+    from trigger_watch import models, reports
+
+    monkeypatch.setattr(compute, "MIN_PARALLEL", 1)
+    models_dir = tmp_path / "ws" / "models"
+    seen = {}
+    fit_chunks, begin_writing = models._fit_chunks, reports.begin_writing
+
+    def fit_spy(*args, **kwargs):
+        out = fit_chunks(*args, **kwargs)
+        seen["after fit"] = sorted(p.name for p in models_dir.glob(".fit-*/*"))
+        return out
+
+    def begin_spy(*args, **kwargs):
+        seen["reports"] = sorted(p.name for p in models_dir.glob(".fit-*"))
+        return begin_writing(*args, **kwargs)
+
+    monkeypatch.setattr(models, "_fit_chunks", fit_spy)
+    monkeypatch.setattr(reports, "begin_writing", begin_spy)
+    assert_same(serial, cycle(tmp_path / "ws", files, workers=2, block=5))
+    assert len(seen["after fit"]) == 3  # three blocks of patients, a file each, still there after the last round
+    assert seen["reports"] == []
+
+
 def _loaded(name: str) -> tuple[int, bool]:
     """A worker's pid and whether it has imported ``name`` (a task for the test below)."""
     import os

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import shutil
 import tempfile
 import threading
 import zlib
@@ -140,6 +141,7 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
             t0 = time.perf_counter()
             spill = stack.enter_context(tempfile.TemporaryDirectory(prefix=".fit-", dir=config.models_dir))
             spill_dir = Path(spill) if len(sizes) > 1 else None
+            removed: list[compute.Background] = []  # the design blocks' files, removed once the fit is done
             # Local workers read their blocks from the database file themselves (SQLite serves several readers);
             # a Dask worker may be on another machine: the blocks are read here and sent.
             db_file = _file_of(db) if ex.kind == "local" else None
@@ -181,6 +183,11 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
                                               db_file=db_file)
 
             def fitted(cohort_prior) -> None:
+                # The fit has read the design blocks for the last time: their files (~1 GB at 10,000
+                # patients) go now, on a thread, instead of after the reports. Removed before the kernel's
+                # writeback reaches them, they are never written to the disk at all.
+                if spill_dir is not None:
+                    removed.append(compute.Background(shutil.rmtree, spill_dir, ignore_errors=True, name="spill"))
                 # The validation needs only the cohort prior: its blocks go to the local workers now, while
                 # this process makes the cohort's calls (~1.5 s at 10,000 patients that the workers waited
                 # out). The thread only dispatches and waits: the workers read the database file themselves.
@@ -218,6 +225,8 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
             timings["validation"] = time.perf_counter() - t - timings["forecast"]  # what the cycle waited
             t, made = time.perf_counter(), timings["forecast"]
 
+            for job in removed:  # long done: the validation took longer
+                job.result()
             reports_start.set()
             if write:  # marked until the ranking is written: a run killed before then is cleaned up after
                 outcome.leftovers_removed = reports.begin_writing(config.reports_dir, config.models_dir)
