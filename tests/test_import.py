@@ -28,6 +28,8 @@ def rows(db, sql):
     [
         ("stress", "11", "stress='11' is outside 0-10"),
         ("stress", "high", "stress='high' is not a number"),
+        ("stress", "inf", "stress='inf' is not a number"),
+        ("caffeine_mg", "-Infinity", "caffeine_mg='-Infinity' is not a number"),
         ("alcohol_units", "-1", "alcohol_units='-1' is negative"),
         ("caffeine_mg", "-5", "caffeine_mg='-5' is negative"),
         ("screen_hours", "25", "screen_hours='25' is outside 0-24"),
@@ -154,6 +156,22 @@ def test_custom_columns_become_factors_and_text_columns_are_reported(patients, w
     customs = [json.loads(r[0]) if r[0] else None for r in patients.execute("SELECT custom FROM diary ORDER BY date")]
     assert customs == [{"barometer_ache": 3.5, "took_nap": 1.0}, {"took_nap": 0.0}]
     assert any("'city' was not imported: its values are text (e.g. 'Graz')" in m for m in result.messages)
+
+
+def test_an_infinite_value_is_quarantined_and_leaves_the_stored_day_as_it_was(patients, write, do_import):
+    """'inf' parses as a float but is no reading: in a known column it would have replaced the stored value
+    with unknown; in a custom column it was stored as JSON no reader accepts (the cohort's analysis failed)."""
+    do_import("diary", write("d.csv", "patient_id,date,stress,mood\np1,2026-03-01,4,3\np1,2026-03-02,5,2\n"))
+    before = rows(patients, "SELECT date, stress, custom FROM diary ORDER BY date")
+    result = do_import("diary", write("d2.csv", "patient_id,date,stress,mood\np1,2026-03-01,inf,3\n"
+                                                "p1,2026-03-02,5,inf\n"))
+    assert result.quarantined == 2
+    assert rows(patients, "SELECT date, stress, custom FROM diary ORDER BY date") == before
+    reasons = [r["reason"] for r in list_rejects(patients)]
+    assert reasons == ["stress='inf' is not a number",
+                       "mood='inf' is not a number or yes/no like the rest of the column"]
+    # every stored custom value is JSON that SQLite reads
+    assert patients.execute("SELECT count(*) FROM diary WHERE json_valid(custom)").fetchone()[0] == 2
 
 
 def test_none_in_a_tag_column_is_a_known_empty_list(patients, write, do_import):

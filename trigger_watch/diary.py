@@ -240,7 +240,7 @@ def _custom_factors(frame: pd.DataFrame, c: Checker, state: dict, exclude: set[s
         as_bool = low.map({"true": 1.0, "yes": 1.0, "y": 1.0, "false": 0.0, "no": 0.0, "n": 0.0},
                           na_action="ignore").astype(float)
         as_num = pd.to_numeric(s, errors="coerce").astype(float)
-        v = as_num.fillna(as_bool)
+        v = as_num.where(np.isfinite(as_num)).fillna(as_bool)  # "inf" is no reading (and no JSON number)
         bad = (s.notna() & v.isna()).to_numpy()
         c.add(bad, (col + "=" + s[bad].map(repr) + " is not a number or yes/no like the rest of the column")
               .reindex(s.index).to_numpy())

@@ -427,11 +427,10 @@ class Checker:
                integer: bool = False, lo_open: bool = False) -> pd.Series:
         s = self.text(col)
         v = pd.to_numeric(s, errors="coerce").astype(float)
-        bad = (s.notna() & v.isna()).to_numpy()
+        bad = (s.notna() & ~np.isfinite(v)).to_numpy()  # "inf" parses, but is no reading
         if bad.any():
             self.add(bad, (self._shown(col, s, bad) + " is not a number").reindex(s.index).to_numpy())
         v = v.where(~bad)
-        v = v.where(np.isfinite(v))
         if integer:
             frac = (v.notna() & (v != np.round(v))).to_numpy()
             self.add(frac, (self._shown(col, s, frac) + " must be a whole number").reindex(s.index).to_numpy())
