@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from trigger_watch import config as config_mod
-from trigger_watch import daemon, reports, storage
+from trigger_watch import daemon, demo, reports, storage
 from trigger_watch.demo import run_demo
 from trigger_watch.importing import ImportOptions, import_file
 
@@ -71,6 +71,21 @@ def test_first_cycle_analysed_everyone_and_wrote_reports(analysed_workspace):
         assert doc["patient_id"] == p and doc["as_of"] == "2026-11-19"
     ranking = json.loads((reports / "cohort" / "ranking.json").read_text())
     assert sorted(r["patient_id"] for r in ranking) == patients
+
+
+def test_demo_never_replaces_a_clinic_workspace(analysed_workspace, tmp_path):
+    """``demo --dir`` replaces only a workspace the demo made: a clinic's folder also has a config.toml (the
+    old check), and a demo pointed at it by mistake must leave it as it was."""
+    clinic = tmp_path / "clinic"
+    (clinic / "data").mkdir(parents=True)
+    (clinic / "config.toml").write_text('[storage]\ndatabase = "data/clinic.db"\n')
+    (clinic / "data" / "clinic.db").write_bytes(b"the clinic's records")
+    before = snapshot(clinic)
+    out = tw(clinic, "demo", "--dir", str(clinic))
+    assert out.returncode == 1
+    assert "is not a demo workspace" in out.stderr and "nothing was changed" in out.stderr
+    assert snapshot(clinic) == before
+    assert demo.is_demo_workspace(analysed_workspace)  # which a later demo may replace
 
 
 def test_one_new_diary_row_reanalyses_that_patient_only(ws):

@@ -56,6 +56,16 @@ class DemoResult:
         return out
 
 
+def is_demo_workspace(folder: Path) -> bool:
+    """Whether ``folder`` is a workspace the demo made (and may replace): its config.toml begins with the
+    demo's own first line. A clinic's workspace also has a config.toml, and must never be removed."""
+    try:
+        with open(folder / "config.toml", encoding="utf-8") as fh:
+            return fh.readline() == DEMO_CONFIG.splitlines(keepends=True)[0]
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def run_demo(workspace: Path, *, today: date, n_patients: int = 36, n_days: int = 365, seed: int = 20261121,
              log: Callable[[str], None] | None = None, progress=None) -> DemoResult:
     from trigger_watch import daemon, simulate
@@ -63,10 +73,11 @@ def run_demo(workspace: Path, *, today: date, n_patients: int = 36, n_days: int 
     log = log or (lambda line: None)
     workspace = Path(workspace).resolve()
     if workspace.exists():
-        if not (workspace / "config.toml").exists() and any(workspace.iterdir()):
+        if any(workspace.iterdir()) and not is_demo_workspace(workspace):
             from trigger_watch.errors import TriggerWatchError
 
-            raise TriggerWatchError(f"{workspace} exists and is not a demo workspace; pick another --dir")
+            raise TriggerWatchError(f"{workspace} exists and is not a demo workspace (its config.toml was not "
+                                    "written by `trigger-watch demo`); nothing was changed; pick another --dir")
         shutil.rmtree(workspace)
     (workspace / "input").mkdir(parents=True)
     (workspace / "config.toml").write_text(DEMO_CONFIG, encoding="utf-8")
