@@ -104,6 +104,22 @@ def test_one_new_diary_row_reanalyses_that_patient_only(ws):
     assert runs[-2:] == [("ok", 0), ("ok", 1)]
 
 
+def test_a_patient_enrolled_with_no_records_yet_gets_a_report_and_the_cycle_goes_on(ws):
+    """The usual case right after enrolment: the only changed patient has no diary, attacks or sleep. The
+    cycle failed on the empty panel (a traceback, and every later cycle too)."""
+    cfg = cfg_of(ws)
+    db = storage.connect(cfg.database)
+    (ws / "new.csv").write_text("patient_id,timezone\nfresh1,Europe/Vienna\n")
+    import_file(db, "patients", ws / "new.csv", ImportOptions(today=TODAY))
+    result = daemon.run_cycle(db, cfg, today=TODAY, fetch=False)
+    assert (result.status, result.analysed, result.failed) == ("ok", ["fresh1"], {})
+    doc = json.loads((cfg.reports_dir / "fresh1" / "triggers.json").read_text())
+    assert doc["status"] == "insufficient_data" and doc["data"]["diary_days"] == 0
+    assert "nothing logged from you yet" in (cfg.reports_dir / "fresh1" / "summary.md").read_text()
+    add_diary_row(db, ws, "p00003", "2026-11-19", stress=9)  # and the next cycle works as ever
+    assert daemon.run_cycle(db, cfg, today=TODAY, fetch=False).analysed == ["p00003"]
+
+
 def test_a_failing_patient_does_not_stop_the_others_and_is_retried(ws, monkeypatch):
     from trigger_watch import reports
 

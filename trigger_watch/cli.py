@@ -344,7 +344,8 @@ def panel(app: App, patient: str, as_of: str | None, as_csv: bool) -> None:
 
 @cli.command()
 @click.option("--dir", "workspace", default="demo-workspace", show_default=True, type=click.Path(file_okay=False),
-              help="Scratch workspace to create, or to replace if an earlier demo made it (any other folder with files is refused).")
+              help="Scratch workspace to create, or to replace if an earlier demo made it (any other folder "
+                   "with files is refused).")
 @click.option("--patients", default=36, show_default=True, type=click.IntRange(2, 100000), help="Cohort size.")
 @click.option("--days", default=365, show_default=True, type=click.IntRange(30, 3650), help="Days of diary.")
 @click.option("--seed", default=20261121, show_default=True, help="Random seed of the simulation.")

@@ -1084,6 +1084,8 @@ def fingerprints(panel: pd.DataFrame, columns: list[str]) -> dict[str, str]:
                                    index=False)
     hv = h.to_numpy()
     pid = panel["patient_id"].to_numpy()
+    if not len(pid):  # patients enrolled with no records yet
+        return {}
     bounds = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1], True])
     head = hashlib.sha256(("|".join(columns) + MODEL_VERSION).encode()).digest()
     return {str(pid[a]): hashlib.sha256(head + hv[a:b].tobytes()).hexdigest()[:20]
