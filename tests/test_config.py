@@ -58,6 +58,18 @@ def test_wrong_type_is_an_error(tmp_path):
         config.load(f)
 
 
+@pytest.mark.parametrize("section,key", [("schedule", "timezone"), ("patients", "default_timezone")])
+def test_a_time_zone_that_does_not_exist_is_named_when_the_file_loads(tmp_path, section, key):
+    """A misspelt zone failed later with a traceback (the daemon in a restart loop under systemd), or in
+    patients' stored zones with only a warning."""
+    f = tmp_path / "config.toml"
+    f.write_text(f'[{section}]\n{key} = "Europe/Viena"\n')
+    with pytest.raises(ConfigError, match=rf"{section}\.{key} = 'Europe/Viena' is not a time zone"):
+        config.load(f)
+    f.write_text(f'[{section}]\n{key} = "Europe/Vienna"\n')
+    assert config.load(f)[f"{section}.{key}"] == "Europe/Vienna"
+
+
 def test_env_var_is_used_when_no_option(tmp_path, monkeypatch):
     f = tmp_path / "env.toml"
     f.write_text('[storage]\nreports_dir = "r2"\n')

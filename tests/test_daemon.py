@@ -11,8 +11,9 @@ import subprocess
 import sys
 import textwrap
 import time
-from datetime import date
+from datetime import date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -200,15 +201,21 @@ def test_run_waits_for_the_lease_when_asked(ws):
 
 
 def test_daemon_runs_scheduled_jobs_and_stops_on_sigterm(ws):
+    """The jobs run on schedule, on the daemon's clock: in Kiritimati (UTC+14) the cycle analyses through
+    Kiritimati's yesterday whatever the server's own zone (this machine's is UTC: a day or two behind)."""
+    db = storage.connect(cfg_of(ws).database)
+    add_diary_row(db, ws, "p00003", "2026-11-19", stress=9)  # a change, so that the cycle writes a report
+    db.conn.close()
     cfg_file = ws / "config.toml"
     cfg_file.write_text(cfg_file.read_text() + textwrap.dedent("""
         [schedule]
-        timezone = "UTC"
+        timezone = "Pacific/Kiritimati"
         weather = "*/1 * * * * *"
         analysis = "*/1 * * * * *"
         misfire_grace_seconds = 5
         """))
     env = {**os.environ, "TRIGGER_WATCH_CONFIG": str(cfg_file)}
+    started = datetime.now(ZoneInfo("Pacific/Kiritimati")).date()
     proc = subprocess.Popen([sys.executable, "-m", "trigger_watch", "daemon"], cwd=ws, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     db_path = cfg_of(ws).database
@@ -223,6 +230,10 @@ def test_daemon_runs_scheduled_jobs_and_stops_on_sigterm(ws):
     assert {"cycle", "weather"} <= kinds, err
     assert proc.returncode == 0, err
     assert "stopped cleanly" in err
+    there = {started, datetime.now(ZoneInfo("Pacific/Kiritimati")).date()}  # two if 0:00 passed meanwhile
+    as_of = json.loads((cfg_of(ws).reports_dir / "p00003" / "triggers.json").read_text())["as_of"]
+    assert as_of in {str(day - timedelta(days=1)) for day in there}
+    assert any(f"today there {day}" in err for day in there)
 
 
 SLOW_RUN = """

@@ -28,6 +28,7 @@ class Setting:
     kind: type = str
     is_path: bool = False
     choices: tuple = ()
+    is_zone: bool = False  # an IANA time zone name
 
     @property
     def name(self) -> str:
@@ -44,7 +45,8 @@ SETTINGS: tuple[Setting, ...] = (
             "keep each report file's previous version as a hidden .spare to write over next time "
             "(about twice the disk; no files created or freed each night)", bool),
     # patients
-    Setting("patients", "default_timezone", "UTC", "IANA time zone for patients imported without one"),
+    Setting("patients", "default_timezone", "UTC", "IANA time zone for patients imported without one",
+            is_zone=True),
     # import
     Setting("import", "create_patients", False, "create unknown patients on import instead of quarantining rows",
             bool),
@@ -91,7 +93,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("analysis", "validation_step_days", 30,
             "days between validation origins; each origin's model forecasts the days up to the next one", int),
     # schedule
-    Setting("schedule", "timezone", "UTC", "the daemon's clock"),
+    Setting("schedule", "timezone", "UTC", "the daemon's clock (also what 'today' is for its cycles)",
+            is_zone=True),
     Setting("schedule", "weather", "15 * * * *", "cron: when the daemon fetches weather"),
     Setting("schedule", "analysis", "30 2 * * *", "cron: when the daemon runs the analysis cycle"),
     Setting("schedule", "misfire_grace_seconds", 3600, "a job late by less than this still runs", int),
@@ -165,6 +168,14 @@ def _coerce(setting: Setting, value: Any, root: Path) -> Any:
         value = float(value)
     elif not isinstance(value, str):
         raise ConfigError(f"{setting.name} must be a string, not {value!r}")
+    if setting.is_zone:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"{setting.name} = {value!r} is not a time zone: use an IANA name such as "
+                              "'Europe/Vienna' or 'UTC'") from None
     if setting.is_path and value != "":
         p = Path(value).expanduser()
         value = p if p.is_absolute() else (root / p)

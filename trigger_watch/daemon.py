@@ -330,13 +330,18 @@ def next_runs(config, now: datetime | None = None) -> dict[str, datetime | None]
 
 
 def serve(config, *, open_db: Callable[[], sqlite_utils.Database], log: Callable[[str], None],
-          today: Callable[[], date] = date.today) -> int:
-    """Run the schedule until SIGTERM/SIGINT; returns the exit code (0 after a clean stop)."""
+          today: Callable[[], date] | None = None) -> int:
+    """Run the schedule until SIGTERM/SIGINT; returns the exit code (0 after a clean stop). ``today``: the
+    date on the daemon's clock, ``[schedule] timezone`` (not the server's): a cycle at 02:30 in Auckland on
+    a UTC server must analyse through Auckland's yesterday and forecast Auckland's today."""
+    from zoneinfo import ZoneInfo
+
     from apscheduler.schedulers.blocking import BlockingScheduler
 
     stop = threading.Event()
     busy = threading.Lock()
     tz = config["schedule.timezone"]
+    today = today or (lambda: datetime.now(ZoneInfo(tz)).date())
     triggers = {name: make_trigger(config[f"schedule.{name}"], tz) for name in ("weather", "analysis")}
     scheduler = BlockingScheduler(timezone=tz, job_defaults={
         "coalesce": True, "max_instances": 1, "misfire_grace_time": config["schedule.misfire_grace_seconds"]})
@@ -376,7 +381,7 @@ def serve(config, *, open_db: Callable[[], sqlite_utils.Database], log: Callable
     signal.signal(signal.SIGINT, on_signal)
     for name, trig in triggers.items():
         log(f"{name}: next run {trig.get_next_fire_time(None, datetime.now(timezone.utc))}")
-    log(f"daemon started (pid {os.getpid()}, timezone {tz})")
+    log(f"daemon started (pid {os.getpid()}, timezone {tz}, today there {today()}, database {config.database})")
     scheduler.start()
     # The scheduler has stopped; wait for a job in progress to notice the stop flag and finish.
     with busy:
