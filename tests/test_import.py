@@ -174,6 +174,25 @@ def test_an_infinite_value_is_quarantined_and_leaves_the_stored_day_as_it_was(pa
     assert patients.execute("SELECT count(*) FROM diary WHERE json_valid(custom)").fetchone()[0] == 2
 
 
+def test_a_column_named_after_a_warning_sign_is_recorded_as_that_symptom(patients, write, do_import):
+    """A yes/no 'Yawning' column would have been a custom factor, and custom factors can be called triggers:
+    an audit's simulated cohort, nothing planted, got 'yawning is one of your triggers' for 149 of 150
+    patients. It is the symptom factor, a warning sign, like the symptoms column's tags."""
+    text = ("patient_id,date,Yawning,fatigue,symptoms,mood\np1,2026-03-01,yes,0,,3\np1,2026-03-02,no,,neck_stiffness,2\n"
+            "p1,2026-03-03,y,7,yawning,1\np1,2026-03-04,,,,1\n")
+    result = do_import("diary", write("d.csv", text))
+    assert (result.accepted, result.quarantined) == (4, 0)
+    assert rows(patients, "SELECT date, symptoms, custom FROM diary ORDER BY date") == [
+        ("2026-03-01", "yawning", '{"mood": 3.0}'), ("2026-03-02", "neck_stiffness", '{"mood": 2.0}'),
+        ("2026-03-03", "yawning;fatigue", '{"mood": 1.0}'), ("2026-03-04", None, '{"mood": 1.0}')]
+    assert any("'yawning' is a warning sign: recorded as symptom 'yawning'" in m for m in result.messages)
+    # without a symptoms column, a day the columns say no is a known empty list, not unknown
+    do_import("diary", write("d2.csv", "patient_id,date,yawning\np1,2026-03-05,no\np1,2026-03-06,maybe\n"))
+    assert rows(patients, "SELECT symptoms FROM diary WHERE date = '2026-03-05'") == [("",)]
+    (rej,) = list_rejects(patients)
+    assert "yawning='maybe' is not yes/no or a number" in rej["reason"]
+
+
 def test_none_in_a_tag_column_is_a_known_empty_list(patients, write, do_import):
     text = HEADER + "p1,2026-03-01,,,,,none,\np1,2026-03-02,,,,,,\np1,2026-03-03,,,,,None; cheese,\n"
     do_import("diary", write("d.csv", text))

@@ -48,6 +48,14 @@ DIARY_COLUMNS = ["patient_id", "date", *DIARY_NUMBERS.keys(), *DIARY_BOOLEANS, *
                  "source", "imported_at"]
 _DIARY_KNOWN = {"patient_id", "date", "caffeine_servings", "notes", *DIARY_NUMBERS, *DIARY_BOOLEANS, *DIARY_TAGS}
 _DATE_PARTS = ("year", "month", "day")
+#: extra diary columns named after a warning sign (the premonitory phase; factors.md): recorded as that symptom
+#: (factor ``symptom:<name>``, never called a trigger), not as a custom factor that could be called one
+WARNING_SIGN_COLUMNS = frozenset({
+    "yawning", "yawn", "yawns", "fatigue", "tired", "tiredness", "neck_stiffness", "stiff_neck", "neck_pain",
+    "craving", "cravings", "food_craving", "food_cravings", "chocolate_craving", "sugar_craving",
+    "light_sensitivity", "photophobia", "sound_sensitivity", "phonophobia", "smell_sensitivity",
+    "mood_change", "irritability", "difficulty_concentrating", "frequent_urination", "thirst", "nausea",
+    "aura", "visual_disturbance", "prodrome"})
 
 
 @lru_cache(maxsize=1)
@@ -198,9 +206,43 @@ def _validate_diary(batch, c: Checker, options, known, result, state) -> pd.Data
         out[col] = c.boolean(col)
     for col in DIARY_TAGS:
         out[col] = c.tags(col)
+    signs = [col for col in frame.columns if col not in _DIARY_KNOWN and snake(col) in WARNING_SIGN_COLUMNS]
+    if signs:
+        out["symptoms"] = _warning_sign_columns(frame, c, state, signs, out["symptoms"])
     out["notes"] = c.text("notes")
-    out["custom"] = _custom_factors(frame, c, state, exclude=state.get("date_parts", set()))
+    out["custom"] = _custom_factors(frame, c, state, exclude=state.get("date_parts", set()) | set(signs))
     return out
+
+
+def _warning_sign_columns(frame: pd.DataFrame, c: Checker, state: dict, signs: list[str],
+                          symptoms: pd.Series) -> pd.Series:
+    """Columns such as ``yawning`` (yes/no, or a score: above 0 is felt) added to the day's symptom tags. A day
+    the column says no keeps the symptoms it has; it is a known empty list only when the file has no
+    symptoms column (then the columns are the only symptoms it records)."""
+    if "sign_notes" not in state:
+        state["sign_notes"] = True
+        state.setdefault("notes", []).extend(
+            f"column {col!r} is a warning sign: recorded as symptom {snake(col)!r} (factor "
+            f"'symptom:{snake(col)}'), which precedes attacks but is never called a trigger" for col in signs)
+    felt = pd.Series([""] * len(frame), index=frame.index, dtype=object)
+    said = np.zeros(len(frame), dtype=bool)
+    for col in signs:
+        s = c.text(col)
+        v = pd.to_numeric(s, errors="coerce").astype(float).fillna(
+            s.astype("string").str.lower().map(_BOOL_WORDS, na_action="ignore").astype(float))
+        bad = (s.notna() & ~np.isfinite(v)).to_numpy()
+        c.add(bad, (col + "=" + s[bad].map(repr) + " is not yes/no or a number").reindex(s.index).to_numpy())
+        yes = (v > 0).to_numpy()
+        felt[yes] = felt[yes] + ";" + snake(col)
+        said |= np.isfinite(v).to_numpy()
+    merged = (symptoms.fillna("").astype(str) + felt).str.strip(";")
+    twice = felt.ne("").to_numpy() & symptoms.notna().to_numpy()  # also tagged in the symptoms column
+    merged[twice] = merged[twice].map(lambda t: ";".join(dict.fromkeys(t.split(";"))))
+    known = symptoms.notna().to_numpy() | (said if "symptoms" not in frame.columns else felt.ne("").to_numpy())
+    return merged.where(known, None)
+
+
+_BOOL_WORDS = {"true": 1.0, "yes": 1.0, "y": 1.0, "false": 0.0, "no": 0.0, "n": 0.0}
 
 
 def _custom_factors(frame: pd.DataFrame, c: Checker, state: dict, exclude: set[str]) -> pd.Series:
