@@ -312,6 +312,22 @@ def test_ranking_page_escapes_and_links(tmp_path):
     assert "14 migraine days in the last 30, up from 6" in visible_text(html) and CHINESE in html
 
 
+def test_ranking_page_says_the_treatment_response_in_words():
+    """The column printed the response's dict ({'treatment': 'ketamine_infusion', ... 'responder': True})."""
+    helped = {"treatment": "ketamine_infusion", "date": "2026-07-11", "migraine_days_per_30_before": 7.2,
+              "migraine_days_per_30_after": 0.3, "responder": True, "caveat": None, "sessions": 1}
+    not_yet = {**helped, "migraine_days_per_30_after": None, "responder": None, "caveat": "only 12 days since"}
+    rows = [{"patient_id": "p1", "rank": 1, "latest_treatment_response": helped, "reasons": []},
+            {"patient_id": "p2", "rank": 2, "latest_treatment_response": not_yet, "reasons": []}]
+    full = [{**dict.fromkeys(reports.CSV_COLUMNS), **r} for r in rows]
+    for html in (reports.render_ranking_html(rows), reports.render_ranking_html(full)):  # template, fast path
+        text = visible_text(html)
+        assert "ketamine infusion from 2026-07-11: 7.2 to 0.3 migraine days per 30, helped" in text
+        assert "ketamine infusion from 2026-07-11: 7.2 to ? migraine days per 30, too early to tell " \
+               "(only 12 days since)" in text
+        assert "responder" not in text and "{" not in text
+
+
 def test_ranking_csv_is_a_safe_spreadsheet():
     rows = [{"patient_id": "=HYPERLINK(1)", "rank": 1, "top_triggers": ["a", "b"], "chronic_migraine": True,
              "reasons": ["one", "two"], "risk_next_day": 0.25}]

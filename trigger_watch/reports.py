@@ -464,6 +464,22 @@ def _words(v: Any) -> str:
     return str(v or "").replace("_", " ")
 
 
+def treatment_response_text(t: dict | None) -> str | None:
+    """A ranking row's latest treatment response in words: "ketamine infusion from 2026-07-11: 7.2 to 0.3
+    migraine days per 30, helped" (the table printed the dict itself)."""
+    if not t or not isinstance(t, dict):
+        return t or None
+
+    def num(x) -> str:
+        return "?" if x is None else f"{x:g}"
+
+    verdict = {True: "helped", False: "has not helped"}.get(t.get("responder"), "too early to tell")
+    text = (f"{_words(str(t.get('treatment') or 'treatment'))} from {t.get('date')}: "
+            f"{num(t.get('migraine_days_per_30_before'))} to {num(t.get('migraine_days_per_30_after'))} migraine "
+            f"days per 30, {verdict}")
+    return f"{text} ({t['caveat']})" if t.get("caveat") else text
+
+
 def _env(autoescape: bool) -> jinja2.Environment:
     env = _Environment(
         loader=jinja2.PackageLoader("trigger_watch", "templates"),
@@ -471,7 +487,7 @@ def _env(autoescape: bool) -> jinja2.Environment:
         finalize=None if autoescape else md_escape,
     )
     env.filters.update(fmt=_fmt_html if autoescape else _fmt, pct=percent, long_date=long_date,
-                       verdict_colour=_verdict_colour, words=_words)
+                       verdict_colour=_verdict_colour, words=_words, response=treatment_response_text)
     env.globals["DASH"] = DASH if autoescape else "\u2013"
     return env
 
@@ -693,7 +709,7 @@ def ranking_table_rows(rows: list[dict]) -> Markup | None:
             f'  <td class="text triggers">{"<br>".join(_html(x) for x in (r["top_triggers"] or []))}</td>\n'
             f'  <td class="num">{_cell(r["days_logged_last_30"])}</td>\n'
             f'  <td>{_html(r["last_entry"]) if r["last_entry"] else dash}</td>\n'
-            f'  <td>{_html(r["latest_treatment_response"]) if r["latest_treatment_response"] else dash}</td>\n'
+            f'  <td class="text">{_html(treatment_response_text(r["latest_treatment_response"]) or "") or dash}</td>\n'
             f'  <td class="text reasons">{"<ul>" + reasons + "</ul>" if reasons else ""}</td>\n'
             "</tr>\n")
     return Markup("".join(out))
