@@ -225,9 +225,15 @@ def test_daemon_runs_scheduled_jobs_and_stops_on_sigterm(ws):
         time.sleep(0.5)
         with sqlite3.connect(db_path) as con:
             kinds = {r[0] for r in con.execute("SELECT kind FROM runs WHERE id > 1 AND status != 'running'")}
+    second = subprocess.run([sys.executable, "-m", "trigger_watch", "daemon"], cwd=ws, env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert {"cycle", "weather"} <= kinds, err
+    # one daemon per database: the second would have run every job twice
+    assert second.returncode == 1
+    assert f"another trigger-watch daemon is running (pid {proc.pid} on" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
     assert proc.returncode == 0, err
     assert "stopped cleanly" in err
     there = {started, datetime.now(ZoneInfo("Pacific/Kiritimati")).date()}  # two if 0:00 passed meanwhile

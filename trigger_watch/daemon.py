@@ -62,19 +62,21 @@ storage.register_patient_table("patient_state")
 
 #: what a lease's holder is doing, in the message another process gets
 _HOLDERS = {"cycle": "cycle", "weather": "weather fetch", "analyze": "analysis (trigger-watch analyze)",
-            "forget": "erasure (trigger-watch forget)"}
+            "forget": "erasure (trigger-watch forget)", "daemon": "daemon"}
 
 
 class Lease:
-    """An exclusive, crash-safe lock on ``<database>.lock`` (``flock``; released when the process dies)."""
+    """An exclusive, crash-safe lock on ``<database>.lock`` (``flock``; released when the process dies).
+    ``suffix=".daemon.lock"``: the lock a running daemon holds for as long as it runs."""
 
-    def __init__(self, database: Path, what: str = "cycle"):
-        self.path = Path(str(database) + ".lock")
+    def __init__(self, database: Path, what: str = "cycle", suffix: str = ".lock"):
+        self.path = Path(str(database) + suffix)
         self.what = what  # what holds it, for the message another process gets ("cycle", "analyze", ...)
         self._fh = None
 
     def acquire(self, wait_seconds: float = 0.0, poll: float = 0.2,
-                busy: str = "it will pick up the same changes, or run again later") -> "Lease":
+                busy: str = "it will pick up the same changes, or run again later",
+                hint: str = " (--wait SECONDS waits for it)") -> "Lease":
         """Take the lease, waiting up to ``wait_seconds`` for its holder; else :class:`CycleBusy`, whose
         message says who holds it and then ``busy`` (what the caller should do)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,8 +93,7 @@ class Lease:
                     what = _HOLDERS.get(holder.get("what", "cycle"), holder.get("what"))
                     who = f" (pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')})" \
                         if holder else ""
-                    raise CycleBusy(f"another trigger-watch {what} is running{who}; {busy} "
-                                    "(--wait SECONDS waits for it)") from None
+                    raise CycleBusy(f"another trigger-watch {what} is running{who}; {busy}{hint}") from None
                 time.sleep(poll)
         fh.seek(0)
         fh.truncate()
@@ -338,6 +339,9 @@ def serve(config, *, open_db: Callable[[], sqlite_utils.Database], log: Callable
 
     from apscheduler.schedulers.blocking import BlockingScheduler
 
+    # one daemon per database: a second would run every job twice (held until this process ends)
+    running = Lease(config.database, "daemon", suffix=".daemon.lock").acquire(
+        busy="stop it before starting another", hint="")
     stop = threading.Event()
     busy = threading.Lock()
     tz = config["schedule.timezone"]
@@ -387,6 +391,7 @@ def serve(config, *, open_db: Callable[[], sqlite_utils.Database], log: Callable
     with busy:
         pass
     log("daemon stopped cleanly")
+    running.release()
     return 0
 
 
