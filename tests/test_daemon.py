@@ -225,9 +225,11 @@ def test_daemon_runs_scheduled_jobs_and_stops_on_sigterm(ws):
         time.sleep(0.5)
         with sqlite3.connect(db_path) as con:
             kinds = {r[0] for r in con.execute("SELECT kind FROM runs WHERE id > 1 AND status != 'running'")}
-    second = subprocess.run([sys.executable, "-m", "trigger_watch", "daemon"], cwd=ws, env=env,
-                            capture_output=True, text=True, timeout=60, check=False)
-    proc.send_signal(signal.SIGTERM)
+    try:
+        second = subprocess.run([sys.executable, "-m", "trigger_watch", "daemon"], cwd=ws, env=env,
+                                capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert {"cycle", "weather"} <= kinds, err
     # one daemon per database: the second would have run every job twice
