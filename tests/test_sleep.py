@@ -355,3 +355,97 @@ def test_real_fitabase(db):
     assert n["patient_id"].nunique() == 24 and len(n) == 410
     first = n[(n.patient_id == "1503960366") & (n.date == pd.Timestamp("2016-04-12"))].iloc[0]
     assert (first.sleep_hours * 60, first.time_in_bed_hours * 60) == (pytest.approx(327), pytest.approx(346))
+
+
+# ------------------------------------------------------------------------------ a bad record changes nothing stored
+
+def _stored(db) -> list[dict]:
+    return list(db.query("SELECT * FROM sleep_periods ORDER BY patient_id, source, period_key"))
+
+
+@dataclass
+class BadNumber:
+    fmt: str
+    file: str
+    good: str      # text in the fixture ...
+    bad: str       # ... replaced by this
+    reason: str
+    line: int
+    patient: str | None = "p1"
+    extra: dict = field(default_factory=dict)
+
+
+BAD_NUMBERS = [
+    BadNumber("fitabase", "sleepDay_merged.csv", "AM,1,420,480", "AM,1,abc,480",
+              "TotalMinutesAsleep='abc' is not a number", 2, patient=None,
+              extra={"id_map": str(FIXTURES / "fitabase_id_map.csv")}),
+    BadNumber("fitbit", "fitbit_webapi.json", '"minutesAsleep": 420', '"minutesAsleep": "420x"',
+              "minutesAsleep='420x' is not a number", 1),
+    BadNumber("fitbit", "fitbit_webapi.json", '"minutesAsleep": 420', '"minutesAsleep": "inf"',
+              "minutesAsleep='inf' is not a finite number", 1),
+    BadNumber("oura", "oura_sleep.json", '"total_sleep_duration": 25200', '"total_sleep_duration": "7h"',
+              "total_sleep_duration='7h' is not a number", 1),
+    BadNumber("sleep-as-android", "sleep-export.csv", '"8.000","0.0","#fixture","10007","-1","-1.0","1","0.5","-60"',
+              '"abc","0.0","#fixture","10007","-1","-1.0","1","0.5","-60"', "Hours='abc' is not a number", 8),
+]
+
+
+@pytest.mark.parametrize("case", BAD_NUMBERS, ids=[f"{c.fmt}:{c.reason.split(' is')[0]}" for c in BAD_NUMBERS])
+def test_a_bad_number_is_quarantined_and_leaves_the_stored_period_alone(db, tmp_path, case):
+    opts = options(patient=case.patient, extra=case.extra)
+    import_file(db, "sleep", FIXTURES / case.file, opts, fmt=case.fmt)
+    before = _stored(db)
+    assert before and all(x["minutes_asleep"] > 0 for x in before)
+    text = (FIXTURES / case.file).read_text(encoding="utf-8")
+    assert text.count(case.good) == 1
+    bad = tmp_path / case.file
+    bad.write_text(text.replace(case.good, case.bad), encoding="utf-8")
+    r = import_file(db, "sleep", bad, opts, fmt=case.fmt)
+    assert (r.accepted, r.replaced, r.quarantined) == (0, 0, 2)  # the fixture's own bad record + this one
+    assert _stored(db) == before
+    rejects = list(db.query("SELECT line, reason FROM rejects WHERE file = ?", [str(bad)]))
+    assert [(x["line"], case.reason) for x in rejects if case.reason in x["reason"]] == [(case.line, case.reason)]
+
+
+def test_an_empty_number_is_unknown_not_a_reject(db, tmp_path):
+    f = tmp_path / "fitbit.json"
+    f.write_text(json.dumps([{"startTime": "2025-03-10T23:00:00.000", "endTime": "2025-03-11T07:00:00.000",
+                              "minutesAsleep": None, "timeInBed": ""}]))
+    r = import_file(db, "sleep", f, options(patient="p1"), fmt="fitbit")
+    assert (r.accepted, r.quarantined) == (1, 0)
+    assert db.execute("SELECT minutes_asleep, time_in_bed_minutes FROM sleep_periods").fetchone() == (None, 480.0)
+
+
+def _apple_export(asleep_value: str) -> str:
+    """Night 1: Asleep 22:00-08:00 (600 min) + InBed 08:30-08:50; night 2: InBed 23:00-07:00. UTC times."""
+    rec = ('<Record type="HKCategoryTypeIdentifierSleepAnalysis" sourceName="{src}" startDate="{s} +0000" '
+           'endDate="{e} +0000" value="HKCategoryValueSleepAnalysis{v}">')
+    return "\n".join([
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        '<HealthData locale="en_US">',
+        ' <ExportDate value="2025-03-20 10:00:00 +0000"/>',
+        " " + rec.format(src="Health", s="2025-03-09 22:00:00", e="2025-03-10 08:00:00", v=asleep_value),  # line 4
+        '  <MetadataEntry key="HKWasUserEntered" value="1"/>',
+        " </Record>",
+        " " + rec.format(src="Clock", s="2025-03-10 08:30:00", e="2025-03-10 08:50:00", v="InBed") + "</Record>",
+        " " + rec.format(src="Clock", s="2025-03-11 23:00:00", e="2025-03-12 07:00:00", v="InBed") + "</Record>",
+        "</HealthData>", ""])
+
+
+def test_apple_a_bad_record_quarantines_its_whole_night(db, tmp_path):
+    good, bad = tmp_path / "good.xml", tmp_path / "bad.xml"
+    good.write_text(_apple_export("Asleep"))
+    bad.write_text(_apple_export("Sleeping"))
+    r = import_file(db, "sleep", good, options(patient="p1"), fmt="apple-health")
+    assert (r.accepted, r.quarantined) == (2, 0)
+    before = _stored(db)
+    assert [(x["minutes_asleep"], x["time_in_bed_minutes"]) for x in before] == [(600.0, 620.0), (None, 480.0)]
+    r = import_file(db, "sleep", bad, options(patient="p1"), fmt="apple-health")
+    assert (r.accepted, r.replaced, r.unchanged, r.quarantined) == (0, 0, 1, 2)
+    assert _stored(db) == before
+    rejects = {x["line"]: x for x in db.query("SELECT line, reason, raw FROM rejects WHERE file = ?", [str(bad)])}
+    assert sorted(rejects) == [4, 7]
+    assert "value='HKCategoryValueSleepAnalysisSleeping' is not a known" in rejects[4]["reason"]
+    assert rejects[7]["reason"].startswith("another record of this night is malformed: sleep record #1")
+    assert 'startDate="2025-03-10 08:30:00 +0000"' in rejects[7]["raw"]
+    assert 'HKWasUserEntered' in rejects[4]["raw"]

@@ -32,6 +32,7 @@ from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
+from xml.parsers import expat
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -111,14 +112,22 @@ def to_local(utc: datetime, tz: str) -> datetime:
     return utc.astimezone(zone(tz)).replace(tzinfo=None)
 
 
-def _num(v: Any) -> float | None:
-    if v is None or isinstance(v, bool):
+def _num(v: Any, name: str, why: list[str]) -> float | None:
+    """``v`` as a float; None when missing or empty (unknown). A value that is present but not a finite number
+    is None too and appends a reason naming ``name`` and the value to ``why`` (the record is then quarantined)."""
+    if v is None or (isinstance(v, str) and not v.strip()):
         return None
     try:
+        if isinstance(v, bool):
+            raise TypeError
         x = float(v)
     except (TypeError, ValueError):
+        why.append(f"{name}={v!r} is not a number")
         return None
-    return x if np.isfinite(x) else None
+    if not np.isfinite(x):
+        why.append(f"{name}={v!r} is not a finite number")
+        return None
+    return x
 
 
 def _load_json(path: Path) -> Any:
@@ -174,13 +183,18 @@ def parse_fitbit(path: Path, *, patient: str, tz: str) -> pd.DataFrame:
         start_l, end_l = start_l.replace(tzinfo=None), end_l.replace(tzinfo=None)
         levels = rec.get("levels") if isinstance(rec.get("levels"), dict) else {}
         summary = levels.get("summary") if isinstance(levels.get("summary"), dict) else {}
-        wake = summary.get("wake") or summary.get("awake") or {}
-        awakenings = _num(rec.get("awakeningsCount"))
+        wake_key = "wake" if summary.get("wake") else "awake"
+        wake = summary.get(wake_key) or {}
+        why: list[str] = []
+        awakenings = _num(rec.get("awakeningsCount"), "awakeningsCount", why)
         if awakenings is None and isinstance(wake, dict):
-            awakenings = _num(wake.get("count"))
+            awakenings = _num(wake.get("count"), f"levels.summary.{wake_key}.count", why)
         row.update(start=localize(start_l, tz), end=localize(end_l, tz), start_local=start_l, end_local=end_l,
-                   minutes_asleep=_num(rec.get("minutesAsleep")), time_in_bed_minutes=_num(rec.get("timeInBed")),
-                   device_efficiency=_num(rec.get("efficiency")), awakenings=awakenings)
+                   minutes_asleep=_num(rec.get("minutesAsleep"), "minutesAsleep", why),
+                   time_in_bed_minutes=_num(rec.get("timeInBed"), "timeInBed", why),
+                   device_efficiency=_num(rec.get("efficiency"), "efficiency", why), awakenings=awakenings)
+        if why:
+            row["reason"] = "; ".join(why)
         rows.append(row)
     return period_frame(rows)
 
@@ -223,7 +237,8 @@ def parse_fitabase(path: Path, *, patient: str | None, id_map: dict[str, str]) -
     """
     with _open_csv(path) as fh:
         reader = csv.reader(fh)
-        header = [h.strip().lower() for h in next(reader, [])]
+        names = [h.strip() for h in next(reader, [])]
+        header = [h.lower() for h in names]
         need = ["id", "sleepday", "totalminutesasleep", "totaltimeinbed"]
         if any(n not in header for n in need):
             raise InputFileError(f"{path.name} is not a Fitabase sleepDay file: it needs the columns "
@@ -243,16 +258,19 @@ def parse_fitabase(path: Path, *, patient: str | None, id_map: dict[str, str]) -
                 continue
             fid = rec[col["id"]].strip()
             row["patient_id"] = id_map.get(fid) if id_map else (patient or fid)
+            why: list[str] = []
             if id_map and fid not in id_map:
-                row["reason"] = (f"Fitabase Id {fid} is not in the id map; add a line '{fid},<patient_id>' to it")
+                why.append(f"Fitabase Id {fid} is not in the id map; add a line '{fid},<patient_id>' to it")
             day_text = rec[col["sleepday"]].strip()
             try:
                 day = datetime.strptime(day_text.split(" ")[0], "%m/%d/%Y").date()
                 row["night"] = day.isoformat()
             except ValueError:
-                row["reason"] = f"SleepDay={day_text!r} is not a date like 4/12/2016 12:00:00 AM"
-            row["minutes_asleep"] = _num(rec[col["totalminutesasleep"]])
-            row["time_in_bed_minutes"] = _num(rec[col["totaltimeinbed"]])
+                why.append(f"SleepDay={day_text!r} is not a date like 4/12/2016 12:00:00 AM")
+            for key, out in (("totalminutesasleep", "minutes_asleep"), ("totaltimeinbed", "time_in_bed_minutes")):
+                row[out] = _num(rec[col[key]].strip(), names[col[key]], why)
+            if why:
+                row["reason"] = "; ".join(why)
             row["_fid"] = fid
             rows.append(row)
     if patient and not id_map:
@@ -305,14 +323,17 @@ def parse_oura(path: Path, *, patient: str) -> pd.DataFrame:
             row["reason"] = (f"bedtime_start={rec.get('bedtime_start')!r} / bedtime_end={rec.get('bedtime_end')!r} "
                              f"are not ISO date-times with an offset")
             continue
-        asleep = _num(rec.get("total_sleep_duration"))
-        in_bed = _num(rec.get("time_in_bed"))
+        why: list[str] = []
+        asleep = _num(rec.get("total_sleep_duration"), "total_sleep_duration", why)
+        in_bed = _num(rec.get("time_in_bed"), "time_in_bed", why)
         row.update(start=s.astimezone(UTC), end=e.astimezone(UTC),
                    start_local=s.replace(tzinfo=None), end_local=e.replace(tzinfo=None),
                    minutes_asleep=None if asleep is None else asleep / 60,
                    time_in_bed_minutes=None if in_bed is None else in_bed / 60,
-                   device_efficiency=_num(rec.get("efficiency")),
+                   device_efficiency=_num(rec.get("efficiency"), "efficiency", why),
                    awakenings=_awake_runs(rec.get("sleep_phase_5_min"), awake="4"))
+        if why:
+            row["reason"] = "; ".join(why)
     return period_frame(rows)
 
 
@@ -369,12 +390,15 @@ def _saa_record(header: list[str], rec: list[str], line: int, patient: str) -> d
         row["reason"] = (f"Tz={tz!r}, From={named.get('From')!r}, To={named.get('To')!r}: expected an IANA zone and "
                          f"times like '14. 07. 2020 4:46'")
         return row
-    ident = _num(named.get("Id"))
+    why: list[str] = []
+    ident, hours, adjust = (_num(named.get(k), k, why) for k in ("Id", "Hours", "LenAdjust"))
+    if why:
+        row["reason"] = "; ".join(why)
+        return row
     start = (datetime.fromtimestamp(ident / 1000, UTC).replace(microsecond=0) if ident
              else localize(f, tz))
-    hours = _num(named.get("Hours"))
     end = start + timedelta(seconds=round(hours * 3600)) if hours is not None and hours >= 0 else localize(t, tz)
-    adjust = _num(named.get("LenAdjust")) or 0.0
+    adjust = adjust or 0.0
     in_bed = (end - start).total_seconds() / 60
     asleep = in_bed + adjust if -in_bed < adjust <= 0 else in_bed
     events = [c.split("-", 1)[0] for c in rec[15:] if c[:1].isalpha() and "-" in c]
@@ -388,7 +412,7 @@ def _saa_record(header: list[str], rec: list[str], line: int, patient: str) -> d
 # ------------------------------------------------------------------------------------------ Apple Health
 
 APPLE_SLEEP = "HKCategoryTypeIdentifierSleepAnalysis"
-_IN_BED, _ASLEEP, _AWAKE, _STAGE = 0, 1, 2, 3
+_BAD, _IN_BED, _ASLEEP, _AWAKE, _STAGE = -1, 0, 1, 2, 3  # _BAD: where a malformed record lies
 _APPLE_VALUES = {"HKCategoryValueSleepAnalysisInBed": _IN_BED, "0": _IN_BED,
                  "HKCategoryValueSleepAnalysisAsleep": _ASLEEP, "HKCategoryValueSleepAnalysisAsleepUnspecified": _ASLEEP,
                  "1": _ASLEEP,
@@ -397,38 +421,94 @@ _APPLE_VALUES = {"HKCategoryValueSleepAnalysisInBed": _IN_BED, "0": _IN_BED,
                  "HKCategoryValueSleepAnalysisAsleepREM": _STAGE, "3": _STAGE, "4": _STAGE, "5": _STAGE}
 
 
-def _apple_instant(text: str) -> int:
-    """``2019-06-15 08:13:44 -0400`` -> epoch seconds (raises ValueError)."""
-    return int(datetime.strptime(text.strip(), "%Y-%m-%d %H:%M:%S %z").timestamp())
-
-
-def iter_apple_sleep_records(path: Path) -> Iterator[tuple[ET.Element | None, str | None]]:
-    """Stream ``export.xml``: yield every sleep ``Record`` element (valid only until the next one) and clear
-    everything else as it goes, so memory stays flat for files of any size."""
+def _apple_instant(text: str | None) -> int | None:
+    """``2019-06-15 08:13:44 -0400`` -> epoch seconds; None when missing or not in that form."""
     try:
-        context = ET.iterparse(str(path), events=("start", "end"))
-        root = None
-        count = 0
-        for event, elem in context:
-            if root is None:
-                root = elem
-                if elem.tag != "HealthData":
-                    raise InputFileError(f"{path.name} is not an Apple Health export.xml (root <{elem.tag}>, "
-                                         f"expected <HealthData>)")
-                continue
-            if event != "end":
-                continue
-            if elem.tag == "Record":
-                if elem.get("type") == APPLE_SLEEP:
-                    yield elem, None
-                count += 1
-                if count % 2000 == 0:
-                    root.clear()
-            elif elem.tag in ("Workout", "ActivitySummary", "Correlation", "ClinicalRecord", "Audiogram",
-                              "VisionPrescription", "ExportDate", "Me"):
-                root.clear()
-    except ET.ParseError as exc:
-        raise InputFileError(f"{path.name} is not well-formed XML ({exc}); export it from the Health app again") from None
+        return int(datetime.strptime((text or "").strip(), "%Y-%m-%d %H:%M:%S %z").timestamp())
+    except ValueError:
+        return None
+
+
+_NP_TYPES = {"q": np.int64, "h": np.int16, "b": np.int8}
+AppleRecord = tuple[int, dict[str, str], list[dict[str, str]]]
+
+
+def iter_apple_sleep_records(path: Path) -> Iterator[AppleRecord]:
+    """Stream ``export.xml`` through expat: yield ``(line, attributes, metadata entries)`` of every sleep
+    ``Record`` (line: where its start tag is). Nothing else is kept, so memory stays flat for files of any size."""
+    parser = expat.ParserCreate()
+    done: list[AppleRecord] = []
+    current: list[Any] = []  # the open sleep record: [line, attributes, metadata]
+    seen_root = False
+
+    def start(tag: str, attrs: dict[str, str]) -> None:
+        nonlocal seen_root
+        if tag == "MetadataEntry":
+            if current:
+                current[2].append(attrs)
+        elif not seen_root:
+            if tag != "HealthData":
+                raise InputFileError(f"{path.name} is not an Apple Health export.xml (root <{tag}>, "
+                                     f"expected <HealthData>)")
+            seen_root = True
+        elif tag == "Record" and attrs.get("type") == APPLE_SLEEP:
+            current[:] = [parser.CurrentLineNumber, attrs, []]
+
+    def end(tag: str) -> None:
+        if tag == "Record" and current:
+            done.append((current[0], current[1], current[2]))
+            current.clear()
+
+    parser.StartElementHandler, parser.EndElementHandler = start, end
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot be read ({exc.strerror})") from None
+    with fh:
+        try:
+            while chunk := fh.read(1 << 16):
+                parser.Parse(chunk, False)
+                yield from done
+                done.clear()
+            parser.Parse(b"", True)
+        except expat.ExpatError as exc:
+            raise InputFileError(f"{path.name} is not well-formed XML ({exc}); export it from the Health app "
+                                 f"again") from None
+    yield from done
+
+
+def _apple_raw(attrs: dict[str, str], meta: list[dict[str, str]]) -> str:
+    """A record as XML again, for a quarantined row."""
+    elem = ET.Element("Record", attrs)
+    for m in meta:
+        ET.SubElement(elem, "MetadataEntry", m)
+    return ET.tostring(elem, encoding="unicode")[:2000]
+
+
+def _apple_problem(n: int, attrs: dict[str, str], kind: int | None, s: int | None, e: int | None) -> str | None:
+    sd, ed = attrs.get("startDate"), attrs.get("endDate")
+    if kind is None:
+        return f"sleep record #{n}: value={attrs.get('value', '')!r} is not a known HKCategoryValueSleepAnalysis value"
+    if s is None or e is None:
+        return f"sleep record #{n}: startDate={sd!r} / endDate={ed!r} are not like '2019-06-15 08:13:44 -0400'"
+    if e < s:
+        return f"sleep record #{n}: endDate {ed} is before startDate {sd}"
+    if e - s > 24 * 3600:
+        return f"sleep record #{n}: {sd} to {ed} is longer than 24 h"
+    return None
+
+
+def _bad_anchors(attrs: dict[str, str], s: int | None, e: int | None) -> list[tuple[int, int]]:
+    """Where a malformed record lies, as intervals, so the night it belongs to is quarantined with it: its span
+    when both dates read and are at most 24 h apart, else each date that reads (``creationDate`` when neither
+    does); none when no date reads."""
+    if s is not None and e is not None and abs(e - s) <= 24 * 3600:
+        return [(min(s, e), max(s, e))]
+    points = [x for x in (s, e) if x is not None]
+    if not points:
+        c = _apple_instant(attrs.get("creationDate"))
+        points = [] if c is None else [c]
+    return [(x, x) for x in points]
 
 
 def parse_apple_health(path: Path, *, patient: str, tz: str,
@@ -438,53 +518,57 @@ def parse_apple_health(path: Path, *, patient: str, tz: str,
     All sources are merged: the records whose intervals (in bed, asleep, awake, stages) lie closer than
     ``gap_minutes`` form one period; its time in bed is the union of all of them, its minutes asleep the union of
     the asleep-type ones (so a Watch and a phone app covering the same night count once), awakenings the gaps
-    between asleep intervals (known only when the period has Awake or stage records). Bad records are rows
-    with a ``reason`` of their own.
+    between asleep intervals (known only when the period has Awake or stage records). A malformed record is a
+    row with a reason of its own, and every other record of its period is quarantined with it (the period
+    without it would replace a stored good one); rows carry the record's XML line.
     """
     starts, ends = array("q"), array("q")
     kinds, zones_ix, srcs = array("b"), array("h"), array("h")
+    refs, lines = array("q"), array("q")  # record number (good) or index into ``bad`` (_BAD); XML line
     zone_names: dict[str, int] = {}
     source_names: dict[str, int] = {}
     bad: list[dict] = []
-    n = 0
-    for elem, _ in iter_apple_sleep_records(path):
-        n += 1
-        value = elem.get("value", "")
-        kind = _APPLE_VALUES.get(value)
-        try:
-            s, e = _apple_instant(elem.get("startDate", "")), _apple_instant(elem.get("endDate", ""))
-        except ValueError:
-            s = e = None
-        reason = None
-        if kind is None:
-            reason = f"sleep record #{n}: value={value!r} is not a known HKCategoryValueSleepAnalysis value"
-        elif s is None:
-            reason = (f"sleep record #{n}: startDate={elem.get('startDate')!r} / endDate={elem.get('endDate')!r} are "
-                      f"not like '2019-06-15 08:13:44 -0400'")
-        elif e < s:
-            reason = (f"sleep record #{n}: endDate {elem.get('endDate')} is before startDate {elem.get('startDate')}")
-        elif e - s > 24 * 3600:
-            reason = (f"sleep record #{n}: {elem.get('startDate')} to {elem.get('endDate')} is longer than 24 h")
+    for n, (line, attrs, meta) in enumerate(iter_apple_sleep_records(path), start=1):
+        kind = _APPLE_VALUES.get(attrs.get("value", ""))
+        s, e = _apple_instant(attrs.get("startDate")), _apple_instant(attrs.get("endDate"))
+        reason = _apple_problem(n, attrs, kind, s, e)
         if reason:
-            bad.append({"line": None, "patient_id": patient, "source": "apple-health", "reason": reason,
-                        "raw": ET.tostring(elem, encoding="unicode")[:2000]})
+            for a, b in _bad_anchors(attrs, s, e):
+                starts.append(a)
+                ends.append(b)
+                kinds.append(_BAD)
+                zones_ix.append(-1)
+                srcs.append(-1)
+                refs.append(len(bad))
+                lines.append(line)
+            bad.append({"line": line, "patient_id": patient, "source": "apple-health", "reason": reason,
+                        "raw": _apple_raw(attrs, meta)})
             continue
         tzname = None
-        for meta in elem.iter("MetadataEntry"):
-            if meta.get("key") == "HKTimeZone":
-                tzname = meta.get("value")
+        for m in meta:
+            if m.get("key") == "HKTimeZone":
+                tzname = m.get("value")
         starts.append(s)
         ends.append(e)
         kinds.append(kind)
         zones_ix.append(zone_names.setdefault(tzname, len(zone_names)) if tzname else -1)
-        srcs.append(source_names.setdefault(elem.get("sourceName") or "?", len(source_names)))
-    periods = _merge_apple(np.frombuffer(starts, dtype=np.int64), np.frombuffer(ends, dtype=np.int64),
-                           np.frombuffer(kinds, dtype=np.int8), np.frombuffer(zones_ix, dtype=np.int16),
-                           np.frombuffer(srcs, dtype=np.int16), gap_minutes)
+        srcs.append(source_names.setdefault(attrs.get("sourceName") or "?", len(source_names)))
+        refs.append(n)
+        lines.append(line)
+    periods = _merge_apple(*(np.frombuffer(a, dtype=_NP_TYPES[a.typecode])
+                             for a in (starts, ends, kinds, zones_ix, srcs, refs, lines)), gap_minutes)
     names_by_ix = {i: z for z, i in zone_names.items()}
     sources_by_ix = {i: s for s, i in source_names.items()}
     rows = []
+    tainted: dict[int, str] = {}  # record number -> why its good record is quarantined
     for p in periods:
+        if p["bad"]:
+            first = bad[p["bad"][0]]
+            why = f"another record of this night is malformed: {first['reason']} (line {first['line']})"
+            if len(p["bad"]) > 1:
+                why += f"; and {len(p['bad']) - 1} more"
+            tainted.update(dict.fromkeys(p["good"], why))
+            continue
         ztz = names_by_ix.get(p["zone"], tz) if p["zone"] >= 0 else tz
         try:
             zone(ztz)
@@ -492,14 +576,19 @@ def parse_apple_health(path: Path, *, patient: str, tz: str,
             ztz = tz
         s = datetime.fromtimestamp(p["start"], UTC)
         e = datetime.fromtimestamp(p["end"], UTC)
-        rows.append({"line": None, "patient_id": patient, "source": "apple-health", "start": s, "end": e,
+        rows.append({"line": p["line"], "patient_id": patient, "source": "apple-health", "start": s, "end": e,
                      "start_local": to_local(s, ztz), "end_local": to_local(e, ztz),
                      "minutes_asleep": p["asleep"], "time_in_bed_minutes": p["in_bed"],
                      "awakenings": p["awakenings"],
                      "raw": json.dumps({"records": p["records"],
                                         "sources": sorted(sources_by_ix[i] for i in p["sources"]),
                                         "time_zone": ztz})})
-    return period_frame(rows + bad)
+    if tainted:  # read again for their XML: only when a night has a malformed record
+        for n, (line, attrs, meta) in enumerate(iter_apple_sleep_records(path), start=1):
+            if n in tainted:
+                bad.append({"line": line, "patient_id": patient, "source": "apple-health", "reason": tainted[n],
+                            "raw": _apple_raw(attrs, meta)})
+    return period_frame(rows + sorted(bad, key=lambda r: r["line"]))
 
 
 def _union_pieces(s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -515,12 +604,13 @@ def _union_pieces(s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def _merge_apple(s: np.ndarray, e: np.ndarray, kind: np.ndarray, zone_ix: np.ndarray, src: np.ndarray,
-                 gap_minutes: float) -> list[dict]:
-    """Group record intervals into periods (gaps < ``gap_minutes`` join) and measure unions per period."""
+                 ref: np.ndarray, line: np.ndarray, gap_minutes: float) -> list[dict]:
+    """Group record intervals into periods (gaps < ``gap_minutes`` join) and measure unions per period. A period
+    with a ``_BAD`` interval is not measured: it lists its good record numbers (``good``) and bad indexes (``bad``)."""
     if len(s) == 0:
         return []
     order = np.argsort(s, kind="stable")
-    s, e, kind, zone_ix, src = s[order], e[order], kind[order], zone_ix[order], src[order]
+    s, e, kind, zone_ix, src, ref, line = (a[order] for a in (s, e, kind, zone_ix, src, ref, line))
     run_end = np.maximum.accumulate(e)
     brk = np.ones(len(s), dtype=bool)
     brk[1:] = s[1:] > run_end[:-1] + gap_minutes * 60
@@ -528,12 +618,17 @@ def _merge_apple(s: np.ndarray, e: np.ndarray, kind: np.ndarray, zone_ix: np.nda
     out = []
     for a, b in pairwise(bounds):
         ps, pe, pk = s[a:b], e[a:b], kind[a:b]
+        is_bad = pk == _BAD
+        if is_bad.any():
+            out.append({"bad": sorted(set(ref[a:b][is_bad].tolist())), "good": ref[a:b][~is_bad].tolist()})
+            continue
         bs, be = _union_pieces(ps, pe)
         asleep_mask = (pk == _ASLEEP) | (pk == _STAGE)
         sleep_s, sleep_e = _union_pieces(ps[asleep_mask], pe[asleep_mask])
         has_detail = bool(((pk == _AWAKE) | (pk == _STAGE)).any())
         zi = zone_ix[a:b][zone_ix[a:b] >= 0]
         out.append({
+            "bad": [], "line": int(line[a:b].min()),
             "start": int(ps.min()), "end": int(pe.max()),
             "in_bed": float((be - bs).sum()) / 60,
             "asleep": float((sleep_e - sleep_s).sum()) / 60 if asleep_mask.any() else None,
