@@ -157,6 +157,25 @@ def test_the_design_blocks_files_are_gone_once_the_fit_is_done(serial, files, tm
     assert seen["reports"] == []
 
 
+def test_design_block_folders_a_killed_run_left_are_removed_by_the_next(tmp_path):
+    """A run killed during the fit leaves its .fit-* folder (~1 GB at 10,000 patients); the next run removes
+    those untouched for an hour, and never a younger one (a run going on beside it)."""
+    import os
+    import time
+
+    from trigger_watch import analysis
+
+    old, young, other = tmp_path / ".fit-old", tmp_path / ".fit-young", tmp_path / "analyses.joblib"
+    for folder in (old, young):
+        folder.mkdir()
+        (folder / "chunk-1.npy").write_bytes(b"x" * 100)
+    other.write_bytes(b"kept")
+    hour_ago = time.time() - 3700
+    os.utime(old, (hour_ago, hour_ago))
+    assert analysis.remove_stale_spills(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".fit-young", "analyses.joblib"]
+
+
 def _loaded(name: str) -> tuple[int, bool]:
     """A worker's pid and whether it has imported ``name`` (a task for the test below)."""
     import os

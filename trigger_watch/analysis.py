@@ -125,6 +125,7 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
         timings[f"read_and_reduce/{k}"] = 0.0
 
     Path(config.models_dir).mkdir(parents=True, exist_ok=True)
+    remove_stale_spills(config.models_dir)
     blocks: list[_Block] = []
     parts: list[models.Prepared] = []
     sizes = compute.chunks(ids, 1, size=int(config["compute.block_patients"]))
@@ -264,6 +265,24 @@ def _reports(db, config, ex, blocks, results, forecast_block, validation, *, as_
     else:  # in chunks, also in this process: two file-system syncs a chunk, not five a patient
         _reports_in_chunks(db, config, ex, blocks, parts_of, stop, progress, outcome,
                            summaries=getattr(results, "summaries", None))
+
+
+def remove_stale_spills(models_dir, older_than: float = 3600.0) -> int:
+    """Remove the design blocks' folders (``.fit-*``) that a killed run left in ``models_dir`` (~1 GB at 10,000
+    patients, kept for good otherwise). Only those untouched for ``older_than`` seconds: a run going on beside
+    this one (the cycle's lock keeps them apart; a library caller may not take it) is never in the way.
+    Returns how many were removed."""
+    import time
+
+    removed = 0
+    for folder in Path(models_dir).glob(".fit-*"):
+        try:
+            if folder.is_dir() and time.time() - folder.stat().st_mtime > older_than:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        except OSError:
+            pass
+    return removed
 
 
 def reduce_block(job) -> tuple[models.Prepared, _Block, dict[str, float]]:
