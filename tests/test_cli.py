@@ -26,6 +26,25 @@ def ws(tmp_path):
     return tmp_path
 
 
+def test_without_a_config_file_a_new_database_is_named_where_it_is_made(tmp_path):
+    """No --config, no TRIGGER_WATCH_CONFIG, no ./config.toml: the defaults make ./data/trigger_watch.db, and
+    a clinic that forgot --config would import into it without a word."""
+    env = {k: v for k, v in os.environ.items() if k != "TRIGGER_WATCH_CONFIG"}
+    (tmp_path / "p.csv").write_text("patient_id\nq1\n")
+
+    def run():
+        return subprocess.run([sys.executable, "-m", "trigger_watch", "import", "patients", "p.csv"], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=120, check=False)
+
+    first, second = run(), run()
+    assert first.returncode == second.returncode == 0
+    made = tmp_path / "data" / "trigger_watch.db"
+    assert made.exists()
+    assert f"no config file (--config, $TRIGGER_WATCH_CONFIG or ./config.toml): a new database is made at {made}" \
+        in first.stderr
+    assert "no config file" not in second.stderr  # said once, when it is made
+
+
 def test_init_is_safe_to_repeat_and_creates_folders(ws):
     again = tw(ws, "init")
     assert again.returncode == 0

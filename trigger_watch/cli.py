@@ -38,6 +38,9 @@ class App:
         if self._db is None:
             from trigger_watch import storage
 
+            if not Path(self.config.database).exists() and config_mod.find_config_path(self.config_path) is None:
+                click.echo(f"note: no config file (--config, ${config_mod.ENV_VAR} or ./config.toml): a new database "
+                           f"is made at {self.config.database}", err=True)
             self._db = storage.connect(self.config.database, busy_timeout_ms=self.config["storage.busy_timeout_ms"])
         return self._db
 
