@@ -193,6 +193,16 @@ def test_a_column_named_after_a_warning_sign_is_recorded_as_that_symptom(patient
     assert "yawning='maybe' is not yes/no or a number" in rej["reason"]
 
 
+def test_a_column_no_kind_but_the_diary_reads_is_named_not_dropped_silently(patients, write, do_import):
+    """inputs.md: a column is never silently ignored. An attacks file with 'intensty' imported '1 new' and
+    stored no intensity, without a word."""
+    result = do_import("attacks", write("a.csv", "patient_id,start,intensty,relief\np1,2026-03-01T08:00,7,\n"))
+    assert result.accepted == 1
+    assert rows(patients, "SELECT intensity FROM attacks") == [(None,)]
+    assert result.messages == [("column 'intensty' is not a column of attacks files and was not imported "
+                                "(did you mean 'intensity'? --rename 'intensty=intensity')")]
+
+
 def test_none_in_a_tag_column_is_a_known_empty_list(patients, write, do_import):
     text = HEADER + "p1,2026-03-01,,,,,none,\np1,2026-03-02,,,,,,\np1,2026-03-03,,,,,None; cheese,\n"
     do_import("diary", write("d.csv", text))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import lru_cache
 from pathlib import Path
 from zoneinfo import available_timezones
@@ -89,6 +89,14 @@ def _resolve_patients(db, checker: Checker, pid: pd.Series, options: ImportOptio
                     .reindex(pid.index).to_numpy())
 
 
+def _unused_note(col: str, read: Collection[str], kind: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(col, list(read), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}? --rename '{col}={close[0]}')" if close else f" (--skip {col!r} to silence this note)"
+    return f"column {col!r} is not a column of {kind} files and was not imported{hint}"
+
+
 def _import(db, path: Path, fmt: str | None, options: ImportOptions, kind: str,
             validate: Callable[[Batch, Checker, ImportOptions, dict, ImportResult, dict], pd.DataFrame],
             table: str, columns: list[str], key: list[str]) -> ImportResult:
@@ -108,6 +116,9 @@ def _import(db, path: Path, fmt: str | None, options: ImportOptions, kind: str,
                 continue
             checker = Checker(batch.frame)
             clean = validate(batch, checker, options, known, result, state)
+            if kind != "diary" and "unused" not in state:  # (the diary's own become custom factors)
+                state["unused"] = [c for c in batch.frame.columns if c not in checker.read]
+                state.setdefault("notes", []).extend(_unused_note(c, checker.read, kind) for c in state["unused"])
             if "patient_id" in clean.columns and kind != "patients":
                 _resolve_patients(db, checker, clean["patient_id"], options, known, result)
             bad = checker.bad

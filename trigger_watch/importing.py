@@ -394,6 +394,11 @@ class Checker:
         self._reasons[mask] = [m if c is None else f"{c}; {m}" for c, m in zip(current, msgs)]
 
     @property
+    def read(self) -> set[str]:
+        """The columns a validator has read (what is left of a row was not imported)."""
+        return set(self._text)
+
+    @property
     def bad(self) -> np.ndarray:
         return pd.notna(self._reasons)
 
