@@ -279,6 +279,8 @@ def test_validation_spreads_the_cohort_over_the_nights():
     # a missed slot: validated at the next run, whatever the night
     late = dict(stored, p00001={"cv_as_of": (day0 - timedelta(days=30)).isoformat()})
     assert "p00001" in analysis.validate_due(cfg, late, ids, day0 + timedelta(days=9), None)
+    # a back-test (--as-of months ago): validations made with later data are not reused, whatever the slot
+    assert analysis.validate_due(cfg, stored, ids, day0 - timedelta(days=120), None) == ids
     # forced, skipped, listed, turned off
     assert analysis.validate_due(cfg, stored, ids, day0 + timedelta(days=9), True) == ids
     assert analysis.validate_due(cfg, stored, ids, day0 + timedelta(days=9), False) == []

@@ -529,7 +529,7 @@ def validate_due(config, stored: dict, ids: list[str], as_of: date, validate) ->
     ``analysis.validation_every_days`` (7) nights, on the night of their :func:`validation_slot`, so each
     night validates about a seventh of the cohort instead of all of it once a week. A patient never validated
     is validated at once, and one whose stored validation is a full period old (a missed slot: the daemon was
-    down, or they had no new data that night) at their next run. ``validate`` True: all of them; False: none;
+    down, or they had no new data that night) at their next run, or newer than ``as_of`` (made with later data). ``validate`` True: all of them; False: none;
     a collection of patient ids: those of ``ids``. ``analysis.validation_origins = 0`` turns it off."""
     if validate is False or int(config["analysis.validation_origins"]) <= 0:
         return []
@@ -544,7 +544,8 @@ def validate_due(config, stored: dict, ids: list[str], as_of: date, validate) ->
 
     def due(p: str) -> bool:
         seen = stored.get(p, {}).get("cv_as_of", "")
-        return seen <= stale or (seen < today and validation_slot(p, every) == slot)
+        # made with data after as_of (a back-test, --as-of): used here, it would leak the days after it
+        return seen > today or seen <= stale or (seen < today and validation_slot(p, every) == slot)
 
     return [p for p in ids if due(p)]
 
