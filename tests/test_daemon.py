@@ -121,6 +121,21 @@ def test_a_patient_enrolled_with_no_records_yet_gets_a_report_and_the_cycle_goes
     assert daemon.run_cycle(db, cfg, today=TODAY, fetch=False).analysed == ["p00003"]
 
 
+def test_a_day_logged_after_the_day_analysed_through_is_analysed_when_the_cycles_reach_it(ws):
+    """A cycle analyses through yesterday: a row dated today (logged in the evening before a manual run, or a
+    patient ahead of the server's zone) is not used yet. Its change stayed marked as handled, so that row
+    reached no report until something else changed."""
+    cfg = cfg_of(ws)
+    db = storage.connect(cfg.database)
+    add_diary_row(db, ws, "p00003", TODAY.isoformat(), stress=9)
+    assert daemon.run_cycle(db, cfg, today=TODAY, fetch=False).analysed == ["p00003"]  # through yesterday
+    tomorrow = TODAY + timedelta(days=1)
+    assert daemon.run_cycle(db, cfg, today=tomorrow, fetch=False).analysed == ["p00003"]  # now it is used
+    doc = json.loads((cfg.reports_dir / "p00003" / "triggers.json").read_text())
+    assert doc["as_of"] == TODAY.isoformat() and doc["data"]["last_day"] == TODAY.isoformat()
+    assert daemon.run_cycle(db, cfg, today=tomorrow, fetch=False).analysed == []  # and then it is done
+
+
 def test_a_failing_patient_does_not_stop_the_others_and_is_retried(ws, monkeypatch):
     from trigger_watch import reports
 
