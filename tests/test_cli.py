@@ -45,6 +45,18 @@ def test_without_a_config_file_a_new_database_is_named_where_it_is_made(tmp_path
     assert "no config file" not in second.stderr  # said once, when it is made
 
 
+@pytest.mark.parametrize("args,message", [
+    (("diary", "x.csv", "--format", "xml"), "'xml' is not a format of diary files; use one of csv, json, ndjson"),
+    (("sleep", "x.csv", "--format", "garmin"), "use one of csv, json, ndjson, fitbit, fitabase, oura, apple-health"),
+    (("sleep", "x.csv", "--format", "fitbit"), "a fitbit export is one person's: say whose with --patient ID"),
+])
+def test_a_format_that_does_not_fit_the_kind_is_wrong_usage(ws, args, message):
+    """cli.md: 2 is wrong usage (these exited 1, as if the file had been at fault)."""
+    (ws / "x.csv").write_text("patient_id,date\n")
+    r = tw(ws, "import", *args)
+    assert r.returncode == 2 and message in r.stderr
+
+
 def test_init_is_safe_to_repeat_and_creates_folders(ws):
     again = tw(ws, "init")
     assert again.returncode == 0

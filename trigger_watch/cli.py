@@ -136,8 +136,17 @@ def import_cmd(app: App, kind: str, files: tuple[str, ...], fmt: str | None, pat
     Prints how many rows were new, replaced, unchanged and quarantined. Importing the same file twice
     changes nothing; a later row for the same key replaces the earlier one.
     """
-    from trigger_watch.importing import ImportOptions, import_file
+    from trigger_watch.importing import FORMATS, ImportOptions, import_file
+    from trigger_watch.sleep_formats import DEVICE_FORMATS, canonical_format
 
+    if fmt:  # wrong usage (exit 2), before any file is read
+        allowed = {"sleep": FORMATS + DEVICE_FORMATS, "weather": FORMATS + ("open-meteo",)}.get(kind, FORMATS)
+        given = canonical_format(fmt).replace("_", "-").replace("openmeteo", "open-meteo").replace("jsonl", "ndjson")
+        if given not in allowed:
+            raise click.BadParameter(f"{fmt!r} is not a format of {kind} files; use one of {', '.join(allowed)}",
+                                     param_hint="'--format'")
+        if kind == "sleep" and given in DEVICE_FORMATS and given != "fitabase" and not patient:
+            raise click.UsageError(f"a {given} export is one person's: say whose with --patient ID")
     cfg = app.config
     extra = {"id_map": id_map} if id_map else {}
     for file in files:
