@@ -308,6 +308,9 @@ def test_sigkill_mid_cycle_leaves_reports_whole_and_next_cycle_completes(ws):
     os.utime(left, (time.time() - 60, time.time() - 60))
     leftovers = len(list(cfg.reports_dir.rglob(".*.tmp")))  # with any the kill left
     db = storage.connect(cfg.database)
+    # before the next cycle records it, status does not show the killed run as still running
+    killed = daemon.status(db, cfg)["runs"][0]
+    assert killed["status"] == "abandoned" and "killed or crashed" in killed["error"]
     result = daemon.run_cycle(db, cfg, today=date(2026, 11, 20), fetch=False)
     assert result.status == "ok"
     assert sorted(result.analysed) == [f"p{i:05d}" for i in range(8)]

@@ -427,4 +427,20 @@ def status(db: sqlite_utils.Database, config, *, runs: int = 10) -> dict:
     except ConfigError as exc:
         upcoming = {"error": str(exc)}
     holder = Lease(config.database).holder() if Path(str(config.database) + ".lock").exists() else {}
+    if any(r["status"] == "running" for r in last) and not _lease_held(config.database):
+        # nobody holds the lease: a run still 'running' is one whose process was killed (the next cycle
+        # records it as abandoned; status only reads)
+        for r in last:
+            if r["status"] == "running":
+                r["status"] = "abandoned"
+                r["error"] = r["error"] or "the process ended before the run finished (killed or crashed)"
     return {"runs": last, "failing_patients": failing, "next_runs": upcoming, "lease_file": holder}
+
+
+def _lease_held(database: Path) -> bool:
+    """Whether a cycle, analyze or forget holds the lease now (taken and given back at once if free)."""
+    try:
+        Lease(database, "status").acquire().release()
+    except CycleBusy:
+        return True
+    return False
