@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import subprocess
 import sys
@@ -110,6 +112,57 @@ def test_unknown_config_key_is_exit_1_naming_it(tmp_path):
 def test_forget_unknown_patient_is_exit_1(ws):
     r = tw(ws, "forget", "nobody")
     assert r.returncode == 1 and "patient 'nobody' is not known" in r.stderr
+
+
+def _mentions(folder: Path, patient: str) -> list[str]:
+    """Files under ``folder`` holding the id: as text, or as the UCS-4 a pickled numpy string keeps."""
+    forms = [patient.encode("utf-8"), patient.encode("utf-32-le")]
+    return [str(p) for p in sorted(folder.rglob("*")) if p.is_file() and any(f in p.read_bytes() for f in forms)]
+
+
+def test_forget_erases_the_patient_from_the_ranking_and_the_model_store(tmp_path):
+    """cli.md: forget erases every record, reports included. The cohort ranking files and the model store
+    (analyses, the delta a one-patient run leaves, index, validation) kept the patient."""
+    from datetime import date
+
+    from trigger_watch.demo import run_demo
+    from trigger_watch.models import ModelStore
+
+    seed = 4242
+    print(f"simulation seed {seed}")
+    run_demo(tmp_path, today=date(2026, 11, 20), n_patients=6, n_days=150, seed=seed)
+    gone = "p00003"
+    assert tw(tmp_path, "analyze", "--patient", gone).returncode == 0  # their fit in a delta file as well
+    reports_dir, models_dir = tmp_path / "reports", tmp_path / "models"
+    before = json.loads((reports_dir / "cohort" / "ranking.json").read_text())
+    others = [e["patient_id"] for e in before if e["patient_id"] != gone]
+    assert len(others) == 5 and list(models_dir.glob("analyses-delta-*.joblib")) and _mentions(models_dir, gone)
+    stored = {p: ModelStore(models_dir).load(p) for p in others}
+    validated = set(ModelStore._read(models_dir / ModelStore.VALIDATION)["patients"])
+    assert gone in validated
+
+    r = tw(tmp_path, "forget", gone)
+    assert r.returncode == 0, r.stderr
+    assert "cohort ranking files" in r.stdout and "model files" in r.stdout
+    assert _mentions(reports_dir, gone) == [] and _mentions(models_dir, gone) == []
+    after = json.loads((reports_dir / "cohort" / "ranking.json").read_text())
+    assert [e["patient_id"] for e in after] == others and [e["rank"] for e in after] == [1, 2, 3, 4, 5]
+    with (reports_dir / "cohort" / "ranking.csv").open(newline="") as fh:
+        assert [row["patient_id"] for row in csv.DictReader(fh)] == others
+    store = ModelStore(models_dir)
+    assert store.load(gone) is None and set(store.load_index()["fingerprints"]) == set(others)
+    for p in others:  # the others' analyses as they were stored
+        a, b = stored[p], store.load(p)
+        assert (a.status, a.data, a.model) == (b.status, b.data, b.model)
+        assert a.summary.equals(b.summary)
+        assert (a.estimator is None) == (b.estimator is None)
+        assert a.estimator is None or (a.estimator.coef_ == b.estimator.coef_).all()
+    assert set(ModelStore._read(models_dir / ModelStore.VALIDATION)["patients"]) == validated - {gone}
+
+    assert tw(tmp_path, "analyze").returncode == 0  # a later run works, without the patient
+    assert not ModelStore(models_dir).load_index()["forgotten"]  # the prior estimated again, without them
+    assert _mentions(reports_dir, gone) == [] and _mentions(models_dir, gone) == []
+    assert len(json.loads((reports_dir / "cohort" / "ranking.json").read_text())) == 5
 
 
 def test_help_lists_the_contract_commands(ws):

@@ -461,10 +461,13 @@ FORGET_HOOKS: list[Callable] = []
 
 def forget(db: sqlite_utils.Database, patient_id: str, *, reports_dir: Path | None = None,
            config=None) -> dict[str, int]:
-    """Erase every stored record of a patient, in one transaction, and their report folder.
+    """Erase every stored record of a patient, in one transaction, and their files: their report folder
+    and cohort ranking entry (with ``reports_dir``), their models (with ``config``: ``storage.models_dir``).
 
     Returns rows deleted per table. Raises :class:`UnknownPatient` when nothing of the patient exists.
     """
+    from trigger_watch import models, reports
+
     storage._load_all_migrations()
     tables = set(db.table_names())
     deleted: dict[str, int] = {}
@@ -478,9 +481,16 @@ def forget(db: sqlite_utils.Database, patient_id: str, *, reports_dir: Path | No
             hook(db, config, patient_id)
         if not deleted:
             raise UnknownPatient(patient_id)
-    if reports_dir is not None:
-        folder = Path(reports_dir) / patient_id
-        if folder.is_dir():
-            shutil.rmtree(folder)
-            deleted["report files"] = 1
+        # the files before the commit: if this fails or stops, the rows are still there to forget again
+        if reports_dir is not None and reports.remove_from_cohort_reports(reports_dir, patient_id):
+            deleted["cohort ranking files"] = len(reports.COHORT_FILES)
+        if config is not None:
+            n = models.ModelStore(config.models_dir).forget(patient_id)
+            if n:
+                deleted["model files"] = n
+        if reports_dir is not None:
+            folder = Path(reports_dir) / patient_id
+            if folder.is_dir():
+                shutil.rmtree(folder)
+                deleted["report files"] = 1
     return deleted

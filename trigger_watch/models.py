@@ -977,7 +977,10 @@ class ModelStore:
             self._analyses, self._delta = dict(results), {}
         self._write(self.root / self.INDEX, {"version": MODEL_VERSION, "prior": prior, "prior_id": prior.id,
                                              "fingerprints": dict(fingerprints), "delta": delta_name,
-                                             "saved_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})
+                                             "saved_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                             # a merge keeps the prior, so also its forgotten patients
+                                             "forgotten": bool(idx is not None and idx["prior_id"] == prior.id
+                                                               and idx.get("forgotten"))})
         for old in self.root.glob(self.DELTA.format("*")):  # deltas the index no longer names
             if old.name != delta_name:
                 old.unlink(missing_ok=True)
@@ -989,6 +992,34 @@ class ModelStore:
 
     def save_validation(self, record: dict) -> None:
         self._write(self.root / self.VALIDATION, record)
+
+    def forget(self, patient_id: str) -> int:
+        """Remove a patient's fitted analysis, fingerprint and validation from the store (``diary.forget``).
+        Each file is rewritten atomically, the index last, and only when it holds the patient; the other
+        patients' entries are kept as they are. The index then says the cohort prior was estimated with a
+        patient since forgotten (``forgotten``): a full run estimates it again instead of reusing the fits.
+        Returns how many files were rewritten."""
+        self.wait()
+        for stale in self.root.glob("*.joblib.tmp"):  # an interrupted write's copy
+            stale.unlink(missing_ok=True)
+        changed = 0
+        for path in [self.root / self.ANALYSES, *sorted(self.root.glob(self.DELTA.format("*")))]:
+            kept = _without(self._read(path), patient_id)
+            if kept is not None:
+                self._write(path, kept)
+                changed += 1
+        rec = self._read(self.root / self.VALIDATION)
+        if isinstance(rec, dict) and patient_id in rec.get("patients", {}):
+            patients = {p: v for p, v in rec["patients"].items() if p != patient_id}
+            self._write(self.root / self.VALIDATION, {**rec, "patients": patients})
+            changed += 1
+        idx = self._read(self.root / self.INDEX)
+        if isinstance(idx, dict) and patient_id in idx.get("fingerprints", {}):
+            fps = {p: f for p, f in idx["fingerprints"].items() if p != patient_id}
+            self._write(self.root / self.INDEX, {**idx, "fingerprints": fps, "forgotten": True})
+            changed += 1
+        self._analyses = self._delta = None
+        return changed
 
     #: The first line of every file the store writes; a pickle (protocol 5) follows. joblib's pickler, which
     #: wrote them before, is Python code: for the 10,000-patient store (140 MB) it took ~1.3 s of the
@@ -1063,6 +1094,40 @@ class _Packed(Mapping):
 
     def __len__(self) -> int:
         return len(self.p["pids"])
+
+
+def _without(obj, patient_id: str) -> dict | None:
+    """A stored analyses file (what :meth:`ModelStore._read` returned) without one patient; None when it
+    does not hold them. :func:`_pack`'s pieces are cut, not rebuilt: the others' values stay as stored."""
+    if not isinstance(obj, dict):
+        return None
+    if obj.get("format") == 1:
+        obj = {**obj, "results": _without(obj["results"], patient_id)}
+        return obj if obj["results"] is not None else None
+    if "format" not in obj:  # the objects by patient id
+        return {p: a for p, a in obj.items() if p != patient_id} if patient_id in obj else None
+    if obj["format"] != 3 or patient_id not in obj["pids"]:
+        return None
+    i = [str(p) for p in obj["pids"]].index(patient_id)
+    start = np.concatenate([[0], np.cumsum(obj["lengths"])])
+    summary = obj["summary"]
+    if summary is not None:
+        summary = summary.take(np.r_[0:start[i], start[i + 1]:len(summary)]).reset_index(drop=True)
+    fitted = np.asarray(obj["fitted"], dtype=np.int64)
+    k = np.flatnonzero(fitted == i)  # the patient's row of the fitted state, if fitted
+    state = obj["state"]
+    if state is not None and k.size:
+        state = {name: np.delete(v, k, axis=0) if name in _PER_PATIENT else v for name, v in state.items()}
+    fdr = [f for j, f in enumerate(obj["fdr"]) if j not in k]
+    fitted = np.delete(fitted, k)
+    fitted = fitted - (fitted > i)
+
+    def drop(items: list) -> list:
+        return list(items[:i]) + list(items[i + 1:])
+
+    return {**obj, "pids": drop(obj["pids"]), "status": drop(obj["status"]), "data": drop(obj["data"]),
+            "model": drop(obj["model"]), "lengths": np.delete(obj["lengths"], i), "summary": summary,
+            "fitted": fitted, "fdr": fdr, "state": state if len(fitted) else None}
 
 
 def _unpack(obj) -> Mapping:
@@ -1246,8 +1311,8 @@ def _cached(store: ModelStore, data: dict, fps: dict, prior: CohortPrior | None)
         return None
     if any(idx["fingerprints"].get(pid) != fp for pid, fp in fps.items()):
         return None
-    if prior is None and set(idx["fingerprints"]) != set(fps):  # a full run over another set of patients
-        return None
+    if prior is None and (set(idx["fingerprints"]) != set(fps) or idx.get("forgotten")):
+        return None  # a full run over another set of patients, or the prior pooled a forgotten one
     out = {pid: store.load(pid) for pid in data}
     return None if any(v is None for v in out.values()) else out
 

@@ -44,7 +44,7 @@ from markupsafe import Markup, escape
 from trigger_watch import charts as ch
 from trigger_watch import compute
 from trigger_watch import storage
-from trigger_watch.ranking import ENTRY_KEYS
+from trigger_watch.ranking import ENTRY_KEYS, ranking_path, read_ranking
 from trigger_watch.errors import StorageError, TriggerWatchError, UnknownPatient
 
 # ------------------------------------------------------------------------------------------- history
@@ -1206,6 +1206,26 @@ def write_cohort_reports(reports_dir: str | os.PathLike, ranking: list[dict], *,
     texts = {"ranking.json": to_json(ranking or []), "ranking.csv": ranking_csv(ranking),
              "ranking.html": render_ranking_html(ranking)}
     return _write_all(Path(reports_dir) / "cohort", texts, fsync)
+
+
+def remove_from_cohort_reports(reports_dir: str | os.PathLike, patient_id: str) -> bool:
+    """Write the cohort files again without ``patient_id`` (``forget``): the others in the same order, ranked
+    1..n again. Returns whether a file was written again. Raises :class:`TriggerWatchError` when
+    ranking.json is there but cannot be read (the other two are then left as well)."""
+    if not ranking_path(reports_dir).is_file():
+        return False
+    entries = read_ranking(reports_dir)
+    kept = [dict(e) for e in entries if not (isinstance(e, dict) and e.get("patient_id") == patient_id)]
+    # the csv or html may be older than the json when a run stopped between them
+    others = [Path(reports_dir) / "cohort" / name for name in COHORT_FILES[1:]]
+    if len(kept) == len(entries) and not any(
+            f.is_file() and patient_id in f.read_text(encoding="utf-8", errors="replace") for f in others):
+        return False
+    for rank, e in enumerate(kept, start=1):
+        if "rank" in e:
+            e["rank"] = rank
+    write_cohort_reports(reports_dir, kept)
+    return True
 
 
 # --------------------------------------------------------------------------------------- history API
