@@ -602,3 +602,152 @@ def test_unknown_time_zone_is_a_clear_error(db):
                         "longitude": [1.0]})
     with pytest.raises(TriggerWatchError, match="patient 'z' has the unknown time zone 'Mars/Olympus'"):
         weather.daily_for_patients(db, pts, date(2026, 1, 1), date(2026, 1, 2))
+
+
+# --------------------------------------------------------------------------------- merging, bad rows
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def vienna_answer(hourly: dict, units: dict | None = None) -> dict:
+    """An Open-Meteo answer for cell 48.2,16.4 at UTC (times are UTC hours of 2026-07-01)."""
+    n = len(next(iter(hourly.values())))
+    times = [f"2026-07-01T{h:02d}:00" for h in range(n)]
+    return {"latitude": 48.2, "longitude": 16.4, "utc_offset_seconds": 0, "timezone": "GMT",
+            "hourly_units": {"time": "iso8601", "pressure_msl": "hPa", "temperature_2m": "°C",
+                             "relative_humidity_2m": "%", "precipitation": "mm", **(units or {})},
+            "hourly": {"time": times, **hourly}}
+
+
+def import_answer(db, tmp_path, answer: dict, name: str):
+    path = tmp_path / name
+    path.write_text(json.dumps(answer))
+    return import_file(db, "weather", path, options(), fmt="open-meteo")
+
+
+def stored(db, cell: str = "48.2,16.4") -> pd.DataFrame:
+    return hourly(db, cell)[["time_utc", "pressure_msl", "temperature_2m", "relative_humidity_2m",
+                             "precipitation", "source"]]
+
+
+FULL = {"pressure_msl": [1010.0, 1011.0, 1012.0], "temperature_2m": [1.0, 2.0, 3.0],
+        "relative_humidity_2m": [70, 71, 72], "precipitation": [0.0, 0.2, 0.4]}
+
+
+def test_a_file_with_fewer_variables_keeps_the_stored_values_of_the_others(db, tmp_path):
+    add_patients(db, [("p1", "UTC", 48.21, 16.37)])
+    assert import_answer(db, tmp_path, vienna_answer(FULL), "full.json").accepted == 3
+    r = import_answer(db, tmp_path, vienna_answer({"pressure_msl": [1000.0, 1011.0, None]}), "p.json")
+    assert (r.accepted, r.replaced, r.unchanged, r.quarantined) == (0, 1, 2, 0)
+    s = stored(db)
+    assert list(s["pressure_msl"]) == [1000.0, 1011.0, 1012.0]
+    assert list(s["temperature_2m"]) == [1.0, 2.0, 3.0]
+    assert list(s["relative_humidity_2m"]) == [70.0, 71.0, 72.0]
+    assert list(s["precipitation"]) == [0.0, 0.2, 0.4] and set(s["source"]) == {"import"}
+
+
+def test_a_variable_in_an_unknown_unit_does_not_erase_stored_values(db, tmp_path):
+    add_patients(db, [("p1", "UTC", 48.21, 16.37)])
+    import_answer(db, tmp_path, vienna_answer(FULL), "full.json")
+    kelvin = vienna_answer({"pressure_msl": FULL["pressure_msl"], "temperature_2m": [274.0, 275.0, 276.0]},
+                           units={"temperature_2m": "K"})
+    r = import_answer(db, tmp_path, kelvin, "kelvin.json")
+    assert any("'K'" in m for m in r.messages)
+    assert (r.accepted, r.replaced, r.unchanged) == (0, 0, 3)
+    assert list(stored(db)["temperature_2m"]) == [1.0, 2.0, 3.0]
+
+
+def test_a_null_keeps_the_stored_value_and_a_non_number_is_quarantined(db, tmp_path):
+    add_patients(db, [("p1", "UTC", 48.21, 16.37)])
+    import_answer(db, tmp_path, vienna_answer(FULL), "full.json")
+    r = import_answer(db, tmp_path, vienna_answer({"temperature_2m": [None, "abc", 3.0]}), "abc.json")
+    assert (r.accepted, r.replaced, r.unchanged, r.quarantined) == (0, 0, 2, 1)
+    assert list(stored(db)["temperature_2m"]) == [1.0, 2.0, 3.0]
+    rej = db.execute("SELECT file, reason FROM rejects WHERE kind = 'weather'").fetchall()
+    assert len(rej) == 1 and rej[0][0] == str(tmp_path / "abc.json")
+    assert "2026-07-01T01:00" in rej[0][1] and "temperature_2m='abc' is not a number" in rej[0][1]
+
+
+def test_rows_of_one_hour_are_merged_per_variable_and_counted(db):
+    # NOAA LCD: routine (:53) and special reports in one hour, and an empty daily summary row at 23:59
+    add_patients(db, [("leb", "America/New_York", 43.63, -72.31)])
+    renames = {"datetime": "time", "HourlyRelativeHumidity": "relative_humidity_2m"}
+    r = import_file(db, "weather", FIXTURES / "weather_lcd_sample.csv", options(renames=renames))
+    assert (r.accepted, r.quarantined) == (4, 0)
+    assert any("2 rows fell in an hour" in m for m in r.messages)
+    h = hourly(db, "43.6,-72.3").set_index("time_utc")["relative_humidity_2m"]
+    # local New York (-05:00) hours 00, 01, 23 of 1 January and 00 of 2 January; the last value given wins
+    assert h.to_dict() == {"2022-01-01T05:00:00Z": 93.0, "2022-01-01T06:00:00Z": 91.0,
+                           "2022-01-02T04:00:00Z": 86.0, "2022-01-02T05:00:00Z": 84.0}
+
+
+def test_rows_of_one_hour_each_giving_other_variables_are_combined(db, tmp_path):
+    add_patients(db, [("p1", "UTC", 48.21, 16.37)])
+    path = tmp_path / "split.csv"
+    path.write_text("latitude,longitude,time,pressure_msl,temperature_2m\n"
+                    "48.2,16.37,2026-07-01T00:10Z,1010,\n"
+                    "48.2,16.37,2026-07-01T00:40Z,,21.5\n"
+                    "48.2,16.37,2026-07-01T00:50Z,1011,\n")
+    r = import_file(db, "weather", path, options())
+    assert (r.accepted, r.quarantined) == (1, 0)
+    s = stored(db)
+    assert (s["pressure_msl"].tolist(), s["temperature_2m"].tolist()) == ([1011.0], [21.5])
+
+
+def test_a_malformed_time_in_an_open_meteo_answer_quarantines_only_that_hour(db, tmp_path):
+    add_patients(db, [("p1", "UTC", 48.21, 16.37)])
+    answer = vienna_answer({"pressure_msl": [1010.0, 1011.0, 1012.0, 1013.0]})
+    answer["hourly"]["time"] = ["2026-07-01T00:00", "2026-07-01 01:00", "garbage", "2026-07-01T03:00"]
+    r = import_answer(db, tmp_path, answer, "bad_time.json")
+    assert (r.accepted, r.quarantined) == (2, 2)
+    s = stored(db)
+    assert list(s["time_utc"]) == ["2026-07-01T00:00:00Z", "2026-07-01T03:00:00Z"]
+    assert list(s["pressure_msl"]) == [1010.0, 1013.0]
+    reasons = [x[0] for x in db.execute("SELECT reason FROM rejects WHERE kind = 'weather' ORDER BY line")]
+    assert "'2026-07-01 01:00'" in reasons[0] and "'garbage'" in reasons[1]
+    assert all("YYYY-MM-DDTHH:MM" in x for x in reasons)
+
+
+def test_an_impossible_date_in_a_weather_csv_quarantines_only_that_row(db, tmp_path):
+    add_patients(db, [("nyc", "America/New_York", 40.74, -74.04)])
+    path = tmp_path / "days.csv"
+    path.write_text("latitude,longitude,time,pressure_msl\n"
+                    "40.74,-74.04,2013-02-28,1012\n"
+                    "40.74,-74.04,2013-02-30,1012\n"
+                    "40.74,-74.04,2013-03-01T12:00Z,1013\n")
+    r = import_file(db, "weather", path, options())
+    assert (r.accepted, r.quarantined) == (2, 1)
+    assert db.execute("SELECT date, pressure_mean FROM weather_daily").fetchall() == [("2013-02-28", 1012.0)]
+    assert hourly(db, "40.7,-74")["pressure_msl"].tolist() == [1013.0]
+    (line, reason), = db.execute("SELECT line, reason FROM rejects WHERE kind = 'weather'").fetchall()
+    assert line == 3 and "time='2013-02-30'" in reason and "YYYY-MM-DD" in reason
+
+
+def test_an_import_of_one_variable_over_a_forecast_hour_keeps_the_rest_and_stays_forecast(db):
+    times = pd.date_range("2026-11-19", periods=3, freq="h", tz="UTC")
+    fc = pd.DataFrame({"time_utc": times, "pressure_msl": 1005.0, "temperature_2m": 4.0,
+                       "relative_humidity_2m": 80.0, "precipitation": 0.1})
+    with storage.transaction(db):
+        weather.store_hourly(db, "1,1", fc, "forecast", TODAY)
+        rh = pd.DataFrame({"time_utc": times, "relative_humidity_2m": [60.0, 80.0, np.nan]})
+        assert weather.store_hourly(db, "1,1", rh, "import", TODAY + timedelta(days=1)) == (0, 1, 2)
+    h = hourly(db, "1,1")
+    assert list(h["relative_humidity_2m"]) == [60.0, 80.0, 80.0]
+    assert list(h["pressure_msl"]) == [1005.0] * 3 and list(h["temperature_2m"]) == [4.0] * 3
+    # the forecast values of the hour remain, so it is no final (import) hour and keeps its fetch day
+    assert list(h["source"]) == ["forecast"] * 3 and list(h["fetched_on"]) == [TODAY.isoformat()] * 3
+
+
+def test_a_daily_block_with_fewer_variables_keeps_the_stored_daily_values(db, tmp_path):
+    add_patients(db, [("p1", "UTC", 48.21, 16.37)])
+    base = {"latitude": 48.2, "longitude": 16.4, "utc_offset_seconds": 0}
+    import_answer(db, tmp_path, {**base, "daily_units": {"temperature_2m_max": "°C", "precipitation_sum": "mm"},
+                                 "daily": {"time": ["2026-07-01", "2026-07-02"], "temperature_2m_max": [25.0, 27.0],
+                                           "precipitation_sum": [0.0, 1.0]}}, "d1.json")
+    r = import_answer(db, tmp_path, {**base, "daily": {"time": ["2026-07-01", "2026-07-02", "2026-02-30"],
+                                                       "precipitation_sum": [2.5, None, 1.0]}}, "d2.json")
+    assert (r.accepted, r.replaced, r.unchanged, r.quarantined) == (0, 1, 1, 1)
+    rows = db.execute("SELECT date, temperature_max, precipitation FROM weather_daily ORDER BY date").fetchall()
+    assert rows == [("2026-07-01", 25.0, 2.5), ("2026-07-02", 27.0, 1.0)]
+    reason = db.execute("SELECT reason FROM rejects WHERE kind = 'weather'").fetchone()[0]
+    assert "time='2026-02-30' is not a date" in reason

@@ -11,7 +11,8 @@ jitter (or the server's ``Retry-After``), and raises a :class:`WeatherError` nam
 after the last try. A 400 is not retried: the request itself is wrong (:class:`WeatherRequestRejected`).
 
 :func:`block_frame` turns one location's ``hourly`` or ``daily`` block into a DataFrame in our units
-(hPa, degC, %, mm) with times in UTC, converting through the response's single ``utc_offset_seconds``;
+(hPa, degC, %, mm) with times in UTC, converting through the response's single ``utc_offset_seconds``
+(:func:`read_block` also names the rows whose time or values cannot be read);
 :func:`read_open_meteo_csv` turns the website's CSV download into the same JSON objects.
 """
 
@@ -22,7 +23,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -258,30 +259,52 @@ def block_frame(obj: dict, block: str) -> tuple[pd.DataFrame, list[str]]:
     Hourly: column ``time_utc`` (datetime64, UTC) = local time minus the response's single
     ``utc_offset_seconds`` (Open-Meteo applies one fixed offset to the whole answer, even across DST).
     Daily: column ``date`` (the day at that fixed offset) and ``utc_offset_seconds``. Variables keep their
-    Open-Meteo names (aliases renamed), as float, converted from the ``<block>_units`` units.
+    Open-Meteo names (aliases renamed), as float, converted from the ``<block>_units`` units. An unreadable
+    time is NaT and an unreadable value NaN; :func:`read_block` also says which and why.
+    """
+    frame, notes, _ = read_block(obj, block)
+    return frame, notes
+
+
+def read_block(obj: dict, block: str, checked: Collection[str] = HOURLY_VARS,
+               ) -> tuple[pd.DataFrame, list[str], pd.Series]:
+    """:func:`block_frame` plus, per row, why it is unreadable (None when it is fine).
+
+    A row is unreadable when its time is not ``YYYY-MM-DDTHH:MM`` (daily ``YYYY-MM-DD``) or unixtime, or
+    when a variable named in ``checked`` (names after aliases) holds something other than a number or
+    null, such as ``"abc"``. Other variables (``sunrise``) are not checked.
     """
     data = obj.get(block)
     if not isinstance(data, dict) or "time" not in data:
-        return pd.DataFrame(), []
+        return pd.DataFrame(), [], pd.Series([], dtype=object)
     units = obj.get(f"{block}_units") or {}
     notes: list[str] = []
     n = len(data["time"])
     offset = int(float(obj.get("utc_offset_seconds") or 0))
-    times = pd.Series(data["time"])
+    times = pd.Series(data["time"], dtype=object)
     out = pd.DataFrame(index=range(n))
+    unix = units.get("time") == "unixtime" or pd.api.types.is_numeric_dtype(pd.Series(data["time"]))
+    secs = pd.to_numeric(times, errors="coerce") if unix else None
     if block == "hourly":
-        if units.get("time") == "unixtime" or pd.api.types.is_numeric_dtype(times):
-            out["time_utc"] = pd.to_datetime(times.astype("int64"), unit="s", utc=True)
+        if secs is not None:
+            out["time_utc"] = pd.to_datetime(secs, unit="s", utc=True)
         else:
             local = pd.to_datetime(times, format="%Y-%m-%dT%H:%M", errors="coerce")
             out["time_utc"] = (local - pd.Timedelta(seconds=offset)).dt.tz_localize("UTC")
+        when, expected = out["time_utc"], "a local time like 2026-07-01T13:00 (YYYY-MM-DDTHH:MM)"
     else:
-        if units.get("time") == "unixtime" or pd.api.types.is_numeric_dtype(times):
+        if secs is not None:
             # unixtime daily values are midnight GMT+0; the docs say to add the offset again
-            out["date"] = pd.to_datetime(times.astype("int64") + offset, unit="s").dt.normalize()
+            out["date"] = pd.to_datetime(secs + offset, unit="s").dt.normalize()
         else:
             out["date"] = pd.to_datetime(times, format="%Y-%m-%d", errors="coerce")
+        when, expected = out["date"], "a date like 2026-07-01 (YYYY-MM-DD)"
         out["utc_offset_seconds"] = offset
+    if secs is not None:
+        expected = "a unixtime (whole seconds since 1970-01-01 UTC)"
+    problems = pd.Series(np.full(n, None, dtype=object), index=out.index)
+    bad = when.isna()
+    problems[bad] = "time=" + times[bad].map(lambda v: repr(v)[:60]) + f" is not {expected}"
     for raw_name, values in data.items():
         if raw_name == "time":
             continue
@@ -289,13 +312,20 @@ def block_frame(obj: dict, block: str) -> tuple[pd.DataFrame, list[str]]:
         if len(values) != n:
             notes.append(f"{block}.{raw_name} has {len(values)} values for {n} times; not used")
             continue
-        series = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").astype(float)
+        raw = pd.Series(values, dtype=object)
+        series = pd.to_numeric(raw, errors="coerce").astype(float)
         conv, why = convert_units(series, units.get(raw_name), name)
         if conv is None:
             notes.append(why or f"{name}: unknown unit")
             continue
+        # null, "" and "NaN" are unknown values; anything else that is no number makes the row unreadable
+        bad = series.isna() & raw.notna()
+        if name in checked and bad.any():
+            bad[bad] = ~raw[bad].astype(str).str.strip().str.lower().isin(["", "nan", "null", "none"])
+            text = f"{name}=" + raw[bad].map(lambda v: repr(v)[:60]) + " is not a number"
+            problems[bad] = [t if pd.isna(p) else f"{p}; {t}" for p, t in zip(problems[bad], text)]
         out[name] = conv.to_numpy()
-    return out, notes
+    return out, notes, problems
 
 
 def looks_like_open_meteo_json(path: Path) -> bool:

@@ -41,6 +41,7 @@ from trigger_watch.openmeteo import (
     call_weight,
     looks_like_open_meteo_csv,
     looks_like_open_meteo_json,
+    read_block,
     read_open_meteo_csv,
 )
 
@@ -148,38 +149,52 @@ def store_hourly(db: sqlite_utils.Database, cell_id: str, frame: pd.DataFrame, s
                  ) -> tuple[int, int, int]:
     """Write hourly values of one cell (``time_utc`` datetime64 UTC + :data:`HOURLY_VARS`). In a transaction.
 
-    Forecast values never replace archive or imported ones, and an hour with no value at all never
-    replaces one that has values. Returns ``(new, replaced, unchanged)`` hours.
+    Values are merged per variable: a missing value (NaN, or a variable the frame lacks) never replaces a
+    stored one. Rows of the same hour are combined first, per variable the last value given. Forecast
+    values never replace archive or imported ones, and an hour with no value at all changes nothing. The
+    stored ``source`` is the incoming one, or the worse of the two when stored values of the hour survive
+    (an import of humidity alone over a forecast hour stays ``forecast``). Returns ``(new, replaced,
+    unchanged)`` hours.
     """
     if frame.empty:
         return 0, 0, 0
     f = pd.DataFrame({"time_utc": _utc_text(frame["time_utc"])})
     for v in HOURLY_VARS:
         f[v] = frame[v].to_numpy(dtype=float) if v in frame else np.nan
-    f = f.drop_duplicates("time_utc", keep="last")
+    if f["time_utc"].duplicated().any():    # last() skips NaN: per variable the last value given
+        f = f.groupby("time_utc", sort=False, as_index=False).last()
+    olds = ["o_p", "o_t", "o_h", "o_r"]
     old = pd.read_sql(
         "SELECT time_utc, pressure_msl AS o_p, temperature_2m AS o_t, relative_humidity_2m AS o_h, "
-        "precipitation AS o_r, source AS o_source FROM weather_hourly "
+        "precipitation AS o_r, source AS o_source, fetched_on AS o_on, fetched_at AS o_at FROM weather_hourly "
         "WHERE cell_id = ? AND time_utc BETWEEN ? AND ?",
         db.conn, params=(cell_id, f["time_utc"].min(), f["time_utc"].max()))
     m = f.merge(old, on="time_utc", how="left")
-    exists = m["o_source"].notna()
-    empty = m[list(HOURLY_VARS)].isna().all(axis=1)
-    old_has = m[["o_p", "o_t", "o_h", "o_r"]].notna().any(axis=1)
-    final = m["o_source"].isin(["archive", "import"])
-    blocked = exists & (((source == "forecast") & final) | (empty & old_has))
-    same = exists & (m["o_source"] == source)
-    for v, o in zip(HOURLY_VARS, ("o_p", "o_t", "o_h", "o_r")):
-        same &= (m[v] == m[o]) | (m[v].isna() & m[o].isna())
-    write = m[~blocked]
-    rows = write[["time_utc", *HOURLY_VARS]].astype(object)
-    rows = rows.where(rows.notna(), None)
+    exists = m["o_source"].notna().to_numpy()
+    given = m[list(HOURLY_VARS)].to_numpy(dtype=float)
+    stored = m[olds].to_numpy(dtype=float)
+    merged = np.where(np.isnan(given), stored, given)
+    survives = (np.isnan(given) & ~np.isnan(stored)).any(axis=1)
+    old_rank = m["o_source"].map(SOURCE_RANK).fillna(-1).to_numpy()
+    keep_old_source = exists & survives & (old_rank > SOURCE_RANK[source])
+    out_source = np.where(keep_old_source, m["o_source"], source)
+    final = m["o_source"].isin(["archive", "import"]).to_numpy()
+    blocked = exists & (((source == "forecast") & final) | np.isnan(given).all(axis=1))
+    same = (exists & ((merged == stored) | (np.isnan(merged) & np.isnan(stored))).all(axis=1)
+            & (out_source == m["o_source"].to_numpy()))
     now, on = storage.utcnow_text(), fetched_on.isoformat()
+    # a kept older source keeps its own fetch stamps (a forecast hour is not fresher for an import)
+    w = pd.DataFrame(merged, columns=list(HOURLY_VARS)).assign(
+        time_utc=m["time_utc"], source=out_source,
+        fetched_on=np.where(keep_old_source, m["o_on"], on), fetched_at=np.where(keep_old_source, m["o_at"], now))
+    w = w[~blocked]
+    cols = [w[c].to_numpy(dtype=object, na_value=None).tolist()
+            for c in ("time_utc", *HOURLY_VARS, "source", "fetched_on", "fetched_at")]
     db.conn.executemany(
         "INSERT OR REPLACE INTO weather_hourly (cell_id, time_utc, pressure_msl, temperature_2m, "
         "relative_humidity_2m, precipitation, source, fetched_on, fetched_at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [(cell_id, *r, source, on, now) for r in rows.itertuples(index=False, name=None)])
+        [(cell_id, *r) for r in zip(*cols)])
     _update_coverage(db, cell_id, f["time_utc"].min()[:10], f["time_utc"].max()[:10])
     new = int((~exists).sum())
     unchanged = int((blocked | same).sum())
@@ -725,6 +740,7 @@ def _import_open_meteo(db: sqlite_utils.Database, path: Path, options: Any, resu
     grid = float(_config(options)["weather.grid_degrees"])
     today = options.today if options is not None else date.today()
     touched: set[str] = set()
+    merged = 0
     with storage.transaction(db):
         for obj in locations:
             try:
@@ -744,7 +760,7 @@ def _import_open_meteo(db: sqlite_utils.Database, path: Path, options: Any, resu
                 result.messages.append(f"no patient lives in grid cell {cell} ({lat:g}, {lon:g}); "
                                        f"import with --patient ID to attach this weather to a patient's home")
             for block in ("hourly", "daily"):
-                frame, notes = block_frame(obj, block)
+                frame, notes, problems = read_block(obj, block, HOURLY_VARS if block == "hourly" else _DAILY_NAMES)
                 result.messages.extend(notes)
                 if frame.empty:
                     continue
@@ -752,13 +768,16 @@ def _import_open_meteo(db: sqlite_utils.Database, path: Path, options: Any, resu
                     _note_unused(frame, set(HOURLY_VARS) | {"time_utc"}, result)
                     if not set(HOURLY_VARS) & set(frame.columns):
                         continue
-                    frame = _quarantine_bad(db, path, block, frame, _check_limits(frame), result,
-                                            frame["time_utc"].dt.strftime("%Y-%m-%dT%H:%MZ"))
+                    frame = _quarantine_bad(db, path, block, frame, _join(problems, _check_limits(frame)),
+                                            result, frame["time_utc"].dt.strftime("%Y-%m-%dT%H:%MZ"))
+                    merged += len(frame) - frame["time_utc"].nunique()
                     counts = store_hourly(db, cell, frame, "import", today)
                 else:
-                    counts = _store_daily_block(db, path, cell, frame, result)
+                    counts, n = _store_daily_block(db, path, cell, frame, result, problems)
+                    merged += n
                 _count(result, counts, cell, touched)
         _mark_cells_changed(db, touched, grid, result)
+    _note_merged(merged, result)
 
 
 def _patient_home(db: sqlite_utils.Database, patient_id: str) -> tuple[float, float]:
@@ -794,32 +813,45 @@ def _quarantine_bad(db: sqlite_utils.Database, path: Path, block: str, frame: pd
         raw = [json.dumps({k: (None if pd.isna(v) else v) for k, v in r.items()}, default=str)
                for r in sub.drop(columns=[c for c in ("time_utc", "date") if c in sub]).to_dict("records")]
         rows = [(int(i) + 1, f"{block}[{int(i)}] {w}: {r}", x)
-                for i, w, r, x in zip(np.flatnonzero(bad), when[bad], reasons[bad], raw)]
+                for i, w, r, x in zip(np.flatnonzero(bad), when[bad].fillna("(no time)"), reasons[bad], raw)]
         result.quarantined += importing.quarantine(db, "weather", str(path), rows)
     return frame[~bad]
 
 
 def _store_daily_block(db: sqlite_utils.Database, path: Path, cell: str, frame: pd.DataFrame, result: Any,
-                       ) -> tuple[int, int, int]:
+                       problems: pd.Series) -> tuple[tuple[int, int, int], int]:
+    """Check and store an Open-Meteo daily block; returns the counts and how many rows shared a day."""
     frame = frame.rename(columns={k: v for k, v in _DAILY_NAMES.items() if k in frame and k != v})
     _note_unused(frame, set(DAILY_COLUMNS), result)
     if not set(DAILY_COLUMNS) & set(frame.columns):
-        return 0, 0, 0
-    frame = frame.dropna(subset=["date"])
+        return (0, 0, 0), 0
     names = {c: k for c, k in _DAILY_LIMITS.items() if c in frame}
     reasons = _check_limits(frame, names)
     if "precipitation" in frame:
         neg = frame["precipitation"] < 0
         reasons[neg] = "precipitation is negative"
-    frame = _quarantine_bad(db, path, "daily", frame, reasons, result, frame["date"].dt.strftime("%Y-%m-%d"))
-    return _upsert_daily(db, cell, frame)
+    frame = _quarantine_bad(db, path, "daily", frame, _join(problems, reasons), result,
+                            frame["date"].dt.strftime("%Y-%m-%d"))
+    return _upsert_daily(db, cell, frame), len(frame) - frame["date"].nunique()
 
 
 def _upsert_daily(db: sqlite_utils.Database, cell: str, frame: pd.DataFrame) -> tuple[int, int, int]:
-    f = pd.DataFrame({"cell_id": cell, "date": frame["date"].dt.strftime("%Y-%m-%d"),
+    """Store daily values of one cell, merged per column like :func:`store_hourly`: rows of one day are
+    combined (per column the last value given) and a missing value never replaces a stored one."""
+    f = pd.DataFrame({"date": frame["date"].dt.strftime("%Y-%m-%d"),
                       "utc_offset_seconds": frame.get("utc_offset_seconds")})
     for c in DAILY_COLUMNS:
         f[c] = frame[c].to_numpy(dtype=float) if c in frame else np.nan
+    if f.empty:
+        return 0, 0, 0
+    if f["date"].duplicated().any():
+        f = f.groupby("date", sort=False, as_index=False).last()
+    keep = ["utc_offset_seconds", *DAILY_COLUMNS]
+    old = pd.read_sql(f"SELECT date, {', '.join(keep)} FROM weather_daily WHERE cell_id = ? AND date BETWEEN ? AND ?",
+                      db.conn, params=(cell, f["date"].min(), f["date"].max())).set_index("date")
+    if not old.empty:
+        f[keep] = f[keep].astype(float).fillna(old.reindex(f["date"])[keep].set_axis(f.index))
+    f.insert(0, "cell_id", cell)
     f["source"], f["imported_at"] = "import", storage.utcnow_text()
     f = f.astype(object).where(f.notna(), None)
     rows = f.itertuples(index=False, name=None)
@@ -835,6 +867,21 @@ def _count(result: Any, counts: tuple[int, int, int], cell: str, touched: set[st
     result.unchanged += unchanged
     if new + replaced:
         touched.add(cell)
+
+
+def _join(a: pd.Series, b: pd.Series) -> pd.Series:
+    """Per row, the reasons of ``a`` and ``b`` joined with ``; `` (None when neither has one)."""
+    both = a.notna() & b.notna()
+    out = a.where(a.notna(), b)
+    out[both] = a[both] + "; " + b[both]
+    return out
+
+
+def _note_merged(merged: int, result: Any) -> None:
+    if merged:
+        result.messages.append(
+            f"{merged} {'row' if merged == 1 else 'rows'} fell in an hour (or, for daily values, on a day) "
+            f"that another row of the file gives too: merged into it, per variable the last value given wins")
 
 
 def _mark_cells_changed(db: sqlite_utils.Database, cells: set[str], grid: float, result: Any) -> None:
@@ -859,6 +906,7 @@ def _import_rows(db: sqlite_utils.Database, path: Path, fmt: str, options: Any, 
                .agg(lambda s: s.mode().iloc[0]).to_dict())
     touched: set[str] = set()
     assumed: set[str] = set()
+    merged = 0
     with storage.transaction(db):
         for batch in importing.iter_batches(path, fmt, batch_rows=getattr(options, "batch_rows", 50000),
                                             renames=getattr(options, "renames", None),
@@ -879,21 +927,29 @@ def _import_rows(db: sqlite_utils.Database, path: Path, fmt: str, options: Any, 
             ok = f["lat"].notna() & f["lon"].notna()
             f.loc[ok, "cell_id"] = cell_ids(f.loc[ok, "lat"], f.loc[ok, "lon"], grid)[0]
             is_day = f["when"].str.fullmatch(r"\d{4}-\d{2}-\d{2}").fillna(False).astype(bool)
+            day = pd.to_datetime(f["when"].where(is_day), format="%Y-%m-%d", errors="coerce")
             has_off = f["when"].str.contains(_OFFSET_RE, regex=True).fillna(False).astype(bool)
             t = pd.Series(pd.NaT, index=f.index, dtype="datetime64[ns, UTC]")
             if has_off.any():
                 t[has_off] = pd.to_datetime(f.loc[has_off, "when"], format="ISO8601", utc=True,
                                             errors="coerce")
             local = ~has_off & ~is_day & f["when"].notna()
+            naive = pd.to_datetime(f["when"].where(local), format="ISO8601", errors="coerce")
             for cell, g in f[local & ok].groupby("cell_id"):
                 tz = zone_of.get(cell, default_tz)
                 if cell not in zone_of:
                     assumed.add(tz)
-                naive = pd.to_datetime(g["when"], format="ISO8601", errors="coerce")
-                t[g.index] = naive.dt.tz_localize(tz, ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC")
-            bad_time = (f["when"].notna() & ~is_day & t.isna()).to_numpy()
-            chk.add(bad_time, "time is not an ISO date-time, or a local time that does not exist or is "
-                              "ambiguous at a clock change (give an offset such as +01:00)")
+                t[g.index] = (naive[g.index].dt.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
+                              .dt.tz_convert("UTC"))
+            # a local time that parses but has no UTC instant is a clock-change problem, told apart below
+            unreadable = f["when"].notna() & (is_day & day.isna() | ~is_day & t.isna() & (has_off | naive.isna()))
+            chk.add(unreadable.to_numpy(), _shown_time(f["when"], unreadable,
+                    " is not a date-time such as 2026-03-28T14:00+01:00 (or 2026-03-28T14:00 in the cell's "
+                    "local time), nor a date YYYY-MM-DD for a daily value"))
+            at_change = local & ok & naive.notna() & t.isna()
+            chk.add(at_change.to_numpy(), _shown_time(f["when"], at_change,
+                    " is a local time that does not exist or is ambiguous at a clock change "
+                    "(give an offset such as +01:00)"))
             keep = ~chk.bad
             rows = list(zip(batch.lines[~keep], chk.reasons[~keep], importing.raw_rows(batch.frame, ~keep)))
             result.quarantined += importing.quarantine(db, "weather", str(path), rows)
@@ -904,17 +960,27 @@ def _import_rows(db: sqlite_utils.Database, path: Path, fmt: str, options: Any, 
                 _ensure_cells(db, pd.DataFrame({"cell_id": ids, "lat": clat, "lon": clon}), grid)
                 hours = g[~is_day[g.index]]
                 if not hours.empty:
+                    merged += len(hours) - hours["time_utc"].nunique()
                     _count(result, store_hourly(db, cell, hours, "import", today), cell, touched)
                 days = g[is_day[g.index]].rename(columns=_DAILY_NAMES)
                 if not days.empty:
-                    days = days.assign(date=pd.to_datetime(days["when"], format="%Y-%m-%d"))
+                    days = days.assign(date=day[days.index])
+                    merged += len(days) - days["date"].nunique()
                     _count(result, _upsert_daily(db, cell, days), cell, touched)
         _mark_cells_changed(db, touched, grid, result)
+    _note_merged(merged, result)
     if assumed:
         result.messages.append(f"local times of cells with no patient were read in "
                                f"{', '.join(sorted(assumed))}; give times with an offset to be exact")
     if fmt == "csv" and result.accepted + result.replaced + result.unchanged == 0 and not result.quarantined:
         result.messages.append("no weather rows found")
+
+
+def _shown_time(when: pd.Series, mask: pd.Series, why: str) -> np.ndarray:
+    """``time='<value>'<why>`` for the rows of ``mask`` (None elsewhere), for :class:`importing.Checker`."""
+    out = pd.Series(None, index=when.index, dtype=object)
+    out[mask] = "time=" + when[mask].map(lambda v: repr(v)[:60]) + why
+    return out.to_numpy()
 
 
 def _register() -> None:
