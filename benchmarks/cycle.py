@@ -41,7 +41,7 @@ from pathlib import Path
 
 SEED = 20261121
 PRISTINE = "imported.db"  # the database as imported, before any cycle
-AS_OF = date(2026, 11, 20)  # the full cycle's day; the incremental cycle runs the day after
+AS_OF = date(2026, 11, 20)  # the full cycle's last day; the incremental cycle's is the day after
 CONFIG = """[storage]
 database = "trigger_watch.db"
 reports_dir = "reports"
@@ -304,7 +304,9 @@ def phase_cycle(args, incremental: bool) -> dict:
             shutil.rmtree(folder, ignore_errors=True)
         os.sync()  # the kernel writes the copy out now, not on the cores of the cycle being timed
     db = storage.connect(cfg.database)
-    today = AS_OF + timedelta(days=1) if incremental else AS_OF
+    # The cycle analyses through the day before its ``today``: the full one through AS_OF, the last imported
+    # day; the incremental one through the day held back (a day a cycle has not reached stays pending for it).
+    today = AS_OF + timedelta(days=2) if incremental else AS_OF + timedelta(days=1)
     out: dict = {}
     if incremental:
         t = time.perf_counter()
