@@ -266,3 +266,17 @@ def test_the_store_gives_back_every_analysis_as_fitted(planted, tmp_path):
         assert b.estimator.columns_ == a.estimator.columns_
         np.testing.assert_array_equal(b.estimator.predict_proba(rows), a.estimator.predict_proba(rows))
         pd.testing.assert_frame_equal(b.estimator.summary, a.estimator.summary)
+
+
+def test_days_needed_of_a_factor_too_rarely_varied_to_fit():
+    """Until ~10 days each with and without it; unknown when it was the same on every day (it said 0: an
+    'insufficient' factor that needed no more days, for every non-drinker's alcohol)."""
+    from trigger_watch import models
+
+    nan = np.full((1, 3), np.nan)
+    need = models._days_needed(nan, nan, 0.8, 1.25, np.array([200.0]), np.array([200.0]),
+                               np.zeros((1, 3), dtype=bool), np.array([[200.0, 4.0, 197.0]]), 30, np.array([20.0]),
+                               5, unexposed=np.array([[0.0, 196.0, 3.0]]))
+    assert np.isnan(need[0, 0])  # the same every day: more such days settle nothing
+    assert need[0, 1] == np.ceil((10 - 4) / (4 / 200))  # 300 days to see ~10 with it
+    assert need[0, 2] == np.ceil((10 - 3) / (3 / 200))  # 467 days to see ~10 without it (it said 0)

@@ -118,6 +118,11 @@ def visible_text(html: str) -> str:
      "We can't tell yet whether caffeine matters; about 45 more days of logging would help."),
     (factor("caffeine_mg", verdict="insufficient_data", days_needed=None),
      "We can't tell yet whether caffeine matters; keep logging it."),
+    (factor("caffeine_mg", verdict="insufficient_data", days_needed=None, exposed_days=262, unexposed_days=0),
+     "We can't tell whether caffeine matters: it was the same on every day you logged. It would show only by "
+     "comparing days that differ."),
+    (factor("caffeine_mg", verdict="insufficient_data", days_needed=None, exposed_days=0, unexposed_days=0),
+     "We can't tell yet whether caffeine matters; keep logging it."),
     (factor("temperature_change", verdict="insufficient_data", days_needed=20),
      "We can't tell yet whether changes in temperature matter; about 20 more days of logging would help."),
     (factor("screen_hours", verdict="no_association"), "Screen time did not make a difference for you."),

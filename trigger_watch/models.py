@@ -1352,9 +1352,12 @@ def _labels(meta: pd.DataFrame) -> np.ndarray:
     return meta["label"].astype(str).to_numpy()
 
 
-def _days_needed(bc, sc, lo, hi, diary_days, at_risk, usable, exposed, min_days, attacks, min_att):
+def _days_needed(bc, sc, lo, hi, diary_days, at_risk, usable, exposed, min_days, attacks, min_att,
+                 unexposed=None):
     """Rough extra diary days to settle a factor at its observed effect: 80% power at the 5% level, or an
-    interval narrow enough to fall inside the no-association band (whichever comes first). Arrays (P, J)."""
+    interval narrow enough to fall inside the no-association band (whichever comes first). Arrays (P, J).
+    A factor too rarely varied to fit: until ~10 days each with and without it; unknown (NaN) when it was
+    the same on every day (more days like those settle nothing; it said 0 days)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         a = np.abs(bc)
         f_trig = np.where(a > 0, (sc * (_Z + 0.84) / a) ** 2, np.inf)
@@ -1365,6 +1368,9 @@ def _days_needed(bc, sc, lo, hi, diary_days, at_risk, usable, exposed, min_days,
         need = np.where(np.isfinite(f), np.maximum(f - 1, 0) * at_risk[:, None] * per_day, np.nan)
         rate = exposed / np.maximum(at_risk, 1)[:, None]
         need_exp = np.where(rate > 0, (10 - exposed) / rate, np.nan)  # until ~10 exposed days
+        if unexposed is not None:  # ... and ~10 without
+            urate = unexposed / np.maximum(at_risk, 1)[:, None]
+            need_exp = np.where(urate > 0, np.maximum(need_exp, (10 - unexposed) / urate), np.nan)
         need = np.where(usable, need, need_exp)
         base = np.maximum(min_days - at_risk, 0) + np.maximum(min_att - attacks, 0) * at_risk / np.maximum(
             attacks, 1)
@@ -1412,7 +1418,8 @@ def _verdicts(fit: _Fit, design: _Design, status, data, fdr, lo, hi, min_days, m
     at_risk = np.array([data[p]["at_risk_days"] for p in fit.pids], dtype=float)
     attacks = np.array([data[p]["attacks"] for p in fit.pids], dtype=float)
     cnt = fit.counts
-    need = _days_needed(bc, sc, lo, hi, diary, at_risk, usable, cnt["exposed_days"], min_days, attacks, min_att)
+    need = _days_needed(bc, sc, lo, hi, diary, at_risk, usable, cnt["exposed_days"], min_days, attacks, min_att,
+                        unexposed=cnt["unexposed_days"])
     need = np.where((verdict == 0) & ~lag0_behaviour, need, np.nan)
     # rank the triggers within each patient: strongest evidence (smallest lfsr) first, then the larger effect
     trig = verdict == _VERDICTS.index("trigger")

@@ -256,6 +256,10 @@ def factor_sentence(f: dict) -> str:
         if isinstance(needed, (int, float)) and needed > 0 and math.isfinite(needed):
             return (f"We can't tell yet whether {_lower(name)} {_matters(name)}; about {round(needed)} more days "
                     f"of logging would help.")
+        seen = (f.get("exposed_days") or 0, f.get("unexposed_days") or 0)
+        if min(seen) == 0 < max(seen):  # logged, but never once different
+            return (f"We can't tell whether {_lower(name)} {_matters(name)}: it was the same on every day you "
+                    f"logged. It would show only by comparing days that differ.")
         return f"We can't tell yet whether {_lower(name)} {_matters(name)}; keep logging it."
     return f"{head} {evidence}" if evidence else head
 
