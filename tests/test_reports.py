@@ -119,8 +119,8 @@ def visible_text(html: str) -> str:
     (factor("caffeine_mg", verdict="insufficient_data", days_needed=None),
      "We can't tell yet whether caffeine matters; keep logging it."),
     (factor("caffeine_mg", verdict="insufficient_data", days_needed=None, exposed_days=262, unexposed_days=0),
-     "We can't tell whether caffeine matters: it was the same on every day you logged. It would show only by "
-     "comparing days that differ."),
+     ("We can't tell whether caffeine matters: it was the same on every day you logged. It would show only "
+      "by comparing days that differ.")),
     (factor("caffeine_mg", verdict="insufficient_data", days_needed=None, exposed_days=0, unexposed_days=0),
      "We can't tell yet whether caffeine matters; keep logging it."),
     (factor("temperature_change", verdict="insufficient_data", days_needed=20),
