@@ -37,7 +37,8 @@ COHORT = [
     row("a", medication_overuse=True, overuse_classes=["triptans"], medication_days_last_30={"triptans": 12},
         migraine_days_last_30=10, migraine_days_prev_90_per_30=9.0, clinician_id="dr_b"),
     row("b", chronic_migraine=True, headache_days_last_30=20, migraine_days_last_30=18,
-        migraine_days_prev_90_per_30=12.0, trend="worse", risk_next_day=0.6, top_triggers=["alcohol_units"]),
+        migraine_days_prev_90_per_30=12.0, trend="worse", risk_next_day=0.6, top_triggers=["alcohol_units"],
+        as_of="2026-11-20"),
     row("c", migraine_days_last_30=14, migraine_days_prev_90_per_30=6.0, trend="worse", risk_next_day=0.3,
         clinician_id="dr_b"),
     row("d", migraine_days_last_30=5, migraine_days_prev_90_per_30=5.0, last_entry="2026-11-11",
@@ -73,8 +74,8 @@ def test_reasons_in_plain_words_largest_first():
         ("chronic migraine: 20 headache days with 18 migraine days in the last 30, 15 or more a month for more "
          "than 3 months"),
         "18 migraine days in the last 30, up from 12",
-        "high risk of an attack tomorrow (60%)",
-    ]
+        "high risk of an attack on Saturday 21 November (60%)",  # the day, not "tomorrow": read in the
+    ]                                                            # morning after the cycle, that day is today
     assert by["c"][0] == "14 migraine days in the last 30, up from 6"
     assert by["d"][:2] == ["ketamine_infusion on 2026-08-02 has not helped: 9.1 -> 8 migraine days per 30",
                            "no diary entry for 9 days"]

@@ -134,7 +134,8 @@ def priority(r: dict) -> tuple[int, list[str]]:
     risk = r.get("risk_next_day")
     band = risk_band(risk)
     if band in ("high", "moderate"):
-        found.append((POINTS[f"risk_{band}"], 3, f"{band} risk of an attack tomorrow ({round(risk * 100)}%)"))
+        found.append((POINTS[f"risk_{band}"], 3,
+                      f"{band} risk of an attack {_forecast_day(r.get('as_of'))} ({round(risk * 100)}%)"))
     t = r.get("latest_treatment_response")
     if t and t.get("responder") is False:
         found.append((POINTS["treatment_not_helping"], 4,
@@ -171,6 +172,16 @@ def _days_since(as_of: pd.Timestamp, text: str) -> int:
     """Days from a last entry's date (text) to ``as_of``: 10,000 patients' rows hold a few hundred distinct
     ones."""
     return (as_of - pd.Timestamp(text)).days
+
+
+def _forecast_day(as_of) -> str:
+    """The day a row's risk is for, by its date: read at 08:00 after a 02:30 cycle, "tomorrow" was today
+    (the patient's page, from the same run, said today)."""
+    try:
+        day = date.fromisoformat(str(as_of)[:10]).toordinal() + 1
+    except ValueError:
+        return "the next day"
+    return "on " + date.fromordinal(day).strftime("%A %d %B").replace(" 0", " ")
 
 
 def build_ranking(rows, as_of=None) -> list[dict]:
