@@ -529,8 +529,9 @@ def validate_due(config, stored: dict, ids: list[str], as_of: date, validate) ->
     ``analysis.validation_every_days`` (7) nights, on the night of their :func:`validation_slot`, so each
     night validates about a seventh of the cohort instead of all of it once a week. A patient never validated
     is validated at once, and one whose stored validation is a full period old (a missed slot: the daemon was
-    down, or they had no new data that night) at their next run, or newer than ``as_of`` (made with later data). ``validate`` True: all of them; False: none;
-    a collection of patient ids: those of ``ids``. ``analysis.validation_origins = 0`` turns it off."""
+    down, or they had no new data that night) at their next run, and one newer than ``as_of`` (made with later
+    data) too. ``validate`` True: all of them; False: none; a collection of patient ids: those of ``ids``.
+    ``analysis.validation_origins = 0`` turns it off."""
     if validate is False or int(config["analysis.validation_origins"]) <= 0:
         return []
     every = int(config["analysis.validation_every_days"])

@@ -103,6 +103,19 @@ class Lease:
         self._fh = fh
         return self
 
+    def held(self) -> bool:
+        """Whether another process holds it now (tried and given back at once; the holder's record is left
+        as it is)."""
+        if not self.path.exists():
+            return False
+        with open(self.path, "a+") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return False
+
     def holder(self) -> dict:
         try:
             return json.loads(self.path.read_text() or "{}")
@@ -357,9 +370,6 @@ def serve(config, *, open_db: Callable[[], sqlite_utils.Database], log: Callable
 
     from apscheduler.schedulers.blocking import BlockingScheduler
 
-    # one daemon per database: a second would run every job twice (held until this process ends)
-    running = Lease(config.database, "daemon", suffix=".daemon.lock").acquire(
-        busy="stop it before starting another", hint="")
     stop = threading.Event()
     busy = threading.Lock()
     tz = config["schedule.timezone"]
@@ -399,17 +409,19 @@ def serve(config, *, open_db: Callable[[], sqlite_utils.Database], log: Callable
         stop.set()
         scheduler.shutdown(wait=False)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    for name, trig in triggers.items():
-        log(f"{name}: next run {trig.get_next_fire_time(None, datetime.now(timezone.utc))}")
-    log(f"daemon started (pid {os.getpid()}, timezone {tz}, today there {today()}, database {config.database})")
-    scheduler.start()
-    # The scheduler has stopped; wait for a job in progress to notice the stop flag and finish.
-    with busy:
-        pass
-    log("daemon stopped cleanly")
-    running.release()
+    # one daemon per database: a second would run every job twice
+    with Lease(config.database, "daemon", suffix=".daemon.lock").acquire(
+            busy="stop it before starting another", hint=""):
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        for name, trig in triggers.items():
+            log(f"{name}: next run {trig.get_next_fire_time(None, datetime.now(timezone.utc))}")
+        log(f"daemon started (pid {os.getpid()}, timezone {tz}, today there {today()}, database {config.database})")
+        scheduler.start()
+        # The scheduler has stopped; wait for a job in progress to notice the stop flag and finish.
+        with busy:
+            pass
+        log("daemon stopped cleanly")
     return 0
 
 
@@ -427,7 +439,7 @@ def status(db: sqlite_utils.Database, config, *, runs: int = 10) -> dict:
     except ConfigError as exc:
         upcoming = {"error": str(exc)}
     holder = Lease(config.database).holder() if Path(str(config.database) + ".lock").exists() else {}
-    if any(r["status"] == "running" for r in last) and not _lease_held(config.database):
+    if any(r["status"] == "running" for r in last) and not Lease(config.database).held():
         # nobody holds the lease: a run still 'running' is one whose process was killed (the next cycle
         # records it as abandoned; status only reads)
         for r in last:
@@ -435,12 +447,3 @@ def status(db: sqlite_utils.Database, config, *, runs: int = 10) -> dict:
                 r["status"] = "abandoned"
                 r["error"] = r["error"] or "the process ended before the run finished (killed or crashed)"
     return {"runs": last, "failing_patients": failing, "next_runs": upcoming, "lease_file": holder}
-
-
-def _lease_held(database: Path) -> bool:
-    """Whether a cycle, analyze or forget holds the lease now (taken and given back at once if free)."""
-    try:
-        Lease(database, "status").acquire().release()
-    except CycleBusy:
-        return True
-    return False

@@ -48,6 +48,8 @@ DIARY_COLUMNS = ["patient_id", "date", *DIARY_NUMBERS.keys(), *DIARY_BOOLEANS, *
                  "source", "imported_at"]
 _DIARY_KNOWN = {"patient_id", "date", "caffeine_servings", "notes", *DIARY_NUMBERS, *DIARY_BOOLEANS, *DIARY_TAGS}
 _DATE_PARTS = ("year", "month", "day")
+#: the yes/no words of an extra diary column (a custom factor, a warning sign)
+_BOOL_WORDS = {"true": 1.0, "yes": 1.0, "y": 1.0, "false": 0.0, "no": 0.0, "n": 0.0}
 #: extra diary columns named after a warning sign (the premonitory phase; factors.md): recorded as that symptom
 #: (factor ``symptom:<name>``, never called a trigger), not as a custom factor that could be called one
 WARNING_SIGN_COLUMNS = frozenset({
@@ -93,7 +95,8 @@ def _unused_note(col: str, read: Collection[str], kind: str) -> str:
     import difflib
 
     close = difflib.get_close_matches(col, list(read), n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]!r}? --rename '{col}={close[0]}')" if close else f" (--skip {col!r} to silence this note)"
+    hint = (f" (did you mean {close[0]!r}? --rename '{col}={close[0]}')" if close
+            else f" (--skip {col!r} to silence this note)")
     return f"column {col!r} is not a column of {kind} files and was not imported{hint}"
 
 
@@ -242,7 +245,7 @@ def _warning_sign_columns(frame: pd.DataFrame, c: Checker, state: dict, signs: l
         v = pd.to_numeric(s, errors="coerce").astype(float).fillna(
             s.astype("string").str.lower().map(_BOOL_WORDS, na_action="ignore").astype(float))
         bad = (s.notna() & ~np.isfinite(v)).to_numpy()
-        c.add(bad, (col + "=" + s[bad].map(repr) + " is not yes/no or a number").reindex(s.index).to_numpy())
+        c.flag(col, bad, " is not yes/no or a number")
         yes = (v > 0).to_numpy()
         felt[yes] = felt[yes] + ";" + snake(col)
         said |= np.isfinite(v).to_numpy()
@@ -251,9 +254,6 @@ def _warning_sign_columns(frame: pd.DataFrame, c: Checker, state: dict, signs: l
     merged[twice] = merged[twice].map(lambda t: ";".join(dict.fromkeys(t.split(";"))))
     known = symptoms.notna().to_numpy() | (said if "symptoms" not in frame.columns else felt.ne("").to_numpy())
     return merged.where(known, None)
-
-
-_BOOL_WORDS = {"true": 1.0, "yes": 1.0, "y": 1.0, "false": 0.0, "no": 0.0, "n": 0.0}
 
 
 def _custom_factors(frame: pd.DataFrame, c: Checker, state: dict, exclude: set[str]) -> pd.Series:
@@ -270,7 +270,7 @@ def _custom_factors(frame: pd.DataFrame, c: Checker, state: dict, exclude: set[s
                 kinds[col] = "numeric"
                 continue
             low = s.map(lambda v: str(v).lower())
-            is_bool = low.isin(["true", "false", "yes", "no", "y", "n"])
+            is_bool = low.isin(list(_BOOL_WORDS))
             is_num = pd.to_numeric(s, errors="coerce").notna()
             if (is_bool | is_num).all():
                 kinds[col] = "boolean" if is_bool.any() else "numeric"
@@ -290,8 +290,7 @@ def _custom_factors(frame: pd.DataFrame, c: Checker, state: dict, exclude: set[s
     for col, kind in numeric.items():
         s = c.text(col)
         low = s.astype("string").str.lower()
-        as_bool = low.map({"true": 1.0, "yes": 1.0, "y": 1.0, "false": 0.0, "no": 0.0, "n": 0.0},
-                          na_action="ignore").astype(float)
+        as_bool = low.map(_BOOL_WORDS, na_action="ignore").astype(float)
         as_num = pd.to_numeric(s, errors="coerce").astype(float)
         v = as_num.where(np.isfinite(as_num)).fillna(as_bool)  # "inf" is no reading (and no JSON number)
         bad = (s.notna() & v.isna()).to_numpy()

@@ -423,6 +423,11 @@ class Checker:
     def _shown(self, col: str, s: pd.Series, mask) -> pd.Series:
         return col + "=" + s[mask].map(lambda v: repr(v)[:60])
 
+    def flag(self, col: str, mask, why: str) -> None:
+        """Quarantine the rows of ``mask`` with ``<col>='<value>'<why>`` (the value as the file gave it)."""
+        s = self.text(col)
+        self.add(mask, (self._shown(col, s, np.asarray(mask, dtype=bool)) + why).reindex(s.index).to_numpy())
+
     def required(self, col: str, what: str | None = None) -> pd.Series:
         s = self.text(col)
         self.add(s.isna().to_numpy(), f"{col} is missing{' (' + what + ')' if what else ''}")
@@ -433,12 +438,11 @@ class Checker:
         s = self.text(col)
         v = pd.to_numeric(s, errors="coerce").astype(float)
         bad = (s.notna() & ~np.isfinite(v)).to_numpy()  # "inf" parses, but is no reading
-        if bad.any():
-            self.add(bad, (self._shown(col, s, bad) + " is not a number").reindex(s.index).to_numpy())
+        self.flag(col, bad, " is not a number")
         v = v.where(~bad)
         if integer:
             frac = (v.notna() & (v != np.round(v))).to_numpy()
-            self.add(frac, (self._shown(col, s, frac) + " must be a whole number").reindex(s.index).to_numpy())
+            self.flag(col, frac, " must be a whole number")
         out = np.zeros(self.n, dtype=bool)
         if lo is not None:
             out |= (v < lo).to_numpy() if not lo_open else (v <= lo).to_numpy()
@@ -451,15 +455,14 @@ class Checker:
                 rng = "negative" if lo == 0 and not lo_open else f"not above {_fmt(lo)}"
             else:
                 rng = f"above {_fmt(hi)}"
-            self.add(out, (self._shown(col, s, out) + f" is {rng}").reindex(s.index).to_numpy())
+            self.flag(col, out, f" is {rng}")
         return v.where(~out)
 
     def boolean(self, col: str) -> pd.Series:
         s = self.text(col)
         v = s.astype("string").str.lower().map(_BOOL, na_action="ignore").astype(float)
         bad = (s.notna() & v.isna()).to_numpy()
-        self.add(bad, (self._shown(col, s, bad) + " is not yes/no (use 1/0, true/false, yes/no or y/n)")
-                 .reindex(s.index).to_numpy())
+        self.flag(col, bad, " is not yes/no (use 1/0, true/false, yes/no or y/n)")
         return v
 
     def day(self, col: str, today: date, *, required: bool = True, fmt: str | None = None) -> pd.Series:
@@ -471,18 +474,16 @@ class Checker:
         parsed = pd.to_datetime(s, format=fmt or "%Y-%m-%d", errors="coerce")
         bad = (s.notna() & parsed.isna()).to_numpy()
         hint = "use YYYY-MM-DD, or --date-format for another layout" if not fmt else f"expected {fmt}"
-        self.add(bad, (self._shown(col, s, bad) + f" is not a date ({hint})").reindex(s.index).to_numpy())
+        self.flag(col, bad, f" is not a date ({hint})")
         future = (parsed > pd.Timestamp(today)).to_numpy()
-        self.add(future, (self._shown(col, s, future) + f" is in the future (today is {today})")
-                 .reindex(s.index).to_numpy())
+        self.flag(col, future, f" is in the future (today is {today})")
         return parsed.dt.strftime("%Y-%m-%d").where(parsed.notna() & ~future, None).astype(object)
 
     def patient_id(self, col: str = "patient_id") -> pd.Series:
         s = self.required(col)
         ok = s.str.fullmatch(PATIENT_ID_RE).fillna(False).astype(bool).to_numpy()
         bad = (s.notna().to_numpy() & ~ok)
-        self.add(bad, (self._shown(col, s, bad) + " must be 1-64 letters, digits, '_', '-' or '.'")
-                 .reindex(s.index).to_numpy())
+        self.flag(col, bad, " must be 1-64 letters, digits, '_', '-' or '.'")
         return s.where(ok, None)
 
     def tags(self, col: str, keep: str = "") -> pd.Series:

@@ -943,13 +943,11 @@ def _import_rows(db: sqlite_utils.Database, path: Path, fmt: str, options: Any, 
                               .dt.tz_convert("UTC"))
             # a local time that parses but has no UTC instant is a clock-change problem, told apart below
             unreadable = f["when"].notna() & (is_day & day.isna() | ~is_day & t.isna() & (has_off | naive.isna()))
-            chk.add(unreadable.to_numpy(), _shown_time(f["when"], unreadable,
-                    " is not a date-time such as 2026-03-28T14:00+01:00 (or 2026-03-28T14:00 in the cell's "
-                    "local time), nor a date YYYY-MM-DD for a daily value"))
+            chk.flag("time", unreadable, " is not a date-time such as 2026-03-28T14:00+01:00 (or 2026-03-28T14:00 "
+                     "in the cell's local time), nor a date YYYY-MM-DD for a daily value")
             at_change = local & ok & naive.notna() & t.isna()
-            chk.add(at_change.to_numpy(), _shown_time(f["when"], at_change,
-                    " is a local time that does not exist or is ambiguous at a clock change "
-                    "(give an offset such as +01:00)"))
+            chk.flag("time", at_change, " is a local time that does not exist or is ambiguous at a clock change "
+                     "(give an offset such as +01:00)")
             keep = ~chk.bad
             rows = list(zip(batch.lines[~keep], chk.reasons[~keep], importing.raw_rows(batch.frame, ~keep)))
             result.quarantined += importing.quarantine(db, "weather", str(path), rows)
@@ -974,13 +972,6 @@ def _import_rows(db: sqlite_utils.Database, path: Path, fmt: str, options: Any, 
                                f"{', '.join(sorted(assumed))}; give times with an offset to be exact")
     if fmt == "csv" and result.accepted + result.replaced + result.unchanged == 0 and not result.quarantined:
         result.messages.append("no weather rows found")
-
-
-def _shown_time(when: pd.Series, mask: pd.Series, why: str) -> np.ndarray:
-    """``time='<value>'<why>`` for the rows of ``mask`` (None elsewhere), for :class:`importing.Checker`."""
-    out = pd.Series(None, index=when.index, dtype=object)
-    out[mask] = "time=" + when[mask].map(lambda v: repr(v)[:60]) + why
-    return out.to_numpy()
 
 
 def _register() -> None:
