@@ -71,7 +71,7 @@ def test_an_import_packs_every_patient_and_the_cycle_reads_the_same_inputs_from_
     for as_of in (LAST, START + timedelta(days=40), START - timedelta(days=5)):
         inputs = assert_same_inputs(packed, ids, as_of)
         if as_of == LAST:
-            assert len(inputs.diary) > 300 and len(inputs.sleep_nightly) > 200
+            assert len(inputs.diary) > 300 and len(inputs.sleep_nightly) > 150  # 2 of the 6 wear a device
     # a block of some patients, one of them without a pack: that one is read from its rows, in its place
     packed.conn.execute("DELETE FROM input_packs WHERE patient_id = ?", (ids[2],))
     packed.conn.commit()
@@ -80,8 +80,10 @@ def test_an_import_packs_every_patient_and_the_cycle_reads_the_same_inputs_from_
 
 
 def test_any_change_to_a_patients_rows_drops_their_pack_and_the_read_sees_it(packed):
-    p, other = ids_of(packed)[:2]
-    day = (START + timedelta(days=10)).isoformat()
+    worn = [r[0] for r in packed.execute("SELECT DISTINCT patient_id FROM sleep_periods ORDER BY 1")]
+    p, other = worn[0], next(i for i in ids_of(packed) if i != worn[0])  # p has sleep periods to change
+    day = packed.execute("SELECT min(date) FROM diary WHERE patient_id = ? AND date > ?",
+                         (p, (START + timedelta(days=10)).isoformat())).fetchone()[0]  # a day p logged
     changes = [
         ("UPDATE diary SET stress = 9.5 WHERE patient_id = ? AND date = ?", (p, day), "diary"),
         ("DELETE FROM diary WHERE patient_id = ? AND date = ?", (p, day), "diary"),
@@ -114,7 +116,8 @@ def test_an_import_packs_the_patients_it_changed_again(packed, tmp_path):
 
 
 def test_a_pack_of_another_layout_is_not_read_and_is_made_again(packed):
-    p, other = ids_of(packed)[:2]
+    worn = [r[0] for r in packed.execute("SELECT DISTINCT patient_id FROM sleep_periods ORDER BY 1")]
+    p, other = worn[0], next(i for i in ids_of(packed) if i != worn[0])  # p has sleep periods to change
     # p's pack replaced by the other patient's rows under an old layout: read, it would show
     data = packed.execute("SELECT data FROM input_packs WHERE patient_id = ? AND source = 'diary'",
                           (other,)).fetchone()[0]

@@ -18,6 +18,7 @@ from trigger_watch import config, features, importing, models, simulate, storage
 SEED_PLANTED = 3303
 SEED_ALCOHOL = 3304
 SEED_NULL = 4404
+SEED_STRESS = 3305
 N, DAYS = 40, 240
 KINDS = ("patients", "diary", "attacks", "sleep", "weather", "treatments")
 
@@ -64,7 +65,16 @@ def alcohol(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def null(tmp_path_factory):
-    return _cohort(tmp_path_factory, "null", SEED_NULL, triggers=False, premonitory=1.0)
+    """Nothing planted; stress is rated a point higher on attack days (the simulator's default reactivity)."""
+    return _cohort(tmp_path_factory, "null", SEED_NULL, triggers=False, premonitory=1.0, stress_reactivity=1.0)
+
+
+@pytest.fixture(scope="module")
+def stress(tmp_path_factory):
+    """Everyone has stress the day before (lag 1) as a trigger, OR 3-4 per 3 points, and rates stress 1.5
+    points higher on attack days (the pain is stressful)."""
+    return _cohort(tmp_path_factory, "stress", SEED_STRESS, plant=(("stress", 1, 1.0, 3.0),),
+                   or_range=(3.0, 4.0), stress_reactivity=1.5)
 
 
 def _planted_rows(c, s) -> pd.DataFrame:
@@ -103,6 +113,36 @@ def test_planted_alcohol_the_day_before_is_recovered_through_the_pipeline(alcoho
     # avoidance makes lag-0 alcohol look protective; it is never called
     assert not ((s["factor"] == "alcohol_units") & (s["lag_days"] == 0)
                 & s["verdict"].isin(["trigger", "protective"])).any()
+
+
+def test_stress_the_day_before_is_recovered_and_the_same_day_never_called(stress):
+    c, _, s = stress
+    rows = _planted_rows(c, s)
+    assert len(rows) == N and rows["verdict"].notna().all()
+    assert (rows["verdict"] == "trigger").mean() >= 0.4
+    # the evening's rating rises with the day's attack: a consequence, estimated but never called
+    same_day = s[s["factor"].isin(["stress", "stress_letdown"]) & (s["lag_days"] == 0)]
+    assert len(same_day) == 2 * N
+    assert same_day.loc[same_day["factor"] == "stress", "odds_ratio"].notna().all()  # estimated and shown
+    assert not same_day["verdict"].isin(["trigger", "protective"]).any()
+    calls = s[s["verdict"].isin(["trigger", "protective"])]
+    false = calls[~((calls["factor"] == "stress") & (calls["lag_days"] == 1) & (calls["verdict"] == "trigger"))]
+    assert not false["factor"].str.startswith("stress").any()
+    # the 10% FDR holds on average; one cohort of 40 can exceed it: 7 of 47 calls with this seed, on sleep
+    # timing and red wine, the same 7 when stress is rated no higher on attack days
+    assert len(false) <= max(2, 0.2 * len(calls))
+
+
+def test_stress_rated_higher_in_attacks_is_no_trigger_in_a_null_cohort(null):
+    """Pain raises the evening's stress rating: without the same-day rating treated as a consequence, every
+    patient of a null cohort got "stress the same day" as a trigger (300 of 300 at 365 days, measured)."""
+    c, _, s = null
+    raw = c.diary.merge(c.daily_truth.assign(date=c.daily_truth["date"].dt.strftime("%Y-%m-%d")),
+                        on=["patient_id", "date"])
+    attack = raw["onset"].astype(bool) | ~raw["at_risk"].astype(bool)
+    assert raw.loc[attack, "stress"].mean() > raw.loc[~attack, "stress"].mean() + 0.5  # the bias is there
+    stress_calls = s[s["factor"].str.startswith("stress") & s["verdict"].isin(["trigger", "protective"])]
+    assert stress_calls.empty, stress_calls[["patient_id", "factor", "lag_days", "verdict", "odds_ratio"]]
 
 
 def test_symptoms_are_never_triggers_through_the_pipeline(planted, alcohol, null):

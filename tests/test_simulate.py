@@ -66,8 +66,10 @@ def test_planted_triggers_follow_the_brief(cohort):
     t = cohort.truth
     ors = t["odds_ratio_ref"]
     assert ors.between(1.5, 4.0).all()
-    assert (t.loc[t["factor"].isin(["alcohol_units", "skipped_meal", "caffeine_withdrawal"]), "lag"] == 1).all()
-    assert (t.loc[t["factor"].isin(["pressure_drop", "stress", "sleep_short", "menstrual_window"]), "lag"] == 0).all()
+    # lag 1 where the evening's own rating or log is changed by the attack (behaviour, stress)
+    assert (t.loc[t["factor"].isin(["alcohol_units", "skipped_meal", "caffeine_withdrawal", "stress",
+                                    "stress_letdown"]), "lag"] == 1).all()
+    assert (t.loc[t["factor"].isin(["pressure_drop", "sleep_short", "menstrual_window"]), "lag"] == 0).all()
     per = t.groupby("patient_id").size()
     assert per.max() <= 4
     assert len(per) < len(cohort.patients)  # some patients have no trigger
@@ -103,6 +105,25 @@ def test_warning_signs_rise_before_onset_and_avoidance_on_attack_days(panel):
     assert sym[at["onset"] == 1].mean() > 2 * sym[at["onset"] == 0].mean()
     alc = at["alcohol_units@0"]
     assert alc[at["onset"] == 1].mean() < 0.5 * alc[at["onset"] == 0].mean()
+
+
+def test_stress_is_rated_higher_on_attack_days_by_the_reactivity():
+    """The diary's stress is the stress the planted effects act on, plus ``stress_reactivity`` on onset and
+    episode days (clipped to 0-10); other days, and every other column, are the same."""
+    calm = simulate.simulate_cohort(20, 120, SEED, stress_reactivity=0.0)
+    pained = simulate.simulate_cohort(20, 120, SEED, stress_reactivity=2.0)
+    pd.testing.assert_frame_equal(calm.attacks, pained.attacks)
+    a, b = calm.diary, pained.diary
+    pd.testing.assert_frame_equal(a.drop(columns="stress"), b.drop(columns="stress"))
+    truth = calm.daily_truth.assign(date=lambda d: pd.to_datetime(d["date"]).dt.strftime("%Y-%m-%d"))
+    days = a[["patient_id", "date"]].merge(truth, on=["patient_id", "date"], how="left")
+    attack = (days["onset"].astype(bool) | ~days["at_risk"].astype(bool)).to_numpy()
+    diff = (b["stress"] - a["stress"]).to_numpy()
+    known = ~np.isnan(diff)
+    assert attack.sum() > 100
+    assert (diff[known & ~attack] == 0).all()
+    expected = np.minimum(a["stress"].to_numpy() + 2, 10) - a["stress"].to_numpy()
+    np.testing.assert_array_equal(diff[known & attack], expected[known & attack])
 
 
 def test_weather_is_a_realistic_series(cohort):

@@ -17,7 +17,8 @@ The method (docs/models.md has the why and the accuracy table):
    ones stay in it, and common triggers need less evidence per patient. The fit is a batched penalised
    Newton over blocks of patients (numpy), three rounds (a ridge seeded by one-step score statistics, two
    EMVS).
-3. **Columns that are consequences of the attack** -- lag-0 behaviour (avoidance on attack days) and
+3. **Columns that are consequences of the attack** -- lag-0 behaviour (avoidance on attack days; and stress,
+   rated in the same evening and raised by the pain) and
    ``symptom:*`` (the premonitory phase) -- are not adjustment covariates (adjusting for a consequence of the
    outcome biases every other coefficient); each gets a one-step added-variable (score) estimate against the
    fitted model and its own pooled prior.
@@ -60,7 +61,7 @@ from threadpoolctl import ThreadpoolController  # installed with scikit-learn
 from trigger_watch import storage
 from trigger_watch.errors import ModelError
 
-MODEL_VERSION = "eb-hazard-2"  # 2: moment-matched EMVS prior (stored runs of 1 are refitted)
+MODEL_VERSION = "eb-hazard-3"  # 2: moment-matched EMVS prior; 3: same-day stress is a consequence (stored runs refitted)
 METHOD = ("discrete-time hazard (logistic over at-risk days, all factors and lags jointly) with empirical-Bayes "
           "partial pooling across the cohort; q-values from the local false sign rate")
 

@@ -14,12 +14,14 @@ What a simulated patient looks like (every knob is a keyword of :func:`simulate_
 - premonitory symptoms (yawning, craving, neck stiffness, fatigue) that rise the day before an onset and on the
   onset day: warning signs, not causes;
 - avoidance: alcohol and exercise recorded in the evening diary of an onset or episode day are mostly skipped;
+- reactivity: stress rated in the evening of an onset or episode day is higher (the pain is stressful), by
+  ``stress_reactivity`` points; the planted effects act on the stress the patient would have rated without it;
 - missing diary days that cluster in attacks (a Markov chain whose start probability rises on attack days);
 - a ketamine infusion for some patients that lowers the attack rate afterwards.
 
 Planted triggers act on the daily onset hazard: ``logit p = a_i + sum_k beta_ik x_ik`` over at-risk days,
-drawn per patient from :data:`PLANTABLE` (lag 0 for weather, sleep, stress and the menstrual window, lag 1
-for behaviour) with odds ratios 1.5-4 for the factor's reference contrast (exposed vs not, or ``ref_change``
+drawn per patient from :data:`PLANTABLE` (lag 0 for weather, sleep and the menstrual window, lag 1 for stress,
+the stress let-down and behaviour, whose same-day ratings the attack changes) with odds ratios 1.5-4 for the factor's reference contrast (exposed vs not, or ``ref_change``
 natural units for a continuous factor). ``Cohort.truth`` lists them as log odds ratios per natural unit.
 
 :func:`panel_from_cohort` is a **test helper**: a small stand-in for ``features.build_panel`` that builds a panel
@@ -40,8 +42,8 @@ PLANTABLE: tuple[tuple[str, int, float, float], ...] = (
     ("pressure_drop", 0, 0.35, 1.0),
     ("menstrual_window", 0, 0.50, 1.0),  # female patients with cycles only
     ("sleep_short", 0, 0.25, 1.0),
-    ("stress", 0, 0.25, 3.0),  # OR quoted per 3 points of stress
-    ("stress_letdown", 0, 0.12, 1.0),
+    ("stress", 1, 0.25, 3.0),  # OR quoted per 3 points of stress
+    ("stress_letdown", 1, 0.12, 1.0),
     ("alcohol_units", 1, 0.25, 2.0),  # OR quoted per 2 drinks; drinkers only
     ("skipped_meal", 1, 0.20, 1.0),
     ("caffeine_withdrawal", 1, 0.12, 1.0),  # regular coffee drinkers only
@@ -180,13 +182,15 @@ def simulate_cohort(
     p_ketamine: float = 0.1,
     premonitory: float = 0.7,
     avoidance: float = 0.8,
+    stress_reactivity: float = 1.0,
     plant: tuple[tuple[str, int, float, float], ...] | None = None,
 ) -> Cohort:
     """Simulate ``n_patients`` over ``n_days`` local days from ``start``; the same ``seed`` gives the same cohort.
 
     ``plant`` replaces :data:`PLANTABLE` (e.g. ``(("pressure_drop", 0, 1.0, 1.0),)`` plants it in everyone);
     ``triggers=False`` plants nothing (a null cohort). ``avoidance`` is the share of alcohol and exercise
-    skipped on attack days; ``premonitory`` the share of patients with warning signs.
+    skipped on attack days; ``stress_reactivity`` the points stress is rated higher on them;
+    ``premonitory`` the share of patients with warning signs.
     """
     rng = np.random.default_rng(seed)
     P, D = int(n_patients), int(n_days)
@@ -372,7 +376,7 @@ def simulate_cohort(
     med = np.where(attack_day, np.where(rng.random((P, D)) < 0.6, "sumatriptan", "ibuprofen"), "")
     diary = pd.DataFrame({
         "patient_id": pid[ii], "date": datestr[tt],
-        "stress": item(stress)[ii, tt], "alcohol_units": item(alcohol)[ii, tt],
+        "stress": item(np.clip(stress + stress_reactivity * attack_day, 0, 10))[ii, tt], "alcohol_units": item(alcohol)[ii, tt],
         "caffeine_mg": item(caffeine)[ii, tt], "menstruation": item(mens)[ii, tt],
         "skipped_meal": item(skipped)[ii, tt], "exercise_minutes": item(exercise)[ii, tt],
         "water_l": item(np.round(np.clip(rng.normal(1.8, 0.45, (P, D)), 0.3, 4), 1))[ii, tt],
@@ -475,8 +479,8 @@ def write_files(cohort: Cohort, folder: str | Path) -> dict[str, Path]:
 
 #: (factor, kind, group, label, behaviour) of the columns :func:`panel_from_cohort` builds.
 PANEL_FACTORS: tuple[tuple[str, str, str, str, bool], ...] = (
-    ("stress", "continuous", "diary", "Stress (0-10, per point)", False),
-    ("stress_letdown", "boolean", "diary", "Stress let-down (fell by 3+ points)", False),
+    ("stress", "continuous", "diary", "Stress (0-10, per point)", True),
+    ("stress_letdown", "boolean", "diary", "Stress let-down (fell by 3+ points)", True),
     ("alcohol_units", "continuous", "behaviour", "Alcohol (per drink)", True),
     ("caffeine_mg", "continuous", "behaviour", "Caffeine (per mg)", True),
     ("caffeine_withdrawal", "boolean", "behaviour", "Caffeine below half your usual", True),
