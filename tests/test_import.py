@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
+from conftest import TODAY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -13,8 +15,6 @@ from trigger_watch import storage
 from trigger_watch.diary import forget
 from trigger_watch.errors import InputFileError, UnknownPatient
 from trigger_watch.importing import ImportOptions, import_file, list_rejects
-
-from conftest import TODAY
 
 HEADER = "patient_id,date,stress,alcohol_units,caffeine_mg,menstruation,foods,headache\n"
 
@@ -250,6 +250,36 @@ def test_ragged_csv_row_is_quarantined(patients, write, do_import):
     result = do_import("diary", write("d.csv", "patient_id,date,stress\np1,2026-03-01,3,extra\np1,2026-03-02,4\n"))
     assert (result.accepted, result.quarantined) == (1, 1)
     assert list_rejects(patients)[0]["reason"] == "has 4 values but the header has 3 columns"
+
+
+def test_an_unclosed_quote_is_quarantined_alone_and_the_lines_after_it_import(patients, write, do_import):
+    """Read leniently, the open quote of line 3 swallowed lines 4-6 into its note: one row imported, three
+    lost without a word. Now line 3 is quarantined and reading starts again on line 4."""
+    do_import("diary", write("d0.csv", "patient_id,date,stress\np1,2026-03-02,7\n"))
+    before = rows(patients, "SELECT date, stress, notes FROM diary ORDER BY date")
+    text = ('patient_id,date,stress,notes\np1,2026-03-01,3,"fine"\np1,2026-03-02,4,"forgot to close\n'
+            'p1,2026-03-03,5,ok\np1,2026-03-04,6,"two\nlines"\np1,2026-03-05,2,"x""y"\n')
+    result = do_import("diary", write("d.csv", text))
+    assert (result.accepted, result.quarantined) == (4, 1)
+    (rej,) = list_rejects(patients)
+    assert rej["line"] == 3 and rej["reason"].startswith('opens a quote (") that is never closed')
+    got = rows(patients, "SELECT date, stress, notes FROM diary ORDER BY date")
+    assert got == [("2026-03-01", 3.0, "fine"), before[0], ("2026-03-03", 5.0, "ok"),
+                   ("2026-03-04", 6.0, "two\nlines"), ("2026-03-05", 2.0, 'x"y')]
+    # the line numbers after it are the file's (the two-line note is lines 5-6): a bad value on line 8
+    do_import("diary", write("e.csv", text + "p1,2026-03-06,11,\n"))
+    last = [(Path(r["file"]).name, r["line"]) for r in list_rejects(patients)][-2:]
+    assert last == [("e.csv", 3), ("e.csv", 8)]
+
+
+@pytest.mark.parametrize("sep,name", [(";", "semicolons (;)"), ("\t", "tabs")])
+def test_a_file_separated_by_semicolons_or_tabs_says_so(patients, write, do_import, sep, name):
+    """A spreadsheet saved with another separator read as one column named 'patient_id;date;stress', and the
+    error asked for --patient."""
+    text = sep.join(["patient_id", "date", "stress"]) + "\n" + sep.join(["p1", "2026-03-01", "3"]) + "\n"
+    with pytest.raises(InputFileError, match=re.escape(f"the header row is separated by {name}, not commas")):
+        do_import("diary", write("d.csv", text))
+    assert rows(patients, "SELECT count(*) FROM diary") == [(0,)]
 
 
 def test_create_patients_option(db, write, do_import):

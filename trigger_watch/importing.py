@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import itertools
 import json
 import re
 import sys
@@ -264,6 +265,41 @@ def _frame(records: list[list], names: list[str], skips: set[str]) -> pd.DataFra
     return frame
 
 
+#: separators a spreadsheet may have used instead of the contract's ","
+_OTHER_SEPARATORS = {";": "semicolons (;)", "\t": "tabs"}
+
+
+def _csv_rows(path: Path, encoding: str) -> Iterator[tuple[int, list[str] | None, str]]:
+    """``(line, row, "")`` for each record after the header, or ``(line, None, why)`` for one that is not
+    valid CSV. A quote opened and never closed swallows the lines after it into one cell (to the end of the
+    file, or to the next quote, where the record then breaks; the csv module's lenient mode imported the
+    first case as one row): that line alone is reported, and reading starts again on the line after it."""
+    skip = 1  # lines before the first record: the header
+    while True:
+        with path.open("r", encoding=encoding, newline="") as fh:
+            reader = csv.reader(itertools.islice(fh, skip, None), strict=True)
+            prev = 0
+            while True:
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:
+                    line = skip + prev + 1
+                    if "unexpected end of data" in str(exc) or reader.line_num != prev + 1:
+                        # the record ran on past its own line: a quote left open took the next lines in
+                        why = ('opens a quote (") that is never closed, so the lines after it were read as '
+                               "part of one cell: close the quote or remove it")
+                        yield line, None, why
+                        skip = line  # read again from the line after this one
+                        break
+                    yield line, None, f"is not valid CSV ({exc})"
+                    prev = reader.line_num
+                    continue
+                yield skip + prev + 1, row, ""
+                prev = reader.line_num
+
+
 def _csv_batches(path, encoding, batch_rows, columns, skips) -> Iterator[Batch]:
     with path.open("r", encoding=encoding, newline="") as fh:
         reader = csv.reader(fh)
@@ -273,35 +309,35 @@ def _csv_batches(path, encoding, batch_rows, columns, skips) -> Iterator[Batch]:
             raise InputFileError(f"{path} has no header row") from None
         except csv.Error as exc:
             raise InputFileError(f"{path}: the header row is not valid CSV ({exc})") from None
-        if len([h for h in header if h.strip()]) < 1:
-            raise InputFileError(f"{path}: the first line must be a header row naming the columns")
-        names = columns(header)
-        width = len(names)
-        records, lines, problems = [], [], []
-        prev_line = reader.line_num
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as exc:
-                problems.append((prev_line + 1, f"not valid CSV ({exc})", ""))
-                prev_line = reader.line_num
-                continue
-            start_line, prev_line = prev_line + 1, reader.line_num
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if len(row) != width:
-                problems.append((start_line, f"has {len(row)} values but the header has {width} columns",
-                                 json.dumps(row, ensure_ascii=False)))
-                continue
-            records.append(row)
-            lines.append(start_line)
-            if len(records) >= batch_rows:
-                yield Batch(_frame(records, names, skips), np.asarray(lines), [], problems)
-                records, lines, problems = [], [], []
-        if records or problems:
-            yield Batch(_frame(records, names, skips), np.asarray(lines, dtype=int), [], problems)
+    if len([h for h in header if h.strip()]) < 1:
+        raise InputFileError(f"{path}: the first line must be a header row naming the columns")
+    if len(header) == 1:
+        for sep, name in _OTHER_SEPARATORS.items():
+            if sep in header[0]:
+                raise InputFileError(
+                    f"{path}: the header row is separated by {name}, not commas ({header[0][:60]!r}). Save "
+                    f"the file as comma-separated CSV (in a spreadsheet: CSV UTF-8, comma delimited) and "
+                    f"import it again")
+    names = columns(header)
+    width = len(names)
+    records, lines, problems = [], [], []
+    for line, row, why in _csv_rows(path, encoding):
+        if row is None:
+            problems.append((line, why, ""))
+            continue
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        if len(row) != width:
+            problems.append((line, f"has {len(row)} values but the header has {width} columns",
+                             json.dumps(row, ensure_ascii=False)))
+            continue
+        records.append(row)
+        lines.append(line)
+        if len(records) >= batch_rows:
+            yield Batch(_frame(records, names, skips), np.asarray(lines), [], problems)
+            records, lines, problems = [], [], []
+    if records or problems:
+        yield Batch(_frame(records, names, skips), np.asarray(lines, dtype=int), [], problems)
 
 
 def _objects_to_batch(objs: list[dict], lines: list[int], columns, skips, problems) -> Batch:
