@@ -77,6 +77,14 @@ def test_example_files_import_and_rejects_lists_quarantine(ws):
     r = tw(ws, "rejects", "--kind", "diary")
     assert r.returncode == 0
     assert f"{bad} line 2: stress='11' is outside 0-10" in r.stdout
+    # the clinic fixes the row and imports the fixed file: the list is empty, --all still shows the row
+    fixed = ws / "fixed.csv"
+    fixed.write_text("patient_id,date,stress\np001,2026-03-09,1\n")
+    r = tw(ws, "import", "diary", str(fixed))
+    assert r.returncode == 0 and "1 row(s) quarantined by an earlier import now have a good row" in r.stdout
+    assert tw(ws, "rejects").stdout.strip() == "no quarantined rows waiting to be fixed"
+    r = tw(ws, "rejects", "--all")
+    assert f"{bad} line 2: stress='11' is outside 0-10  [fixed by {fixed} on " in r.stdout
 
 
 @pytest.mark.parametrize("make", ["missing", "folder", "binary", "empty", "latin1"])

@@ -282,6 +282,36 @@ def test_a_file_separated_by_semicolons_or_tabs_says_so(patients, write, do_impo
     assert rows(patients, "SELECT count(*) FROM diary") == [(0,)]
 
 
+def test_a_later_good_row_for_the_same_key_resolves_a_reject(patients, write, do_import):
+    """The rejects list only grew: a row fixed and imported again stayed listed for ever."""
+    bad = write("d.csv", "patient_id,date,stress\np1,2026-03-01,11\np1,2026-03-02,maybe\nq!,2026-03-03,2\n"
+                         "p1,2026-03-04,3\n")
+    assert do_import("diary", bad).quarantined == 3
+    key_of = {r["line"]: r["row_key"] for r in patients.query("SELECT line, row_key FROM rejects")}
+    assert key_of == {2: "p1|2026-03-01", 3: "p1|2026-03-02", 4: None}  # no key without a valid patient id
+    # another kind's good row, or another day, resolves nothing
+    do_import("treatments", write("t.csv", "patient_id,date,treatment\np1,2026-03-01,botox\n"))
+    result = do_import("diary", write("other.csv", "patient_id,date,stress\np1,2026-03-05,4\n"))
+    assert result.resolved == 0 and len(list_rejects(patients)) == 3
+    fixed = write("fixed.csv", "patient_id,date,stress\np1,2026-03-01,1\n")
+    result = do_import("diary", fixed)
+    assert result.resolved == 1 and "1 row(s) quarantined by an earlier import" in "\n".join(result.lines())
+    assert [r["line"] for r in list_rejects(patients)] == [3, 4]
+    everything = list_rejects(patients, resolved=True)
+    assert [(r["line"], r["resolved_by"]) for r in everything] == [(2, str(fixed)), (3, None), (4, None)]
+    # the bad file again: its row is the later one, so the reject is open again, and stored only once
+    assert do_import("diary", bad).quarantined == 3
+    assert [r["line"] for r in list_rejects(patients)] == [2, 3, 4]
+    assert len(list_rejects(patients, resolved=True)) == 3
+    assert rows(patients, "SELECT stress FROM diary WHERE date = '2026-03-01'") == [(1.0,)]
+
+
+def test_a_bad_row_and_a_good_one_for_its_key_in_one_file_stay_as_they_are(patients, write, do_import):
+    result = do_import("diary", write("d.csv", "patient_id,date,stress\np1,2026-03-01,3\np1,2026-03-01,11\n"))
+    assert (result.accepted, result.quarantined, result.resolved) == (1, 1, 0)
+    assert [r["line"] for r in list_rejects(patients)] == [3]
+
+
 def test_create_patients_option(db, write, do_import):
     result = do_import("diary", write("d.csv", "patient_id,date,stress\nnew1,2026-03-01,3\n"),
                        create_patients=True, default_timezone="Europe/Oslo")

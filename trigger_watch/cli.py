@@ -166,17 +166,25 @@ def import_cmd(app: App, kind: str, files: tuple[str, ...], fmt: str | None, pat
               help="Only rows of this kind.")
 @click.option("--limit", type=click.IntRange(min=1), help="Show at most this many.")
 @click.option("--raw", is_flag=True, help="Also print each row as it was in the file.")
+@click.option("--all", "show_all", is_flag=True,
+              help="Also rows a later import has fixed (a good row for the same patient and date, attack start, "
+                   "treatment or patient), with the file that fixed them.")
 @pass_app
-def rejects(app: App, kind: str | None, limit: int | None, raw: bool) -> None:
-    """List quarantined rows with file, line and the reason to fix."""
+def rejects(app: App, kind: str | None, limit: int | None, raw: bool, show_all: bool) -> None:
+    """List quarantined rows with file, line and the reason to fix.
+
+    A row leaves the list once a later import stores a good row for its key (patients, diary, attacks,
+    treatments); --all still shows it."""
     from trigger_watch.importing import list_rejects, location
 
-    rows = list_rejects(app.db, kind, limit)
+    rows = list_rejects(app.db, kind, limit, resolved=show_all)
     if not rows:
-        app.say("no quarantined rows" + (f" of kind {kind}" if kind else ""))
+        app.say("no quarantined rows" + (f" of kind {kind}" if kind else "")
+                + ("" if show_all else " waiting to be fixed"))
         return
     for r in rows:
-        app.say(f"{r['kind']}: {location(r['file'], r['line'])}: {r['reason']}")
+        fixed = (f"  [fixed by {r['resolved_by']} on {r['resolved_at'][:10]}]" if r.get("resolved_at") else "")
+        app.say(f"{r['kind']}: {location(r['file'], r['line'])}: {r['reason']}{fixed}")
         if raw and r["raw"]:
             app.say(f"    {r['raw']}")
 

@@ -30,8 +30,11 @@ from trigger_watch.importing import (
     detect_format,
     iter_batches,
     normalise_tags,
+    open_reject_keys,
     quarantine,
     raw_rows,
+    resolve_rejects,
+    row_keys,
     snake,
     to_rows,
 )
@@ -110,6 +113,7 @@ def _import(db, path: Path, fmt: str | None, options: ImportOptions, kind: str,
     done = 0
     now = storage.utcnow_text()
     with storage.transaction(db):
+        before_id, open_keys = open_reject_keys(db, kind)
         for batch in iter_batches(path, fmt, batch_rows=options.batch_rows, renames=options.renames,
                                   skips=options.skips):
             result.quarantined += quarantine(db, kind, str(path), batch.problems)
@@ -129,10 +133,14 @@ def _import(db, path: Path, fmt: str | None, options: ImportOptions, kind: str,
                 rej = list(zip(batch.lines[bad].tolist(), checker.reasons[bad].tolist(),
                                raw_rows(batch.frame, bad)))
                 pids = clean["patient_id"][bad].tolist() if "patient_id" in clean.columns else None
-                result.quarantined += quarantine(db, kind, str(path), rej, pids)
+                keys = row_keys(clean.loc[bad], key) if set(key) <= set(clean.columns) else None
+                result.quarantined += quarantine(db, kind, str(path), rej, pids, keys)
             good = clean.loc[~bad].copy()
             if good.empty:
                 continue
+            if open_keys:  # a good row for the key of an earlier import's reject: that reject is fixed
+                fixed = [k for k in row_keys(good, key) if k in open_keys]
+                result.resolved += resolve_rejects(db, kind, before_id, fixed, str(path))
             good["source"] = str(path)
             good["imported_at"] = now
             ins, rep, unch, changed = storage.upsert_rows(db, table, columns, to_rows(good, columns), key)

@@ -66,6 +66,7 @@ class ImportResult:
     replaced: int = 0
     unchanged: int = 0
     quarantined: int = 0
+    resolved: int = 0  # rejects of earlier imports whose key this import stored a good row for
     messages: list[str] = field(default_factory=list)
     patients: set[str] = field(default_factory=set)
 
@@ -76,6 +77,9 @@ class ImportResult:
         ]
         if self.quarantined:
             out.append(f"  see the reasons with: trigger-watch rejects --kind {self.kind}")
+        if self.resolved:
+            out.append(f"  {self.resolved} row(s) quarantined by an earlier import now have a good row, and "
+                       f"leave the rejects list (trigger-watch rejects --all shows them)")
         out.extend(f"  note: {m}" for m in self.messages)
         return out
 
@@ -556,30 +560,68 @@ def normalise_tags(s: pd.Series, *, keep: str = "") -> pd.Series:
 # ------------------------------------------------------------------------------------ quarantine
 
 def quarantine(db: sqlite_utils.Database, kind: str, file: str | Path,
-               rows: list[tuple[int | None, str, str]], patient_ids: list[str | None] | None = None) -> int:
+               rows: list[tuple[int | None, str, str]], patient_ids: list[str | None] | None = None,
+               keys: list[str | None] | None = None) -> int:
     """Store rejected rows verbatim with where they came from and why. Must run inside a transaction.
 
-    Re-importing the same bad file does not store its rejects twice. Returns how many rows were given.
+    ``keys``: each row's key (:func:`row_keys`) where it could be read, so that a later good row for the same
+    key resolves the reject (:func:`resolve_rejects`). Re-importing the same bad file does not store its
+    rejects twice; a reject it repeats is open again, resolved or not (the file's row is the later one).
+    Returns how many rows were given.
     """
     if not rows:
         return 0
     now = storage.utcnow_text()
     pids = patient_ids or [None] * len(rows)
+    keys = keys or [None] * len(rows)
     db.conn.executemany(
-        "INSERT OR IGNORE INTO rejects (kind, file, line, reason, raw, patient_id, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [(kind, str(file), None if line is None else int(line), reason, raw, pid, now)
-         for (line, reason, raw), pid in zip(rows, pids)],
+        "INSERT INTO rejects (kind, file, line, reason, raw, patient_id, row_key, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, file, line, raw) DO UPDATE SET resolved_at = NULL,"
+        " resolved_by = NULL",
+        [(kind, str(file), None if line is None else int(line), reason, raw, pid, key, now)
+         for (line, reason, raw), pid, key in zip(rows, pids, keys)],
     )
     return len(rows)
 
 
-def list_rejects(db: sqlite_utils.Database, kind: str | None = None, limit: int | None = None) -> list[dict]:
-    sql = "SELECT kind, file, line, reason, raw, created_at FROM rejects"
-    params: list = []
+def row_keys(frame: pd.DataFrame, key: list[str]) -> list[str | None]:
+    """Each row's key columns as one text (``p1|2026-03-01``); None where a part could not be read."""
+    cols = [frame[c].astype(object).where(frame[c].notna(), None).tolist() for c in key]
+    return [None if None in parts else "|".join(map(str, parts)) for parts in zip(*cols)]
+
+
+def open_reject_keys(db: sqlite_utils.Database, kind: str) -> tuple[int, set[str]]:
+    """(the last reject's id, the keys of ``kind``'s unresolved rejects): read once at an import's start."""
+    last = db.execute("SELECT coalesce(max(id), 0) FROM rejects").fetchone()[0]
+    keys = {r[0] for r in db.execute("SELECT row_key FROM rejects WHERE kind = ? AND resolved_at IS NULL"
+                                     " AND row_key IS NOT NULL", (kind,))}
+    return last, keys
+
+
+def resolve_rejects(db: sqlite_utils.Database, kind: str, before_id: int, keys: list[str], file: str) -> int:
+    """Mark the rejects of ``kind`` (up to id ``before_id``: earlier imports') whose key a good row of this
+    import now stores as resolved by ``file``. They leave ``rejects`` and stay in ``rejects --all``."""
+    if not keys:
+        return 0
+    now = storage.utcnow_text()
+    cur = db.conn.executemany(
+        "UPDATE rejects SET resolved_at = ?, resolved_by = ? WHERE kind = ? AND row_key = ? AND id <= ?"
+        " AND resolved_at IS NULL", [(now, file, kind, k, before_id) for k in keys])
+    return cur.rowcount
+
+
+def list_rejects(db: sqlite_utils.Database, kind: str | None = None, limit: int | None = None, *,
+                 resolved: bool = False) -> list[dict]:
+    """Quarantined rows, oldest first: those no later import has fixed, or with ``resolved`` every one."""
+    sql = "SELECT kind, file, line, reason, raw, created_at, resolved_at, resolved_by FROM rejects"
+    where, params = [], []
     if kind:
-        sql += " WHERE kind = ?"
+        where.append("kind = ?")
         params.append(kind)
+    if not resolved:
+        where.append("resolved_at IS NULL")
+    if where:
+        sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY id"
     if limit:
         sql += f" LIMIT {int(limit)}"

@@ -145,6 +145,12 @@ MIGRATIONS: list[Migration] = [
     (2, "index patients by clinician", _V2),
     (3, "change counter per patient", _V3),
     (4, "index of the diary's tag groups", _V4),
+    (62, "rejects: the row's key, and when a later import stored a good row for it", [
+        "ALTER TABLE rejects ADD COLUMN row_key TEXT",
+        "ALTER TABLE rejects ADD COLUMN resolved_at TEXT",
+        "ALTER TABLE rejects ADD COLUMN resolved_by TEXT",
+        "CREATE INDEX rejects_open ON rejects (kind, row_key) WHERE resolved_at IS NULL",
+    ]),
 ]
 
 
