@@ -116,6 +116,11 @@ def test_a_patient_enrolled_with_no_records_yet_gets_a_report_and_the_cycle_goes
     assert (result.status, result.analysed, result.failed) == ("ok", ["fresh1"], {})
     doc = json.loads((cfg.reports_dir / "fresh1" / "triggers.json").read_text())
     assert doc["status"] == "insufficient_data" and doc["data"]["diary_days"] == 0
+    # every key of reports.md is there, null when there is nothing to say (the cv_* keys were left out)
+    assert {"data", "status", "factors", "forecast", "flags", "treatments", "model"} <= doc.keys()
+    assert doc["forecast"] is None
+    assert {k: doc["model"].get(k, "absent") for k in ("cv_auc", "cv_brier", "cv_days")} == {
+        "cv_auc": None, "cv_brier": None, "cv_days": None}
     assert "nothing logged from you yet" in (cfg.reports_dir / "fresh1" / "summary.md").read_text()
     add_diary_row(db, ws, "p00003", "2026-11-19", stress=9)  # and the next cycle works as ever
     assert daemon.run_cycle(db, cfg, today=TODAY, fetch=False).analysed == ["p00003"]

@@ -711,6 +711,8 @@ def build_triggers(pid: str, result, *, as_of: date, generated_at: str, forecast
         model.setdefault("model_id", result.model.get("fingerprint"))
     if validation:
         model.update(_clean(validation))
+    for key in ("cv_auc", "cv_brier", "cv_days"):  # reports.md's keys, null until a validation covers them
+        model.setdefault(key, None)
     flag_block = {"chronic_migraine": False, "medication_overuse": False}
     if flags:
         flag_block = _clean(flags)
