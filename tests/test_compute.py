@@ -199,6 +199,27 @@ def test_workers_started_early_have_imported_what_they_were_given():
     assert compute.Executor().start(("colorsys",))() is None  # in this process: nothing to start
 
 
+def _on_interrupt(_):
+    import os
+    import signal
+
+    return os.getpid(), signal.getsignal(signal.SIGINT)
+
+
+def test_local_workers_leave_ctrl_c_to_the_daemon():
+    """Ctrl-C in a terminal signals the daemon and its workers together. A worker that raised
+    KeyboardInterrupt in its task failed the cycle with a traceback; it ignores SIGINT, and the daemon
+    finishes the current patient and stops, as on SIGTERM. Both ways in: a map and an early start."""
+    import signal
+
+    ex = compute.LocalExecutor(2)
+    ex.start(("colorsys",))()
+    seen = list(ex.map(_on_interrupt, range(20)))
+    assert len({pid for pid, _ in seen}) == 2
+    assert {handler for _, handler in seen} == {signal.SIG_IGN}
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # this process still stops on it
+
+
 def test_a_scheduler_setting_that_is_not_an_address_is_an_error():
     with pytest.raises(ConfigError, match="tcp://host:8786"):
         compute.make_executor(config_mod.Config(values={"compute.scheduler": "localhost"}), 10)

@@ -127,6 +127,7 @@ def _import_modules(modules: tuple[str, ...]) -> int:
     import time
 
     start = time.perf_counter()
+    ignore_interrupt()
     for name in modules:
         importlib.import_module(name)
     time.sleep(max(0.0, 0.1 - (time.perf_counter() - start)))
@@ -149,10 +150,23 @@ class _TrimOnNewStage:
         kind = getattr(self.fn, "__qualname__", repr(self.fn))
         if "kind" not in _LAST_TASK:
             keep_heap()
+            ignore_interrupt()
         elif _LAST_TASK["kind"] != kind:
             release_memory()
         _LAST_TASK["kind"] = kind
         return self.fn(item)
+
+
+def ignore_interrupt() -> None:
+    """A local worker ignores SIGINT. Ctrl-C in a terminal signals the whole foreground process group: the
+    workers raised KeyboardInterrupt in their tasks, so a daemon run in a terminal printed their tracebacks
+    and the cycle failed instead of finishing the current patient and stopping (what it does on SIGTERM).
+    The parent still gets it and stops them (its executor ends them, or they end with it)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 #: This worker process's last task's function (:class:`_TrimOnNewStage`).
