@@ -125,6 +125,18 @@ def visible_text(html: str) -> str:
      "We can't tell yet whether caffeine matters; keep logging it."),
     (factor("temperature_change", verdict="insufficient_data", days_needed=20),
      "We can't tell yet whether changes in temperature matter; about 20 more days of logging would help."),
+    # with days_to_answer (reports since eb-hazard-4): a number only where more logging will likely settle it
+    (factor("caffeine_mg", verdict="insufficient_data", days_needed=45, days_to_answer=90),
+     "We can't tell yet whether caffeine matters; about 90 more days of logging may settle it."),
+    (factor("caffeine_mg", verdict="insufficient_data", days_needed=45, days_to_answer=None),
+     "We can't tell yet whether caffeine matters, and even a year more of logging may not settle it."),
+    (factor("caffeine_mg", verdict="insufficient_data", days_needed=300, days_to_answer=None, odds_ratio=None),
+     ("We can't tell yet whether caffeine matters: there are too few days to compare so far. About 300 more "
+      "days of logging would give enough to begin.")),
+    (factor("caffeine_mg", verdict="insufficient_data", days_to_answer=None, odds_ratio=None, exposed_days=262,
+            unexposed_days=0),
+     ("We can't tell whether caffeine matters: it was the same on every day you logged. It would show only "
+      "by comparing days that differ.")),
     (factor("screen_hours", verdict="no_association"), "Screen time did not make a difference for you."),
     (factor("exercise_minutes", verdict="protective", exposure=">= 30 min", attacks_after_exposure=2,
             exposed_days=30),
@@ -141,6 +153,48 @@ def visible_text(html: str) -> str:
 ])
 def test_every_verdict_has_its_sentence(f, expected):
     assert reports.factor_sentence(f) == expected
+
+
+def test_what_we_cant_tell_yet_lists_what_more_logging_will_likely_settle_first():
+    """The page shows six: the factors with a days_to_answer (fewest first), then those with too few days to
+    compare, then the rest. By days_needed alone, a factor a year may not settle came first (40 days at its
+    observed effect)."""
+    unsure = [factor("alcohol_units", 1, "insufficient_data", days_needed=40, days_to_answer=None),
+              factor("caffeine_mg", 1, "insufficient_data", days_needed=900, days_to_answer=180),
+              factor("stress", 1, "insufficient_data", days_needed=300, days_to_answer=None, odds_ratio=None),
+              factor("sleep_short", 1, "insufficient_data", days_needed=600, days_to_answer=60),
+              factor("humidity", 1, "insufficient_data", days_needed=None, days_to_answer=None)]
+    groups = reports.patient_factors(unsure)
+    assert [f["factor"] for f in groups["insufficient_data"]] == [
+        "sleep_short", "caffeine_mg", "stress", "alcohol_units", "humidity"]
+
+
+def test_the_factors_a_year_will_likely_not_settle_share_one_line():
+    """Most factors get no days_to_answer; a line each saying the same filled the six places (and pushed out
+    the ones worth logging for). They are named together, after those with days, before the rest."""
+    def unsure(fid, **kw):
+        return factor(fid, 1, "insufficient_data", **{"days_needed": 500, "days_to_answer": None, **kw})
+
+    year = ["humidity", "caffeine_mg", "screen_hours", "exercise_minutes", "water_l", "sleep_hours", "stress",
+            "precipitation"]
+    factors = ([unsure("alcohol_units", days_to_answer=90), unsure("sleep_short", odds_ratio=None, days_needed=40)]
+               + [unsure(f) for f in year]
+               + [unsure(f"food:f{k}", odds_ratio=None, days_needed=None, exposed_days=0, unexposed_days=200)
+                  for k in range(3)])
+    groups = reports.patient_factors(factors)
+    items, left = reports.unsure_items(groups["insufficient_data"])
+    texts = [i["text"] for i in items]
+    assert texts[0].startswith("We can't tell yet whether alcohol matters; about 90 more days")
+    assert texts[1].startswith("We can't tell yet whether short sleep matters: there are too few days")
+    named = [reports._lower(reports.factor_name(factor(f))) for f in year[:6]]
+    assert texts[2] == (f"We can't tell yet whether {', '.join(named[:-1])} or {named[-1]} matter, and even a "
+                        f"year more of logging may not settle them.")
+    assert all("the same on every day" in t for t in texts[3:]) and len(items) == 6
+    assert left == len(factors) - 2 - 6 - 3 == 2
+    page = reports.render_patient_md(triggers_doc(factors=factors))
+    ctx = reports.patient_context(triggers_doc(factors=factors), None)
+    assert [i["text"] for i in ctx["unsure"]] == texts and ctx["more_unsure"] == reports._more(2)
+    assert f"- {texts[2]}" in page and "- And 2 more things we are still watching." in page
 
 
 def test_protective_and_no_association_never_claim_a_cause():

@@ -61,13 +61,14 @@ from threadpoolctl import ThreadpoolController  # installed with scikit-learn
 from trigger_watch import storage
 from trigger_watch.errors import ModelError
 
-MODEL_VERSION = "eb-hazard-3"  # 2: moment-matched EMVS prior; 3: same-day stress is a consequence (stored runs refitted)
+MODEL_VERSION = "eb-hazard-4"  # 2: moment-matched EMVS prior; 3: same-day stress is a consequence (stored runs refitted);
+# 4: days_to_answer in the summaries (the fit is as in 3; stored runs are made again to have it)
 METHOD = ("discrete-time hazard (logistic over at-risk days, all factors and lags jointly) with empirical-Bayes "
           "partial pooling across the cohort; q-values from the local false sign rate")
 
 SUMMARY_COLUMNS = ["factor", "label", "lag_days", "verdict", "rank", "odds_ratio", "ci_low", "ci_high", "q_value",
                    "exposed_days", "attacks_after_exposure", "days_needed", "p_value", "unexposed_days",
-                   "attacks_without_exposure", "exposure"]
+                   "attacks_without_exposure", "exposure", "days_to_answer"]
 
 UNITS = {"alcohol_units": "drinks", "caffeine_mg": "mg", "exercise_minutes": "min", "water_l": "l",
          "screen_hours": "h", "sleep_hours": "h", "stress": "/10", "sleep_quality": "/10", "pressure_change": "hPa",
@@ -80,6 +81,11 @@ _WINSOR = 2.5  # continuous factors are clipped at this many within-patient SDs 
 _EB_MIN_PATIENTS = 30  # fewer patients inform a column: the given (or default) prior is used for it
 _MISS_SD = 1.0  # prior SD of a missing-indicator coefficient
 _Z = norm.ppf(0.975)
+#: ``days_to_answer``: the extra diary days tried (a year at most), the chance an answer needs by then, and
+#: the |estimate / SE| a call is taken to need (the cohort's q-values called at 2.2-2.9 in simulated cohorts)
+_ANSWER_DAYS = np.array([30, 60, 90, 135, 180, 270, 365])
+_ANSWER_CHANCE = 0.5
+_Z_CALL = 3.0
 
 
 # ----------------------------------------------------------------------------------------------- prior
@@ -1379,6 +1385,62 @@ def _days_needed(bc, sc, lo, hi, diary_days, at_risk, usable, exposed, min_days,
     return np.where(np.isfinite(need), np.minimum(np.ceil(need), 3650), np.nan)
 
 
+def _answer_chance(bc, sc, p1, m1, sd1, f, lo, hi):
+    """The chance that a factor is settled once its information is ``f`` times today's: its estimate then
+    called (|b/se| >= ``_Z_CALL``) or its interval inside the no-association band [lo, hi].
+
+    The estimate then, ``(bc + (f - 1) b_new) / f`` with the new days' ``b_new ~ N(beta, sc^2 / (f - 1))``,
+    that is ``N(bc / f + (f - 1) / f * beta, (f - 1) sc^2 / f^2)`` given the true ``beta``, averaged over
+    the pooled posterior of ``beta`` (the spike at 0 with weight ``1 - p1``, the slab ``N(m1, sd1^2)``): each
+    a normal, so both chances are differences of normal CDFs."""
+    from scipy.special import ndtr
+
+    g = (f - 1) / f
+    se_then = sc / np.sqrt(f)
+    band_lo, band_hi = np.log(lo) + _Z * se_then, np.log(hi) - _Z * se_then
+    call = _Z_CALL * se_then
+    chance = 0.0
+    spike, slab = (bc / f, g * sc ** 2 / f), (bc / f + g * m1, g * sc ** 2 / f + (g * sd1) ** 2)
+    for weight, (mean, var) in ((1 - p1, spike), (p1, slab)):
+        sd = np.sqrt(var)
+        band = np.where(band_hi > band_lo, ndtr((band_hi - mean) / sd) - ndtr((band_lo - mean) / sd), 0.0)
+        called = ndtr((-call - mean) / sd) + ndtr((mean - call) / sd)
+        chance = chance + weight * (band + called)
+    return chance
+
+
+def _days_to_answer(bc, sc, prior: pd.DataFrame, diary_days, rows, lo, hi):
+    """Extra diary days (one of ``_ANSWER_DAYS``) after which a factor is more likely settled than not
+    (``_answer_chance`` >= ``_ANSWER_CHANCE``), for the ``rows`` mask of (P, J); NaN where not within a year.
+    ``prior``: the cohort prior's pi0, mu and tau of each column (J rows, in the order of the arrays).
+
+    ``days_needed`` assumes the observed effect is the true one, and in simulated cohorts only 4-9 % of its
+    promises came true: a factor's estimate is mostly noise, which regresses. This one averages over what the
+    effect may be (the cohort's pooled posterior), and information grows with diary days. Evaluated at a
+    year first: most factors are not settled by then, and only the others are refined."""
+    need = np.full(bc.shape, np.nan)
+    idx = np.nonzero(rows)
+    if not idx[0].size:
+        return need
+    b, s = bc[idx], sc[idx]
+    pi0, mu, tau = (prior[k].to_numpy(dtype=float)[idx[1]] for k in ("pi0", "mu", "tau"))
+    p1, m1, sd1, _, _ = _posterior(b, s, pi0, mu, tau)
+    days = np.maximum(np.asarray(diary_days, dtype=float)[idx[0]], 1.0)
+    likely = _answer_chance(b, s, p1, m1, sd1, 1 + _ANSWER_DAYS[-1] / days, lo, hi) >= _ANSWER_CHANCE
+    out = np.full(b.shape, np.nan)
+    out[likely] = _ANSWER_DAYS[-1]
+    sub = np.nonzero(likely)[0]
+    for extra in _ANSWER_DAYS[-2::-1]:  # the fewest days that do it
+        if not sub.size:
+            break
+        chance = _answer_chance(b[sub], s[sub], p1[sub], m1[sub], sd1[sub], 1 + extra / days[sub], lo, hi)
+        ok = chance >= _ANSWER_CHANCE
+        out[sub[ok]] = extra
+        sub = sub[ok]
+    need[idx] = out
+    return need
+
+
 def _verdicts(fit: _Fit, design: _Design, status, data, fdr, lo, hi, min_days, min_att) -> dict[str, pd.DataFrame]:
     """Cohort-wide calls (q-values over every possible call) and the per-patient summaries."""
     meta = design.meta.set_index("column").loc[design.columns].reset_index()
@@ -1422,6 +1484,12 @@ def _verdicts(fit: _Fit, design: _Design, status, data, fdr, lo, hi, min_days, m
     need = _days_needed(bc, sc, lo, hi, diary, at_risk, usable, cnt["exposed_days"], min_days, attacks, min_att,
                         unexposed=cnt["unexposed_days"])
     need = np.where((verdict == 0) & ~lag0_behaviour, need, np.nan)
+    answer = _days_to_answer(bc, sc, fit.prior.lookup(design.columns), diary,
+                             (verdict == 0) & ~lag0_behaviour & usable, lo, hi)
+    # a patient short of min_at_risk_days / min_attacks has no calls until then
+    short = np.maximum(min_days - at_risk, 0) + np.maximum(min_att - attacks, 0) * at_risk / np.maximum(attacks, 1)
+    answer = np.maximum(answer, np.ceil(short)[:, None])
+    answer = np.where(answer <= _ANSWER_DAYS[-1], answer, np.nan)
     # rank the triggers within each patient: strongest evidence (smallest lfsr) first, then the larger effect
     trig = verdict == _VERDICTS.index("trigger")
     key = np.where(trig, np.nan_to_num(lfsr, nan=1.0) - 1e-9 * np.nan_to_num(m), np.inf)
@@ -1458,6 +1526,7 @@ def _verdicts(fit: _Fit, design: _Design, status, data, fdr, lo, hi, min_days, m
         "unexposed_days": ints(cnt["unexposed_days"]),
         "attacks_without_exposure": ints(cnt["attacks_without_exposure"]),
         "exposure": _text_column(expo_txt, pair_of.reshape(-1)),
+        "days_to_answer": pd.array(answer.ravel()[flat], dtype="Int64"),
     })
     out = _Summaries()
     out.body = body  # every summary in one frame, in the order of ``out`` (the model store keeps this)
@@ -1525,5 +1594,6 @@ def _empty_summary(design: _Design, d: dict, min_days: int) -> pd.DataFrame:
         "odds_ratio": np.nan, "ci_low": np.nan, "ci_high": np.nan, "q_value": np.nan, "exposed_days": 0,
         "attacks_after_exposure": 0, "days_needed": pd.array([need] * n, dtype="Int64"), "p_value": np.nan,
         "unexposed_days": 0, "attacks_without_exposure": 0, "exposure": "",
+        "days_to_answer": pd.array([pd.NA] * n, dtype="Int64"),
     })
     return s[SUMMARY_COLUMNS].reset_index(drop=True)

@@ -252,9 +252,19 @@ def factor_sentence(f: dict) -> str:
     elif verdict == "no_association":
         return f"{name} did not make a difference for you."
     else:
-        needed = f.get("days_needed")
-        if isinstance(needed, (int, float)) and needed > 0 and math.isfinite(needed):
-            return (f"We can't tell yet whether {_lower(name)} {_matters(name)}; about {round(needed)} more days "
+        needed, answer = _days(f.get("days_needed")), _days(f.get("days_to_answer"))
+        if answer:
+            return (f"We can't tell yet whether {_lower(name)} {_matters(name)}; about {answer} more days of "
+                    f"logging may settle it.")
+        if _open_a_year_on(f):
+            # more likely than not, a year more of logging still leaves it open (docs/models.md)
+            return (f"We can't tell yet whether {_lower(name)} {_matters(name)}, and even a year more of logging "
+                    f"may not settle it.")
+        if needed and "days_to_answer" in f:
+            return (f"We can't tell yet whether {_lower(name)} {_matters(name)}: there are too few days to "
+                    f"compare so far. About {needed} more days of logging would give enough to begin.")
+        if needed:  # a report of an earlier version, without days_to_answer
+            return (f"We can't tell yet whether {_lower(name)} {_matters(name)}; about {needed} more days "
                     f"of logging would help.")
         seen = (f.get("exposed_days") or 0, f.get("unexposed_days") or 0)
         if min(seen) == 0 < max(seen):  # logged, but never once different
@@ -262,6 +272,59 @@ def factor_sentence(f: dict) -> str:
                     f"logged. It would show only by comparing days that differ.")
         return f"We can't tell yet whether {_lower(name)} {_matters(name)}; keep logging it."
     return f"{head} {evidence}" if evidence else head
+
+
+def _days(value: Any) -> int | None:
+    """A count of days to show (a positive finite number, rounded), else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        return round(value)
+    return None
+
+
+def _open_a_year_on(f: dict) -> bool:
+    """An estimated factor that more logging will likely not settle within a year (no ``days_to_answer``)."""
+    return "days_to_answer" in f and not _days(f.get("days_to_answer")) and f.get("odds_ratio") is not None
+
+
+def unsure_items(factors: list[dict], shown: int = 6) -> tuple[list[dict], int]:
+    """What we can't tell yet, as the page lists it: up to ``shown`` items, and how many factors are left out.
+    First the factors more logging will likely settle within a year, and those with too few days to compare
+    (in ``_unsure_order``); then the ones a year more will likely not settle, most of them, in one item
+    ("whether rain, humidity or caffeine matter ...") instead of a line each saying the same; then the rest
+    (the same on every day logged, never logged)."""
+    def item(f: dict) -> dict:
+        return {"name": factor_name(f), "text": factor_sentence(f), "f": f}
+
+    year = [f for f in factors if _open_a_year_on(f)]
+    single = [f for f in factors if not _open_a_year_on(f)]
+    lead = [f for f in single if _unsure_order(f)[0] < 2]
+    tail = [f for f in single if _unsure_order(f)[0] >= 2]
+    items = [item(f) for f in lead[:shown]]
+    told = len(items)
+    if year and len(items) < shown:
+        named = year[:shown]
+        if len(named) == 1:
+            items.append(item(named[0]))
+        else:
+            names = [_lower(factor_name(f)) for f in named]
+            items.append({"name": ", ".join(names), "f": None,
+                          "text": f"We can't tell yet whether {', '.join(names[:-1])} or {names[-1]} matter, and "
+                                  f"even a year more of logging may not settle them."})
+        told += len(named)
+    rest = tail[:max(shown - len(items), 0)]
+    items += [item(f) for f in rest]
+    return items, len(factors) - told - len(rest)
+
+
+def _unsure_order(f: dict) -> tuple:
+    """What we can't tell yet, most useful first: the factors more logging will likely settle within a year
+    (fewest days first), then those with too few days to compare, then the rest (fewest days_needed first)."""
+    answer, needed = _days(f.get("days_to_answer")), _days(f.get("days_needed"))
+    if answer:
+        return 0, answer
+    if needed and f.get("odds_ratio") is None:
+        return 1, needed
+    return 2, needed is None, needed or 0
 
 
 def patient_factors(factors: list[dict] | None) -> dict[str, list[dict]]:
@@ -280,7 +343,7 @@ def patient_factors(factors: list[dict] | None) -> dict[str, list[dict]]:
     for f in best.values():
         groups[f["verdict"]].append(f)
     groups["trigger"].sort(key=lambda f: (f.get("rank") or 10**9, f.get("q_value") or 1.0))
-    groups["insufficient_data"].sort(key=lambda f: (f.get("days_needed") is None, f.get("days_needed") or 0))
+    groups["insufficient_data"].sort(key=_unsure_order)
     for v in ("warning_sign", "protective", "no_association"):
         groups[v].sort(key=lambda f: factor_name(f).lower())
     return groups
@@ -388,6 +451,11 @@ DISCLAIMER = ("This report is not medical advice. Talk to your clinician before 
               "or what you avoid.")
 
 
+def _unsure_and_more(factors: list[dict]) -> tuple[list[dict], str]:
+    items, left = unsure_items(factors)
+    return items, _more(left)
+
+
 def patient_context(triggers: dict, charts: dict | None) -> dict[str, Any]:
     """Everything the patient templates show, as plain strings and lists."""
     groups = patient_factors(triggers.get("factors"))
@@ -403,7 +471,7 @@ def patient_context(triggers: dict, charts: dict | None) -> dict[str, Any]:
         "data_lines": data_sentences(triggers),
         "triggers": said("trigger", 5), "more_triggers": max(len(groups["trigger"]) - 5, 0),
         "warning_signs": said("warning_sign"), "protective": said("protective"),
-        "unsure": said("insufficient_data", 6), "more_unsure": _more(len(groups["insufficient_data"]) - 6),
+        **dict(zip(("unsure", "more_unsure"), _unsure_and_more(groups["insufficient_data"]))),
         "no_effect": said("no_association"),
         "forecast": forecast_sentences(triggers),
         "disclaimer": DISCLAIMER,
@@ -612,7 +680,8 @@ def factor_table_rows(factors: list) -> Markup | None:
             f'{_cell(get("ci_high"))}</td>\n'
             f'      <td class="num">{_cell(get("q_value"), 3)}</td><td class="num">{_cell(get("exposed_days"))}</td>\n'
             f'      <td class="num">{_cell(get("attacks_after_exposure"))}</td>'
-            f'<td class="num">{_cell(get("days_needed"), 0)}</td></tr>\n')
+            f'<td class="num">{_cell(get("days_needed"), 0)}</td><td class="num">{_cell(get("days_to_answer"), 0)}</td>'
+            f'</tr>\n')
     return Markup("".join(rows))
 
 
