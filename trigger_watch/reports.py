@@ -276,7 +276,10 @@ def factor_sentence(f: dict) -> str:
 
 def _days(value: Any) -> int | None:
     """A count of days to show (a positive finite number, rounded), else None."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+    if value is None:
+        return None
+    if (type(value) is int or type(value) is float or isinstance(value, (int, float))) and not isinstance(
+            value, bool) and math.isfinite(value) and value > 0:
         return round(value)
     return None
 
@@ -286,19 +289,34 @@ def _open_a_year_on(f: dict) -> bool:
     return "days_to_answer" in f and not _days(f.get("days_to_answer")) and f.get("odds_ratio") is not None
 
 
+def _unsure_order(f: dict) -> tuple:
+    """What we can't tell yet, most useful first: (0) the factors more logging will likely settle within a
+    year (fewest days first), (1) those with too few days to compare, (2) those a year will likely not settle
+    and (3) the rest (each by ``days_needed``, unknown last)."""
+    answer = _days(f.get("days_to_answer"))
+    if answer:
+        return 0, answer
+    needed = _days(f.get("days_needed"))
+    if f.get("odds_ratio") is None:
+        return (1, needed) if needed else (3, 1, 0)
+    if "days_to_answer" in f:
+        return 2, needed is None, needed or 0
+    return 3, needed is None, needed or 0
+
+
 def unsure_items(factors: list[dict], shown: int = 6) -> tuple[list[dict], int]:
     """What we can't tell yet, as the page lists it: up to ``shown`` items, and how many factors are left out.
-    First the factors more logging will likely settle within a year, and those with too few days to compare
-    (in ``_unsure_order``); then the ones a year more will likely not settle, most of them, in one item
-    ("whether rain, humidity or caffeine matter ...") instead of a line each saying the same; then the rest
-    (the same on every day logged, never logged)."""
+    ``factors`` in :func:`_unsure_order`: first the factors more logging will likely settle within a year,
+    and those with too few days to compare; then the ones a year more will likely not settle, most of them,
+    in one item ("whether rain, humidity or caffeine matter ...") instead of a line each saying the same;
+    then the rest (the same on every day logged, never logged, reports without ``days_to_answer``)."""
     def item(f: dict) -> dict:
         return {"name": factor_name(f), "text": factor_sentence(f), "f": f}
 
-    year = [f for f in factors if _open_a_year_on(f)]
-    single = [f for f in factors if not _open_a_year_on(f)]
-    lead = [f for f in single if _unsure_order(f)[0] < 2]
-    tail = [f for f in single if _unsure_order(f)[0] >= 2]
+    tiers = [_unsure_order(f)[0] for f in factors]
+    lead = [f for f, t in zip(factors, tiers) if t < 2]
+    year = [f for f, t in zip(factors, tiers) if t == 2]
+    tail = [f for f, t in zip(factors, tiers) if t == 3]
     items = [item(f) for f in lead[:shown]]
     told = len(items)
     if year and len(items) < shown:
@@ -314,17 +332,6 @@ def unsure_items(factors: list[dict], shown: int = 6) -> tuple[list[dict], int]:
     rest = tail[:max(shown - len(items), 0)]
     items += [item(f) for f in rest]
     return items, len(factors) - told - len(rest)
-
-
-def _unsure_order(f: dict) -> tuple:
-    """What we can't tell yet, most useful first: the factors more logging will likely settle within a year
-    (fewest days first), then those with too few days to compare, then the rest (fewest days_needed first)."""
-    answer, needed = _days(f.get("days_to_answer")), _days(f.get("days_needed"))
-    if answer:
-        return 0, answer
-    if needed and f.get("odds_ratio") is None:
-        return 1, needed
-    return 2, needed is None, needed or 0
 
 
 def patient_factors(factors: list[dict] | None) -> dict[str, list[dict]]:
