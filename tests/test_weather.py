@@ -24,7 +24,7 @@ from werkzeug import Request, Response
 
 from trigger_watch import config as config_mod
 from trigger_watch import storage, weather
-from trigger_watch.errors import TriggerWatchError, WeatherRateLimited
+from trigger_watch.errors import InputFileError, TriggerWatchError, WeatherRateLimited
 from trigger_watch.importing import ImportOptions, import_file
 from trigger_watch.openmeteo import OpenMeteoClient, RateLimiter, WeatherUnavailable, block_frame, call_weight
 
@@ -751,3 +751,30 @@ def test_a_daily_block_with_fewer_variables_keeps_the_stored_daily_values(db, tm
     assert rows == [("2026-07-01", 25.0, 2.5), ("2026-07-02", 27.0, 1.0)]
     reason = db.execute("SELECT reason FROM rejects WHERE kind = 'weather'").fetchone()[0]
     assert "time='2026-02-30' is not a date" in reason
+
+
+def test_a_weather_csv_without_coordinates_is_placed_at_the_patients_home(db, tmp_path):
+    """A home sensor's or a station's file has times and values only: --patient says whose home it is (it was
+    ignored, and every row was quarantined as 'latitude and longitude are needed')."""
+    add_patients(db, [("ana", "Europe/Vienna", 48.21, 16.37), ("bob", "Europe/Vienna", None, None)])
+    path = tmp_path / "sensor.csv"
+    path.write_text("time,pressure_msl,temperature_2m\n2026-07-01T02:00,1010,20.5\n2026-07-01T03:00,1011,19\n")
+    r = import_file(db, "weather", path, options(patient="ana"))
+    assert (r.accepted, r.quarantined) == (2, 0)
+    s = stored(db)  # Vienna's cell; local summer time, +02:00
+    assert list(s["time_utc"]) == ["2026-07-01T00:00:00Z", "2026-07-01T01:00:00Z"]
+    assert list(s["pressure_msl"]) == [1010.0, 1011.0] and list(s["temperature_2m"]) == [20.5, 19.0]
+    before = db.execute("SELECT count(*) FROM weather_hourly").fetchone()
+    with pytest.raises(InputFileError, match="--patient ID"):
+        import_file(db, "weather", path, options())
+    with pytest.raises(InputFileError, match="'bob' has no home latitude and longitude"):
+        import_file(db, "weather", path, options(patient="bob"))
+    with pytest.raises(InputFileError, match="no patient 'zed'"):
+        import_file(db, "weather", path, options(patient="zed"))
+    assert db.execute("SELECT count(*) FROM weather_hourly").fetchone() == before
+    assert db.execute("SELECT count(*) FROM rejects").fetchone() == (0,)
+    placed = tmp_path / "placed.csv"  # the file's own coordinates win, and the note says so
+    placed.write_text("latitude,longitude,time,pressure_msl\n40.74,-74.04,2026-07-01T02:00Z,1012\n")
+    r = import_file(db, "weather", placed, options(patient="ana"))
+    assert r.accepted == 1 and any("--patient ana is not used" in m for m in r.messages)
+    assert hourly(db, "40.7,-74")["pressure_msl"].tolist() == [1012.0]

@@ -893,6 +893,37 @@ def _mark_cells_changed(db: sqlite_utils.Database, cells: set[str], grid: float,
     result.patients.update(changed)
 
 
+def _home_of(db: sqlite_utils.Database, patient: str | None) -> tuple[str, float, float] | None:
+    """``(patient, latitude, longitude)`` of ``--patient``'s home, for a weather file without coordinates."""
+    if not patient:
+        return None
+    row = db.execute("SELECT latitude, longitude FROM patients WHERE patient_id = ?", [patient]).fetchone()
+    if row is None:
+        raise InputFileError(f"no patient {patient!r}: import the patient first (trigger-watch import patients)")
+    return patient, row[0], row[1]
+
+
+def _placed(frame: pd.DataFrame, path: Path, home: tuple[str, float, float] | None, result: Any) -> pd.DataFrame:
+    """A weather CSV's rows with their place: the file's own ``latitude, longitude``, else ``--patient``'s
+    home (a station's or a home sensor's file often has none). Neither: one error for the file, not a reject
+    for each row."""
+    has = [c for c in ("latitude", "longitude") if c in frame.columns]
+    if len(has) == 2:
+        if home and not any("is not used" in m for m in result.messages):
+            result.messages.append(f"--patient {home[0]} is not used: the file gives each row's latitude and "
+                                   f"longitude")
+        return frame
+    if has:
+        raise InputFileError(f"{path} has {has[0]} but not {'longitude' if has[0] == 'latitude' else 'latitude'}")
+    if home is None:
+        raise InputFileError(f"{path} has no latitude and longitude columns: add them, or say whose home the "
+                             f"weather is at with --patient ID")
+    if home[1] is None or home[2] is None:
+        raise InputFileError(f"patient {home[0]!r} has no home latitude and longitude: add them to the patients "
+                             f"file, or give them as columns of {path.name}")
+    return frame.assign(latitude=str(home[1]), longitude=str(home[2]))
+
+
 def _import_rows(db: sqlite_utils.Database, path: Path, fmt: str, options: Any, result: Any) -> None:
     """Our weather CSV/JSON rows: ``latitude, longitude, time`` and any of the hourly variables."""
     from trigger_watch import importing
@@ -907,6 +938,7 @@ def _import_rows(db: sqlite_utils.Database, path: Path, fmt: str, options: Any, 
     touched: set[str] = set()
     assumed: set[str] = set()
     merged = 0
+    home = _home_of(db, getattr(options, "patient", None))
     with storage.transaction(db):
         for batch in importing.iter_batches(path, fmt, batch_rows=getattr(options, "batch_rows", 50000),
                                             renames=getattr(options, "renames", None),
@@ -914,6 +946,7 @@ def _import_rows(db: sqlite_utils.Database, path: Path, fmt: str, options: Any, 
             result.quarantined += importing.quarantine(db, "weather", str(path), batch.problems)
             if batch.frame.empty:
                 continue
+            batch.frame = _placed(batch.frame, path, home, result)
             chk = importing.Checker(batch.frame)
             lat = chk.number("latitude", -90, 90)
             lon = chk.number("longitude", -180, 180)
