@@ -173,6 +173,33 @@ def test_forget_erases_the_patient_from_the_ranking_and_the_model_store(tmp_path
     assert len(json.loads((reports_dir / "cohort" / "ranking.json").read_text())) == 5
 
 
+def test_a_back_dated_analysis_is_redone_by_the_next_cycle(tmp_path):
+    """cli.md: analyze --as-of writes the reports as of that date. The next cycle took them for current
+    (nothing had changed) and the patient's live report stayed months old until new data came."""
+    from datetime import date, timedelta
+
+    from trigger_watch.demo import run_demo
+
+    seed, today = 4343, date.today()
+    print(f"simulation seed {seed}")
+    run_demo(tmp_path, today=today, n_patients=6, n_days=150, seed=seed)  # one cycle, through yesterday
+    report = tmp_path / "reports" / "p00002" / "triggers.json"
+    yesterday, back = (today - timedelta(days=1)).isoformat(), (today - timedelta(days=60)).isoformat()
+    assert json.loads(report.read_text())["as_of"] == yesterday
+    r = tw(tmp_path, "analyze", "--patient", "p00002", "--as-of", back)
+    assert r.returncode == 0, r.stderr
+    assert f"use the days through {back} only" in r.stdout
+    assert json.loads(report.read_text())["as_of"] == back
+    r = tw(tmp_path, "run", "--no-weather")
+    assert r.returncode == 0, r.stderr
+    assert "1 patient(s) analysed" in r.stdout
+    assert json.loads(report.read_text())["as_of"] == yesterday
+    assert "nothing changed" in tw(tmp_path, "run", "--no-weather").stdout
+    r = tw(tmp_path, "analyze", "--patient", "p00002")  # as of today: nothing to redo, nothing said
+    assert r.returncode == 0 and "use the days through" not in r.stdout
+    assert "nothing changed" in tw(tmp_path, "run", "--no-weather").stdout
+
+
 def test_help_lists_the_contract_commands(ws):
     r = tw(ws, "--help")
     assert r.returncode == 0

@@ -244,6 +244,14 @@ def record_outcomes(db, analysed: list[str], failed: dict[str, str], model_versi
         )
 
 
+def analyse_again(db: sqlite_utils.Database, patient_ids: list[str]) -> None:
+    """The next cycle analyses these patients again, whether or not their data changes: their reports were
+    written by a back-dated ``analyze --as-of``, and the cycle took them for current (nothing changed)."""
+    with storage.transaction(db):
+        db.conn.executemany("UPDATE patient_state SET seen_version = -1 WHERE patient_id = ?",
+                            [(p,) for p in patient_ids])
+
+
 # ------------------------------------------------------------------------------------------ the cycle
 
 def run_cycle(db: sqlite_utils.Database, config, *, today: date, session=None, fetch: bool = True,
