@@ -238,12 +238,28 @@ def evidence_sentence(f: dict) -> str | None:
     return text + "."
 
 
+#: Foods eaten because of a craving that is itself an early sign of the attack (the premonitory phase; the
+#: classic case is chocolate): such a food follows the attack's start instead of causing it, and a diary
+#: cannot tell the two apart unless the craving is logged too. Words of the ``food:`` tag.
+CRAVED_FOODS = ("chocolate", "sweet", "sugar", "candy", "cake", "dessert", "ice_cream", "biscuit", "cookie",
+                "carb", "pastr", "crisps", "chips")
+CRAVING_CAVEAT = ("Craving it can also be an early sign of an attack: if you ate it because you craved it, it may "
+                  "be a warning sign rather than the cause.")
+
+
+def _craved(f: dict) -> bool:
+    fid = str(f.get("factor") or "")
+    return fid.startswith("food:") and any(w in fid[5:].lower() for w in CRAVED_FOODS)
+
+
 def factor_sentence(f: dict) -> str:
     """The one plain sentence (or two) a patient reads about a factor, by verdict."""
     name, verdict = factor_name(f), f.get("verdict")
     evidence = evidence_sentence(f)
     if verdict == "trigger":
         head = f"{name} {'seem' if name in PLURAL else 'seems'} to be one of your triggers."
+        if _craved(f):
+            evidence = " ".join(filter(None, (evidence, CRAVING_CAVEAT)))
     elif verdict == "protective":
         head = f"{name} seemed to come with fewer attacks. That does not prove it prevents them."
     elif verdict == "warning_sign":
