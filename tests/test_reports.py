@@ -152,8 +152,8 @@ def visible_text(html: str) -> str:
      "How long you sleep seems to be one of your triggers."),
     # a craved food may follow the attack's early phase instead of causing it: the patient is told so
     (factor("food:dark_chocolate", exposure="yes", exposed_days=None),
-     "Dark chocolate seems to be one of your triggers. Craving it can also be an early sign of an attack: if you "
-     "ate it because you craved it, it may be a warning sign rather than the cause."),
+     ("Dark chocolate seems to be one of your triggers. Craving it can also be an early sign of an attack: if "
+      "you ate it because you craved it, it may be a warning sign rather than the cause.")),
 ])
 def test_every_verdict_has_its_sentence(f, expected):
     assert reports.factor_sentence(f) == expected
