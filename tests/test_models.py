@@ -117,6 +117,11 @@ def test_short_history_is_insufficient_data():
         assert (a.summary["verdict"] == "insufficient_data").all() or not (
             a.summary["verdict"].isin(["trigger", "protective"])).any()
         assert (a.summary["days_needed"].dropna() >= 20).all()
+        # the fewest is the wait for min_at_risk_days (60) and min_attacks (5) at the patient's rate: the
+        # "about N more days" of the patient's page
+        d = a.data
+        wait = max(60 - d["at_risk_days"], 0) + max(5 - d["attacks"], 0) * d["at_risk_days"] / max(d["attacks"], 1)
+        assert a.summary["days_needed"].min() == np.ceil(wait)
 
 
 def _stored_run(tmp_path, n_patients: int, seed: int):

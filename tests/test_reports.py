@@ -201,6 +201,21 @@ def test_the_factors_a_year_will_likely_not_settle_share_one_line():
     assert f"- {texts[2]}" in page and "- And 2 more things we are still watching." in page
 
 
+def test_a_patient_with_too_little_data_is_told_about_how_long_to_keep_logging():
+    """The brief: "not enough data yet, keep logging ~N more days". Every factor of such a patient waits for
+    the at-risk days and attacks the analysis needs, so the fewest days_needed is that wait (test_models)."""
+    unsure = [factor(f, 1, "insufficient_data", days_needed=n) for f, n in
+              (("stress", None), ("alcohol_units", 48), ("caffeine_mg", 31), ("sleep_short", 60))]
+    doc = triggers_doc(factors=unsure, status="insufficient_data")
+    lines = reports.data_sentences(doc)
+    assert lines[-1] == ("That is not enough yet to name your triggers. Please keep logging every day, including "
+                         "days without a headache: about 31 more days will give enough to start looking for them.")
+    assert "about 31 more days" in reports.render_patient_md(doc)
+    doc = triggers_doc(factors=[], status="insufficient_data")
+    assert reports.data_sentences(doc)[-1].endswith("including days without a headache.")
+    assert not any("more days" in x for x in reports.data_sentences(triggers_doc()))  # status ok: no such line
+
+
 def test_protective_and_no_association_never_claim_a_cause():
     protective = reports.factor_sentence(factor("exercise_minutes", verdict="protective"))
     assert "trigger" not in protective and "prevents" in protective and "does not prove" in protective

@@ -416,8 +416,16 @@ def data_sentences(triggers: dict) -> list[str]:
         n = d["migraine_days_last_30"]
         out.append(f"In the last 30 days you had {n} migraine day{'s' if n != 1 else ''}.")
     if triggers.get("status") == "insufficient_data" and diary:
-        out.append("That is not enough yet to name your triggers. Please keep logging every day, "
-                   "including days without a headache.")
+        # every factor waits for the patient's at-risk days and attacks (analysis.min_at_risk_days and
+        # min_attacks): the fewest days_needed of the factors is that wait
+        waits = [n for n in (_days(f.get("days_needed")) for f in triggers.get("factors") or []) if n]
+        if waits:
+            out.append(f"That is not enough yet to name your triggers. Please keep logging every day, including "
+                       f"days without a headache: about {min(waits)} more days will give enough to start looking "
+                       f"for them.")
+        else:
+            out.append("That is not enough yet to name your triggers. Please keep logging every day, "
+                       "including days without a headache.")
     return out
 
 
