@@ -674,7 +674,8 @@ def test_rows_of_one_hour_are_merged_per_variable_and_counted(db):
     renames = {"datetime": "time", "HourlyRelativeHumidity": "relative_humidity_2m"}
     r = import_file(db, "weather", FIXTURES / "weather_lcd_sample.csv", options(renames=renames))
     assert (r.accepted, r.quarantined) == (4, 0)
-    assert any("2 rows fell in an hour" in m for m in r.messages)
+    assert any("1 row fell in an hour" in m for m in r.messages)  # the SOD row is a day's summary, not used
+    assert any("1 daily or monthly summary row (SOD, SOM) not used" in m for m in r.messages)
     h = hourly(db, "43.6,-72.3").set_index("time_utc")["relative_humidity_2m"]
     # local New York (-05:00) hours 00, 01, 23 of 1 January and 00 of 2 January; the last value given wins
     assert h.to_dict() == {"2022-01-01T05:00:00Z": 93.0, "2022-01-01T06:00:00Z": 91.0,
@@ -778,3 +779,35 @@ def test_a_weather_csv_without_coordinates_is_placed_at_the_patients_home(db, tm
     r = import_file(db, "weather", placed, options(patient="ana"))
     assert r.accepted == 1 and any("--patient ana is not used" in m for m in r.messages)
     assert hourly(db, "40.7,-74")["pressure_msl"].tolist() == [1012.0]
+
+
+LCD_HEADER = ('"STATION","DATE","LATITUDE","LONGITUDE","REPORT_TYPE","HourlyDryBulbTemperature",'
+              '"HourlyPrecipitation","HourlyRelativeHumidity","HourlySeaLevelPressure"\n')
+
+
+def test_a_noaa_lcd_file_is_read_in_standard_time_and_its_units(db, tmp_path):
+    """NOAA LCD (FORMATS.md 2): times in local standard time all year, inHg, F, inches, T for a trace, an s
+    for a suspect value, daily summary rows. Read as our CSV, a July hour was an hour off (daylight saving)
+    and the pressures (~30 inHg) were all outside 850-1090 hPa."""
+    add_patients(db, [("leb", "America/New_York", 43.64, -72.25)])  # a cell east of the station's
+    path = tmp_path / "lcd.csv"
+    path.write_text(LCD_HEADER
+                    + '72611694765,2022-07-01T05:53:00,43.62707,-72.30537,"FM-15","61","T",80,"30.01"\n'
+                    + '72611694765,2022-07-01T06:53:00,43.62707,-72.30537,"FM-15","64","0.10",75,"29.99s"\n'
+                    + '72611694765,2022-07-01T23:59:00,43.62707,-72.30537,"SOD  ","70","0.40",,""\n'
+                    + '72611694765,2022-01-01T00:53:00,43.62707,-72.30537,"FM-15","35","0.00",93,"29.93"\n')
+    r = import_file(db, "weather", path, options(patient="leb"))
+    assert (r.accepted, r.quarantined) == (3, 0), r.messages
+    assert any("1 daily or monthly summary row" in m for m in r.messages)
+    h = hourly(db, "43.6,-72.2").set_index("time_utc")  # the patient's cell
+    assert list(h.index) == ["2022-01-01T05:00:00Z", "2022-07-01T10:00:00Z", "2022-07-01T11:00:00Z"]  # EST
+    assert h["pressure_msl"].tolist()[:2] == [pytest.approx(1013.55, abs=0.01), pytest.approx(1016.26, abs=0.01)]
+    assert math.isnan(h["pressure_msl"].iloc[2])  # 29.99s: suspect, not used
+    assert h["temperature_2m"].tolist() == [pytest.approx(1.67, abs=0.01), pytest.approx(16.11, abs=0.01),
+                                            pytest.approx(17.78, abs=0.01)]
+    assert h["precipitation"].tolist() == [0.0, 0.0, pytest.approx(2.54)]  # T: a trace
+    assert hourly(db, "43.6,-72.3").empty  # not the station's cell
+    other = tmp_path / "station.csv"  # without --patient: the station's own cell, and a note
+    other.write_text(LCD_HEADER + '72611694765,2022-07-01T05:53:00,43.62707,-72.30537,"FM-15","61","T",80,"30.01"\n')
+    r = import_file(db, "weather", other, options())
+    assert r.accepted == 1 and any("no patient lives in the station's cell (43.6,-72.3)" in m for m in r.messages)

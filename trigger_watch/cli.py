@@ -118,7 +118,7 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 @click.option("--format", "fmt", metavar="F",
               help="csv, json, ndjson (default: from the extension); sleep: fitbit, fitabase, oura, "
-                   "apple-health, sleep-as-android; weather: open-meteo, csv.")
+                   "apple-health, sleep-as-android; weather: open-meteo, noaa-lcd, csv.")
 @click.option("--patient", metavar="ID", help="Whose records these are (device exports, one-person diaries).")
 @click.option("--create-patients", is_flag=True, help="Create unknown patients instead of quarantining their rows.")
 @click.option("--rename", multiple=True, metavar="OLD=NEW", help="Read column OLD as NEW (repeatable).")
@@ -140,7 +140,7 @@ def import_cmd(app: App, kind: str, files: tuple[str, ...], fmt: str | None, pat
     from trigger_watch.sleep_formats import DEVICE_FORMATS, canonical_format
 
     if fmt:  # wrong usage (exit 2), before any file is read
-        allowed = {"sleep": FORMATS + DEVICE_FORMATS, "weather": FORMATS + ("open-meteo",)}.get(kind, FORMATS)
+        allowed = {"sleep": FORMATS + DEVICE_FORMATS, "weather": FORMATS + ("open-meteo", "noaa-lcd")}.get(kind, FORMATS)
         given = canonical_format(fmt).replace("_", "-").replace("openmeteo", "open-meteo").replace("jsonl", "ndjson")
         if given not in allowed:
             raise click.BadParameter(f"{fmt!r} is not a format of {kind} files; use one of {', '.join(allowed)}",

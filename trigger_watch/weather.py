@@ -14,9 +14,10 @@ patient's local days in the patient's own time zone. The HTTP side (budget, retr
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -710,6 +711,9 @@ def import_weather_file(db: sqlite_utils.Database, path: Path, fmt: str | None =
     om_csv = path.suffix.lower() == ".csv" and looks_like_open_meteo_csv(path)
     if om_csv and fmt in ("", "csv", "open-meteo", "openmeteo"):
         _import_open_meteo(db, path, options, result, read_open_meteo_csv(path))
+    elif fmt in ("noaa-lcd", "lcd") or (fmt in ("", "csv") and path.suffix.lower() == ".csv"
+                                         and looks_like_noaa_lcd(path)):
+        _import_rows(db, path, "csv", options, result, lcd=True)
     elif fmt in ("open-meteo", "openmeteo") or (
             not fmt and path.suffix.lower() == ".json" and looks_like_open_meteo_json(path)):
         _import_open_meteo(db, path, options, result)
@@ -893,17 +897,117 @@ def _mark_cells_changed(db: sqlite_utils.Database, cells: set[str], grid: float,
     result.patients.update(changed)
 
 
-def _home_of(db: sqlite_utils.Database, patient: str | None) -> tuple[str, float, float] | None:
-    """``(patient, latitude, longitude)`` of ``--patient``'s home, for a weather file without coordinates."""
+#: NOAA LCD (FORMATS.md 2): our variable, its column and the conversion of its unit.
+_LCD_VARS = {
+    "pressure_msl": ("hourlysealevelpressure", lambda x: x * 33.8639),  # inHg -> hPa
+    "temperature_2m": ("hourlydrybulbtemperature", lambda x: (x - 32) * 5 / 9),  # F -> C
+    "relative_humidity_2m": ("hourlyrelativehumidity", lambda x: x),
+    "precipitation": ("hourlyprecipitation", lambda x: x * 25.4),  # inches -> mm
+}
+
+
+def looks_like_noaa_lcd(path: Path) -> bool:
+    """Whether a CSV file is a NOAA Local Climatological Data export (its header names REPORT_TYPE and the
+    Hourly* columns)."""
+    with path.open("r", encoding="utf-8-sig") as fh:
+        head = fh.readline().lower()
+    return "report_type" in head and any(col in head for col, _ in _LCD_VARS.values())
+
+
+def _lcd_numbers(text: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """An LCD column's values as numbers, and the cells left for the checks to name. ``T`` (a trace of
+    rain) is 0; a value with the suspect flag ``s`` (``29.00s``), ``M`` and ``*`` are not used (missing)."""
+    t = text.astype("string").str.strip()
+    t = t.mask(t.str.endswith("s", na=False) | t.isin(["M", "*", ""])).mask(t == "T", "0")
+    num = pd.to_numeric(t, errors="coerce")
+    return num, t.where(num.isna())
+
+
+def _from_lcd(batch: Any, grid: float, zone_of: dict[str, str], default_tz: str, home: tuple | None) -> Counter:
+    """A NOAA LCD batch as our weather rows, in place: daily and monthly summary rows (``SOD``/``SOM``)
+    dropped; times, given in the station's local standard time all year, given the zone's standard offset
+    (read as local clock time they were an hour off in summer, and the hour of each clock change was
+    quarantined); inHg, F and inches converted; suspect values not used. With ``home`` (``--patient``) the
+    station's weather is placed at that patient's home and read in their zone: a station is rarely in a
+    patient's grid cell. Returns counts for :func:`_note_lcd`."""
+    notes: Counter = Counter()
+    f = batch.frame
+    if "report_type" not in f.columns:
+        raise InputFileError("a NOAA LCD file needs its REPORT_TYPE column")
+    when_col = next((c for c in ("date", "datetime", "time") if c in f.columns), None)
+    if when_col is None:
+        raise InputFileError("a NOAA LCD file needs its DATE column (or rnoaa's datetime)")
+    hourly = ~f["report_type"].astype("string").str.strip().str.upper().isin(["SOD", "SOM"]).fillna(False)
+    hourly = hourly.to_numpy(dtype=bool)
+    notes["summary rows"] += int((~hourly).sum())
+    f = f[hourly].reset_index(drop=True)
+    batch.lines, batch.raw = batch.lines[hourly], [r for r, k in zip(batch.raw, hourly) if k]
+    if home is not None and home[1] is not None and home[2] is not None:
+        lat_text = pd.Series(str(home[1]), index=f.index, dtype=object)
+        lon_text = pd.Series(str(home[2]), index=f.index, dtype=object)
+    else:
+        lat_text, lon_text = f.get("latitude"), f.get("longitude")
+    out = pd.DataFrame({"latitude": lat_text, "longitude": lon_text}, index=f.index)
+    when = pd.to_datetime(f[when_col], format="ISO8601", errors="coerce")
+    out["time"] = f[when_col]  # unreadable: the checks name it
+    lat, lon = pd.to_numeric(lat_text, errors="coerce"), pd.to_numeric(lon_text, errors="coerce")
+    ok = when.notna() & lat.notna() & lon.notna()
+    if ok.any():
+        cells = pd.Series(cell_ids(lat[ok], lon[ok], grid)[0], index=lat[ok].index)
+        for cell, idx in cells.groupby(cells).groups.items():
+            tz = home[3] if home is not None and home[3] else zone_of.get(cell)
+            if tz is None:
+                tz = default_tz
+                notes[f"no patient:{cell}"] += len(idx)
+            out.loc[idx, "time"] = when[idx].dt.strftime("%Y-%m-%dT%H:%M:%S") + _standard_offset(tz)
+    for var, (col, convert) in _LCD_VARS.items():
+        if col not in f.columns and var in f.columns:  # renamed to ours (--rename): taken as given
+            out[var] = f[var]
+        elif col in f.columns:
+            num, unread = _lcd_numbers(f[col])
+            value = convert(num).round(2).astype(object).where(num.notna(), unread.astype(object))
+            out[var] = [None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else str(v)
+                        for v in value]
+    batch.frame = out
+    return notes
+
+
+def _note_lcd(notes: Counter, default_tz: str, result: Any) -> None:
+    if notes["summary rows"]:
+        n = notes["summary rows"]
+        result.messages.append(f"{n} daily or monthly summary row{'s' if n != 1 else ''} (SOD, SOM) not used")
+    alone = sorted(k.split(":", 1)[1] for k in notes if k.startswith("no patient:"))
+    if alone:
+        result.messages.append(f"no patient lives in the station's cell ({', '.join(alone)}): its times were read "
+                               f"as standard time of {default_tz}; to use the station for a patient's home, "
+                               f"import it with --patient ID")
+
+
+def _standard_offset(tz: str) -> str:
+    """The zone's standard (winter) UTC offset as ``-05:00``: the smaller of its January and July offsets."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    z = ZoneInfo(tz)
+    off = min(datetime(2022, m, 1, tzinfo=z).utcoffset() for m in (1, 7))
+    minutes = int(off.total_seconds() // 60)
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+def _home_of(db: sqlite_utils.Database, patient: str | None) -> tuple[str, float, float, str | None] | None:
+    """``(patient, latitude, longitude, timezone)`` of ``--patient``'s home, for a weather file without
+    coordinates or a station's file meant for that patient."""
     if not patient:
         return None
-    row = db.execute("SELECT latitude, longitude FROM patients WHERE patient_id = ?", [patient]).fetchone()
+    row = db.execute("SELECT latitude, longitude, timezone FROM patients WHERE patient_id = ?",
+                     [patient]).fetchone()
     if row is None:
         raise InputFileError(f"no patient {patient!r}: import the patient first (trigger-watch import patients)")
-    return patient, row[0], row[1]
+    return patient, row[0], row[1], row[2]
 
 
-def _placed(frame: pd.DataFrame, path: Path, home: tuple[str, float, float] | None, result: Any) -> pd.DataFrame:
+def _placed(frame: pd.DataFrame, path: Path, home: tuple | None, result: Any) -> pd.DataFrame:
     """A weather CSV's rows with their place: the file's own ``latitude, longitude``, else ``--patient``'s
     home (a station's or a home sensor's file often has none). Neither: one error for the file, not a reject
     for each row."""
@@ -924,8 +1028,10 @@ def _placed(frame: pd.DataFrame, path: Path, home: tuple[str, float, float] | No
     return frame.assign(latitude=str(home[1]), longitude=str(home[2]))
 
 
-def _import_rows(db: sqlite_utils.Database, path: Path, fmt: str, options: Any, result: Any) -> None:
-    """Our weather CSV/JSON rows: ``latitude, longitude, time`` and any of the hourly variables."""
+def _import_rows(db: sqlite_utils.Database, path: Path, fmt: str, options: Any, result: Any,
+                 lcd: bool = False) -> None:
+    """Our weather CSV/JSON rows: ``latitude, longitude, time`` and any of the hourly variables (``lcd``: a
+    NOAA LCD file, read by :func:`_from_lcd` first)."""
     from trigger_watch import importing
 
     cfg = _config(options)
@@ -939,6 +1045,7 @@ def _import_rows(db: sqlite_utils.Database, path: Path, fmt: str, options: Any, 
     assumed: set[str] = set()
     merged = 0
     home = _home_of(db, getattr(options, "patient", None))
+    lcd_notes: Counter = Counter()
     with storage.transaction(db):
         for batch in importing.iter_batches(path, fmt, batch_rows=getattr(options, "batch_rows", 50000),
                                             renames=getattr(options, "renames", None),
@@ -946,7 +1053,12 @@ def _import_rows(db: sqlite_utils.Database, path: Path, fmt: str, options: Any, 
             result.quarantined += importing.quarantine(db, "weather", str(path), batch.problems)
             if batch.frame.empty:
                 continue
-            batch.frame = _placed(batch.frame, path, home, result)
+            if lcd:
+                lcd_notes.update(_from_lcd(batch, grid, zone_of, default_tz, home))
+                if batch.frame.empty:
+                    continue
+            else:
+                batch.frame = _placed(batch.frame, path, home, result)
             chk = importing.Checker(batch.frame)
             lat = chk.number("latitude", -90, 90)
             lon = chk.number("longitude", -180, 180)
@@ -1000,6 +1112,7 @@ def _import_rows(db: sqlite_utils.Database, path: Path, fmt: str, options: Any, 
                     _count(result, _upsert_daily(db, cell, days), cell, touched)
         _mark_cells_changed(db, touched, grid, result)
     _note_merged(merged, result)
+    _note_lcd(lcd_notes, default_tz, result)
     if assumed:
         result.messages.append(f"local times of cells with no patient were read in "
                                f"{', '.join(sorted(assumed))}; give times with an offset to be exact")
