@@ -200,6 +200,28 @@ def test_a_back_dated_analysis_is_redone_by_the_next_cycle(tmp_path):
     assert "nothing changed" in tw(tmp_path, "run", "--no-weather").stdout
 
 
+def test_ctrl_c_stops_a_run_after_the_patients_in_hand_and_twice_aborts():
+    """analyze and run: the first Ctrl-C asks the run to stop (it printed "Aborted!" and exited 1 at once,
+    whatever was done); the second aborts. In a process of its own, which signals itself."""
+    code = """
+import os, signal, sys
+from trigger_watch.cli import stop_on_interrupt
+with stop_on_interrupt() as stop:
+    os.kill(os.getpid(), signal.SIGINT)
+    print("first", stop.is_set(), flush=True)
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+    except KeyboardInterrupt:
+        print("second aborts", flush=True)
+print("restored", signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:3] == ["first True", "second aborts", "restored True"]
+    assert "stopping after the patients in hand (Ctrl-C again to abort at once)" in r.stderr
+
+
 def test_help_lists_the_contract_commands(ws):
     r = tw(ws, "--help")
     assert r.returncode == 0

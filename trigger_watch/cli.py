@@ -7,7 +7,9 @@ Each command parses its arguments, calls one library function and prints the res
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -77,7 +79,8 @@ def cli(ctx: click.Context, config_path: str | None, quiet: bool) -> None:
                                 trigger-watch import diary diary.csv
     Analyse and write reports:  trigger-watch analyze
 
-    Exit codes: 0 success, 1 the work failed (one line on stderr says why), 2 wrong usage.
+    Exit codes: 0 success, 1 the work failed (one line on stderr says why), 2 wrong usage, 130 stopped by
+    Ctrl-C.
     """
     ctx.obj = App(config_path, quiet)
 
@@ -244,6 +247,36 @@ def fetch_weather_cmd(app: App, start: str | None, end: str | None) -> None:
         app.say(line)
 
 
+#: The exit code of a run stopped by Ctrl-C (128 + SIGINT, the shell's convention).
+EXIT_INTERRUPTED = 130
+
+
+@contextlib.contextmanager
+def stop_on_interrupt() -> Iterator:
+    """Ctrl-C once sets the returned event: the run finishes the patients in hand and stops, and what it wrote
+    stays (each report is written whole; the others keep their previous ones). Ctrl-C again aborts at once.
+    It printed "Aborted!" and exited 1, whatever had been done."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def on_interrupt(signum, frame) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        click.echo("stopping after the patients in hand (Ctrl-C again to abort at once)", err=True)
+
+    before = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 @cli.command()
 @click.option("--patient", "patients", multiple=True, metavar="ID", help="Only this patient (repeatable).")
 @click.option("--as-of", metavar="DATE", help="Analyse as if this date were today; no later data is used.")
@@ -260,9 +293,11 @@ def analyze(app: App, patients: tuple[str, ...], as_of: str | None, wait_seconds
             raise UnknownPatient(p)
     # under the cycle's lease: two analyses at once would write the same model store and reports
     day = _as_of(as_of, app.today)
-    with daemon.Lease(app.config.database, "analyze").acquire(wait_seconds, busy="analyse once it has ended"):
+    with daemon.Lease(app.config.database, "analyze").acquire(wait_seconds, busy="analyse once it has ended"), \
+            stop_on_interrupt() as stop:
         bar = app.progress("writing reports")
-        outcome = analysis.analyze(app.db, app.config, as_of=day, patient_ids=list(patients) or None, progress=bar)
+        outcome = analysis.analyze(app.db, app.config, as_of=day, patient_ids=list(patients) or None, progress=bar,
+                                   stop=stop)
         bar.close()
         # a back-test leaves its reports in place (cli.md); the next cycle brings them back to the present
         back_dated = day < app.today - timedelta(days=1) and outcome.analysed
@@ -274,6 +309,9 @@ def analyze(app: App, patients: tuple[str, ...], as_of: str | None, wait_seconds
     if back_dated:
         app.say(f"these reports use the days through {day.isoformat()} only; the next cycle (or trigger-watch "
                 f"run) analyses the {len(outcome.analysed)} patient(s) again through yesterday")
+    if stop.is_set():
+        app.say("stopped by Ctrl-C: the patients not analysed keep their previous reports")
+        raise click.exceptions.Exit(EXIT_INTERRUPTED)
     if outcome.failed and not outcome.analysed:
         raise click.exceptions.Exit(1)
 
@@ -287,11 +325,15 @@ def run(app: App, wait_seconds: float, no_weather: bool) -> None:
     from trigger_watch import daemon
 
     bar = app.progress("analysing")
-    result = daemon.run_cycle(app.db, app.config, today=app.today, fetch=not no_weather,
-                              wait_seconds=wait_seconds, progress=bar)
+    with stop_on_interrupt() as stop:
+        result = daemon.run_cycle(app.db, app.config, today=app.today, fetch=not no_weather,
+                                  wait_seconds=wait_seconds, progress=bar, stop=stop)
     bar.close()
     for line in result.lines():
         app.say(line)
+    if stop.is_set():
+        app.say("stopped by Ctrl-C: the next cycle analyses the patients left")
+        raise click.exceptions.Exit(EXIT_INTERRUPTED)
     if result.status == "failed":
         raise click.exceptions.Exit(1)
 
