@@ -811,3 +811,6 @@ def test_a_noaa_lcd_file_is_read_in_standard_time_and_its_units(db, tmp_path):
     other.write_text(LCD_HEADER + '72611694765,2022-07-01T05:53:00,43.62707,-72.30537,"FM-15","61","T",80,"30.01"\n')
     r = import_file(db, "weather", other, options())
     assert r.accepted == 1 and any("no patient lives in the station's cell (43.6,-72.3)" in m for m in r.messages)
+    add_patients(db, [("nowhere", "America/New_York", None, None)])
+    with pytest.raises(InputFileError, match="'nowhere' has no home latitude and longitude"):
+        import_file(db, "weather", other, options(patient="nowhere"))

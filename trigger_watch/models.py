@@ -81,8 +81,8 @@ _WINSOR = 2.5  # continuous factors are clipped at this many within-patient SDs 
 _EB_MIN_PATIENTS = 30  # fewer patients inform a column: the given (or default) prior is used for it
 _MISS_SD = 1.0  # prior SD of a missing-indicator coefficient
 _Z = norm.ppf(0.975)
-#: ``days_to_answer``: the extra diary days tried (a year at most), the chance an answer needs by then, and
-#: the |estimate / SE| a call is taken to need (the cohort's q-values called at 2.2-2.9 in simulated cohorts)
+#: ``days_to_answer``: the extra diary days tried (a year at most), the chance of a settled factor they must give,
+#: and the |estimate / SE| a call is taken to need (the cohort's q-values called at 2.2-2.9 in simulated cohorts)
 _ANSWER_DAYS = np.array([30, 60, 90, 135, 180, 270, 365])
 _ANSWER_CHANCE = 0.5
 _Z_CALL = 3.0

@@ -942,7 +942,10 @@ def _from_lcd(batch: Any, grid: float, zone_of: dict[str, str], default_tz: str,
     notes["summary rows"] += int((~hourly).sum())
     f = f[hourly].reset_index(drop=True)
     batch.lines, batch.raw = batch.lines[hourly], [r for r, k in zip(batch.raw, hourly) if k]
-    if home is not None and home[1] is not None and home[2] is not None:
+    if home is not None and (home[1] is None or home[2] is None):
+        raise InputFileError(f"patient {home[0]!r} has no home latitude and longitude: add them to the patients "
+                             f"file, or import the station's file without --patient")
+    if home is not None:
         lat_text = pd.Series(str(home[1]), index=f.index, dtype=object)
         lon_text = pd.Series(str(home[2]), index=f.index, dtype=object)
     else:
