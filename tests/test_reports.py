@@ -13,6 +13,7 @@ from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -127,6 +128,8 @@ def visible_text(html: str) -> str:
      "We can't tell yet whether changes in temperature matter; about 20 more days of logging would help."),
     # with days_to_answer (reports since eb-hazard-4): a number only where more logging will likely settle it
     (factor("caffeine_mg", verdict="insufficient_data", days_needed=45, days_to_answer=90),
+     "We can't tell yet whether caffeine matters; about 90 more days of logging may settle it."),
+    (factor("caffeine_mg", verdict="insufficient_data", days_needed=np.float64(45.2), days_to_answer=np.int64(90)),
      "We can't tell yet whether caffeine matters; about 90 more days of logging may settle it."),
     (factor("caffeine_mg", verdict="insufficient_data", days_needed=45, days_to_answer=None),
      "We can't tell yet whether caffeine matters, and even a year more of logging may not settle it."),

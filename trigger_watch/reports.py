@@ -29,6 +29,7 @@ import io
 import itertools
 import json
 import math
+import numbers
 import os
 import re
 import secrets
@@ -291,13 +292,11 @@ def factor_sentence(f: dict) -> str:
 
 
 def _days(value: Any) -> int | None:
-    """A count of days to show (a positive finite number, rounded), else None."""
-    if value is None:
+    """A count of days to show (a positive finite number, rounded; numpy's too), else None."""
+    if value is None or isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
-    if (type(value) is int or type(value) is float or isinstance(value, (int, float))) and not isinstance(
-            value, bool) and math.isfinite(value) and value > 0:
-        return round(value)
-    return None
+    value = float(value)
+    return round(value) if math.isfinite(value) and value > 0 else None
 
 
 def _open_a_year_on(f: dict) -> bool:
