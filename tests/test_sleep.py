@@ -166,6 +166,10 @@ def test_unknown_patient_is_quarantined_unless_created(db):
                     fmt="oura")
     assert r.accepted == 3
     assert db.execute("SELECT timezone FROM patients WHERE patient_id = 'p2'").fetchone()[0] == TZ
+    # the file imported again: its three 'not known' rejects are fixed and leave the list, its bad record stays
+    assert r.gone == 3 and "3 row(s) quarantined by an earlier import of this file" in "\n".join(r.lines())
+    open_ = db.execute("SELECT reason FROM rejects WHERE kind = 'sleep' AND resolved_at IS NULL").fetchall()
+    assert len(open_) == 1 and "is not known" not in open_[0][0]
 
 
 def test_fitabase_without_map_uses_the_id_and_reports_unmapped_ids(db, tmp_path):

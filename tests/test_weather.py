@@ -814,3 +814,23 @@ def test_a_noaa_lcd_file_is_read_in_standard_time_and_its_units(db, tmp_path):
     add_patients(db, [("nowhere", "America/New_York", None, None)])
     with pytest.raises(InputFileError, match="'nowhere' has no home latitude and longitude"):
         import_file(db, "weather", other, options(patient="nowhere"))
+
+
+def test_the_same_weather_file_imported_again_fixed_resolves_its_rejects(db, tmp_path):
+    """An hour of weather has no row key: the rejects a file's new import no longer repeats were fixed in it
+    (the list only grew for sleep and weather); those it repeats stay open; another file's stay open."""
+    add_patients(db, [("p1", "UTC", 48.21, 16.37)])
+    path, other = tmp_path / "w.csv", tmp_path / "other.csv"
+    head = "latitude,longitude,time,pressure_msl,temperature_2m\n"
+    other.write_text(head + "48.2,16.37,2026-07-02T00:00Z,9999,20\n")
+    path.write_text(head + "48.2,16.37,2026-07-01T00:00Z,1010,20\n48.2,16.37,2026-07-01T01:00Z,9999,19\n"
+                    "48.2,16.37,2026-07-01T02:00Z,1012,abc\n")
+    assert import_file(db, "weather", other, options()).quarantined == 1
+    assert import_file(db, "weather", path, options()).quarantined == 2
+    path.write_text(head + "48.2,16.37,2026-07-01T00:00Z,1010,20\n48.2,16.37,2026-07-01T01:00Z,1011,19\n"
+                    "48.2,16.37,2026-07-01T02:00Z,1012,abc\n")
+    r = import_file(db, "weather", path, options())
+    assert (r.accepted, r.quarantined, r.gone) == (1, 1, 1)
+    rows = db.execute("SELECT file, line, resolved_by FROM rejects ORDER BY id").fetchall()
+    assert rows == [(str(other), 2, None), (str(path), 3, str(path)), (str(path), 4, None)]
+    assert import_file(db, "weather", path, options()).gone == 0  # nothing more to fix

@@ -67,6 +67,7 @@ class ImportResult:
     unchanged: int = 0
     quarantined: int = 0
     resolved: int = 0  # rejects of earlier imports whose key this import stored a good row for
+    gone: int = 0  # sleep and weather: rejects of an earlier import of this file that it no longer repeats
     messages: list[str] = field(default_factory=list)
     patients: set[str] = field(default_factory=set)
 
@@ -80,6 +81,9 @@ class ImportResult:
         if self.resolved:
             out.append(f"  {self.resolved} row(s) quarantined by an earlier import now have a good row, and "
                        f"leave the rejects list (trigger-watch rejects --all shows them)")
+        if self.gone:
+            out.append(f"  {self.gone} row(s) quarantined by an earlier import of this file are no longer in it, "
+                       f"and leave the rejects list (trigger-watch rejects --all shows them)")
         out.extend(f"  note: {m}" for m in self.messages)
         return out
 
@@ -104,6 +108,30 @@ def get_importer(kind: str) -> Importer:
     return IMPORTERS[kind]
 
 
+#: Kinds whose rejects have no row key (a sleep record or an hour of weather is not a row of a table with a
+#: key of its own): the same file imported again resolves the rejects it no longer repeats.
+BY_FILE = ("sleep", "weather")
+
+
+def _resolve_by_file(db: sqlite_utils.Database, kind: str, path: Path) -> list[int]:
+    """Mark the file's open rejects resolved by it before its import runs again; the rows it quarantines
+    again are opened again by :func:`quarantine`, and the rest were fixed. In the import's transaction.
+    Returns the ids marked."""
+    ids = [r[0] for r in db.execute("SELECT id FROM rejects WHERE kind = ? AND file = ? AND resolved_at IS NULL",
+                                    (kind, str(path)))]
+    db.conn.executemany("UPDATE rejects SET resolved_at = ?, resolved_by = ? WHERE id = ?",
+                        [(storage.utcnow_text(), str(path), i) for i in ids])
+    return ids
+
+
+def _still_resolved(db: sqlite_utils.Database, ids: list[int]) -> int:
+    """How many of the rejects :func:`_resolve_by_file` marked the import did not open again."""
+    if not ids:
+        return 0
+    return db.execute("SELECT count(*) FROM rejects WHERE resolved_at IS NOT NULL AND id IN "
+                      "(SELECT value FROM json_each(?))", (json.dumps(ids),)).fetchone()[0]
+
+
 def import_file(db: sqlite_utils.Database, kind: str, path: str | Path, options: ImportOptions,
                 fmt: str | None = None) -> ImportResult:
     """Import one file of ``kind``: the single entry point used by the CLI, the daemon and tests."""
@@ -112,7 +140,13 @@ def import_file(db: sqlite_utils.Database, kind: str, path: str | Path, options:
     check_readable(path)
     started = storage.utcnow_text()
     try:
-        result = importer(db, path, fmt, options)
+        if kind in BY_FILE:
+            with storage.transaction(db):
+                pending = _resolve_by_file(db, kind, path)
+                result = importer(db, path, fmt, options)
+                result.gone = _still_resolved(db, pending)
+        else:
+            result = importer(db, path, fmt, options)
     finally:
         close = getattr(options.progress, "close", None)
         if close:
