@@ -202,11 +202,13 @@ def test_workers_started_early_have_imported_what_they_were_given():
 def _on_interrupt(_):
     import os
     import signal
+    import time
 
+    time.sleep(0.05)  # long enough that both workers take tasks, on a loaded machine too
     return os.getpid(), signal.getsignal(signal.SIGINT)
 
 
-def test_local_workers_leave_ctrl_c_to_the_daemon():
+def test_local_workers_leave_ctrl_c_to_the_daemon(monkeypatch):
     """Ctrl-C in a terminal signals the daemon and its workers together. A worker that raised
     KeyboardInterrupt in its task failed the cycle with a traceback; it ignores SIGINT, and the daemon
     finishes the current patient and stops, as on SIGTERM. Both ways in: a map and an early start."""
@@ -218,6 +220,12 @@ def test_local_workers_leave_ctrl_c_to_the_daemon():
     assert len({pid for pid, _ in seen}) == 2
     assert {handler for _, handler in seen} == {signal.SIG_IGN}
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # this process still stops on it
+    # a task run in the process that made it (joblib running it in place, a test) leaves that process's
+    # SIGINT alone: the heap test below made pytest itself ignore Ctrl-C
+    monkeypatch.setattr(compute, "_LAST_TASK", {})
+    monkeypatch.setattr(compute, "keep_heap", lambda: None)
+    assert compute._TrimOnNewStage(lambda x: x + 1)(1) == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_scheduler_setting_that_is_not_an_address_is_an_error():

@@ -83,7 +83,7 @@ class LocalExecutor(Executor):
         def run() -> None:
             try:
                 Parallel(n_jobs=self.workers, backend="loky")(
-                    delayed(_import_modules)(modules) for _ in range(self.workers))
+                    delayed(_import_modules)(modules, os.getpid()) for _ in range(self.workers))
             except Exception:  # noqa: BLE001, S110 -- a worker that cannot start fails the first map, which says why
                 pass
 
@@ -121,13 +121,14 @@ class Background:
         return value
 
 
-def _import_modules(modules: tuple[str, ...]) -> int:
-    """A worker's warm-up task (:meth:`LocalExecutor.start`): import ``modules``; returns the worker's pid."""
+def _import_modules(modules: tuple[str, ...], owner: int) -> int:
+    """A worker's warm-up task (:meth:`LocalExecutor.start`): import ``modules``; returns the worker's pid.
+    ``owner``: the pid of the process that started the workers (:func:`ignore_interrupt`)."""
     import importlib
     import time
 
     start = time.perf_counter()
-    ignore_interrupt()
+    ignore_interrupt(owner)
     for name in modules:
         importlib.import_module(name)
     time.sleep(max(0.0, 0.1 - (time.perf_counter() - start)))
@@ -145,27 +146,30 @@ class _TrimOnNewStage:
 
     def __init__(self, fn: Callable[[Any], Any]):
         self.fn = fn
+        self.owner = os.getpid()  # the process that made the task (:func:`ignore_interrupt`)
 
     def __call__(self, item: Any) -> Any:
         kind = getattr(self.fn, "__qualname__", repr(self.fn))
         if "kind" not in _LAST_TASK:
             keep_heap()
-            ignore_interrupt()
+            ignore_interrupt(self.owner)
         elif _LAST_TASK["kind"] != kind:
             release_memory()
         _LAST_TASK["kind"] = kind
         return self.fn(item)
 
 
-def ignore_interrupt() -> None:
+def ignore_interrupt(owner: int) -> None:
     """A local worker ignores SIGINT. Ctrl-C in a terminal signals the whole foreground process group: the
     workers raised KeyboardInterrupt in their tasks, so a daemon run in a terminal printed their tracebacks
     and the cycle failed instead of finishing the current patient and stopping (what it does on SIGTERM).
-    The parent still gets it and stops them (its executor ends them, or they end with it)."""
+    The parent still gets it and stops them (its executor ends them, or they end with it). A task run in
+    ``owner``, the process that made it (joblib running it in place, a test), leaves its SIGINT alone: that
+    process must still stop on Ctrl-C."""
     import signal
     import threading
 
-    if threading.current_thread() is threading.main_thread():
+    if os.getpid() != owner and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
