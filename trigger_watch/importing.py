@@ -119,8 +119,9 @@ def _resolve_by_file(db: sqlite_utils.Database, kind: str, path: Path) -> list[i
     Returns the ids marked."""
     ids = [r[0] for r in db.execute("SELECT id FROM rejects WHERE kind = ? AND file = ? AND resolved_at IS NULL",
                                     (kind, str(path)))]
+    now = storage.utcnow_text()
     db.conn.executemany("UPDATE rejects SET resolved_at = ?, resolved_by = ? WHERE id = ?",
-                        [(storage.utcnow_text(), str(path), i) for i in ids])
+                        [(now, str(path), i) for i in ids])
     return ids
 
 

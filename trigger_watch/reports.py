@@ -301,7 +301,7 @@ def _days(value: Any) -> int | None:
 
 def _open_a_year_on(f: dict) -> bool:
     """An estimated factor that more logging will likely not settle within a year (no ``days_to_answer``)."""
-    return "days_to_answer" in f and not _days(f.get("days_to_answer")) and f.get("odds_ratio") is not None
+    return _unsure_order(f)[0] == 2
 
 
 def _unsure_order(f: dict) -> tuple:
@@ -319,25 +319,27 @@ def _unsure_order(f: dict) -> tuple:
     return 3, needed is None, needed or 0
 
 
+def said_item(f: dict) -> dict:
+    """A factor as the patient pages list it: its name, its sentence and the factor itself."""
+    return {"name": factor_name(f), "text": factor_sentence(f), "f": f}
+
+
 def unsure_items(factors: list[dict], shown: int = 6) -> tuple[list[dict], int]:
     """What we can't tell yet, as the page lists it: up to ``shown`` items, and how many factors are left out.
     ``factors`` in :func:`_unsure_order`: first the factors more logging will likely settle within a year,
     and those with too few days to compare; then the ones a year more will likely not settle, most of them,
     in one item ("whether rain, humidity or caffeine matter ...") instead of a line each saying the same;
     then the rest (the same on every day logged, never logged, reports without ``days_to_answer``)."""
-    def item(f: dict) -> dict:
-        return {"name": factor_name(f), "text": factor_sentence(f), "f": f}
-
     tiers = [_unsure_order(f)[0] for f in factors]
     lead = [f for f, t in zip(factors, tiers) if t < 2]
     year = [f for f, t in zip(factors, tiers) if t == 2]
     tail = [f for f, t in zip(factors, tiers) if t == 3]
-    items = [item(f) for f in lead[:shown]]
+    items = [said_item(f) for f in lead[:shown]]
     told = len(items)
     if year and len(items) < shown:
         named = year[:shown]
         if len(named) == 1:
-            items.append(item(named[0]))
+            items.append(said_item(named[0]))
         else:
             names = [_lower(factor_name(f)) for f in named]
             items.append({"name": ", ".join(names), "f": None,
@@ -345,7 +347,7 @@ def unsure_items(factors: list[dict], shown: int = 6) -> tuple[list[dict], int]:
                                   f"even a year more of logging may not settle them."})
         told += len(named)
     rest = tail[:max(shown - len(items), 0)]
-    items += [item(f) for f in rest]
+    items += [said_item(f) for f in rest]
     return items, len(factors) - told - len(rest)
 
 
@@ -418,13 +420,9 @@ def data_sentences(triggers: dict) -> list[str]:
         # every factor waits for the patient's at-risk days and attacks (analysis.min_at_risk_days and
         # min_attacks): the fewest days_needed of the factors is that wait
         waits = [n for n in (_days(f.get("days_needed")) for f in triggers.get("factors") or []) if n]
-        if waits:
-            out.append(f"That is not enough yet to name your triggers. Please keep logging every day, including "
-                       f"days without a headache: about {min(waits)} more days will give enough to start looking "
-                       f"for them.")
-        else:
-            out.append("That is not enough yet to name your triggers. Please keep logging every day, "
-                       "including days without a headache.")
+        wait = f": about {min(waits)} more days will give enough to start looking for them" if waits else ""
+        out.append(f"That is not enough yet to name your triggers. Please keep logging every day, including days "
+                   f"without a headache{wait}.")
     return out
 
 
@@ -481,11 +479,6 @@ DISCLAIMER = ("This report is not medical advice. Talk to your clinician before 
               "or what you avoid.")
 
 
-def _unsure_and_more(factors: list[dict]) -> tuple[list[dict], str]:
-    items, left = unsure_items(factors)
-    return items, _more(left)
-
-
 def patient_context(triggers: dict, charts: dict | None) -> dict[str, Any]:
     """Everything the patient templates show, as plain strings and lists."""
     groups = patient_factors(triggers.get("factors"))
@@ -493,15 +486,16 @@ def patient_context(triggers: dict, charts: dict | None) -> dict[str, Any]:
     def said(verdict: str, shown: int | None = None) -> list[dict]:
         """The first ``shown`` factors of the verdict in words (only those: most patients have ~30 factors
         we can't tell about yet, and the page lists 6)."""
-        return [{"name": factor_name(f), "text": factor_sentence(f), "f": f} for f in groups[verdict][:shown]]
+        return [said_item(f) for f in groups[verdict][:shown]]
 
+    unsure, left = unsure_items(groups["insufficient_data"])
     return {
         "t": triggers, "charts": charts or {},
         "as_of": long_date(triggers.get("as_of")),
         "data_lines": data_sentences(triggers),
         "triggers": said("trigger", 5), "more_triggers": max(len(groups["trigger"]) - 5, 0),
         "warning_signs": said("warning_sign"), "protective": said("protective"),
-        **dict(zip(("unsure", "more_unsure"), _unsure_and_more(groups["insufficient_data"]))),
+        "unsure": unsure, "more_unsure": _more(left),
         "no_effect": said("no_association"),
         "forecast": forecast_sentences(triggers),
         "disclaimer": DISCLAIMER,
