@@ -54,8 +54,10 @@ IMPORT_KINDS = ("patients", "diary", "attacks", "sleep", "weather", "treatments"
 
 
 def baseline(panel: pd.DataFrame) -> pd.DataFrame:
-    """Univariate logistic regression per patient, factor and lag (complete cases over at-risk days)."""
+    """Univariate logistic regression per patient, factor and lag (complete cases over at-risk days); the
+    time of year (``features.SEASON``) is not a factor."""
     meta = panel.attrs["factors"]
+    meta = meta[meta["group"] != "season"]
     cols = meta["column"].tolist()
     at = panel[panel["at_risk"]].sort_values(["patient_id", "date"])
     pids, starts = np.unique(at["patient_id"].to_numpy(), return_index=True)

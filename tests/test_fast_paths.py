@@ -1097,10 +1097,13 @@ def _next_day_reference(ahead, results: dict, tomorrow: date) -> dict[str, dict]
         past = history.of(pid, key)
         p = float(forecast._marginal(est, values, past, masks)[0])
         usual = np.where(masks[0][None, :] & ~np.isfinite(values), np.nan, np.asarray(est.mean_, dtype=float))
+        # the usual day at tomorrow's time of year, which is no driver (features.SEASON)
+        season = np.array([c.startswith("season_") for c in key])
+        usual[:, season] = values[:, season]
         base = float(forecast._marginal(est, usual, past, masks)[0])
         x = forecast._as_forecast(values.copy(), est.mean_, (np.zeros(len(key), dtype=bool), masks[1]))
         c_all = est.contributions(x)[0]
-        keep = np.abs(c_all) > 1e-6
+        keep = (np.abs(c_all) > 1e-6) & ~season
         drivers = []
         for col, c in zip(np.asarray(key, dtype=object)[keep], c_all[keep]):
             factor, lag = forecast._split(col)

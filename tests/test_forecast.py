@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trigger_watch import config, forecast, models, simulate
+from trigger_watch import config, features, forecast, models, simulate
 
 SEED = 20261121
 #: strong triggers a forecast can use: weather (known ahead) and yesterday's behaviour, planted in everyone
@@ -216,3 +216,34 @@ def test_the_validation_refits_without_fingerprints_and_the_same_models(panel, c
     monkeypatch.setattr(models, "fingerprints", no_hashing)
     v = forecast.rolling_origin(panel, cfg, origins=1, step_days=20)
     assert v.predictions["fitted"].any()
+
+
+def test_the_time_of_year_is_in_the_usual_risk_and_never_a_driver(cfg):
+    """A cohort whose attacks follow the seasons (three times the rate in summer), forecast for a day in
+    August that is in every other way the patient's usual day: the risk is the usual risk at that time of
+    year (``baseline_probability``), and the time of year is not named as a driver."""
+    panel = simulate.panel_from_cohort(simulate.simulate_cohort(40, 240, 4407, triggers=False, seasonality=3.0))
+    res = models.analyse(panel, cfg, store=False)
+    tomorrow = (panel["date"].max() + pd.Timedelta(days=1)).date()
+    ahead = panel[panel["date"] == panel["date"].max()].copy()
+    ahead["date"] = pd.Timestamp(tomorrow)
+    ahead["at_risk"] = False
+    ok = [p for p, r in res.items() if r.status == "ok"]
+    season = ["season_sin@0", "season_cos@0"]
+    coef = np.array([res[p].estimator.coef_[[res[p].estimator.columns_.index(c) for c in season]] for p in ok])
+    assert np.abs(coef).max() > 0.1  # the models did fit a seasonal wave
+    when = features.season_values(np.array([(pd.Timestamp(tomorrow) - pd.Timestamp("1970-01-01")).days]))
+    for p in ok:  # every factor at the patient's usual value; the time of year tomorrow's
+        est = res[p].estimator
+        row = ahead["patient_id"] == p
+        for c, usual in zip(est.columns_, est.mean_):
+            ahead.loc[row, c] = when[c.removesuffix("@0")][0] if c in season else usual
+    body = panel.copy()
+    body.attrs, ahead.attrs = {}, {}
+    full = pd.concat([body, ahead], ignore_index=True)
+    full.attrs = panel.attrs
+    out = forecast.next_day(full, res, tomorrow)
+    assert set(out) == set(ok)
+    for block in out.values():
+        assert not any(d["factor"].startswith("season") for d in block["drivers"])
+        assert block["attack_probability"] == pytest.approx(block["baseline_probability"], abs=2e-4)

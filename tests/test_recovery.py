@@ -19,6 +19,7 @@ SEED_PLANTED = 3303
 SEED_ALCOHOL = 3304
 SEED_NULL = 4404
 SEED_STRESS = 3305
+SEED_SEASONAL = 4406
 N, DAYS = 40, 240
 KINDS = ("patients", "diary", "attacks", "sleep", "weather", "treatments")
 
@@ -75,6 +76,14 @@ def stress(tmp_path_factory):
     points higher on attack days (the pain is stressful)."""
     return _cohort(tmp_path_factory, "stress", SEED_STRESS, plant=(("stress", 1, 1.0, 3.0),),
                    or_range=(3.0, 4.0), stress_reactivity=1.5)
+
+
+@pytest.fixture(scope="module")
+def seasonal(tmp_path_factory):
+    """Nothing planted; everyone's attacks are three times as frequent at the height of summer as in
+    midwinter (and the cohort's 240 days run from January to August, so warmer days come with more
+    attacks)."""
+    return _cohort(tmp_path_factory, "seasonal", SEED_SEASONAL, triggers=False, seasonality=3.0)
 
 
 def _planted_rows(c, s) -> pd.DataFrame:
@@ -162,3 +171,19 @@ def test_premonitory_symptoms_are_warning_signs_through_the_pipeline(planted):
     _, _, s = planted  # premonitory=1.0: every patient has a symptom that rises before onsets
     warned = s[s["verdict"] == "warning_sign"]["patient_id"].nunique()
     assert warned >= N // 2
+
+
+def test_attacks_that_follow_the_seasons_make_no_weather_trigger(seasonal):
+    """The time of year moves attacks and the weather together: without the models' adjustment for it, a
+    cohort like this (300 patients x 365 days, twice the rate in summer) was told temperature is a trigger
+    166 times."""
+    _, panel, s = seasonal
+    onsets = panel[panel["at_risk"]].groupby(panel["date"].dt.month)["onset"].mean()
+    assert onsets.loc[[6, 7, 8]].mean() > 1.5 * onsets.loc[[1, 2, 3]].mean()  # the confounding is there
+    assert {"season_sin@0", "season_cos@0"} <= set(panel.columns)
+    # the time of year is adjusted for, never a factor of the summaries
+    assert not s["factor"].str.startswith("season").any()
+    calls = s[s["verdict"].isin(["trigger", "protective"])]
+    weather = {f.id for f in features.FACTORS if f.group == "weather"}
+    assert not calls["factor"].isin(weather).any(), calls[["patient_id", "factor", "lag_days", "odds_ratio"]]
+    assert len(calls) <= 1

@@ -35,12 +35,13 @@ import pandas as pd
 from scipy.special import expit
 from scipy.stats import rankdata
 
-from trigger_watch import models
+from trigger_watch import features, models
 from trigger_watch.errors import ConfigError
 
 MAX_DRIVERS = 5
 #: Factor groups whose lag-0 value is known the evening before (the weather forecast, the calendar).
-KNOWN_AHEAD = ("weather", "calendar")
+KNOWN_AHEAD = ("weather", "calendar", "season")
+_SEASON = frozenset(f.id for f in features.SEASON)
 COHORT_BINS = 10  # calibration bins (deciles of the forecast) for the cohort
 PATIENT_BINS = 3  # and for one patient, when it has at least PATIENT_BIN_MIN_DAYS evaluated days
 PATIENT_BIN_MIN_DAYS = 30
@@ -237,11 +238,14 @@ def next_day(panel: pd.DataFrame | Ahead, results: dict, tomorrow: date) -> dict
         p = _marginal_many(many, values, past, owner, masks)
         # the usual day, with the same values unknown as tomorrow and averaged over the same way: the ratio
         # p / base is then what tomorrow's known values do, nothing else
+        # (at this time of year: the season's part of the risk is in both, and no driver)
+        season = np.array([_split(c)[0] in _SEASON for c in key], dtype=bool)
         usual = np.where(masks[0][None, :] & ~np.isfinite(values), np.nan, many.mean)
+        usual[:, season] = values[:, season]
         base = _marginal_many(many, usual, past, owner, masks)
         x = _as_forecast(values.copy(), many.mean, (np.zeros(len(key), dtype=bool), masks[1]))
         c_all = many.dev(x) * many.coef
-        keep = np.abs(c_all) > 1e-6
+        keep = (np.abs(c_all) > 1e-6) & ~season[None, :]
         # contribution on the probability scale: risk with this factor at its usual value vs as forecast
         p_without = 1 / (1 + np.exp(-(np.log(p / (1 - p))[:, None] - c_all)))
         # each patient's drivers: the kept columns by size of the rounded contribution, largest first (ties

@@ -61,10 +61,11 @@ from threadpoolctl import ThreadpoolController  # installed with scikit-learn
 from trigger_watch import storage
 from trigger_watch.errors import ModelError
 
-MODEL_VERSION = "eb-hazard-4"  # 2: moment-matched EMVS prior; 3: same-day stress is a consequence (stored runs refitted);
-# 4: days_to_answer in the summaries (the fit is as in 3; stored runs are made again to have it)
-METHOD = ("discrete-time hazard (logistic over at-risk days, all factors and lags jointly) with empirical-Bayes "
-          "partial pooling across the cohort; q-values from the local false sign rate")
+MODEL_VERSION = "eb-hazard-5"  # 2: moment-matched EMVS prior; 3: same-day stress is a consequence (stored runs refitted);
+# 4: days_to_answer in the summaries (the fit is as in 3; stored runs are made again to have it); 5: adjusted
+# for the time of year (features.SEASON)
+METHOD = ("discrete-time hazard (logistic over at-risk days, all factors and lags jointly, adjusted for the time "
+          "of year) with empirical-Bayes partial pooling across the cohort; q-values from the local false sign rate")
 
 SUMMARY_COLUMNS = ["factor", "label", "lag_days", "verdict", "rank", "odds_ratio", "ci_low", "ci_high", "q_value",
                    "exposed_days", "attacks_after_exposure", "days_needed", "p_value", "unexposed_days",
@@ -238,7 +239,8 @@ def q_values(lfsr: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Design:
-    """Columns of a panel and their roles: ``main`` are modelled jointly, ``side`` get added-variable estimates."""
+    """Columns of a panel and their roles: ``main`` are modelled jointly, ``side`` get added-variable estimates;
+    ``shown``: in the summaries (not the time of year, ``features.SEASON``, an adjustment only)."""
 
     meta: pd.DataFrame  # column, factor, lag, kind, group, label, behaviour, side
     main: list[str]
@@ -253,6 +255,7 @@ class _Design:
         meta["behaviour"] = meta["behaviour"].astype(bool)
         meta["lag"] = meta["lag"].astype(int)
         meta["side"] = (meta["group"] == "symptom") | (meta["behaviour"] & (meta["lag"] == 0))
+        meta["shown"] = meta["group"] != "season"
         return cls(meta, meta.loc[~meta["side"], "column"].tolist(), meta.loc[meta["side"], "column"].tolist())
 
     @property
@@ -283,6 +286,8 @@ class _Design:
 
 
 def _source(group: str) -> str:
+    if group == "season":  # known for every day, like the calendar
+        return "calendar"
     return group if group in ("sleep", "weather", "calendar") else "diary"
 
 
@@ -1448,6 +1453,7 @@ def _verdicts(fit: _Fit, design: _Design, status, data, fdr, lo, hi, min_days, m
     lag = meta["lag"].to_numpy()
     behaviour = meta["behaviour"].to_numpy()
     symptom = (meta["group"] == "symptom").to_numpy()
+    shown = meta["shown"].to_numpy(dtype=bool)
     ok = np.array([status[p] == "ok" for p in fit.pids])[:, None]
     usable = fit.usable
     direction, lfsr, m = fit.direction, fit.lfsr, fit.post_mean
@@ -1455,7 +1461,7 @@ def _verdicts(fit: _Fit, design: _Design, status, data, fdr, lo, hi, min_days, m
     # directions (drinks skipped in pain: "protective"; coffee or a skipped meal because of the attack:
     # "trigger"), so it is estimated and shown but never called; its lag-1 row carries the answer.
     lag0_behaviour = (behaviour & (lag == 0))[None]
-    callable_ = usable & ok & ~lag0_behaviour & ~(symptom[None] & (direction < 0))
+    callable_ = usable & ok & shown[None] & ~lag0_behaviour & ~(symptom[None] & (direction < 0))
     # two families, each with its own FDR: triggers and protective factors; warning signs. Near-certain
     # warning signs in the same ranking would let weak trigger calls ride on them.
     q = np.full((P, J), np.nan)
@@ -1502,7 +1508,9 @@ def _verdicts(fit: _Fit, design: _Design, status, data, fdr, lo, hi, min_days, m
     # every patient's rows in one frame, in the summary's order (triggers by rank, then by q-value), built
     # from the (P, J) arrays through one gather: a long frame sorted afterwards held three copies at once
     key = np.where(trig, rank, J + 1 + np.nan_to_num(q, nan=2.0))
-    cols = np.argsort(key, axis=1, kind="stable")  # each patient's columns in summary order
+    key[:, ~shown] = np.inf  # the adjustment-only columns last, and left out
+    Js = int(shown.sum())
+    cols = np.argsort(key, axis=1, kind="stable")[:, :Js]  # each patient's columns in summary order
     flat = (cols + (np.arange(P) * J)[:, None]).ravel()
     cols = cols.ravel()
     labels = _labels(meta)
@@ -1530,7 +1538,7 @@ def _verdicts(fit: _Fit, design: _Design, status, data, fdr, lo, hi, min_days, m
     })
     out = _Summaries()
     out.body = body  # every summary in one frame, in the order of ``out`` (the model store keeps this)
-    out.rows = {pid: (i * J, (i + 1) * J) for i, pid in enumerate(fit.pids)}
+    out.rows = {pid: (i * Js, (i + 1) * Js) for i, pid in enumerate(fit.pids)}
     for pid, (start, stop) in out.rows.items():
         out[pid] = summary_rows(body, start, stop)
     return out
@@ -1585,7 +1593,7 @@ class Analyses(dict):
 
 def _empty_summary(design: _Design, d: dict, min_days: int) -> pd.DataFrame:
     """A patient with nothing to fit (no at-risk days): every factor insufficient_data."""
-    m = design.meta
+    m = design.meta[design.meta["shown"]]
     n = len(m)
     need = max(min_days - d["at_risk_days"], 0) or min_days
     s = pd.DataFrame({

@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from trigger_watch.features import SEASON, season_values
+
 #: (factor, lag, share of patients it is planted in, reference contrast in natural units; 1 for booleans)
 PLANTABLE: tuple[tuple[str, int, float, float], ...] = (
     ("pressure_drop", 0, 0.35, 1.0),
@@ -183,6 +185,7 @@ def simulate_cohort(
     premonitory: float = 0.7,
     avoidance: float = 0.8,
     stress_reactivity: float = 1.0,
+    seasonality: float = 1.0,
     plant: tuple[tuple[str, int, float, float], ...] | None = None,
 ) -> Cohort:
     """Simulate ``n_patients`` over ``n_days`` local days from ``start``; the same ``seed`` gives the same cohort.
@@ -190,7 +193,9 @@ def simulate_cohort(
     ``plant`` replaces :data:`PLANTABLE` (e.g. ``(("pressure_drop", 0, 1.0, 1.0),)`` plants it in everyone);
     ``triggers=False`` plants nothing (a null cohort). ``avoidance`` is the share of alcohol and exercise
     skipped on attack days; ``stress_reactivity`` the points stress is rated higher on them;
-    ``premonitory`` the share of patients with warning signs.
+    ``premonitory`` the share of patients with warning signs; ``seasonality`` the ratio of the attack rate at
+    its seasonal peak (high summer, when it is warmest) to its trough (1: none), shared by everyone, a
+    confounder of every seasonal factor.
     """
     rng = np.random.default_rng(seed)
     P, D = int(n_patients), int(n_days)
@@ -290,6 +295,8 @@ def simulate_cohort(
     a = np.log(rate / (1 - rate))
     for (i, factor, lag), b in beta.items():
         a[i] -= b * X0[factor][i].mean()
+    doy = np.asarray(dates.day_of_year, dtype=float)
+    season = np.log(seasonality) / 2 * -np.cos(2 * np.pi * (doy - 20) / 365)
     ket_day = np.where(rng.random(P) < p_ketamine, rng.integers(D // 3, max(D // 3 + 1, 2 * D // 3), P), D + 1)
 
     # ---- the day loop: onsets, episodes, avoidance
@@ -307,7 +314,7 @@ def simulate_cohort(
     plant_idx = {k: (np.array([i for i, _ in v]), np.array([b for _, b in v])) for k, v in by_lag.items()}
     for t in range(D):
         in_ep[:, t] = busy_until >= t
-        eta = a - 0.7 * (t >= ket_day)
+        eta = a - 0.7 * (t >= ket_day) + season[t]
         for (factor, lag), (ii, bb) in plant_idx.items():
             if t - lag >= 0:
                 eta[ii] += bb * X0[factor][ii, t - lag]
@@ -620,6 +627,10 @@ def panel_from_cohort(cohort: Cohort) -> pd.DataFrame:
             cols[name] = v[ii, tt].astype("float64")
             meta.append((name, factor, lag, kind, group,
                          f"{label} {'the day before' if lag == 1 else 'the same day'}", behaviour))
+    epoch_day = (dates - pd.Timestamp("1970-01-01")).days.to_numpy()[tt]
+    for f, v in zip(SEASON, season_values(epoch_day).values()):
+        cols[f"{f.id}@0"] = v
+        meta.append((f"{f.id}@0", f.id, 0, f.kind, f.group, f.label, False))
     panel = pd.DataFrame(cols)
     panel.attrs["factors"] = pd.DataFrame(meta, columns=["column", "factor", "lag", "kind", "group", "label",
                                                          "behaviour"])
