@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -20,6 +21,7 @@ SEED_ALCOHOL = 3304
 SEED_NULL = 4404
 SEED_STRESS = 3305
 SEED_SEASONAL = 4406
+SEED_MEDICATED = 4408
 N, DAYS = 40, 240
 KINDS = ("patients", "diary", "attacks", "sleep", "weather", "treatments")
 
@@ -43,9 +45,11 @@ def _through_the_pipeline(cohort: simulate.Cohort, folder) -> tuple[pd.DataFrame
     return panel, long
 
 
-def _cohort(tmp_path_factory, name: str, seed: int, **kw):
+def _cohort(tmp_path_factory, name: str, seed: int, extra=None, **kw):
     print(f"{name} cohort: seed {seed}, {N} patients x {DAYS} days, {kw}")
     c = simulate.simulate_cohort(N, DAYS, seed, **kw)
+    if extra:
+        extra(c)
     panel, long = _through_the_pipeline(c, tmp_path_factory.mktemp(name))
     return c, panel, long
 
@@ -84,6 +88,17 @@ def seasonal(tmp_path_factory):
     midwinter (and the cohort's 240 days run from January to August, so warmer days come with more
     attacks)."""
     return _cohort(tmp_path_factory, "seasonal", SEED_SEASONAL, triggers=False, seasonality=3.0)
+
+
+@pytest.fixture(scope="module")
+def medicated(tmp_path_factory):
+    """Nothing planted; the diary has a column of its own, ``took_medication``: 1 on nine in ten headache
+    days (the attack's doing), 1 on one in twenty other days."""
+    def add(c):
+        rng = np.random.default_rng(SEED_MEDICATED)
+        u = rng.random(len(c.diary))
+        c.diary["took_medication"] = np.where(c.diary["headache"] == 1, u < 0.9, u < 0.05).astype(int)
+    return _cohort(tmp_path_factory, "medicated", SEED_MEDICATED, extra=add, triggers=False)
 
 
 def _planted_rows(c, s) -> pd.DataFrame:
@@ -187,3 +202,16 @@ def test_attacks_that_follow_the_seasons_make_no_weather_trigger(seasonal):
     weather = {f.id for f in features.FACTORS if f.group == "weather"}
     assert not calls["factor"].isin(weather).any(), calls[["patient_id", "factor", "lag_days", "odds_ratio"]]
     assert len(calls) <= 1
+
+
+def test_a_diary_column_of_its_own_is_never_called_on_the_same_day(medicated):
+    """A column a diary adds is logged for the day, as behaviour is, and may be the attack's doing:
+    medication taken on headache days was "one of your triggers" for every patient (OR in the hundreds,
+    as in the README's real diary)."""
+    _, panel, s = medicated
+    assert {"took_medication@0", "took_medication@1"} <= set(panel.columns)
+    same_day = s[(s["factor"] == "took_medication") & (s["lag_days"] == 0)]
+    assert len(same_day) == N
+    assert (same_day["odds_ratio"].dropna() > 5).mean() > 0.5  # estimated and shown: the attack's doing
+    assert not same_day["verdict"].isin(["trigger", "protective"]).any()
+    assert (s["verdict"] == "trigger").sum() <= 1

@@ -907,8 +907,10 @@ def _custom_id(name: str) -> str:
 
 
 def _custom_factor(name: str, boolean: bool) -> Factor:
+    """A diary's own column. Logged for the day, like behaviour, so its lag-0 value may be the attack's
+    doing (medication taken, plans cancelled, a low mood): estimated and shown, never called; lag 1 is."""
     label = name.replace("_", " ").capitalize() + (" (yes/no)" if boolean else "")
-    return Factor(_custom_id(name), label, "boolean" if boolean else "continuous", "custom")
+    return Factor(_custom_id(name), label, "boolean" if boolean else "continuous", "custom", behaviour=True)
 
 
 @dataclass

@@ -63,7 +63,7 @@ from trigger_watch.errors import ModelError
 
 MODEL_VERSION = "eb-hazard-5"  # 2: moment-matched EMVS prior; 3: same-day stress is a consequence (stored runs refitted);
 # 4: days_to_answer in the summaries (the fit is as in 3; stored runs are made again to have it); 5: adjusted
-# for the time of year (features.SEASON)
+# for the time of year (features.SEASON); a diary's own columns are behaviour (lag 0 never called)
 METHOD = ("discrete-time hazard (logistic over at-risk days, all factors and lags jointly, adjusted for the time "
           "of year) with empirical-Bayes partial pooling across the cohort; q-values from the local false sign rate")
 
