@@ -123,7 +123,10 @@ def visible_text(html: str) -> str:
      ("We can't tell whether caffeine matters: it was the same on every day you logged. It would show only "
       "by comparing days that differ.")),
     (factor("caffeine_mg", verdict="insufficient_data", days_needed=None, exposed_days=0, unexposed_days=0),
-     "We can't tell yet whether caffeine matters; keep logging it."),
+     ("We can't tell yet whether caffeine matters; keep logging it.")),  # an estimate: days were compared
+    (factor("caffeine_mg", verdict="insufficient_data", days_needed=None, exposed_days=0, unexposed_days=0,
+            odds_ratio=None),
+     "We have no record of caffeine for you, so we can't tell whether it matters."),
     (factor("temperature_change", verdict="insufficient_data", days_needed=20),
      "We can't tell yet whether changes in temperature matter; about 20 more days of logging would help."),
     # with days_to_answer (reports since eb-hazard-4): a number only where more logging will likely settle it
@@ -174,6 +177,25 @@ def test_what_we_cant_tell_yet_lists_what_more_logging_will_likely_settle_first(
     groups = reports.patient_factors(unsure)
     assert [f["factor"] for f in groups["insufficient_data"]] == [
         "sleep_short", "caffeine_mg", "stress", "alcohol_units", "humidity"]
+
+
+def test_the_factors_with_no_record_share_one_line_at_the_end():
+    """A diary without stress or alcohol: every one of them said "keep logging it" (the README's real diary:
+    five of the six places), though the patient never logged them. They are named together, last."""
+    def unsure(fid, **kw):
+        return factor(fid, 1, "insufficient_data", **{"days_needed": 500, "days_to_answer": None, **kw})
+
+    never = ["stress", "alcohol_units", "caffeine_mg", "sleep_efficiency"]
+    factors = ([unsure(f, odds_ratio=None, days_needed=None, exposed_days=0, unexposed_days=0) for f in never]
+               + [unsure("humidity"), unsure("sleep_short", days_to_answer=60)])
+    items, left = reports.unsure_items(reports.patient_factors(factors)["insufficient_data"])
+    texts = [i["text"] for i in items]
+    assert texts[0].startswith("We can't tell yet whether short sleep matters; about 60 more days")
+    assert texts[1].startswith("We can't tell yet whether humidity matters, and even a year more")
+    names = [reports._lower(reports.factor_name(factor(f))) for f in never]
+    assert texts[2:] == [(f"We have no record of {', '.join(names[:-1])} or {names[-1]} for you, so we can't "
+                          f"tell whether they matter.")]
+    assert left == 0
 
 
 def test_the_factors_a_year_will_likely_not_settle_share_one_line():

@@ -283,6 +283,8 @@ def factor_sentence(f: dict) -> str:
         if needed:  # a report of an earlier version, without days_to_answer
             return (f"We can't tell yet whether {_lower(name)} {_matters(name)}; about {needed} more days "
                     f"of logging would help.")
+        if _no_record(f):
+            return f"We have no record of {_lower(name)} for you, so we can't tell whether it {_matters(name)}."
         seen = (f.get("exposed_days") or 0, f.get("unexposed_days") or 0)
         if min(seen) == 0 < max(seen):  # logged, but never once different
             return (f"We can't tell whether {_lower(name)} {_matters(name)}: it was the same on every day you "
@@ -299,6 +301,13 @@ def _days(value: Any) -> int | None:
     return round(value) if math.isfinite(value) and value > 0 else None
 
 
+def _no_record(f: dict) -> bool:
+    """A factor with no day to compare, either way: never logged (stress in a diary without it), or never
+    recorded for the patient (a wearable's sleep efficiency without a wearable, weather without a home)."""
+    return (f.get("odds_ratio") is None and not _days(f.get("days_needed")) and not _days(f.get("days_to_answer"))
+            and f.get("exposed_days") == 0 and f.get("unexposed_days") == 0)
+
+
 def _open_a_year_on(f: dict) -> bool:
     """An estimated factor that more logging will likely not settle within a year (no ``days_to_answer``)."""
     return _unsure_order(f)[0] == 2
@@ -307,7 +316,9 @@ def _open_a_year_on(f: dict) -> bool:
 def _unsure_order(f: dict) -> tuple:
     """What we can't tell yet, most useful first: (0) the factors more logging will likely settle within a
     year (fewest days first), (1) those with too few days to compare, (2) those a year will likely not settle
-    and (3) the rest (each by ``days_needed``, unknown last)."""
+    and (3) the rest (each by ``days_needed``, unknown last); (4) last, those with no record at all."""
+    if _no_record(f):
+        return (4,)
     answer = _days(f.get("days_to_answer"))
     if answer:
         return 0, answer
@@ -329,26 +340,36 @@ def unsure_items(factors: list[dict], shown: int = 6) -> tuple[list[dict], int]:
     ``factors`` in :func:`_unsure_order`: first the factors more logging will likely settle within a year,
     and those with too few days to compare; then the ones a year more will likely not settle, most of them,
     in one item ("whether rain, humidity or caffeine matter ...") instead of a line each saying the same;
-    then the rest (the same on every day logged, never logged, reports without ``days_to_answer``)."""
+    then the rest (the same on every day logged, reports without ``days_to_answer``); last, in one item too,
+    those with no record at all (a diary without stress: "keep logging it" was wrong there)."""
     tiers = [_unsure_order(f)[0] for f in factors]
     lead = [f for f, t in zip(factors, tiers) if t < 2]
     year = [f for f, t in zip(factors, tiers) if t == 2]
     tail = [f for f, t in zip(factors, tiers) if t == 3]
+    none = [f for f, t in zip(factors, tiers) if t == 4]
     items = [said_item(f) for f in lead[:shown]]
     told = len(items)
     if year and len(items) < shown:
-        named = year[:shown]
-        if len(named) == 1:
-            items.append(said_item(named[0]))
-        else:
-            names = [_lower(factor_name(f)) for f in named]
-            items.append({"name": ", ".join(names), "f": None,
-                          "text": f"We can't tell yet whether {', '.join(names[:-1])} or {names[-1]} matter, and "
-                                  f"even a year more of logging may not settle them."})
-        told += len(named)
+        items.append(_together(year[:shown], "We can't tell yet whether {} matter, and even a year more of "
+                                             "logging may not settle them."))
+        told += len(year[:shown])
     rest = tail[:max(shown - len(items), 0)]
     items += [said_item(f) for f in rest]
-    return items, len(factors) - told - len(rest)
+    told += len(rest)
+    if none and len(items) < shown:
+        items.append(_together(none[:shown], "We have no record of {} for you, so we can't tell whether they "
+                                             "matter."))
+        told += len(none[:shown])
+    return items, len(factors) - told
+
+
+def _together(named: list[dict], text: str) -> dict:
+    """One item of the list for several factors, ``text`` with their names ("a, b or c") in its ``{}``; one
+    factor is its own item."""
+    if len(named) == 1:
+        return said_item(named[0])
+    names = [_lower(factor_name(f)) for f in named]
+    return {"name": ", ".join(names), "f": None, "text": text.format(f"{', '.join(names[:-1])} or {names[-1]}")}
 
 
 def patient_factors(factors: list[dict] | None) -> dict[str, list[dict]]:
