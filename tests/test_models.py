@@ -339,3 +339,18 @@ def test_the_chance_of_an_answer_is_what_more_days_would_give():
         band = (b_f - models._Z * se_f >= np.log(0.8)) & (b_f + models._Z * se_f <= np.log(1.25))
         called = np.abs(b_f) >= models._Z_CALL * se_f
         np.testing.assert_allclose(exact, (band | called).mean(axis=0), atol=0.005)
+
+
+def test_a_factor_never_logged_names_no_exposure():
+    """A patient whose diary has no stress: the rows say nothing of what counts as exposed ("" as for a
+    patient with no days), where they said ">= -1.79769e+308/10", the threshold of no value at all."""
+    panel = simulate.panel_from_cohort(simulate.simulate_cohort(40, 150, 4409, triggers=False))
+    never = panel["patient_id"] == "p00007"
+    panel.loc[never, ["stress@0", "stress@1"]] = np.nan
+    res = models.analyse(panel, config.defaults(), store=False)
+    s = res["p00007"].summary
+    stress = s[s["factor"] == "stress"]
+    assert len(stress) == 2 and (stress["exposure"] == "").all()
+    assert (stress["exposed_days"] == 0).all() and (stress["unexposed_days"] == 0).all()
+    other = res["p00008"].summary
+    assert other.loc[other["factor"] == "stress", "exposure"].str.match(r"^>= [\d.]+/10$").all()

@@ -1504,7 +1504,8 @@ def _verdicts(fit: _Fit, design: _Design, status, data, fdr, lo, hi, min_days, m
     kinds = meta["kind"].to_numpy()
     units = np.array([UNITS.get(f, "") for f in meta["factor"]])
     units = np.array([("" if not u else (u if u.startswith("/") else " " + u)) for u in units])
-    levels, at = np.unique(np.nan_to_num(cnt["threshold"]), return_inverse=True)
+    # a factor never observed has no threshold (its maximum, -inf): no exposure to name
+    levels, at = np.unique(np.where(np.isfinite(cnt["threshold"]), cnt["threshold"], np.inf), return_inverse=True)
     # every patient's rows in one frame, in the summary's order (triggers by rank, then by q-value), built
     # from the (P, J) arrays through one gather: a long frame sorted afterwards held three copies at once
     key = np.where(trig, rank, J + 1 + np.nan_to_num(q, nan=2.0))
@@ -1517,7 +1518,7 @@ def _verdicts(fit: _Fit, design: _Design, status, data, fdr, lo, hi, min_days, m
     # the exposure: "yes" for a yes/no factor, else ">= <threshold><unit>", each distinct (threshold,
     # column) written once (thresholds are rounded to two digits)
     pairs, pair_of = np.unique(at.reshape(-1)[flat] * J + cols, return_inverse=True)
-    expo_txt = ["yes" if kinds[j] == "boolean" else f">= {levels[k]:g}{units[j]}"
+    expo_txt = ["yes" if kinds[j] == "boolean" else f">= {levels[k]:g}{units[j]}" if levels[k] < np.inf else ""
                 for k, j in zip(*np.divmod(pairs, J))]
 
     def ints(a):
