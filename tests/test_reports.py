@@ -333,6 +333,10 @@ def test_a_patient_with_no_data_renders_everything():
     texts = reports.patient_texts(doc, {})
     assert "nothing logged from you yet" in texts["summary.md"]
     assert "## The day ahead" not in texts["summary.md"]
+    # a diary that ended before the days looked at (analysis.max_history_days): logged, but not "yet"
+    doc["data"] |= {"first_day": "2024-11-22", "last_day": "2026-11-20"}
+    assert reports.data_sentences(doc)[0].startswith(
+        "We have nothing logged from you between 22 November 2024 and 20 November 2026. When you log")
     assert "No factors were tested: too little data so far" in visible_text(texts["clinician.html"])
     assert "No model was fitted" in visible_text(texts["clinician.html"])
     bare = reports.patient_texts({"patient_id": "p0"}, None)  # every optional block missing

@@ -419,8 +419,11 @@ def data_sentences(triggers: dict) -> list[str]:
     d = triggers.get("data") or {}
     diary, attacks = d.get("diary_days") or 0, d.get("attacks") or 0
     if not diary and not attacks:
-        return [("We have nothing logged from you yet. When you log your days and your attacks, this report "
-                 "will show what seems to set off your migraines.")]
+        # a span: the days looked at (analysis.max_history_days); what was logged before them is not "yet"
+        when = (f"between {long_date(d['first_day'])} and {long_date(d['last_day'])}"
+                if d.get("first_day") and d.get("last_day") else "yet")
+        return [(f"We have nothing logged from you {when}. When you log your days and your attacks, this "
+                 "report will show what seems to set off your migraines.")]
     out = []
     span = ""
     if d.get("first_day") and d.get("last_day"):
