@@ -87,6 +87,27 @@ def test_example_files_import_and_rejects_lists_quarantine(ws):
     assert f"{bad} line 2: stress='11' is outside 0-10  [fixed by {fixed} on " in r.stdout
 
 
+def test_rejects_of_a_file_imported_by_mistake_can_be_dismissed(ws):
+    """A diary imported as attacks leaves a reject a line that no import will ever fix: there was no way to
+    take them off the list."""
+    tw(ws, "import", "patients", str(ROOT / "examples" / "patients.csv"))
+    wrong = ws / "days.csv"
+    wrong.write_text("patient_id,date,stress\np001,2026-03-09,3\np001,2026-03-10,4\n")
+    assert "2 quarantined" in tw(ws, "import", "attacks", str(wrong)).stdout
+    other = ws / "bad.csv"
+    other.write_text("patient_id,date,stress\np001,2026-03-09,11\n")
+    tw(ws, "import", "diary", str(other))
+    r = tw(ws, "rejects", "--dismiss", "nothing.csv")
+    assert (r.returncode, r.stdout) == (1, "") and "no rows of nothing.csv" in r.stderr
+    r = tw(ws, "rejects", "--dismiss", str(wrong), "--kind", "diary")  # none of that kind
+    assert r.returncode == 1
+    r = tw(ws, "rejects", "--dismiss", str(wrong))
+    assert r.returncode == 0 and r.stdout.startswith(f"2 row(s) of {wrong} taken off the list")
+    assert tw(ws, "rejects").stdout.splitlines() == [f"diary: {other} line 2: stress='11' is outside 0-10"]
+    listed = tw(ws, "rejects", "--all", "--kind", "attacks").stdout.splitlines()
+    assert len(listed) == 2 and all(line.endswith(f"  [dismissed on {line[-11:-1]}]") for line in listed)
+
+
 @pytest.mark.parametrize("make", ["missing", "folder", "binary", "empty", "latin1"])
 def test_unreadable_file_is_one_line_on_stderr_exit_1(ws, make):
     path = ws / "in.csv"

@@ -306,6 +306,25 @@ def test_a_later_good_row_for_the_same_key_resolves_a_reject(patients, write, do
     assert rows(patients, "SELECT stress FROM diary WHERE date = '2026-03-01'") == [(1.0,)]
 
 
+def test_a_reject_without_a_key_leaves_when_its_file_is_imported_again_fixed(patients, write, do_import):
+    """A row whose date could not be read has no key for a good row to resolve: the real clanceybarrington
+    diary (dates like 11-17-2018) imported again with --date-format left its 107 rejects listed for ever."""
+    text = "patient_id,date,stress\np1,{0},3\np1,{1},4\n"
+    bad = write("d.csv", text.format("03-01-2026", "03-02-2026"))
+    other = write("o.csv", "patient_id,date,stress\np1,3/3/2026,5\n")
+    assert do_import("diary", bad).quarantined == 2 and do_import("diary", other).quarantined == 1
+    assert {r["row_key"] for r in patients.query("SELECT row_key FROM rejects")} == {None}
+    result = do_import("diary", bad, date_format="%m-%d-%Y")  # the same file, read as it is written
+    assert (result.accepted, result.quarantined, result.gone) == (2, 0, 2)
+    assert "2 row(s) quarantined by an earlier import of this file" in "\n".join(result.lines())
+    assert [Path(r["file"]).name for r in list_rejects(patients)] == ["o.csv"]  # another file's stays
+    # a line it still cannot read stays listed
+    write("d.csv", text.format("2026-03-01", "tomorrow"))
+    result = do_import("diary", bad)
+    assert (result.quarantined, result.gone) == (1, 0)
+    assert sorted(Path(r["file"]).name for r in list_rejects(patients)) == ["d.csv", "o.csv"]
+
+
 def test_a_bad_row_and_a_good_one_for_its_key_in_one_file_stay_as_they_are(patients, write, do_import):
     result = do_import("diary", write("d.csv", "patient_id,date,stress\np1,2026-03-01,3\np1,2026-03-01,11\n"))
     assert (result.accepted, result.quarantined, result.resolved) == (1, 1, 0)

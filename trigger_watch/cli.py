@@ -17,7 +17,7 @@ import click
 
 from trigger_watch import __version__
 from trigger_watch import config as config_mod
-from trigger_watch.errors import TriggerWatchError
+from trigger_watch.errors import InputFileError, TriggerWatchError
 
 
 class App:
@@ -171,22 +171,34 @@ def import_cmd(app: App, kind: str, files: tuple[str, ...], fmt: str | None, pat
 @click.option("--raw", is_flag=True, help="Also print each row as it was in the file.")
 @click.option("--all", "show_all", is_flag=True,
               help="Also rows a later import has fixed (a good row for the same patient and date, attack start, "
-                   "treatment or patient), with the file that fixed them.")
+                   "treatment or patient, or the same file imported again), with the file that fixed them.")
+@click.option("--dismiss", "dismiss", metavar="FILE",
+              help="Take FILE's rows off the list (of --kind only, when given): for a file imported by mistake, "
+                   "which no import will fix. --all still shows them, as dismissed.")
 @pass_app
-def rejects(app: App, kind: str | None, limit: int | None, raw: bool, show_all: bool) -> None:
+def rejects(app: App, kind: str | None, limit: int | None, raw: bool, show_all: bool, dismiss: str | None) -> None:
     """List quarantined rows with file, line and the reason to fix.
 
     A row leaves the list once a later import stores a good row for its key (patients, diary, attacks,
-    treatments); --all still shows it."""
-    from trigger_watch.importing import list_rejects, location
+    treatments), or once the same file imported again no longer quarantines it (sleep and weather, and
+    rows whose patient or date could not be read); --all still shows it."""
+    from trigger_watch.importing import dismiss_rejects, list_rejects, location
 
+    if dismiss is not None:
+        n = dismiss_rejects(app.db, dismiss, kind)
+        if not n:
+            raise InputFileError(f"no rows of {dismiss}{f' of kind {kind}' if kind else ''} are waiting to be "
+                                 "fixed; name the file as 'trigger-watch rejects' shows it")
+        app.say(f"{n} row(s) of {dismiss} taken off the list ('trigger-watch rejects --all' still shows them)")
+        return
     rows = list_rejects(app.db, kind, limit, resolved=show_all)
     if not rows:
         app.say("no quarantined rows" + (f" of kind {kind}" if kind else "")
                 + ("" if show_all else " waiting to be fixed"))
         return
     for r in rows:
-        fixed = (f"  [fixed by {r['resolved_by']} on {r['resolved_at'][:10]}]" if r.get("resolved_at") else "")
+        by = "dismissed" if r.get("resolved_by") == "dismissed" else f"fixed by {r.get('resolved_by')}"
+        fixed = f"  [{by} on {r['resolved_at'][:10]}]" if r.get("resolved_at") else ""
         app.say(f"{r['kind']}: {location(r['file'], r['line'])}: {r['reason']}{fixed}")
         if raw and r["raw"]:
             app.say(f"    {r['raw']}")

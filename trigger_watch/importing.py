@@ -67,7 +67,7 @@ class ImportResult:
     unchanged: int = 0
     quarantined: int = 0
     resolved: int = 0  # rejects of earlier imports whose key this import stored a good row for
-    gone: int = 0  # sleep and weather: rejects of an earlier import of this file that it no longer repeats
+    gone: int = 0  # rejects without a key, of an earlier import of this file, that it no longer repeats
     messages: list[str] = field(default_factory=list)
     patients: set[str] = field(default_factory=set)
 
@@ -82,8 +82,8 @@ class ImportResult:
             out.append(f"  {self.resolved} row(s) quarantined by an earlier import now have a good row, and "
                        f"leave the rejects list (trigger-watch rejects --all shows them)")
         if self.gone:
-            out.append(f"  {self.gone} row(s) quarantined by an earlier import of this file are no longer in it, "
-                       f"and leave the rejects list (trigger-watch rejects --all shows them)")
+            out.append(f"  {self.gone} row(s) quarantined by an earlier import of this file are not quarantined by "
+                       f"this one, and leave the rejects list (trigger-watch rejects --all shows them)")
         out.extend(f"  note: {m}" for m in self.messages)
         return out
 
@@ -109,16 +109,19 @@ def get_importer(kind: str) -> Importer:
 
 
 #: Kinds whose rejects have no row key (a sleep record or an hour of weather is not a row of a table with a
-#: key of its own): the same file imported again resolves the rejects it no longer repeats.
+#: key of its own): the same file imported again resolves the rejects it no longer repeats. The other kinds'
+#: rejects are resolved by a good row for their key, and those whose key could not be read (an unreadable
+#: date) by the same file again, as these are.
 BY_FILE = ("sleep", "weather")
 
 
 def _resolve_by_file(db: sqlite_utils.Database, kind: str, path: Path) -> list[int]:
-    """Mark the file's open rejects resolved by it before its import runs again; the rows it quarantines
-    again are opened again by :func:`quarantine`, and the rest were fixed. In the import's transaction.
-    Returns the ids marked."""
-    ids = [r[0] for r in db.execute("SELECT id FROM rejects WHERE kind = ? AND file = ? AND resolved_at IS NULL",
-                                    (kind, str(path)))]
+    """Mark the file's open rejects without a key (every one of a :data:`BY_FILE` kind) resolved by it
+    before its import runs again; the rows it quarantines again are opened again by :func:`quarantine`, and
+    the rest were fixed. In the import's transaction. Returns the ids marked."""
+    keyless = "" if kind in BY_FILE else " AND row_key IS NULL"
+    ids = [r[0] for r in db.execute("SELECT id FROM rejects WHERE kind = ? AND file = ? AND resolved_at IS NULL"
+                                    + keyless, (kind, str(path)))]
     now = storage.utcnow_text()
     db.conn.executemany("UPDATE rejects SET resolved_at = ?, resolved_by = ? WHERE id = ?",
                         [(now, str(path), i) for i in ids])
@@ -141,13 +144,10 @@ def import_file(db: sqlite_utils.Database, kind: str, path: str | Path, options:
     check_readable(path)
     started = storage.utcnow_text()
     try:
-        if kind in BY_FILE:
-            with storage.transaction(db):
-                pending = _resolve_by_file(db, kind, path)
-                result = importer(db, path, fmt, options)
-                result.gone = _still_resolved(db, pending)
-        else:
+        with storage.transaction(db):
+            pending = _resolve_by_file(db, kind, path)
             result = importer(db, path, fmt, options)
+            result.gone = _still_resolved(db, pending)
     finally:
         close = getattr(options.progress, "close", None)
         if close:
@@ -642,6 +642,18 @@ def resolve_rejects(db: sqlite_utils.Database, kind: str, before_id: int, keys: 
     cur = db.conn.executemany(
         "UPDATE rejects SET resolved_at = ?, resolved_by = ? WHERE kind = ? AND row_key = ? AND id <= ?"
         " AND resolved_at IS NULL", [(now, file, kind, k, before_id) for k in keys])
+    return cur.rowcount
+
+
+def dismiss_rejects(db: sqlite_utils.Database, file: str | Path, kind: str | None = None) -> int:
+    """Take a file's open rejects (of ``kind``, or every kind) off the list, resolved by ``"dismissed"``: a
+    file imported by mistake (as the wrong kind, or for the wrong patient) leaves rejects no import of it
+    will ever fix. ``file`` as the list names it, or as a path to the same file. Returns how many."""
+    names = sorted({str(file), str(Path(file).resolve())})
+    where = f"file IN ({', '.join('?' * len(names))}) AND resolved_at IS NULL" + (" AND kind = ?" if kind else "")
+    with storage.transaction(db):
+        cur = db.conn.execute(f"UPDATE rejects SET resolved_at = ?, resolved_by = 'dismissed' WHERE {where}",
+                              [storage.utcnow_text(), *names, *([kind] if kind else [])])
     return cur.rowcount
 
 
