@@ -120,8 +120,8 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
 @click.argument("kind", type=click.Choice(["patients", "diary", "attacks", "sleep", "treatments", "weather"]))
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 @click.option("--format", "fmt", metavar="F",
-              help="csv, json, ndjson (default: from the extension); sleep: fitbit, fitabase, oura, "
-                   "apple-health, sleep-as-android; weather: open-meteo, noaa-lcd, csv.")
+              help="csv (tab-separated too), json, ndjson (default: from the extension); sleep: fitbit, "
+                   "fitabase, oura, apple-health, sleep-as-android; weather: open-meteo, noaa-lcd, csv.")
 @click.option("--patient", metavar="ID", help="Whose records these are (device exports, one-person diaries).")
 @click.option("--create-patients", is_flag=True, help="Create unknown patients instead of quarantining their rows.")
 @click.option("--rename", multiple=True, metavar="OLD=NEW", help="Read column OLD as NEW (repeatable).")

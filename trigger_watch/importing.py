@@ -29,7 +29,7 @@ from trigger_watch import packs, storage
 from trigger_watch.errors import InputFileError
 
 FORMATS = ("csv", "json", "ndjson")
-_EXT_FORMAT = {".csv": "csv", ".json": "json", ".ndjson": "ndjson", ".jsonl": "ndjson"}
+_EXT_FORMAT = {".csv": "csv", ".tsv": "csv", ".tab": "csv", ".json": "json", ".ndjson": "ndjson", ".jsonl": "ndjson"}
 UNKNOWN_TOKENS = {"", "null", "none", "na", "n/a", "nan"}
 PATIENT_ID_RE = r"[A-Za-z0-9_.\-]{1,64}"
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
@@ -184,7 +184,7 @@ def detect_format(path: Path, fmt: str | None, allowed: tuple[str, ...] = FORMAT
     found = _EXT_FORMAT.get(path.suffix.lower())
     if found is None or found not in allowed:
         raise InputFileError(
-            f"cannot tell the format of {path.name} from its extension; name it .csv, .json or .ndjson "
+            f"cannot tell the format of {path.name} from its extension; name it .csv, .tsv, .json or .ndjson "
             f"or pass --format"
         )
     return found
@@ -304,11 +304,13 @@ def _frame(records: list[list], names: list[str], skips: set[str]) -> pd.DataFra
     return frame
 
 
-#: separators a spreadsheet may have used instead of the contract's ","
-_OTHER_SEPARATORS = {";": "semicolons (;)", "\t": "tabs"}
+#: separators a spreadsheet may have used instead of the contract's ",": tabs are read as such (a value
+#: never holds one, and the numbers are as in a comma-separated file); semicolons are refused, since the
+#: spreadsheets that use them write decimal commas ("7,5" hours)
+_OTHER_SEPARATORS = {";": "semicolons (;)"}
 
 
-def _csv_rows(path: Path, encoding: str) -> Iterator[tuple[int, list[str] | None, str]]:
+def _csv_rows(path: Path, encoding: str, delimiter: str = ",") -> Iterator[tuple[int, list[str] | None, str]]:
     """``(line, row, "")`` for each record after the header, or ``(line, None, why)`` for one that is not
     valid CSV. A quote opened and never closed swallows the lines after it into one cell (to the end of the
     file, or to the next quote, where the record then breaks; the csv module's lenient mode imported the
@@ -316,7 +318,7 @@ def _csv_rows(path: Path, encoding: str) -> Iterator[tuple[int, list[str] | None
     skip = 1  # lines before the first record: the header
     while True:
         with path.open("r", encoding=encoding, newline="") as fh:
-            reader = csv.reader(itertools.islice(fh, skip, None), strict=True)
+            reader = csv.reader(itertools.islice(fh, skip, None), strict=True, delimiter=delimiter)
             prev = 0
             while True:
                 try:
@@ -341,13 +343,16 @@ def _csv_rows(path: Path, encoding: str) -> Iterator[tuple[int, list[str] | None
 
 def _csv_batches(path, encoding, batch_rows, columns, skips) -> Iterator[Batch]:
     with path.open("r", encoding=encoding, newline="") as fh:
-        reader = csv.reader(fh)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise InputFileError(f"{path} has no header row") from None
-        except csv.Error as exc:
-            raise InputFileError(f"{path}: the header row is not valid CSV ({exc})") from None
+        first = fh.readline()
+    if not first:
+        raise InputFileError(f"{path} has no header row")
+    # tab-separated: a .tsv file, or a header with tabs and no commas (a spreadsheet's "text" export)
+    tabs = path.suffix.lower() in (".tsv", ".tab") or ("\t" in first and "," not in first)
+    delimiter = "\t" if tabs else ","
+    try:
+        header = next(csv.reader([first], delimiter=delimiter))
+    except csv.Error as exc:
+        raise InputFileError(f"{path}: the header row is not valid CSV ({exc})") from None
     if len([h for h in header if h.strip()]) < 1:
         raise InputFileError(f"{path}: the first line must be a header row naming the columns")
     if len(header) == 1:
@@ -360,7 +365,7 @@ def _csv_batches(path, encoding, batch_rows, columns, skips) -> Iterator[Batch]:
     names = columns(header)
     width = len(names)
     records, lines, problems = [], [], []
-    for line, row, why in _csv_rows(path, encoding):
+    for line, row, why in _csv_rows(path, encoding, delimiter):
         if row is None:
             problems.append((line, why, ""))
             continue
