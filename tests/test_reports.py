@@ -179,6 +179,19 @@ def test_what_we_cant_tell_yet_lists_what_more_logging_will_likely_settle_first(
         "sleep_short", "caffeine_mg", "stress", "alcohol_units", "humidity"]
 
 
+def test_of_two_lags_we_cannot_tell_about_the_page_says_the_one_that_says_more():
+    """The README's real diary: medication is logged on attack days, so the day before it is 0 on every day
+    that could start one, and the page said it "was the same on every day you logged"."""
+    same = factor("took_medication", 1, "insufficient_data", odds_ratio=None, days_needed=None,
+                  days_to_answer=None, exposed_days=397, unexposed_days=0)
+    estimated = factor("took_medication", 0, "insufficient_data", odds_ratio=26.3, days_needed=None,
+                       days_to_answer=None, exposed_days=87, unexposed_days=316)
+    for order in ([same, estimated], [estimated, same]):
+        (shown,) = reports.patient_factors(order)["insufficient_data"]
+        assert shown is estimated
+    assert "the same on every day" not in reports.factor_sentence(estimated)
+
+
 def test_the_factors_with_no_record_share_one_line_at_the_end():
     """A diary without stress or alcohol: every one of them said "keep logging it" (the README's real diary:
     five of the six places), though the patient never logged them. They are named together, last."""

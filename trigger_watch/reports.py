@@ -373,7 +373,10 @@ def _together(named: list[dict], text: str) -> dict:
 
 
 def patient_factors(factors: list[dict] | None) -> dict[str, list[dict]]:
-    """Each factor once, under the strongest verdict of its lags; triggers in rank order."""
+    """Each factor once, under the strongest verdict of its lags; triggers in rank order. Between two lags
+    we can't tell about yet, the one that says more (:func:`_unsure_order`): medication logged on attack
+    days, constant the day before on the days that could start one, was "the same on every day you
+    logged" though its same-day row was estimated."""
     best: dict[str, dict] = {}
     for f in factors or []:
         key = str(f.get("factor"))
@@ -382,7 +385,8 @@ def patient_factors(factors: list[dict] | None) -> dict[str, list[dict]]:
             continue
         old = best.get(key)
         if old is None or _PRECEDENCE.index(v) < _PRECEDENCE.index(old["verdict"]) or (
-                v == old["verdict"] == "trigger" and (f.get("rank") or 10**9) < (old.get("rank") or 10**9)):
+                v == old["verdict"] == "trigger" and (f.get("rank") or 10**9) < (old.get("rank") or 10**9)) or (
+                v == old["verdict"] == "insufficient_data" and _unsure_order(f) < _unsure_order(old)):
             best[key] = f
     groups: dict[str, list[dict]] = {v: [] for v in _PRECEDENCE}
     for f in best.values():
