@@ -83,6 +83,19 @@ def test_reasons_in_plain_words_largest_first():
     assert by["e1"] == ["3 migraine days in the last 30, stable"]
 
 
+def test_a_change_chance_could_make_is_not_read_as_no_change():
+    """A real diary: 30 migraine days in the last 30 against 14.5 per 30 before, in one long attack (one
+    onset): the trend test rightly does not call it worse, and the reason read "..., stable"."""
+    by = {e["patient_id"]: e["reasons"] for e in build_ranking([
+        row("up", migraine_days_last_30=30, migraine_days_prev_90_per_30=14.5, trend="stable"),
+        row("down", migraine_days_last_30=2, migraine_days_prev_90_per_30=6.0, trend="stable"),
+        row("near", migraine_days_last_30=4, migraine_days_prev_90_per_30=3.0, trend="stable")])}
+    assert by["up"][-1] == ("30 migraine days in the last 30, up from 14.5, but with this few attacks chance alone "
+                            "could do that")
+    assert by["down"][-1].endswith(", down from 6, but with this few attacks chance alone could do that")
+    assert by["near"][-1] == "4 migraine days in the last 30, stable"  # within the margin
+
+
 def test_risk_bands():
     assert [ranking.risk_band(x) for x in (None, 0.1, 0.25, 0.49, 0.5)] == [None, "low", "moderate", "moderate",
                                                                             "high"]
