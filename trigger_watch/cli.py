@@ -139,11 +139,11 @@ def import_cmd(app: App, kind: str, files: tuple[str, ...], fmt: str | None, pat
     Prints how many rows were new, replaced, unchanged and quarantined. Importing the same file twice
     changes nothing; a later row for the same key replaces the earlier one.
     """
-    from trigger_watch.importing import FORMATS, ImportOptions, import_file
+    from trigger_watch.importing import ImportOptions, formats_of, import_file
     from trigger_watch.sleep_formats import DEVICE_FORMATS, canonical_format
 
     if fmt:  # wrong usage (exit 2), before any file is read
-        allowed = {"sleep": FORMATS + DEVICE_FORMATS, "weather": FORMATS + ("open-meteo", "noaa-lcd")}.get(kind, FORMATS)
+        allowed = formats_of(kind)
         given = canonical_format(fmt).replace("_", "-").replace("openmeteo", "open-meteo").replace("jsonl", "ndjson")
         if given not in allowed:
             raise click.BadParameter(f"{fmt!r} is not a format of {kind} files; use one of {', '.join(allowed)}",

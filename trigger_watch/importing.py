@@ -173,6 +173,20 @@ def import_file(db: sqlite_utils.Database, kind: str, path: str | Path, options:
 
 # ------------------------------------------------------------------------------------ file checks
 
+def formats_of(kind: str) -> tuple[str, ...]:
+    """The ``--format`` values an import of ``kind`` takes: the file formats, and for sleep and weather the
+    device exports and services their importers read (named there, once)."""
+    if kind == "sleep":
+        from trigger_watch.sleep_formats import DEVICE_FORMATS
+
+        return FORMATS + DEVICE_FORMATS
+    if kind == "weather":
+        from trigger_watch.weather import SERVICE_FORMATS
+
+        return FORMATS + SERVICE_FORMATS
+    return FORMATS
+
+
 def detect_format(path: Path, fmt: str | None, allowed: tuple[str, ...] = FORMATS) -> str:
     if fmt:
         fmt = fmt.lower()

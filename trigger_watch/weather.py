@@ -694,6 +694,11 @@ _DAILY_LIMITS = {"pressure_mean": "pressure_msl", "pressure_min": "pressure_msl"
 _OFFSET_RE = r"(?:Z|[+-]\d\d:?\d\d)$"
 
 
+#: ``import weather --format`` values besides the file formats: a saved Open-Meteo answer, a NOAA LCD file
+OPEN_METEO, NOAA_LCD = "open-meteo", "noaa-lcd"
+SERVICE_FORMATS = (OPEN_METEO, NOAA_LCD)
+
+
 def import_weather_file(db: sqlite_utils.Database, path: Path, fmt: str | None = None, options: Any = None,
                         **kw: Any) -> Any:
     """``import weather FILE``: a saved Open-Meteo JSON answer (hourly and/or daily) or our weather CSV.
@@ -709,12 +714,12 @@ def import_weather_file(db: sqlite_utils.Database, path: Path, fmt: str | None =
     result = importing.ImportResult(kind="weather", file=str(path))
     fmt = (fmt or "").lower().replace("_", "-")
     om_csv = path.suffix.lower() == ".csv" and looks_like_open_meteo_csv(path)
-    if om_csv and fmt in ("", "csv", "open-meteo", "openmeteo"):
+    if om_csv and fmt in ("", "csv", OPEN_METEO, "openmeteo"):
         _import_open_meteo(db, path, options, result, read_open_meteo_csv(path))
-    elif fmt in ("noaa-lcd", "lcd") or (fmt in ("", "csv") and path.suffix.lower() == ".csv"
-                                         and looks_like_noaa_lcd(path)):
+    elif fmt in (NOAA_LCD, "lcd") or (fmt in ("", "csv") and path.suffix.lower() == ".csv"
+                                      and looks_like_noaa_lcd(path)):
         _import_rows(db, path, "csv", options, result, lcd=True)
-    elif fmt in ("open-meteo", "openmeteo") or (
+    elif fmt in (OPEN_METEO, "openmeteo") or (
             not fmt and path.suffix.lower() == ".json" and looks_like_open_meteo_json(path)):
         _import_open_meteo(db, path, options, result)
     else:
