@@ -781,6 +781,23 @@ def test_a_weather_csv_without_coordinates_is_placed_at_the_patients_home(db, tm
     assert hourly(db, "40.7,-74")["pressure_msl"].tolist() == [1012.0]
 
 
+def test_an_open_meteo_answer_for_a_patient_without_a_home_says_what_to_do(db, tmp_path):
+    """--patient with an Open-Meteo answer: a patient with no coordinates, or none at all, is one error for
+    the file saying what to do (an unknown one raised UnknownPatient, unlike a CSV's or a station's file)."""
+    add_patients(db, [("bob", "Europe/Vienna", None, None)])
+    answer = {"latitude": 48.2, "longitude": 16.4, "utc_offset_seconds": 7200, "timezone": "Europe/Vienna",
+              "hourly": {"time": ["2026-07-01T00:00"], "pressure_msl": [1012.5]}}
+    path = tmp_path / "vienna.json"
+    path.write_text(json.dumps(answer))
+    with pytest.raises(InputFileError, match="'bob' has no home latitude and longitude: add them to the patients "
+                                             "file, or import the answer without --patient"):
+        import_file(db, "weather", path, options(patient="bob"), fmt="open-meteo")
+    with pytest.raises(InputFileError, match="no patient 'zed': import the patient first"):
+        import_file(db, "weather", path, options(patient="zed"), fmt="open-meteo")
+    assert db.execute("SELECT count(*) FROM weather_hourly").fetchone() == (0,)
+    assert import_file(db, "weather", path, options(), fmt="open-meteo").accepted == 1
+
+
 LCD_HEADER = ('"STATION","DATE","LATITUDE","LONGITUDE","REPORT_TYPE","HourlyDryBulbTemperature",'
               '"HourlyPrecipitation","HourlyRelativeHumidity","HourlySeaLevelPressure"\n')
 

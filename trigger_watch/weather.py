@@ -761,7 +761,7 @@ def _import_open_meteo(db: sqlite_utils.Database, path: Path, options: Any, resu
                 if len(locations) > 1:
                     raise InputFileError(f"{path} holds {len(locations)} locations; "
                                          f"--patient needs a single one")
-                lat, lon = _patient_home(db, pid)
+                lat, lon = _home_coordinates(_home_of(db, pid), "import the answer without --patient")
             ids, clat, clon = cell_ids([lat], [lon], grid)
             cell = ids[0]
             _ensure_cells(db, pd.DataFrame({"cell_id": [cell], "lat": clat, "lon": clon}), grid)
@@ -789,16 +789,13 @@ def _import_open_meteo(db: sqlite_utils.Database, path: Path, options: Any, resu
     _note_merged(merged, result)
 
 
-def _patient_home(db: sqlite_utils.Database, patient_id: str) -> tuple[float, float]:
-    from trigger_watch.errors import UnknownPatient
-
-    row = _place_of(db, patient_id)
-    if row is None:
-        raise UnknownPatient(patient_id)
-    if row[0] is None or row[1] is None:
-        raise InputFileError(f"patient {patient_id!r} has no home latitude/longitude; "
-                             f"import the patient with them first")
-    return float(row[0]), float(row[1])
+def _home_coordinates(home: tuple, otherwise: str) -> tuple[float, float]:
+    """``home``'s latitude and longitude (:func:`_home_of`); a patient without them is one error for the
+    file, whose remedy (``otherwise``) depends on what the file can say itself."""
+    if home[1] is None or home[2] is None:
+        raise InputFileError(f"patient {home[0]!r} has no home latitude and longitude: add them to the patients "
+                             f"file, or {otherwise}")
+    return float(home[1]), float(home[2])
 
 
 def _note_unused(frame: pd.DataFrame, used: set[str], result: Any) -> None:
@@ -946,12 +943,10 @@ def _from_lcd(batch: Any, grid: float, zone_of: dict[str, str], default_tz: str,
     notes["summary rows"] += int((~hourly).sum())
     f = f[hourly].reset_index(drop=True)
     batch.lines, batch.raw = batch.lines[hourly], [r for r, k in zip(batch.raw, hourly) if k]
-    if home is not None and (home[1] is None or home[2] is None):
-        raise InputFileError(f"patient {home[0]!r} has no home latitude and longitude: add them to the patients "
-                             f"file, or import the station's file without --patient")
     if home is not None:
-        lat_text = pd.Series(str(home[1]), index=f.index, dtype=object)
-        lon_text = pd.Series(str(home[2]), index=f.index, dtype=object)
+        lat, lon = _home_coordinates(home, "import the station's file without --patient")
+        lat_text = pd.Series(str(lat), index=f.index, dtype=object)
+        lon_text = pd.Series(str(lon), index=f.index, dtype=object)
     else:
         lat_text, lon_text = f.get("latitude"), f.get("longitude")
     out = pd.DataFrame({"latitude": lat_text, "longitude": lon_text}, index=f.index)
@@ -1034,10 +1029,8 @@ def _placed(frame: pd.DataFrame, path: Path, home: tuple | None, result: Any) ->
     if home is None:
         raise InputFileError(f"{path} has no latitude and longitude columns: add them, or say whose home the "
                              f"weather is at with --patient ID")
-    if home[1] is None or home[2] is None:
-        raise InputFileError(f"patient {home[0]!r} has no home latitude and longitude: add them to the patients "
-                             f"file, or give them as columns of {path.name}")
-    return frame.assign(latitude=str(home[1]), longitude=str(home[2]))
+    lat, lon = _home_coordinates(home, f"give them as columns of {path.name}")
+    return frame.assign(latitude=str(lat), longitude=str(lon))
 
 
 def _import_rows(db: sqlite_utils.Database, path: Path, fmt: str, options: Any, result: Any,
