@@ -117,11 +117,26 @@ def test_short_history_is_insufficient_data():
         assert (a.summary["verdict"] == "insufficient_data").all() or not (
             a.summary["verdict"].isin(["trigger", "protective"])).any()
         assert (a.summary["days_needed"].dropna() >= 20).all()
-        # the fewest is the wait for min_at_risk_days (60) and min_attacks (5) at the patient's rate: the
-        # "about N more days" of the patient's page
+        # the fewest is the wait for min_at_risk_days (60) and min_attacks (5) at the patient's rates, in
+        # diary days: the "about N more days" of the patient's page
         d = a.data
         wait = max(60 - d["at_risk_days"], 0) + max(5 - d["attacks"], 0) * d["at_risk_days"] / max(d["attacks"], 1)
-        assert a.summary["days_needed"].min() == np.ceil(wait)
+        assert a.summary["days_needed"].min() == np.ceil(wait * max(d["diary_days"] / d["at_risk_days"], 1))
+
+
+def test_the_wait_is_in_diary_days_for_a_patient_whose_days_are_mostly_in_attacks():
+    """The real bitmask diary: 14 of 499 logged days at risk (a headache on most days), 14 attacks. The page
+    said "about 46 more days will give enough": 46 more *at-risk* days, about 1,640 diary days at that rate."""
+    nan = np.full((1, 2), np.nan)
+    need = models._days_needed(nan, nan, 0.8, 1.25, np.array([499.0]), np.array([14.0]),
+                               np.zeros((1, 2), dtype=bool), np.array([[0.0, 4.0]]), 60, np.array([14.0]), 5,
+                               unexposed=np.array([[0.0, 10.0]]))
+    assert np.isnan(need[0, 0])  # never varied: unknown, as before
+    assert need[0, 1] == np.ceil(46 * 499 / 14) == 1640  # it said 46
+    short = models._short_wait(np.array([14.0]), np.array([14.0]), 60, 5, np.array([499.0]))
+    assert short[0] == pytest.approx(46 * 499 / 14)
+    # a patient at risk on most days: the same count as before, give or take their days in attacks
+    assert models._short_wait(np.array([50.0]), np.array([10.0]), 60, 5, np.array([55.0]))[0] == pytest.approx(11)
 
 
 def _stored_run(tmp_path, n_patients: int, seed: int):

@@ -139,6 +139,9 @@ def visible_text(html: str) -> str:
     (factor("caffeine_mg", verdict="insufficient_data", days_needed=300, days_to_answer=None, odds_ratio=None),
      ("We can't tell yet whether caffeine matters: there are too few days to compare so far. About 300 more "
       "days of logging would give enough to begin.")),
+    (factor("caffeine_mg", verdict="insufficient_data", days_needed=1640, days_to_answer=None, odds_ratio=None),
+     ("We can't tell yet whether caffeine matters: there are too few days to compare so far. More than a year "
+      "of logging would give enough to begin.")),
     (factor("caffeine_mg", verdict="insufficient_data", days_to_answer=None, odds_ratio=None, exposed_days=262,
             unexposed_days=0),
      ("We can't tell whether caffeine matters: it was the same on every day you logged. It would show only "
@@ -251,6 +254,12 @@ def test_a_patient_with_too_little_data_is_told_about_how_long_to_keep_logging()
     assert "about 31 more days" in reports.render_patient_md(doc)
     doc = triggers_doc(factors=[], status="insufficient_data")
     assert reports.data_sentences(doc)[-1].endswith("including days without a headache.")
+    # the real bitmask diary: a headache on most days, 14 of 499 days could start an attack (test_models)
+    doc = triggers_doc(factors=[factor("stress", 1, "insufficient_data", days_needed=1640)],
+                       status="insufficient_data")
+    assert reports.data_sentences(doc)[-1].endswith(
+        "without a headache: at the rate of your days so far, it will take more than a year to have enough to "
+        "start looking for them.")
     assert not any("more days" in x for x in reports.data_sentences(triggers_doc()))  # status ok: no such line
 
 

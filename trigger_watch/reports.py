@@ -278,8 +278,9 @@ def factor_sentence(f: dict) -> str:
             return (f"We can't tell yet whether {_lower(name)} {_matters(name)}, and even a year more of logging "
                     f"may not settle it.")
         if needed and "days_to_answer" in f:
+            more = f"About {needed} more days" if needed <= 365 else "More than a year"
             return (f"We can't tell yet whether {_lower(name)} {_matters(name)}: there are too few days to "
-                    f"compare so far. About {needed} more days of logging would give enough to begin.")
+                    f"compare so far. {more} of logging would give enough to begin.")
         if needed:  # a report of an earlier version, without days_to_answer
             return (f"We can't tell yet whether {_lower(name)} {_matters(name)}; about {needed} more days "
                     f"of logging would help.")
@@ -449,6 +450,9 @@ def data_sentences(triggers: dict) -> list[str]:
         # min_attacks): the fewest days_needed of the factors is that wait
         waits = [n for n in (_days(f.get("days_needed")) for f in triggers.get("factors") or []) if n]
         wait = f": about {min(waits)} more days will give enough to start looking for them" if waits else ""
+        if waits and min(waits) > 365:  # few days that could start an attack (a headache on most), or few attacks
+            wait = (": at the rate of your days so far, it will take more than a year to have enough to start "
+                    "looking for them")
         out.append(f"That is not enough yet to name your triggers. Please keep logging every day, including days "
                    f"without a headache{wait}.")
     return out
