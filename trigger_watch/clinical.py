@@ -380,6 +380,12 @@ FLAG_COLUMNS = ["patient_id", "chronic_migraine", "medication_overuse", "overuse
                 "unknown_drugs"]
 
 
+def trend_margin(rate_prev):
+    """The change in migraine days per 30 a trend needs before its test of chance: TREND_MIN_CHANGE, or
+    TREND_MIN_FRACTION of the rate before when that is more (an unknown rate before: the first)."""
+    return np.maximum(TREND_MIN_CHANGE, TREND_MIN_FRACTION * np.nan_to_num(rate_prev))
+
+
 def flags(panel: pd.DataFrame, med_days: pd.DataFrame, as_of) -> pd.DataFrame:
     """ICHD-3 flags and the frequency trend, one row per patient of the panel.
 
@@ -421,7 +427,7 @@ def flags(panel: pd.DataFrame, med_days: pd.DataFrame, as_of) -> pd.DataFrame:
         rate_last = np.where(last_logged > 0, M[:, 0] * MONTH_DAYS / np.maximum(last_logged, 1), np.nan)
         rate_prev = np.where(prev_l > 0, prev_m * MONTH_DAYS / np.maximum(prev_l, 1), np.nan)
     comparable = (last_logged >= TREND_MIN_LOGGED_LAST) & (prev_l >= TREND_MIN_LOGGED_PREV)
-    margin = np.maximum(TREND_MIN_CHANGE, TREND_MIN_FRACTION * np.nan_to_num(rate_prev))
+    margin = trend_margin(rate_prev)
     O = _window_matrix(counts, "onset", asof, MONTHS_REQUIRED)
     k_last, k_all = O[:, 0], O.sum(axis=1)
     share = last_logged / np.maximum(last_logged + prev_l, 1)

@@ -18,13 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from trigger_watch.clinical import (
-    CLASS_LABELS,
-    OVERUSE_DAYS,
-    SILENT_DAYS,
-    TREND_MIN_CHANGE,
-    TREND_MIN_FRACTION,
-)
+from trigger_watch.clinical import CLASS_LABELS, OVERUSE_DAYS, SILENT_DAYS, trend_margin
 from trigger_watch.errors import TriggerWatchError
 
 #: Priority points per finding (see docs/clinical.md); each migraine day in the last 30 adds 1 more.
@@ -160,8 +154,7 @@ def priority(r: dict) -> tuple[int, list[str]]:
         tail = {"better": f", down from {_num(prev)}" if prev is not None else "",
                 "stable": ", stable", None: " (too little diary to tell the trend)"}.get(trend, "")
         now = rate if rate is not None else m
-        if trend == "stable" and prev is not None and abs(now - prev) >= max(TREND_MIN_CHANGE,
-                                                                            TREND_MIN_FRACTION * prev):
+        if trend == "stable" and prev is not None and abs(now - prev) >= trend_margin(prev):
             # past the margin, but not past chance (few attacks: one long attack is one): "stable" alone
             # read as "no change" next to 30 migraine days against 14.5
             tail = (f", {'up' if now > prev else 'down'} from {_num(prev)}, but with this few attacks chance "
