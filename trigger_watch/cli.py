@@ -182,7 +182,7 @@ def rejects(app: App, kind: str | None, limit: int | None, raw: bool, show_all: 
     A row leaves the list once a later import stores a good row for its key (patients, diary, attacks,
     treatments), or once the same file imported again no longer quarantines it (sleep and weather, and
     rows whose patient or date could not be read); --all still shows it."""
-    from trigger_watch.importing import dismiss_rejects, list_rejects, location
+    from trigger_watch.importing import DISMISSED, dismiss_rejects, list_rejects, location
 
     if dismiss is not None:
         n = dismiss_rejects(app.db, dismiss, kind)
@@ -197,7 +197,7 @@ def rejects(app: App, kind: str | None, limit: int | None, raw: bool, show_all: 
                 + ("" if show_all else " waiting to be fixed"))
         return
     for r in rows:
-        by = "dismissed" if r.get("resolved_by") == "dismissed" else f"fixed by {r.get('resolved_by')}"
+        by = "dismissed" if r.get("resolved_by") == DISMISSED else f"fixed by {r.get('resolved_by')}"
         fixed = f"  [{by} on {r['resolved_at'][:10]}]" if r.get("resolved_at") else ""
         app.say(f"{r['kind']}: {location(r['file'], r['line'])}: {r['reason']}{fixed}")
         if raw and r["raw"]:

@@ -664,6 +664,10 @@ def resolve_rejects(db: sqlite_utils.Database, kind: str, before_id: int, keys: 
     return cur.rowcount
 
 
+#: ``resolved_by`` of the rejects :func:`dismiss_rejects` took off the list (no file fixed them)
+DISMISSED = "dismissed"
+
+
 def dismiss_rejects(db: sqlite_utils.Database, file: str | Path, kind: str | None = None) -> int:
     """Take a file's open rejects (of ``kind``, or every kind) off the list, resolved by ``"dismissed"``: a
     file imported by mistake (as the wrong kind, or for the wrong patient) leaves rejects no import of it
@@ -671,8 +675,8 @@ def dismiss_rejects(db: sqlite_utils.Database, file: str | Path, kind: str | Non
     names = sorted({str(file), str(Path(file).resolve())})
     where = f"file IN ({', '.join('?' * len(names))}) AND resolved_at IS NULL" + (" AND kind = ?" if kind else "")
     with storage.transaction(db):
-        cur = db.conn.execute(f"UPDATE rejects SET resolved_at = ?, resolved_by = 'dismissed' WHERE {where}",
-                              [storage.utcnow_text(), *names, *([kind] if kind else [])])
+        cur = db.conn.execute(f"UPDATE rejects SET resolved_at = ?, resolved_by = ? WHERE {where}",
+                              [storage.utcnow_text(), DISMISSED, *names, *([kind] if kind else [])])
     return cur.rowcount
 
 
