@@ -170,7 +170,7 @@ def test_forget_erases_the_patient_from_the_ranking_and_the_model_store(tmp_path
     assert len(others) == 5 and list(models_dir.glob("analyses-delta-*.joblib")) and _mentions(models_dir, gone)
     stored = {p: ModelStore(models_dir).load(p) for p in others}
     validated = set(ModelStore._read(models_dir / ModelStore.VALIDATION)["patients"])
-    assert gone in validated
+    assert gone in validated and (models_dir / ModelStore.PRIORS).exists()
 
     r = tw(tmp_path, "forget", gone)
     assert r.returncode == 0, r.stderr
@@ -182,6 +182,7 @@ def test_forget_erases_the_patient_from_the_ranking_and_the_model_store(tmp_path
         assert [row["patient_id"] for row in csv.DictReader(fh)] == others
     store = ModelStore(models_dir)
     assert store.load(gone) is None and set(store.load_index()["fingerprints"]) == set(others)
+    assert not (models_dir / ModelStore.PRIORS).exists()  # the earlier runs' priors pooled them
     for p in others:  # the others' analyses as they were stored
         a, b = stored[p], store.load(p)
         assert (a.status, a.data, a.model) == (b.status, b.data, b.model)

@@ -149,7 +149,8 @@ def _stored_run(tmp_path, n_patients: int, seed: int):
 
 def test_model_store_reuses_unchanged_patients(tmp_path):
     cfg, panel, first = _stored_run(tmp_path, 8, SEED_PLANTED + 1)
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["analyses.joblib", "index.joblib"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
+        "analyses.joblib", "index.joblib", "priors.joblib"]
     store = models.ModelStore(cfg.models_dir)
     pid = next(iter(first))
     fp = first[pid].model["fingerprint"]
@@ -223,7 +224,8 @@ def test_a_run_over_some_patients_under_the_stored_prior_adds_to_the_store(tmp_p
     assert all(after.load(p).summary.equals(full[p].summary) for p in others)
     # a full run replaces everything and drops the delta
     models.analyse(panel, cfg)
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["analyses.joblib", "index.joblib"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
+        "analyses.joblib", "index.joblib", "priors.joblib"]
 
 
 def test_the_store_reads_the_files_joblib_wrote_and_writes_plain_pickles(tmp_path):

@@ -49,6 +49,10 @@ class AnalysisOutcome:
     validation: dict = field(default_factory=dict)
     #: temporary report files an interrupted run had left, removed by this one
     leftovers_removed: int = 0
+    #: the cohort prior the fits used (None: nobody could be fitted)
+    prior: models.CohortPrior | None = None
+    #: the prior was learned from this many patients' days through as_of first: the stored one saw later days
+    prior_learned: int = 0
 
     def lines(self) -> list[str]:
         out = [f"analysed {len(self.analysed)} patient(s); {len(self.failed)} failed"]
@@ -57,7 +61,19 @@ class AnalysisOutcome:
         out.extend(f"  failed {p}: {e}" for p, e in sorted(self.failed.items())[:20])
         if self.skipped:
             out.append(f"  stopped early: {len(self.skipped)} patient(s) not analysed")
+        if self.prior_learned:
+            out.append(f"  the cohort's pooled prior was learned again from all {self.prior_learned} patients' days "
+                       f"up to this date: the stored one had seen later days")
         return out
+
+
+def learns_prior(config, ids: Collection[str], everyone: Collection[str], as_of: date) -> bool:
+    """Whether :func:`analyze` of ``ids`` as of ``as_of`` learns the cohort prior from ``everyone`` first.
+    Some patients are fitted under the stored cohort prior, unless it saw days after ``as_of`` (a back-test,
+    ``analyze --as-of``) or there is none (the models folder emptied): then under the prior learned from
+    every patient's days through ``as_of``, as a full run would (no data after ``as_of`` is used)."""
+    subset = len(set(ids) & set(everyone)) < len(everyone)
+    return subset and models.ModelStore(config.models_dir).prior_through(as_of) is None
 
 
 def all_patient_ids(db: sqlite_utils.Database) -> list[str]:
@@ -84,7 +100,7 @@ class _Block:
 def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list[str] | None = None,
             stop: threading.Event | None = None, progress: Callable | None = None, write: bool = True,
             generated_at: str | None = None,
-            validate: bool | Collection[str] | None = None) -> AnalysisOutcome:
+            validate: bool | Collection[str] | None = None, _prior_only: bool = False) -> AnalysisOutcome:
     """Analyse ``patient_ids`` (all when None) as of ``as_of`` and write their reports and the ranking.
 
     A patient that fails (a rendering error, a damaged record) is named in ``failed`` and the others go
@@ -118,7 +134,16 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
     tomorrow = as_of + timedelta(days=1)
     store = models.ModelStore(config.models_dir)
     subset = len(ids) < len(everyone)
-    prior = store.load_prior() if subset else None
+    prior, keep = None, not _prior_only  # keep: this run's fits go to the model store
+    if subset:
+        prior = store.prior_through(as_of)
+        if prior is None:  # learns_prior's case
+            learned = analyze(db, config, as_of=as_of, stop=stop, write=False, validate=False, _prior_only=True)
+            prior = outcome.prior = learned.prior
+            outcome.prior_learned = len(everyone)
+        current = store.load_prior()
+        # a back-test's fits are not the current ones: they stay out of the store
+        keep = current is None or (prior is not None and current.id == prior.id)
     # sub-stages of the first pass ("pass/step"): the seconds each step took, summed over the blocks (in the
     # workers when there are several: they overlap each other and the reading)
     for k in ("load_inputs", "build_panel", "prepare", "ahead", "clinical"):
@@ -184,11 +209,14 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
                                               db_file=db_file)
 
             def fitted(cohort_prior) -> None:
+                outcome.prior = cohort_prior
                 # The fit has read the design blocks for the last time: their files (~1 GB at 10,000
                 # patients) go now, on a thread, instead of after the reports. Removed before the kernel's
                 # writeback reaches them, they are never written to the disk at all.
                 if spill_dir is not None:
                     removed.append(compute.Background(shutil.rmtree, spill_dir, ignore_errors=True, name="spill"))
+                if _prior_only:
+                    return
                 # The validation needs only the cohort prior: its blocks go to the local workers now, while
                 # this process makes the cohort's calls (~1.5 s at 10,000 patients that the workers waited
                 # out). The thread only dispatches and waits: the workers read the database file themselves.
@@ -196,10 +224,19 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
                     early.append(compute.Background(validation_of, {}, prior=cohort_prior, halt=halt,
                                                     name="validation"))
 
-            results = models.fit_prepared(parts, config, prior=prior, store=store,
+            results = models.fit_prepared(parts, config, prior=prior, store=store if keep else False,
                                           map_fn=first.map if first.kind == "local" else None,
                                           save_after=reports_start, fitted=fitted)
             del parts
+            if outcome.prior is None:  # the stored fits, reused: the prior they were fitted under
+                outcome.prior = _prior_of(results, prior)
+            if _prior_only:  # what a subset of the patients is fitted under (above): the prior, nothing else
+                if subset is False and outcome.prior is not None:
+                    store.keep_prior(outcome.prior, as_of.isoformat())
+                for job in removed:
+                    job.result()
+                outcome.timings = timings
+                return outcome
             compute.release_memory()  # the fit's working arrays: the validating workers need the room
             settle()
             timings["fit"] = time.perf_counter() - t

@@ -307,6 +307,9 @@ def analyze(app: App, patients: tuple[str, ...], as_of: str | None, wait_seconds
     day = _as_of(as_of, app.today)
     with daemon.Lease(app.config.database, "analyze").acquire(wait_seconds, busy="analyse once it has ended"), \
             stop_on_interrupt() as stop:
+        if patients and analysis.learns_prior(app.config, patients, known, day):
+            app.say(f"learning the cohort's pooled prior from all {len(known)} patients' days through "
+                    f"{day.isoformat()} first ...")
         bar = app.progress("writing reports")
         outcome = analysis.analyze(app.db, app.config, as_of=day, patient_ids=list(patients) or None, progress=bar,
                                    stop=stop)

@@ -904,6 +904,10 @@ class ModelStore:
 
     INDEX, ANALYSES, DELTA = "index.joblib", "analyses.joblib", "analyses-delta-{}.joblib"
     VALIDATION = "validation.joblib"
+    #: the cohort priors of earlier runs by the last day of the data they were learned from, for back-tests
+    PRIORS = "priors.joblib"
+    #: how many earlier priors are kept (a few kB each: a year and more of nightly runs)
+    PRIORS_KEPT = 400
     #: fold the delta into the base file when it holds more than this share of the patients
     COMPACT_SHARE = 0.25
 
@@ -920,6 +924,34 @@ class ModelStore:
     def load_prior(self) -> CohortPrior | None:
         idx = self.load_index()
         return idx["prior"] if idx else None
+
+    def prior_through(self, day) -> CohortPrior | None:
+        """The newest stored cohort prior learned from no data after ``day`` (a date or ``YYYY-MM-DD``): the
+        current run's, else one kept from an earlier run (:attr:`PRIORS`); None when every stored prior saw
+        later days. A run that analyses some patients as of ``day`` must not borrow a prior that saw the days
+        after it: ``analyze --as-of`` promises that no later data is used (cli.md). A store written before
+        the horizon was recorded knows only when its prior was saved, which no day of its data can follow."""
+        day = str(day)
+        idx = self.load_index()
+        if idx is not None and (idx.get("through") or idx.get("saved_at", "9999")[:10]) <= day:
+            return idx["prior"]
+        kept = self._read(self.root / self.PRIORS) or {}
+        if kept.get("version") != MODEL_VERSION:
+            return None
+        usable = [k for k in kept["priors"] if k <= day]
+        return kept["priors"][max(usable)] if usable else None
+
+    def keep_prior(self, prior: CohortPrior, through: str | None) -> None:
+        """Keep ``prior``, learned from data up to the day ``through``, for later back-tests
+        (:meth:`prior_through`); the oldest go beyond :attr:`PRIORS_KEPT`."""
+        if not through:
+            return
+        kept = self._read(self.root / self.PRIORS) or {}
+        priors = dict(kept.get("priors", {})) if kept.get("version") == MODEL_VERSION else {}
+        priors[str(through)] = prior
+        for old in sorted(priors)[:-self.PRIORS_KEPT]:
+            del priors[old]
+        self._write(self.root / self.PRIORS, {"version": MODEL_VERSION, "priors": priors})
 
     def is_current(self, patient_id: str, fingerprint: str, prior_id: str | None = None) -> bool:
         """The stored model of this patient was fitted on exactly these data (and this prior, if given)."""
@@ -968,13 +1000,20 @@ class ModelStore:
                 raise pending[1]["error"]
 
     def save_run(self, prior: CohortPrior, fingerprints: dict[str, str], results: dict, *,
-                 merge: bool = False, summaries: pd.DataFrame | None = None) -> None:
+                 merge: bool = False, summaries: pd.DataFrame | None = None, through: str | None = None) -> None:
         """Keep this run. ``merge``: a run over some patients under the stored prior (the daemon refitting the
         changed ones) adds to the stored run instead of replacing it. ``summaries``: every result's summary
-        in one frame, in the order of ``results``, when the caller has it (saves a copy of them all)."""
+        in one frame, in the order of ``results``, when the caller has it (saves a copy of them all).
+        ``through``: the last day of the data the run saw (``YYYY-MM-DD``); a run that learned its prior keeps
+        it as the prior learned through that day (:meth:`prior_through`)."""
         idx = self.load_index() if merge else None
         delta_name = None
-        if idx is not None and idx["prior_id"] == prior.id:
+        merged = idx is not None and idx["prior_id"] == prior.id
+        if merge:  # the prior was given: its horizon is not this run's (unknown: its saving day stands in)
+            through = idx.get("through") if merged else None
+        else:
+            self.keep_prior(prior, through)
+        if merged:
             fingerprints = {**idx["fingerprints"], **fingerprints}
             delta = {**self._load_delta(idx), **results}
             if len(delta) > self.COMPACT_SHARE * len(fingerprints):
@@ -989,6 +1028,7 @@ class ModelStore:
             self._write(self.root / self.ANALYSES, _pack(results, summaries))
             self._analyses, self._delta = dict(results), {}
         self._write(self.root / self.INDEX, {"version": MODEL_VERSION, "prior": prior, "prior_id": prior.id,
+                                             "through": through,
                                              "fingerprints": dict(fingerprints), "delta": delta_name,
                                              "saved_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                                              # a merge keeps the prior, so also its forgotten patients
@@ -1011,7 +1051,8 @@ class ModelStore:
         Each file is rewritten atomically, the index last, and only when it holds the patient; the other
         patients' entries are kept as they are. The index then says the cohort prior was estimated with a
         patient since forgotten (``forgotten``): a full run estimates it again instead of reusing the fits.
-        Returns how many files were rewritten."""
+        The earlier runs' priors (:attr:`PRIORS`) are removed. Returns how many files were rewritten or
+        removed."""
         self.wait()
         for stale in self.root.glob("*.joblib.tmp"):  # an interrupted write's copy
             stale.unlink(missing_ok=True)
@@ -1031,6 +1072,10 @@ class ModelStore:
             fps = {p: f for p, f in idx["fingerprints"].items() if p != patient_id}
             self._write(self.root / self.INDEX, {**idx, "fingerprints": fps, "forgotten": True})
             changed += 1
+            # the earlier runs' priors pooled them too: a back-test learns its prior again, without them
+            if (self.root / self.PRIORS).exists():
+                (self.root / self.PRIORS).unlink()
+                changed += 1
         self._analyses = self._delta = None
         return changed
 
@@ -1310,10 +1355,15 @@ def fit_prepared(parts: list[Prepared], config, *, prior: CohortPrior | None = N
                                            {"method": METHOD, "version": MODEL_VERSION, "fingerprint": fps[pid]})
     if store and chunks:
         body = summaries.body if list(results) == list(summaries) else None  # nobody without a fit
+        through = max(d["last_day"] for d in data.values())  # no fit here saw a later day
+        # a run under a given prior keeps that prior: the fit's own table of it covers only this run's columns
+        # (a patient without a food the cohort logs), so its id differs, and the run would replace the store
+        kept = prior if prior is not None else fit.prior
         if save_after is not None:
-            store.save_run_later(fit.prior, fps, results, merge=prior is not None, after=save_after, summaries=body)
+            store.save_run_later(kept, fps, results, merge=prior is not None, after=save_after, summaries=body,
+                                 through=through)
         else:
-            store.save_run(fit.prior, fps, results, merge=prior is not None, summaries=body)
+            store.save_run(kept, fps, results, merge=prior is not None, summaries=body, through=through)
     return results
 
 

@@ -1,0 +1,120 @@
+"""A back-test uses no data after its date (cli.md: ``analyze --as-of`` "analyses as if that date were today").
+Some patients analysed as of an earlier day used the cohort prior of the last full run, which had pooled
+every patient's later days; and a run over some patients could replace the whole model store."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+
+from trigger_watch import analysis, models, simulate, storage
+from trigger_watch import config as config_mod
+from trigger_watch.importing import ImportOptions, import_file
+
+TODAY = date(2026, 11, 20)
+SEED = 5151
+N, DAYS = 32, 200  # at least models._EB_MIN_PATIENTS, so that the prior is learned from the data
+PAST = TODAY - timedelta(days=80)
+
+
+def _workspace(folder: Path, files: dict[str, Path]):
+    folder.mkdir(parents=True)
+    (folder / "config.toml").write_text('[storage]\ndatabase = "tw.db"\nreports_dir = "reports"\n'
+                                        'models_dir = "models"\n[weather]\nenabled = false\n')
+    cfg = config_mod.load(folder / "config.toml")
+    db = storage.connect(cfg.database)
+    for kind in ("patients", "diary", "attacks", "sleep", "weather", "treatments"):
+        import_file(db, kind, files[kind], ImportOptions(today=TODAY, default_timezone="UTC", config=cfg))
+    return cfg, db
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    print(f"simulation seed {SEED}, {N} patients x {DAYS} days")
+    cohort = simulate.simulate_cohort(N, DAYS, SEED, start=TODAY - timedelta(days=DAYS))
+    return simulate.write_files(cohort, tmp_path_factory.mktemp("input"))
+
+
+@pytest.fixture(scope="module")
+def prior_as_of_past(files, tmp_path_factory) -> models.CohortPrior:
+    """The prior a full run as of PAST learns, in a workspace of its own."""
+    cfg, db = _workspace(tmp_path_factory.mktemp("past") / "ws", files)
+    return analysis.analyze(db, cfg, as_of=PAST, write=False).prior
+
+
+def test_some_patients_analysed_as_of_an_earlier_day_use_a_prior_learned_through_that_day(
+        files, prior_as_of_past, tmp_path):
+    cfg, db = _workspace(tmp_path / "ws", files)
+    analysis.analyze(db, cfg, as_of=TODAY, write=False)
+    models_dir = Path(cfg.models_dir)
+    current = models.ModelStore(models_dir).load_prior()
+    assert current.id != prior_as_of_past.id  # the later days changed the pooled prior
+    fits = [models_dir / models.ModelStore.INDEX, models_dir / models.ModelStore.ANALYSES]
+    stored = [p.read_bytes() for p in fits]
+
+    one = analysis.all_patient_ids(db)[3]
+    back = analysis.analyze(db, cfg, as_of=PAST, patient_ids=[one], write=False)
+    assert back.analysed == [one]
+    assert back.prior.id == prior_as_of_past.id  # what a full run as of PAST would have pooled
+    assert back.prior_learned == N and "learned again from all 32 patients" in "\n".join(back.lines())
+    # the back-test's fits are not the current ones: the stored fits are as the full run left them
+    assert [p.read_bytes() for p in fits] == stored
+    store = models.ModelStore(models_dir)
+    assert store.prior_through(PAST).id == prior_as_of_past.id and store.prior_through(TODAY).id == current.id
+
+    # kept: a second back-test to that day (or a later one before TODAY) learns nothing again
+    again = analysis.analyze(db, cfg, as_of=PAST + timedelta(days=5), patient_ids=[one], write=False)
+    assert again.prior_learned == 0 and again.prior.id == prior_as_of_past.id
+    # the daemon's way, some patients as of the day the stored prior was learned through: that prior
+    now = analysis.analyze(db, cfg, as_of=TODAY, patient_ids=[one], write=False)
+    assert now.prior_learned == 0 and now.prior.id == current.id
+
+
+def test_the_store_knows_what_each_prior_saw(tmp_path):
+    cfg = config_mod.defaults(tmp_path).with_values(storage__models_dir=str(tmp_path / "models"))
+    print(f"simulation seed {SEED}")
+    panel = simulate.panel_from_cohort(simulate.simulate_cohort(N, 120, SEED))
+    last = panel["date"].max().date()
+    early = panel[panel["date"] <= panel["date"].max() - timedelta(days=40)].copy()
+    early.attrs = panel.attrs
+    models.analyse(early, cfg)
+    store = models.ModelStore(cfg.models_dir)
+    first = store.load_prior()
+    assert store.prior_through(last - timedelta(days=40)).id == first.id
+    assert store.prior_through(last - timedelta(days=41)) is None  # it saw that day's successor
+    models.analyse(panel, cfg)
+    second = store.load_prior()
+    assert second.id != first.id
+    assert store.prior_through(last).id == second.id
+    assert store.prior_through(last - timedelta(days=1)).id == first.id  # kept from the run before
+    # a store written before the horizon was recorded (nor the earlier priors): the day it was saved stands in
+    idx = store.load_index()
+    del idx["through"]
+    store._write(store.root / store.INDEX, idx)
+    (store.root / store.PRIORS).unlink()
+    saved = date.fromisoformat(idx["saved_at"][:10])
+    assert store.prior_through(saved).id == second.id
+    assert store.prior_through(saved - timedelta(days=1)) is None
+
+
+def test_a_patient_without_a_column_the_cohort_has_is_added_to_the_store_not_put_in_its_place(tmp_path):
+    """A patient who never logs a food the cohort logs has no column for it: their fit's table of the prior
+    lacked that column, its id differed from the stored prior's, and saving the run replaced the whole store
+    with that one patient (the others' fits were lost and refitted on the next run)."""
+    cfg = config_mod.defaults(tmp_path).with_values(storage__models_dir=str(tmp_path / "models"))
+    print(f"simulation seed {SEED}")
+    panel = simulate.panel_from_cohort(simulate.simulate_cohort(N, 120, SEED))
+    full = models.analyse(panel, cfg)
+    one = min(full)
+    food = next(c for c in panel.attrs["factors"]["column"] if c.startswith("food:"))
+    sub = panel[panel["patient_id"] == one].drop(columns=[c for c in panel.columns if c.startswith(food[:-2])])
+    sub.attrs = panel.attrs
+    store = models.ModelStore(cfg.models_dir)
+    prior = store.load_prior()
+    part = models.analyse(sub, cfg, prior=prior)
+    after = models.ModelStore(cfg.models_dir)
+    assert after.load_prior().id == prior.id
+    assert after.is_current(one, part[one].model["fingerprint"])
+    assert all(after.is_current(p, full[p].model["fingerprint"]) for p in full if p != one)
