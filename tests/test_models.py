@@ -124,6 +124,24 @@ def test_short_history_is_insufficient_data():
         assert a.summary["days_needed"].min() == np.ceil(wait * max(d["diary_days"] / d["at_risk_days"], 1))
 
 
+def test_a_patient_with_no_day_at_risk_waits_at_the_rate_their_days_have_shown():
+    """A headache on every logged day (one long episode): no day could start an attack, nothing to fit, and
+    every factor said "about 60 more days" whatever the patient had logged. At their rate so far it is more
+    than a year (the cap); with nothing logged at all, the 60 days still stand."""
+    print(f"short cohort: seed {SEED_NULL + 3}")
+    panel = simulate.panel_from_cohort(simulate.simulate_cohort(3, 90, SEED_NULL + 3))
+    ids = sorted(panel["patient_id"].unique())
+    every_day, nothing = panel["patient_id"] == ids[0], panel["patient_id"] == ids[1]
+    panel.loc[every_day | nothing, "at_risk"] = False
+    panel.loc[nothing, ["diary_kept", "observed"]] = False
+    res = models.analyse(panel, config.defaults(), store=False)
+    a = res[ids[0]]
+    assert a.data["at_risk_days"] == 0 and a.data["diary_days"] > 60
+    assert (a.summary["days_needed"] == models.MAX_WAIT_DAYS).all()
+    b = res[ids[1]]
+    assert b.data["diary_days"] == 0 and (b.summary["days_needed"] == 60).all()
+
+
 def test_the_wait_is_in_diary_days_for_a_patient_whose_days_are_mostly_in_attacks():
     """The real bitmask diary: 14 of 499 logged days at risk (a headache on most days), 14 attacks. The page
     said "about 46 more days will give enough": 46 more *at-risk* days, about 1,640 diary days at that rate."""

@@ -263,6 +263,27 @@ def test_a_patient_with_too_little_data_is_told_about_how_long_to_keep_logging()
     assert not any("more days" in x for x in reports.data_sentences(triggers_doc()))  # status ok: no such line
 
 
+@pytest.mark.parametrize("at_risk, said", [
+    (1, "Only 1 of your 80 days started without a headache carried over from the day before."),
+    (0, "None of your 80 days started without a headache carried over from the day before."),
+    (39, "Only 39 of your 80 days started"), (40, None)])
+def test_a_patient_with_a_headache_on_most_days_is_told_why_the_wait_is_long(at_risk, said):
+    """A headache on every day (one long episode) left a single day at risk: the page said "more than a
+    year" (test_models) with no reason a patient could see; only days that begin headache-free are compared."""
+    doc = triggers_doc(factors=[factor("stress", 1, "insufficient_data", days_needed=3650)],
+                       status="insufficient_data", data={"first_day": "2026-09-01", "last_day": "2026-11-19",
+                                                         "diary_days": 80, "missing_days": 0,
+                                                         "at_risk_days": at_risk, "attacks": 1})
+    lines = reports.data_sentences(doc)
+    if said is None:
+        assert "carried over" not in " ".join(lines)
+    else:
+        assert lines[-1].startswith(said) and lines[-1].endswith(
+            "Triggers are looked for in what comes before a headache starts, so those are the only days we can "
+            "compare.")
+        assert "more than a year" in lines[-2]
+
+
 def test_protective_and_no_association_never_claim_a_cause():
     protective = reports.factor_sentence(factor("exercise_minutes", verdict="protective"))
     assert "trigger" not in protective and "prevents" in protective and "does not prove" in protective

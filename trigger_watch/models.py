@@ -80,6 +80,8 @@ UNITS = {"alcohol_units": "drinks", "caffeine_mg": "mg", "exercise_minutes": "mi
 _MIN_OBS = 20  # non-missing at-risk days a column needs in a patient
 _MIN_EXPOSED = 10  # exposed (and unexposed) days a boolean column needs (fewer: the Wald approximation fails)
 _WINSOR = 2.5  # continuous factors are clipped at this many within-patient SDs for the fit
+#: the longest wait for enough data said in days (ten years); the pages say a wait over a year in words
+MAX_WAIT_DAYS = 3650
 _EB_MIN_PATIENTS = 30  # fewer patients inform a column: the given (or default) prior is used for it
 _MISS_SD = 1.0  # prior SD of a missing-indicator coefficient
 _Z = norm.ppf(0.975)
@@ -1351,7 +1353,8 @@ def fit_prepared(parts: list[Prepared], config, *, prior: CohortPrior | None = N
                 results[pid] = PatientAnalysis(status[pid], data[pid], summaries[pid], model, est)
     for pid in data:
         if pid not in results:
-            results[pid] = PatientAnalysis(status[pid], data[pid], _empty_summary(design, data[pid], min_days),
+            results[pid] = PatientAnalysis(status[pid], data[pid],
+                                           _empty_summary(design, data[pid], min_days, min_att),
                                            {"method": METHOD, "version": MODEL_VERSION, "fingerprint": fps[pid]})
     if store and chunks:
         body = summaries.body if list(results) == list(summaries) else None  # nobody without a fit
@@ -1438,7 +1441,7 @@ def _days_needed(bc, sc, lo, hi, diary_days, at_risk, usable, exposed, min_days,
             need_exp = np.where(urate > 0, np.maximum(need_exp, (10 - unexposed) / urate), np.nan)
         need = np.where(usable, need, need_exp * per_day)
         need = np.maximum(need, _short_wait(at_risk, attacks, min_days, min_att, diary_days)[:, None])
-    return np.where(np.isfinite(need), np.minimum(np.ceil(need), 3650), np.nan)
+    return np.where(np.isfinite(need), np.minimum(np.ceil(need), MAX_WAIT_DAYS), np.nan)
 
 
 def _short_wait(at_risk, attacks, min_days: int, min_att: int, diary_days) -> np.ndarray:
@@ -1649,11 +1652,15 @@ class Analyses(dict):
     summaries: _Summaries | None = None
 
 
-def _empty_summary(design: _Design, d: dict, min_days: int) -> pd.DataFrame:
-    """A patient with nothing to fit (no at-risk days): every factor insufficient_data."""
+def _empty_summary(design: _Design, d: dict, min_days: int, min_att: int) -> pd.DataFrame:
+    """A patient with nothing to fit (fewer than two at-risk days): every factor insufficient_data, waiting
+    the diary days that :func:`_short_wait` gives at the patient's rates so far. With no day at risk in
+    their diary days (a headache on every day), that rate is the one their days have shown: it reads
+    "more than a year" (the cap), where 60 days was said whatever they had logged."""
     m = design.meta[design.meta["shown"]]
     n = len(m)
-    need = max(min_days - d["at_risk_days"], 0) or min_days
+    wait = _short_wait(d["at_risk_days"], d["attacks"], min_days, min_att, d["diary_days"])
+    need = int(min(np.ceil(wait), MAX_WAIT_DAYS)) or min_days
     s = pd.DataFrame({
         "factor": m["factor"], "label": _labels(m), "lag_days": m["lag"].astype(int),
         "verdict": "insufficient_data", "rank": pd.array([pd.NA] * n, dtype="Int64"),

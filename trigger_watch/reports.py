@@ -455,6 +455,11 @@ def data_sentences(triggers: dict) -> list[str]:
                     "looking for them")
         out.append(f"That is not enough yet to name your triggers. Please keep logging every day, including days "
                    f"without a headache{wait}.")
+        at_risk = d.get("at_risk_days")
+        if at_risk is not None and at_risk < diary / 2:  # why: few days began without a headache
+            some = f"Only {at_risk} of your {diary} days" if at_risk else f"None of your {diary} days"
+            out.append(f"{some} started without a headache carried over from the day before. Triggers are looked "
+                       f"for in what comes before a headache starts, so those are the only days we can compare.")
     return out
 
 
