@@ -121,6 +121,54 @@ def test_attack_rules_and_time_zones(patients, write, do_import):
     assert "has a dose that is not a number" in reasons[9]
 
 
+PAIN_LOG = (  # the shape of a MultiLog export (docs/inputs.md), made up here; line numbers on the right
+    "# pain over time\n"                      # 1
+    "2026-03-01 08:00:00\t0\n"               # 2
+    "2026-03-01 09:00:00\tAura\n"            # 3  before the attack: belongs to it
+    "2026-03-01 09:40:00\t4\n"               # 4  attack 1 starts
+    "2026-03-01 10:00:00\t10mg Rizatriptan\n"  # 5
+    "2026-03-01 11:00:00\t6\n"               # 6
+    "2026-03-01 15:00:00\t2\n"               # 7
+    "2026-03-01 18:00:00\t0\n"               # 8  attack 1 ends
+    "2026-03-02 07:00:00\t50mg propranolol preventative\n"  # 9  a treatment
+    "2026-03-02 12:00:00\t400mg ibuprofen\n"  # 10 no attack going on
+    "no tab on this line\n"                   # 11
+    "2026-03-03 12:00\t12\n"                 # 12 off the scale
+    "2026-03-04 08:00:00\t3\n"               # 13 attack 2
+    "2026-03-04 09:00:00\t\n"                # 14 nothing after the tab
+    "2026-03-04 20:00:00\t0\n"               # 15
+    "2026-03-01 11:30:00\tNauseous\n"        # 16 listed after the pain: attack 1's
+    "2026-03-01 09:40:00\t4\n"               # 17 a repeat, read once
+    "2026-03-05 07:00:00\t5\n"               # 18 attack 3, still going
+)
+
+
+def test_a_pain_log_becomes_its_attacks(patients, write, do_import):
+    """A real migraine log (bitmask's MultiLog export) is pain numbers over time, with drugs, symptoms and
+    comments between them: it had no import path (inputs.md's attacks are one row each)."""
+    log = write("pain.tsv", PAIN_LOG)
+    with pytest.raises(InputFileError, match="say whose with --patient"):
+        do_import("attacks", log, fmt="severity-log")
+    result = do_import("attacks", log, fmt="severity-log", patient="p1")
+    assert (result.accepted, result.quarantined) == (3, 3)
+    assert any("1 symptom or drug line(s) of pain.tsv fell outside every attack" in m for m in result.messages)
+    assert any("1 preventive drug line(s)" in m and "as treatments" in m for m in result.messages)
+    stored = rows(patients, 'SELECT start_local, end_local, start, intensity, aura, symptoms, medications '
+                            'FROM attacks ORDER BY start')
+    assert stored == [
+        ("2026-03-01T09:40:00", "2026-03-01T18:00:00", "2026-03-01T08:40:00Z", 6.0, 1, "nauseous", "rizatriptan:10"),
+        ("2026-03-04T08:00:00", "2026-03-04T20:00:00", "2026-03-04T07:00:00Z", 3.0, None, None, None),
+        ("2026-03-05T07:00:00", None, "2026-03-05T06:00:00Z", 5.0, None, None, None),
+    ]
+    reasons = {r["line"]: r["reason"] for r in list_rejects(patients, "attacks")}
+    assert set(reasons) == {11, 12, 14}
+    assert reasons[11].startswith("expected 'YYYY-MM-DD HH:MM:SS', a tab, then a pain number")
+    assert reasons[12] == "pain 12 is outside 0-10"
+    assert reasons[14] == "the line has a time but nothing after the tab"
+    again = do_import("attacks", log, fmt="severity-log", patient="p1")
+    assert (again.accepted, again.replaced, again.unchanged) == (0, 0, 3)
+
+
 def test_treatments_accept_start_for_date(patients, write, do_import):
     text = "patient_id,start,treatment,dose_mg\np1,2026-05-02T09:00,Ketamine Infusion,35\np1,2026-05-03,,\n"
     result = do_import("treatments", write("t.csv", text))

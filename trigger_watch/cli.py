@@ -121,7 +121,8 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 @click.option("--format", "fmt", metavar="F",
               help="csv (tab-separated too), json, ndjson (default: from the extension); sleep: fitbit, "
-                   "fitabase, oura, apple-health, sleep-as-android; weather: open-meteo, noaa-lcd, csv.")
+                   "fitabase, oura, apple-health, sleep-as-android; weather: open-meteo, noaa-lcd, csv; "
+                   "attacks: severity-log (a pain log: time, tab, pain 0-10 or drug or symptom).")
 @click.option("--patient", metavar="ID", help="Whose records these are (device exports, one-person diaries).")
 @click.option("--create-patients", is_flag=True, help="Create unknown patients instead of quarantining their rows.")
 @click.option("--rename", multiple=True, metavar="OLD=NEW", help="Read column OLD as NEW (repeatable).")
@@ -139,7 +140,7 @@ def import_cmd(app: App, kind: str, files: tuple[str, ...], fmt: str | None, pat
     Prints how many rows were new, replaced, unchanged and quarantined. Importing the same file twice
     changes nothing; a later row for the same key replaces the earlier one.
     """
-    from trigger_watch.importing import ImportOptions, formats_of, import_file
+    from trigger_watch.importing import FORMATS, ImportOptions, formats_of, import_file
     from trigger_watch.sleep_formats import DEVICE_FORMATS, canonical_format
 
     if fmt:  # wrong usage (exit 2), before any file is read
@@ -148,7 +149,9 @@ def import_cmd(app: App, kind: str, files: tuple[str, ...], fmt: str | None, pat
         if given not in allowed:
             raise click.BadParameter(f"{fmt!r} is not a format of {kind} files; use one of {', '.join(allowed)}",
                                      param_hint="'--format'")
-        if kind == "sleep" and given in DEVICE_FORMATS and given != "fitabase" and not patient:
+        one_person = (kind == "sleep" and given in DEVICE_FORMATS and given != "fitabase") or (
+            kind == "attacks" and given not in FORMATS)
+        if one_person and not patient:
             raise click.UsageError(f"a {given} export is one person's: say whose with --patient ID")
     cfg = app.config
     extra = {"id_map": id_map} if id_map else {}

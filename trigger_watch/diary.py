@@ -9,6 +9,7 @@ are not. ``forget`` erases a patient everywhere in one transaction.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable, Collection
 from functools import lru_cache
@@ -28,6 +29,7 @@ from trigger_watch.importing import (
     ImportOptions,
     ImportResult,
     detect_format,
+    file_encoding,
     iter_batches,
     normalise_tags,
     open_reject_keys,
@@ -106,16 +108,18 @@ def _unused_note(col: str, read: Collection[str], kind: str) -> str:
 def _import(db, path: Path, fmt: str | None, options: ImportOptions, kind: str,
             validate: Callable[[Batch, Checker, ImportOptions, dict, ImportResult, dict], pd.DataFrame],
             table: str, columns: list[str], key: list[str]) -> ImportResult:
-    fmt = detect_format(path, fmt)
+    logged = kind == "attacks" and fmt is not None and fmt.lower() in LOG_FORMATS
+    fmt = fmt.lower() if logged else detect_format(path, fmt)
     result = ImportResult(kind=kind, file=str(path))
     known = known_patients(db)
     state: dict = {}
     done = 0
     now = storage.utcnow_text()
+    batches = [severity_log_batch(path, options)] if logged else iter_batches(
+        path, fmt, batch_rows=options.batch_rows, renames=options.renames, skips=options.skips)
     with storage.transaction(db):
         before_id, open_keys = open_reject_keys(db, kind)
-        for batch in iter_batches(path, fmt, batch_rows=options.batch_rows, renames=options.renames,
-                                  skips=options.skips):
+        for batch in batches:
             result.quarantined += quarantine(db, kind, str(path), batch.problems)
             done += len(batch.frame) + len(batch.problems)
             options.report(done)
@@ -151,7 +155,7 @@ def _import(db, path: Path, fmt: str | None, options: ImportOptions, kind: str,
                 changed = good["patient_id"].tolist() if (ins or rep) else []
             storage.mark_changed(db, changed)
             result.patients.update(changed)
-    for note in state.get("notes", []):
+    for note in state.get("notes", []) + options.extra.pop("notes", []):
         result.messages.append(note)
     return result
 
@@ -427,6 +431,130 @@ def _is_number(text: str) -> bool:
 def import_attacks(db, path, fmt, options) -> ImportResult:
     return _import(db, path, fmt, options, "attacks", _validate_attacks, "attacks", ATTACK_COLUMNS,
                    ["patient_id", "start"])
+
+
+#: attack files that are logs of one person's pain over time rather than one row per attack
+LOG_FORMATS = ("severity-log",)
+#: a symptom logged this long or less before an attack starts (an aura, most often) belongs to it
+_LEAD = pd.Timedelta(hours=6)
+_DOSE = re.compile(r"^(\d+(?:\.\d+)?)\s*mg\s+(.+)$", re.IGNORECASE)
+_LOG_LINE = "expected 'YYYY-MM-DD HH:MM:SS', a tab, then a pain number, a dose and drug ('10mg rizatriptan') or a symptom"
+_PREVENTIVE = re.compile(r"\b(preventa?tive|prophyla(xis|ctic))\b", re.IGNORECASE)
+
+
+def severity_log_batch(path: Path, options: ImportOptions) -> Batch:
+    """A pain log (MultiLog's export and the like; README, "Pain logs") as the attack rows it describes.
+
+    Each line is ``YYYY-MM-DD HH:MM[:SS]<TAB>value``, local to the patient's timezone. A number
+    is the pain from then until the next number (0: the headache is over): an attack runs from the first
+    number above 0 to the next 0, its intensity the highest number (an attack still going at the end of
+    the log has no end). ``<dose>mg <drug>`` is a medication of the attack going on (not a preventive one,
+    ``... preventative``: a treatment, which the import's note names); any other text a symptom
+    of it ("aura..." sets ``aura``), or of the attack starting within six hours after it. Lines starting
+    ``#`` are comments. The lines are read in time order (an export may list its pain, drugs and symptoms
+    one after another; a line repeated is read once). A line that cannot be read is quarantined with its
+    number and why; the attacks are made from the others. Each attack row carries the number of its first
+    line."""
+    if not options.patient:
+        raise InputFileError(f"{path.name} is one person's pain log: say whose with --patient ID")
+    problems, entries = [], []
+    with path.open(encoding=file_encoding(path), newline="") as fh:
+        for n, text in enumerate(fh, start=1):
+            line = text.rstrip("\r\n")
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            when_text, tab, value = line.partition("\t")
+            when = pd.to_datetime(when_text.strip(), format="ISO8601", errors="coerce") if tab else pd.NaT
+            value = value.strip()
+            if pd.isna(when) or when.tzinfo is not None:
+                problems.append((n, _LOG_LINE, line))
+            elif not value:
+                problems.append((n, "the line has a time but nothing after the tab", line))
+            else:
+                try:
+                    pain = float(value)
+                except ValueError:
+                    pain = None
+                if pain is not None and not 0 <= pain <= 10:
+                    problems.append((n, f"pain {value} is outside 0-10", line))
+                else:
+                    entries.append((when, n, pain, value, line))
+    # in time order (an export may list its pain, drugs and symptoms one after the other), the file's order
+    # within a minute; a line repeated is read once
+    entries.sort(key=lambda e: (e[0], e[1]))
+    rows, lines, raws = [], [], []
+    attack: dict | None = None
+    pending: list[tuple[pd.Timestamp, str]] = []  # words before any attack, waiting for one
+    stray = preventive = 0
+    seen: set[tuple] = set()
+    for when, n, pain, value, line in entries:
+        if (when, value) in seen:
+            continue
+        seen.add((when, value))
+        if pain is None and _DOSE.match(value) and _PREVENTIVE.search(value):
+            preventive += 1  # a treatment, not a drug for the attack in hand
+            continue
+        if pain is not None:
+            if pain > 0 and attack is None:
+                attack = {"start": when, "peak": pain, "symptoms": [], "meds": [], "aura": False,
+                          "line": n, "raw": [line]}
+                for at, word in pending:
+                    if when - at <= _LEAD:
+                        _note_in(attack, word)
+                    else:
+                        stray += 1
+                pending = []
+            elif attack is not None:
+                attack["peak"] = max(attack["peak"], pain)
+                attack["raw"].append(line)
+                if pain == 0:
+                    rows.append(_attack_row(attack, when))
+                    lines.append(attack["line"])
+                    raws.append("\n".join(attack["raw"]))
+                    attack = None
+        elif attack is not None:
+            _note_in(attack, value)
+            attack["raw"].append(line)
+        elif _DOSE.match(value):
+            stray += 1  # a drug taken with no attack going on says nothing about one
+        else:
+            stray += sum(1 for at, _ in pending if when - at > _LEAD)
+            pending = [(at, w) for at, w in pending if when - at <= _LEAD] + [(when, value)]
+    if attack is not None:  # still going at the end of the log
+        rows.append(_attack_row(attack, None))
+        lines.append(attack["line"])
+        raws.append("\n".join(attack["raw"]))
+    stray += len(pending)
+    notes = options.extra.setdefault("notes", [])
+    if stray:
+        notes.append(f"{stray} symptom or drug line(s) of {path.name} fell outside every attack and were not "
+                     "imported")
+    if preventive:
+        notes.append(f"{preventive} preventive drug line(s) of {path.name} were not imported as attack "
+                     "medications: import them as treatments (a start date each) to see how they worked")
+    frame = pd.DataFrame(rows, columns=["start", "end", "intensity", "aura", "symptoms", "medications"])
+    return Batch(frame.astype(object).where(frame.notna(), None), np.array(lines, dtype=np.int64), raws, problems)
+
+
+def _note_in(attack: dict, value: str) -> None:
+    """A text line of the log, in ``attack``: a medication (``10mg rizatriptan``), an aura or a symptom."""
+    dose = _DOSE.match(value)
+    if dose:
+        attack["meds"].append(f"{dose.group(2).strip()}:{dose.group(1)}")
+    elif value.lower().startswith("aura"):
+        attack["aura"] = True
+    else:
+        attack["symptoms"].append(value)
+
+
+def _attack_row(attack: dict, end) -> list:
+    return [attack["start"].isoformat(), None if end is None else end.isoformat(), _num(attack["peak"]),
+            "yes" if attack["aura"] else None, ";".join(dict.fromkeys(attack["symptoms"])) or None,
+            ";".join(dict.fromkeys(attack["meds"])) or None]
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
 
 
 # ------------------------------------------------------------------------------------ treatments

@@ -175,7 +175,7 @@ def import_file(db: sqlite_utils.Database, kind: str, path: str | Path, options:
 
 def formats_of(kind: str) -> tuple[str, ...]:
     """The ``--format`` values an import of ``kind`` takes: the file formats, and for sleep and weather the
-    device exports and services their importers read (named there, once)."""
+    device exports and services their importers read, for attacks the pain logs (named there, once)."""
     if kind == "sleep":
         from trigger_watch.sleep_formats import DEVICE_FORMATS
 
@@ -184,6 +184,10 @@ def formats_of(kind: str) -> tuple[str, ...]:
         from trigger_watch.weather import SERVICE_FORMATS
 
         return FORMATS + SERVICE_FORMATS
+    if kind == "attacks":
+        from trigger_watch.diary import LOG_FORMATS
+
+        return FORMATS + LOG_FORMATS
     return FORMATS
 
 
