@@ -13,6 +13,7 @@ import pytest
 
 from trigger_watch import compute, daemon, simulate, storage
 from trigger_watch import config as config_mod
+from trigger_watch import reports as tw_reports
 from trigger_watch.errors import ConfigError
 from trigger_watch.importing import ImportOptions, import_file
 
@@ -46,7 +47,7 @@ def cycle(workspace: Path, files: dict[str, Path], scheduler: str = "", workers:
     db.conn.close()
     reports = Path(cfg.reports_dir)
     out = {str(p.relative_to(reports)): STAMP.sub(b"<time>", p.read_bytes())
-           for p in sorted(reports.rglob("*")) if p.is_file()}
+           for p in sorted(reports.rglob("*")) if p.is_file() and p.name != tw_reports.OWNER}
     return result, out, history
 
 

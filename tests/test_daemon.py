@@ -332,3 +332,41 @@ def test_schedule_strings(tmp_path):
 
     with pytest.raises(ConfigError, match="not valid"):
         daemon.make_trigger("at noon", "UTC")
+
+
+def test_a_reports_folder_is_one_databases(analysed_workspace, tmp_path):
+    """Two configurations pointing at one reports folder wrote each other's cohort ranking over and mixed
+    their patients' folders. The folder is marked with its database's id: another database is refused
+    before any work, with what to do; the same database moved (or copied) is not."""
+    moved = tmp_path / "moved"
+    shutil.copytree(analysed_workspace, moved)  # the same database, in another place
+    cfg = cfg_of(moved)
+    db = storage.connect(cfg.database)
+    mark = cfg.reports_dir / "cohort" / reports.OWNER
+    assert mark.read_text().split("\n")[0] == storage.database_id(db)
+    assert tw(moved, "run", "--no-weather").returncode == 0
+
+    other = tmp_path / "other"  # another clinic's database, configured with the first one's reports folder
+    other.mkdir()
+    (other / "config.toml").write_text(textwrap.dedent(f"""\
+        [storage]
+        database = "other.db"
+        reports_dir = "{cfg.reports_dir}"
+        models_dir = "models"
+        [weather]
+        enabled = false
+    """))
+    before = snapshot(cfg.reports_dir)
+    other_db = storage.connect(other / "other.db")
+    assert storage.database_id(other_db) != storage.database_id(db)
+    f = other / "patients.csv"
+    f.write_text("patient_id,timezone\np00001,UTC\n")
+    import_file(other_db, "patients", f, ImportOptions(today=TODAY))
+    for args in (("analyze",), ("run", "--no-weather"), ("forget", "p00001")):
+        r = tw(other, *args)
+        said = r.stdout + r.stderr
+        assert r.returncode == 1, (args, said)
+        # named by where it was when it was marked: the first workspace, before the copy
+        assert f"holds the reports of another database ({analysed_workspace / 'trigger_watch.db'})" in said
+        assert "reports_dir of its own" in said and "Traceback" not in said
+    assert snapshot(cfg.reports_dir) == before

@@ -126,6 +126,8 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
     known = set(everyone)
     ids = everyone if patient_ids is None else [p for p in patient_ids if p in known]
     outcome = AnalysisOutcome()
+    if write:  # before any work: another database's reports folder is refused
+        reports.claim_folder(config.reports_dir, storage.database_id(db), config.database)
     if not ids:
         if write:
             outcome.ranking = _write_ranking(db, config, everyone)

@@ -604,6 +604,8 @@ def forget(db: sqlite_utils.Database, patient_id: str, *, reports_dir: Path | No
     from trigger_watch import models, reports
 
     storage._load_all_migrations()
+    if reports_dir is not None and Path(reports_dir).is_dir():  # not another database's patient of that id
+        reports.claim_folder(reports_dir, storage.database_id(db), getattr(config, "database", None) or "")
     tables = set(db.table_names())
     deleted: dict[str, int] = {}
     with storage.transaction(db):

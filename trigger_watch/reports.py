@@ -46,7 +46,7 @@ from trigger_watch import charts as ch
 from trigger_watch import compute
 from trigger_watch import storage
 from trigger_watch.ranking import ENTRY_KEYS, ranking_path, read_ranking
-from trigger_watch.errors import StorageError, TriggerWatchError, UnknownPatient
+from trigger_watch.errors import ConfigError, StorageError, TriggerWatchError, UnknownPatient
 
 # ------------------------------------------------------------------------------------------- history
 
@@ -1182,6 +1182,32 @@ def commit_staged(reports_dir: str | os.PathLike, staged: list[tuple[str, list[t
 #: reports folder, which clinics read): found by the next run, it says the last one was killed or crashed
 #: mid-way and may have left temporary files beside the reports.
 WRITING = ".reports-writing"
+
+
+#: In the reports folder's ``cohort`` folder (beside the ranking; a folder of its own at the top would be taken
+#: for a patient's): the id of the database whose reports it holds (first line) and that database's path when
+#: it was marked (second line, to name it). Written by the first run that writes reports there.
+OWNER = ".trigger-watch-database"
+
+
+def claim_folder(reports_dir: str | os.PathLike, database_id: str, database: str | os.PathLike) -> None:
+    """Mark ``reports_dir`` as the reports folder of the database ``database_id`` (:func:`storage.database_id`),
+    or raise :class:`ConfigError` when it is another database's. Two configurations with one reports folder
+    wrote each other's cohort ranking over, and the patients of both into one folder, each run removing
+    none of the other's; a forgotten patient of one could share an id with a patient of the other. A moved
+    or copied database keeps its id: only a different database is refused."""
+    mark = Path(reports_dir) / "cohort" / OWNER
+    try:
+        owner, _, where = mark.read_text(encoding="utf-8").partition("\n")
+    except FileNotFoundError:
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(mark, f"{database_id}\n{os.fspath(database)}\n")
+        return
+    if owner.strip() != database_id:
+        raise ConfigError(
+            f"the reports folder {os.fspath(reports_dir)} holds the reports of another database "
+            f"({where.strip() or 'unknown'}): give this one a [storage] reports_dir of its own, or, if that "
+            f"database is gone for good, remove {mark} and run again")
 
 
 def begin_writing(reports_dir: str | os.PathLike, mark_dir: str | os.PathLike) -> int:

@@ -151,7 +151,17 @@ MIGRATIONS: list[Migration] = [
         "ALTER TABLE rejects ADD COLUMN resolved_by TEXT",
         "CREATE INDEX rejects_open ON rejects (kind, row_key) WHERE resolved_at IS NULL",
     ]),
+    (63, "the database's own id, which its reports folder is marked with", [
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "INSERT INTO meta (key, value) VALUES ('database_id', lower(hex(randomblob(8))))",
+    ]),
 ]
+
+
+def database_id(db: sqlite_utils.Database) -> str:
+    """This database's own id, made once when it was created or migrated (a copy of the file keeps it):
+    what its reports folder is marked with (``reports.claim_folder``)."""
+    return db.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()[0]
 
 
 def register_migration(version: int, name: str, steps) -> None:
