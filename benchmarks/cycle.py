@@ -297,6 +297,9 @@ def phase_cycle(args, incremental: bool) -> dict:
     if not incremental:  # start from the freshly imported database: no models, reports or cycles yet
         for suffix in ("", "-wal", "-shm"):
             Path(str(cfg.database) + suffix).unlink(missing_ok=True)
+        # migrated first (a database imported by an older version): each copy is then the same database,
+        # with the one id the reports folder is marked with (reports.claim_folder)
+        storage.connect(workdir / PRISTINE).conn.close()
         shutil.copyfile(workdir / PRISTINE, cfg.database)
         # no models (an unchanged cohort would take the stored fit); the reports of the run before stay
         # unless --reports fresh (the first night): a clinic's nightly cycle rewrites last night's files
