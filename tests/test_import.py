@@ -140,6 +140,7 @@ PAIN_LOG = (  # the shape of a MultiLog export (docs/inputs.md), made up here; l
     "2026-03-01 11:30:00\tNauseous\n"        # 16 listed after the pain: attack 1's
     "2026-03-01 09:40:00\t4\n"               # 17 a repeat, read once
     "2026-03-05 07:00:00\t5\n"               # 18 attack 3, still going
+    "2026-03-05 09:00:00+01:00\t6\n"         # 19 an offset: local times only
 )
 
 
@@ -150,7 +151,7 @@ def test_a_pain_log_becomes_its_attacks(patients, write, do_import):
     with pytest.raises(InputFileError, match="say whose with --patient"):
         do_import("attacks", log, fmt="severity-log")
     result = do_import("attacks", log, fmt="severity-log", patient="p1")
-    assert (result.accepted, result.quarantined) == (3, 3)
+    assert (result.accepted, result.quarantined) == (3, 4)
     assert any("1 symptom or drug line(s) of pain.tsv fell outside every attack" in m for m in result.messages)
     assert any("1 preventive drug line(s)" in m and "as treatments" in m for m in result.messages)
     stored = rows(patients, 'SELECT start_local, end_local, start, intensity, aura, symptoms, medications '
@@ -161,7 +162,8 @@ def test_a_pain_log_becomes_its_attacks(patients, write, do_import):
         ("2026-03-05T07:00:00", None, "2026-03-05T06:00:00Z", 5.0, None, None, None),
     ]
     reasons = {r["line"]: r["reason"] for r in list_rejects(patients, "attacks")}
-    assert set(reasons) == {11, 12, 14}
+    assert set(reasons) == {11, 12, 14, 19}
+    assert "has a UTC offset" in reasons[19]
     assert reasons[11].startswith("expected 'YYYY-MM-DD HH:MM:SS', a tab, then a pain number")
     assert reasons[12] == "pain 12 is outside 0-10"
     assert reasons[14] == "the line has a time but nothing after the tab"

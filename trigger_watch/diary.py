@@ -466,8 +466,11 @@ def severity_log_batch(path: Path, options: ImportOptions) -> Batch:
             when_text, tab, value = line.partition("\t")
             when = pd.to_datetime(when_text.strip(), format="ISO8601", errors="coerce") if tab else pd.NaT
             value = value.strip()
-            if pd.isna(when) or when.tzinfo is not None:
+            if pd.isna(when):
                 problems.append((n, _LOG_LINE, line))
+            elif when.tzinfo is not None:
+                why = f"{when_text.strip()} has a UTC offset: a pain log's times are the patient's local times"
+                problems.append((n, why, line))
             elif not value:
                 problems.append((n, "the line has a time but nothing after the tab", line))
             else:
