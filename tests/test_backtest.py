@@ -118,3 +118,33 @@ def test_a_patient_without_a_column_the_cohort_has_is_added_to_the_store_not_put
     assert after.load_prior().id == prior.id
     assert after.is_current(one, part[one].model["fingerprint"])
     assert all(after.is_current(p, full[p].model["fingerprint"]) for p in full if p != one)
+
+
+def test_the_validation_refits_each_origin_under_a_prior_learned_before_it(files, tmp_path, monkeypatch):
+    """The forecast validation (cv_* in triggers.json) refits the cohort at three origins before as_of. Under
+    this run's prior its hyperparameters had seen the days it scores; the priors the store keeps from the
+    nights before each origin had not."""
+    from trigger_watch import forecast
+
+    cfg, db = _workspace(tmp_path / "ws", files)
+    first = analysis.analyze(db, cfg, as_of=TODAY, write=False, validate=True)
+    assert first.validation["prior"].startswith("learned from the days before 0 of the 3 origins; this run's")
+    for back in (90, 60, 30):  # the full nights before the origins (TODAY - 89, - 59, - 29)
+        analysis.analyze(db, cfg, as_of=TODAY - timedelta(days=back), write=False, validate=False)
+    store = models.ModelStore(cfg.models_dir)
+    kept = [store.prior_through(TODAY - timedelta(days=back)).id for back in (90, 60, 30)]
+    assert len(set(kept)) == 3
+
+    used = []
+    analyse = models.analyse
+
+    def spy(panel, config, **kw):
+        used.append((panel["date"].max().date(), kw["prior"].id))
+        return analyse(panel, config, **kw)
+
+    monkeypatch.setattr(forecast.models, "analyse", spy)
+    out = analysis.analyze(db, cfg, as_of=TODAY, write=False, validate=True)
+    assert [(last, pid) for last, pid in used] == [
+        (TODAY - timedelta(days=back), k) for back, k in zip((90, 60, 30), kept, strict=True)]
+    assert out.prior.id not in kept
+    assert out.validation["prior"] == "learned from the days before each origin"

@@ -621,7 +621,7 @@ def validation_for(db, config, ids: list[str], as_of: date, results: dict, colum
         step = int(config["analysis.validation_step_days"])
         origins = forecast.default_origins(pd.DataFrame({"date": [pd.Timestamp(as_of)]}),
                                            int(config["analysis.validation_origins"]), step)
-        prior = prior if prior is not None else _prior_of(results, None)
+        prior = _origin_priors(store, origins, prior if prior is not None else _prior_of(results, None))
         ex = ex or compute.Executor()
         # half-size blocks: a block's refits hold its panel, a training copy and the fit's design at once
         # (a worker peaked at 585 MB on 250 patients, 400 MB on 125, for the same seconds per patient)
@@ -639,6 +639,10 @@ def validation_for(db, config, ids: list[str], as_of: date, results: dict, colum
         if halt is not None and halt.is_set():
             raise AnalysisHalted("the validation was halted before its end: nothing of it is kept")
         checked = forecast.combine(parts, origins, step, prior)
+        strict = sum(p is not prior.fallback for p in prior.values())
+        checked.cohort["prior"] = "learned from the days before each origin" if strict == len(origins) else (
+            f"learned from the days before {strict} of the {len(origins)} origins; this run's at the others "
+            "(its hyperparameters have seen the days they score)")
         for pid in due:
             stored.pop(pid, None)
         stored.update({pid: {**v, "cv_as_of": as_of.isoformat()} for pid, v in checked.per_patient.items()})
@@ -646,6 +650,24 @@ def validation_for(db, config, ids: list[str], as_of: date, results: dict, colum
         store.save_validation({"version": MODEL_VERSION, "patients": stored, "cohort": cohort})
         outcome.validation = checked.cohort
     return {p: stored[p] for p in ids if p in stored}
+
+
+class _OriginPriors(dict):
+    """``{origin: prior}`` for the validation's refits, and the prior used where none was kept (``fallback``)."""
+
+    fallback: models.CohortPrior | None = None
+
+
+def _origin_priors(store: models.ModelStore, origins, run_prior) -> _OriginPriors:
+    """Each validation origin's cohort prior: the one the store kept learned from the days before it (a
+    nightly full run of that time, :meth:`models.ModelStore.prior_through`), else ``run_prior``, this run's,
+    whose hyperparameters have seen the days the validation scores (docs/forecast.md)."""
+    out = _OriginPriors()
+    out.fallback = run_prior
+    for d in origins:
+        kept = store.prior_through((pd.Timestamp(d) - pd.Timedelta(days=1)).date())
+        out[pd.Timestamp(d)] = kept if kept is not None else run_prior
+    return out
 
 
 def _prior_of(results: dict, given):

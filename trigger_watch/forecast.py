@@ -25,7 +25,7 @@ Compared with: the **base-rate forecast**, the patient's own onset rate over at-
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from itertools import pairwise
@@ -434,7 +434,8 @@ def default_origins(panel: pd.DataFrame, n_origins: int, step_days: int) -> list
     return [last - pd.Timedelta(days=(n_origins - k) * step_days - 1) for k in range(n_origins)]
 
 
-def rolling_origin(panel: pd.DataFrame, config, *, prior: models.CohortPrior | None = None,
+def rolling_origin(panel: pd.DataFrame, config, *,
+                   prior: models.CohortPrior | Mapping[pd.Timestamp, models.CohortPrior] | None = None,
                    origins: int | Sequence[date | pd.Timestamp] | None = None, step_days: int | None = None,
                    same_day: bool = False, progress: Callable[[int, int], None] | None = None) -> Validation:
     """Rolling-origin (walk-forward) validation of the next-day forecast over the observed ``panel``
@@ -453,7 +454,9 @@ def rolling_origin(panel: pd.DataFrame, config, *, prior: models.CohortPrior | N
     ``prior``: a :class:`models.CohortPrior` to fit under at every origin instead of estimating one from the
     days before ``d`` each time. Measured, it is barely faster, and a prior estimated from the whole panel has
     seen the evaluated days (cohort-level hyperparameters only): pass None for the strict protocol unless the
-    panel is a subset too small to estimate a prior (fewer than 30 patients).
+    panel is a subset too small to estimate a prior (fewer than 30 patients). Or ``{origin: prior}``: each
+    origin's (the pipeline's: the cohort's prior learned before that origin where the model store kept one,
+    ``analysis.validation_for``).
 
     ``same_day``: also score the same models fed each day's own values (``predictions.p_same_day``,
     ``cohort["same_day"]``): not a forecast, a diagnostic of what hiding them costs (docs/forecast.md).
@@ -483,7 +486,8 @@ def rolling_origin(panel: pd.DataFrame, config, *, prior: models.CohortPrior | N
         train = panel[panel["date"] < d]
         train.attrs = dict(panel.attrs)
         t, c = time.perf_counter(), time.process_time()
-        results = models.analyse(train, config, prior=prior, store=False, fingerprint=False) if len(train) else {}
+        at_origin = prior.get(pd.Timestamp(d)) if isinstance(prior, Mapping) else prior
+        results = models.analyse(train, config, prior=at_origin, store=False, fingerprint=False) if len(train) else {}
         fit_seconds.append(time.perf_counter() - t)
         fit_cpu.append(time.process_time() - c)
         del train
@@ -619,7 +623,8 @@ def _cohort(pred: pd.DataFrame, starts, step, prior, fit_seconds, fit_cpu) -> di
                      "origin, forecast every at-risk day up to the next one with same-day values hidden "
                      "except weather and calendar"),
         "origins": [d.date().isoformat() for d in starts], "step_days": step,
-        "prior": "given" if prior is not None else "re-estimated at each origin",
+        "prior": ("given for each origin" if isinstance(prior, Mapping) else "given" if prior is not None
+                  else "re-estimated at each origin"),
         "patients": int(pred["patient_id"].nunique()) if len(pred) else 0,
         "days": len(pred), "onsets": int(pred["onset"].sum()) if len(pred) else 0,
         "base_rate_days": int((~pred["fitted"]).sum()) if len(pred) else 0,
