@@ -94,6 +94,7 @@ def test_the_store_knows_what_each_prior_saw(tmp_path):
     del idx["through"]
     store._write(store.root / store.INDEX, idx)
     (store.root / store.PRIORS).unlink()
+    store = models.ModelStore(cfg.models_dir)
     saved = date.fromisoformat(idx["saved_at"][:10])
     assert store.prior_through(saved).id == second.id
     assert store.prior_through(saved - timedelta(days=1)) is None
