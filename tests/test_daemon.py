@@ -370,3 +370,15 @@ def test_a_reports_folder_is_one_databases(analysed_workspace, tmp_path):
         assert f"holds the reports of another database ({analysed_workspace / 'trigger_watch.db'})" in said
         assert "reports_dir of its own" in said and "Traceback" not in said
     assert snapshot(cfg.reports_dir) == before
+
+
+def test_status_says_what_the_model_store_holds(ws):
+    """Back-tests and the forecast validation depend on the priors the store keeps; status showed only runs."""
+    r = tw(ws, "status")
+    assert r.returncode == 0, r.stderr
+    assert "models: 8 patient(s) fitted (eb-hazard-" in r.stdout
+    assert f"the cohort prior learned from the days through {TODAY - timedelta(days=1)}" in r.stdout
+    assert f"1 cohort prior(s) kept for back-tests and the forecast validation, learned through " \
+           f"{TODAY - timedelta(days=1)}\n" in r.stdout
+    info = json.loads(tw(ws, "status", "--json").stdout)["models"]
+    assert info["patients"] == 8 and info["kept_priors"] == 1

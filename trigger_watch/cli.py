@@ -398,6 +398,16 @@ def status(app: App, runs: int, as_json: bool) -> None:
         app.say(f"  #{r['id']} {r['kind']:8} {r['started_at']} -> {r['ended_at'] or '...'} {r['status']:9} "
                 f"{r['patients_analysed'] or 0} analysed, {r['failures'] or 0} failed"
                 + (f": {r['error']}" if r["error"] else ""))
+    m = info["models"]
+    if not m["patients"]:
+        app.say(f"models: none stored ({m['version']})")
+    else:
+        through = f"the days through {m['prior_through']}" if m["prior_through"] else "days before it was saved"
+        app.say(f"models: {m['patients']} patient(s) fitted ({m['version']}, saved {m['saved_at']}); the cohort "
+                f"prior learned from {through}")
+    if m["kept_priors"]:
+        app.say(f"  {m['kept_priors']} cohort prior(s) kept for back-tests and the forecast validation, learned "
+                f"through {m['kept_first']}" + (f" to {m['kept_last']}" if m["kept_priors"] > 1 else ""))
     if info["failing_patients"]:
         app.say("patients whose analysis keeps failing:")
         for f in info["failing_patients"]:

@@ -454,4 +454,7 @@ def status(db: sqlite_utils.Database, config, *, runs: int = 10) -> dict:
             if r["status"] == "running":
                 r["status"] = "abandoned"
                 r["error"] = r["error"] or "the process ended before the run finished (killed or crashed)"
-    return {"runs": last, "failing_patients": failing, "next_runs": upcoming, "lease_file": holder}
+    from trigger_watch import models
+
+    return {"runs": last, "failing_patients": failing, "next_runs": upcoming, "lease_file": holder,
+            "models": models.ModelStore(config.models_dir).summary()}

@@ -949,6 +949,17 @@ class ModelStore:
             self._priors = dict(kept.get("priors", {})) if kept.get("version") == MODEL_VERSION else {}
         return self._priors
 
+    def summary(self) -> dict:
+        """What the store holds, for ``trigger-watch status``: the model version, how many patients' fits,
+        when they were saved, the last day the cohort prior was learned from (None: unknown, a store written
+        before it was recorded), and the earlier priors kept for back-tests (how many, first and last day)."""
+        idx = self.load_index()
+        kept = sorted(self._kept_priors())
+        return {"version": MODEL_VERSION, "patients": len(idx["fingerprints"]) if idx else 0,
+                "saved_at": idx.get("saved_at") if idx else None, "prior_through": idx.get("through") if idx else None,
+                "kept_priors": len(kept), "kept_first": kept[0] if kept else None,
+                "kept_last": kept[-1] if kept else None}
+
     def keep_prior(self, prior: CohortPrior, through: str | None) -> None:
         """Keep ``prior``, learned from data up to the day ``through``, for later back-tests
         (:meth:`prior_through`); the oldest go beyond :attr:`PRIORS_KEPT`."""
