@@ -53,6 +53,9 @@ def test_without_a_config_file_a_new_database_is_named_where_it_is_made(tmp_path
     (("sleep", "x.csv", "--format", "fitbit"), "a fitbit export is one person's: say whose with --patient ID"),
     (("weather", "x.csv", "--format", "noaa"), "use one of csv, json, ndjson, open-meteo, noaa-lcd"),
     (("diary", "x.csv", "--format", "noaa-lcd"), "'noaa-lcd' is not a format of diary files"),
+    (("attacks", "x.csv", "--format", "severity-log"), "a severity-log export is one person's: say whose"),
+    (("treatments", "x.csv", "--header", "start,,treatment"), "'start,,treatment' must name each column once"),
+    (("treatments", "x.csv", "--header", "date,date"), "'date,date' must name each column once"),
 ])
 def test_a_format_that_does_not_fit_the_kind_is_wrong_usage(ws, args, message):
     """cli.md: 2 is wrong usage (these exited 1, as if the file had been at fault)."""

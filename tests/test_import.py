@@ -171,6 +171,23 @@ def test_a_pain_log_becomes_its_attacks(patients, write, do_import):
     assert (again.accepted, again.replaced, again.unchanged) == (0, 0, 3)
 
 
+def test_a_file_without_a_header_row_is_read_with_the_names_given(patients, write, do_import):
+    """A log of preventive dose changes (bitmask's, made up here) has no header row: `time<TAB>mg<TAB>drug`.
+    Its first line was taken for the header, so every other line was quarantined against it."""
+    log = write("preventives.tsv", "2026-01-05 08:00:00\t25\tmetoprolol\n"
+                                   "2026-02-01 08:00:00\t50\tmetoprolol\n"
+                                   "2026-02-10 21:00:00\t10\n"
+                                   "2026-03-01 08:00:00\t155\tbotox\n")
+    result = do_import("treatments", log, patient="p1", header=["start", "dose_mg", "treatment"])
+    assert (result.accepted, result.quarantined) == (3, 1)
+    assert rows(patients, "SELECT date, treatment, dose_mg FROM treatments ORDER BY date") == [
+        ("2026-01-05", "metoprolol", 25.0), ("2026-02-01", "metoprolol", 50.0), ("2026-03-01", "botox", 155.0)]
+    reasons = {r["line"]: r["reason"] for r in list_rejects(patients)}
+    assert reasons == {3: "has 2 values but the header has 3 columns (--header)"}
+    with pytest.raises(InputFileError, match="--header names the columns of a CSV file"):
+        do_import("treatments", write("t.json", "[]"), patient="p1", header=["start"])
+
+
 def test_treatments_accept_start_for_date(patients, write, do_import):
     text = "patient_id,start,treatment,dose_mg\np1,2026-05-02T09:00,Ketamine Infusion,35\np1,2026-05-03,,\n"
     result = do_import("treatments", write("t.csv", text))

@@ -131,10 +131,13 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
               help="fitabase: CSV of fitabase_id,patient_id mapping device ids to patients.")
 @click.option("--date-format", metavar="FMT",
               help="Layout of date columns when not YYYY-MM-DD, in strptime codes (e.g. '%m-%d-%Y').")
+@click.option("--header", metavar="NAMES",
+              help="The column names of a CSV file without a header row, comma-separated, in order "
+                   "(e.g. 'start,dose_mg,treatment'); its first line is then a record.")
 @pass_app
 def import_cmd(app: App, kind: str, files: tuple[str, ...], fmt: str | None, patient: str | None,
                create_patients: bool, rename: tuple[str, ...], skip: tuple[str, ...], id_map: str | None,
-               date_format: str | None) -> None:
+               date_format: str | None, header: str | None) -> None:
     """Import FILE(s) of KIND; bad rows are quarantined with file, line and reason.
 
     Prints how many rows were new, replaced, unchanged and quarantined. Importing the same file twice
@@ -153,6 +156,9 @@ def import_cmd(app: App, kind: str, files: tuple[str, ...], fmt: str | None, pat
             kind == "attacks" and given not in FORMATS)
         if one_person and not patient:
             raise click.UsageError(f"a {given} export is one person's: say whose with --patient ID")
+    names = [n.strip() for n in header.split(",")] if header is not None else None
+    if names is not None and (not all(names) or len(set(names)) < len(names)):
+        raise click.BadParameter(f"{header!r} must name each column once, comma-separated", param_hint="'--header'")
     cfg = app.config
     extra = {"id_map": id_map} if id_map else {}
     for file in files:
@@ -160,7 +166,7 @@ def import_cmd(app: App, kind: str, files: tuple[str, ...], fmt: str | None, pat
             today=app.today, patient=patient, create_patients=create_patients or cfg["import.create_patients"],
             default_timezone=cfg["patients.default_timezone"], renames=_pairs(rename, "--rename"),
             skips={s.strip() for s in skip}, batch_rows=cfg["import.batch_rows"], config=cfg, extra=extra,
-            progress=app.progress(f"importing {Path(file).name}"), date_format=date_format,
+            progress=app.progress(f"importing {Path(file).name}"), date_format=date_format, header=names,
         )
         result = import_file(app.db, kind, file, options, fmt=fmt)
         for line in result.lines():

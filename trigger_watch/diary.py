@@ -116,7 +116,7 @@ def _import(db, path: Path, fmt: str | None, options: ImportOptions, kind: str,
     done = 0
     now = storage.utcnow_text()
     batches = [severity_log_batch(path, options)] if logged else iter_batches(
-        path, fmt, batch_rows=options.batch_rows, renames=options.renames, skips=options.skips)
+        path, fmt, batch_rows=options.batch_rows, renames=options.renames, skips=options.skips, header=options.header)
     with storage.transaction(db):
         before_id, open_keys = open_reject_keys(db, kind)
         for batch in batches:

@@ -48,6 +48,8 @@ class ImportOptions:
     batch_rows: int = 50000
     #: strptime format of date columns for files not in YYYY-MM-DD (e.g. "%m-%d-%Y")
     date_format: str | None = None
+    #: the column names of a CSV file without a header row, in order (its first line is then a record)
+    header: list[str] | None = None
     config: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
     #: called as ``progress(rows_done)`` after each batch; None for silence
@@ -290,8 +292,9 @@ def _cell(v: Any) -> str | None:
 
 
 def iter_batches(path: Path, fmt: str, *, batch_rows: int = 50000, renames: dict[str, str] | None = None,
-                 skips: set[str] | None = None) -> Iterator[Batch]:
-    """Stream ``path`` as batches. ``renames`` maps source column names to ours; ``skips`` drops columns."""
+                 skips: set[str] | None = None, header: list[str] | None = None) -> Iterator[Batch]:
+    """Stream ``path`` as batches. ``renames`` maps source column names to ours; ``skips`` drops columns;
+    ``header``: the column names of a CSV file that has no header row (its first line is a record)."""
     encoding = file_encoding(path)
     renames = {normalise_name(k): normalise_name(v) for k, v in (renames or {}).items()}
     skips = {normalise_name(s) for s in (skips or set())}
@@ -303,8 +306,11 @@ def iter_batches(path: Path, fmt: str, *, batch_rows: int = 50000, renames: dict
             out.append(renames.get(n, n))
         return out
 
+    if header and fmt != "csv":
+        raise InputFileError(f"{path.name}: --header names the columns of a CSV file without a header row; "
+                             f"a {fmt} file names its own")
     if fmt == "csv":
-        yield from _csv_batches(path, encoding, batch_rows, columns, skips)
+        yield from _csv_batches(path, encoding, batch_rows, columns, skips, header)
     elif fmt == "ndjson":
         yield from _ndjson_batches(path, encoding, batch_rows, columns, skips)
     else:
@@ -328,12 +334,13 @@ def _frame(records: list[list], names: list[str], skips: set[str]) -> pd.DataFra
 _OTHER_SEPARATORS = {";": "semicolons (;)"}
 
 
-def _csv_rows(path: Path, encoding: str, delimiter: str = ",") -> Iterator[tuple[int, list[str] | None, str]]:
-    """``(line, row, "")`` for each record after the header, or ``(line, None, why)`` for one that is not
-    valid CSV. A quote opened and never closed swallows the lines after it into one cell (to the end of the
-    file, or to the next quote, where the record then breaks; the csv module's lenient mode imported the
-    first case as one row): that line alone is reported, and reading starts again on the line after it."""
-    skip = 1  # lines before the first record: the header
+def _csv_rows(path: Path, encoding: str, delimiter: str = ",", skip: int = 1
+              ) -> Iterator[tuple[int, list[str] | None, str]]:
+    """``(line, row, "")`` for each record after the header (``skip``: its lines, 0 for none), or ``(line,
+    None, why)`` for one that is not valid CSV. A quote opened and never closed swallows the lines after it
+    into one cell (to the end of the file, or to the next quote, where the record then breaks; the csv
+    module's lenient mode imported the first case as one row): that line alone is reported, and reading
+    starts again on the line after it."""
     while True:
         with path.open("r", encoding=encoding, newline="") as fh:
             reader = csv.reader(itertools.islice(fh, skip, None), strict=True, delimiter=delimiter)
@@ -359,16 +366,16 @@ def _csv_rows(path: Path, encoding: str, delimiter: str = ",") -> Iterator[tuple
                 prev = reader.line_num
 
 
-def _csv_batches(path, encoding, batch_rows, columns, skips) -> Iterator[Batch]:
+def _csv_batches(path, encoding, batch_rows, columns, skips, given: list[str] | None = None) -> Iterator[Batch]:
     with path.open("r", encoding=encoding, newline="") as fh:
         first = fh.readline()
     if not first:
-        raise InputFileError(f"{path} has no header row")
+        raise InputFileError(f"{path} has no header row" if not given else f"{path} is empty")
     # tab-separated: a .tsv file, or a header with tabs and no commas (a spreadsheet's "text" export)
     tabs = path.suffix.lower() in (".tsv", ".tab") or ("\t" in first and "," not in first)
     delimiter = "\t" if tabs else ","
     try:
-        header = next(csv.reader([first], delimiter=delimiter))
+        header = list(given) if given else next(csv.reader([first], delimiter=delimiter))
     except csv.Error as exc:
         raise InputFileError(f"{path}: the header row is not valid CSV ({exc})") from None
     if len([h for h in header if h.strip()]) < 1:
@@ -383,14 +390,15 @@ def _csv_batches(path, encoding, batch_rows, columns, skips) -> Iterator[Batch]:
     names = columns(header)
     width = len(names)
     records, lines, problems = [], [], []
-    for line, row, why in _csv_rows(path, encoding, delimiter):
+    for line, row, why in _csv_rows(path, encoding, delimiter, skip=0 if given else 1):
         if row is None:
             problems.append((line, why, ""))
             continue
         if not row or (len(row) == 1 and not row[0].strip()):
             continue
         if len(row) != width:
-            problems.append((line, f"has {len(row)} values but the header has {width} columns",
+            problems.append((line, f"has {len(row)} values but the header has {width} columns"
+                             + (" (--header)" if given else ""),
                              json.dumps(row, ensure_ascii=False)))
             continue
         records.append(row)

@@ -200,7 +200,7 @@ def _generic_frames(path: Path, fmt: str, options: ImportOptions,
     from trigger_watch.diary import parse_instants
 
     for batch in iter_batches(path, fmt, batch_rows=options.batch_rows, renames=options.renames,
-                              skips=options.skips):
+                              skips=options.skips, header=options.header):
         problems = period_frame([{"line": ln, "patient_id": None, "raw": raw, "reason": why}
                            for ln, why, raw in batch.problems])
         if batch.frame.empty:

@@ -1054,7 +1054,8 @@ def _import_rows(db: sqlite_utils.Database, path: Path, fmt: str, options: Any, 
     with storage.transaction(db):
         for batch in importing.iter_batches(path, fmt, batch_rows=getattr(options, "batch_rows", 50000),
                                             renames=getattr(options, "renames", None),
-                                            skips=getattr(options, "skips", None)):
+                                            skips=getattr(options, "skips", None),
+                                            header=getattr(options, "header", None)):
             result.quarantined += importing.quarantine(db, "weather", str(path), batch.problems)
             if batch.frame.empty:
                 continue
