@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from functools import lru_cache
 from pathlib import Path
 from zoneinfo import available_timezones
@@ -33,6 +33,7 @@ from trigger_watch.importing import (
     iter_batches,
     normalise_tags,
     open_reject_keys,
+    plain_number,
     quarantine,
     raw_rows,
     resolve_rejects,
@@ -107,16 +108,18 @@ def _unused_note(col: str, read: Collection[str], kind: str) -> str:
 
 def _import(db, path: Path, fmt: str | None, options: ImportOptions, kind: str,
             validate: Callable[[Batch, Checker, ImportOptions, dict, ImportResult, dict], pd.DataFrame],
-            table: str, columns: list[str], key: list[str]) -> ImportResult:
-    logged = kind == "attacks" and fmt is not None and fmt.lower() in LOG_FORMATS
-    fmt = fmt.lower() if logged else detect_format(path, fmt)
+            table: str, columns: list[str], key: list[str],
+            read: Callable[[Path, ImportOptions, dict], Iterable[Batch]] | None = None) -> ImportResult:
+    """Import ``path`` as ``kind``: its batches (``read(path, options, state)`` when the kind's file is not
+    a table, e.g. a pain log; the CSV/JSON reader otherwise) validated, quarantined and upserted."""
     result = ImportResult(kind=kind, file=str(path))
     known = known_patients(db)
     state: dict = {}
     done = 0
     now = storage.utcnow_text()
-    batches = [severity_log_batch(path, options)] if logged else iter_batches(
-        path, fmt, batch_rows=options.batch_rows, renames=options.renames, skips=options.skips, header=options.header)
+    batches = read(path, options, state) if read is not None else iter_batches(
+        path, detect_format(path, fmt), batch_rows=options.batch_rows, renames=options.renames, skips=options.skips,
+        header=options.header)
     with storage.transaction(db):
         before_id, open_keys = open_reject_keys(db, kind)
         for batch in batches:
@@ -155,7 +158,7 @@ def _import(db, path: Path, fmt: str | None, options: ImportOptions, kind: str,
                 changed = good["patient_id"].tolist() if (ins or rep) else []
             storage.mark_changed(db, changed)
             result.patients.update(changed)
-    for note in state.get("notes", []) + options.extra.pop("notes", []):
+    for note in state.get("notes", []):
         result.messages.append(note)
     return result
 
@@ -429,8 +432,9 @@ def _is_number(text: str) -> bool:
 
 
 def import_attacks(db, path, fmt, options) -> ImportResult:
+    logged = fmt is not None and fmt.lower() in LOG_FORMATS
     return _import(db, path, fmt, options, "attacks", _validate_attacks, "attacks", ATTACK_COLUMNS,
-                   ["patient_id", "start"])
+                   ["patient_id", "start"], read=severity_log_batches if logged else None)
 
 
 #: attack files that are logs of one person's pain over time rather than one row per attack
@@ -442,8 +446,9 @@ _LOG_LINE = "expected 'YYYY-MM-DD HH:MM:SS', a tab, then a pain number, a dose a
 _PREVENTIVE = re.compile(r"\b(preventa?tive|prophyla(xis|ctic))\b", re.IGNORECASE)
 
 
-def severity_log_batch(path: Path, options: ImportOptions) -> Batch:
-    """A pain log (MultiLog's export and the like; README, "Pain logs") as the attack rows it describes.
+def severity_log_batches(path: Path, options: ImportOptions, state: dict) -> list[Batch]:
+    """A pain log (MultiLog's export and the like; README, "Pain logs") as the attack rows it describes, in
+    one batch; what it leaves out goes to the import's notes (``state["notes"]``).
 
     Each line is ``YYYY-MM-DD HH:MM[:SS]<TAB>value``, local to the patient's timezone. A number
     is the pain from then until the next number (0: the headache is over): an attack runs from the first
@@ -528,7 +533,7 @@ def severity_log_batch(path: Path, options: ImportOptions) -> Batch:
         lines.append(attack["line"])
         raws.append("\n".join(attack["raw"]))
     stray += len(pending)
-    notes = options.extra.setdefault("notes", [])
+    notes = state.setdefault("notes", [])
     if stray:
         notes.append(f"{stray} symptom or drug line(s) of {path.name} fell outside every attack and were not "
                      "imported")
@@ -536,7 +541,7 @@ def severity_log_batch(path: Path, options: ImportOptions) -> Batch:
         notes.append(f"{preventive} preventive drug line(s) of {path.name} were not imported as attack "
                      "medications: import them as treatments (a start date each) to see how they worked")
     frame = pd.DataFrame(rows, columns=["start", "end", "intensity", "aura", "symptoms", "medications"])
-    return Batch(frame.astype(object).where(frame.notna(), None), np.array(lines, dtype=np.int64), raws, problems)
+    return [Batch(frame.astype(object).where(frame.notna(), None), np.array(lines, dtype=np.int64), raws, problems)]
 
 
 def _note_in(attack: dict, value: str) -> None:
@@ -551,13 +556,10 @@ def _note_in(attack: dict, value: str) -> None:
 
 
 def _attack_row(attack: dict, end) -> list:
-    return [attack["start"].isoformat(), None if end is None else end.isoformat(), _num(attack["peak"]),
+    return [attack["start"].isoformat(), None if end is None else end.isoformat(), plain_number(attack["peak"]),
             "yes" if attack["aura"] else None, ";".join(dict.fromkeys(attack["symptoms"])) or None,
             ";".join(dict.fromkeys(attack["meds"])) or None]
 
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
 
 
 # ------------------------------------------------------------------------------------ treatments

@@ -556,11 +556,11 @@ class Checker:
             out |= (v > hi).to_numpy()
         if out.any():
             if lo is not None and hi is not None:
-                rng = f"outside {_fmt(lo)}-{_fmt(hi)}"
+                rng = f"outside {plain_number(lo)}-{plain_number(hi)}"
             elif lo is not None:
-                rng = "negative" if lo == 0 and not lo_open else f"not above {_fmt(lo)}"
+                rng = "negative" if lo == 0 and not lo_open else f"not above {plain_number(lo)}"
             else:
-                rng = f"above {_fmt(hi)}"
+                rng = f"above {plain_number(hi)}"
             self.flag(col, out, f" is {rng}")
         return v.where(~out)
 
@@ -605,7 +605,8 @@ _BOOL = {"1": 1.0, "true": 1.0, "yes": 1.0, "y": 1.0, "1.0": 1.0,
          "0": 0.0, "false": 0.0, "no": 0.0, "n": 0.0, "0.0": 0.0}
 
 
-def _fmt(x: float) -> str:
+def plain_number(x: float) -> str:
+    """``x`` as written in a reason or a stored text: ``5`` rather than ``5.0``."""
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
