@@ -1450,7 +1450,7 @@ def _days_needed(bc, sc, lo, hi, diary_days, at_risk, usable, exposed, min_days,
         room = min(np.log(hi), -np.log(lo)) - a
         f_null = np.where(room > 0, (sc * _Z / room) ** 2, np.inf)
         f = np.minimum(f_trig, f_null)
-        per_day = np.maximum(diary_days / np.maximum(at_risk, 1), 1)[:, None]  # diary days per at-risk day
+        per_day = _diary_days_per_at_risk_day(diary_days, at_risk)[:, None]
         need = np.where(np.isfinite(f), np.maximum(f - 1, 0) * at_risk[:, None] * per_day, np.nan)
         rate = exposed / np.maximum(at_risk, 1)[:, None]
         need_exp = np.where(rate > 0, (10 - exposed) / rate, np.nan)  # until ~10 exposed days
@@ -1466,7 +1466,13 @@ def _short_wait(at_risk, attacks, min_days: int, min_att: int, diary_days) -> np
     """Diary days until a patient has ``min_days`` at-risk days and ``min_att`` attacks, at their rates so
     far (at-risk days per diary day, attacks per at-risk day); 0 once they have."""
     wait = np.maximum(min_days - at_risk, 0) + np.maximum(min_att - attacks, 0) * at_risk / np.maximum(attacks, 1)
-    return wait * np.maximum(diary_days / np.maximum(at_risk, 1), 1)
+    return wait * _diary_days_per_at_risk_day(diary_days, at_risk)
+
+
+def _diary_days_per_at_risk_day(diary_days, at_risk):
+    """How many diary days a patient logs per at-risk day (at least 1): what turns a wait counted in at-risk
+    days into the diary days a page says."""
+    return np.maximum(diary_days / np.maximum(at_risk, 1), 1)
 
 
 def _answer_chance(bc, sc, p1, m1, sd1, f, lo, hi):

@@ -997,18 +997,13 @@ def _standard_offset(tz: str) -> str:
     return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
-def _place_of(db: sqlite_utils.Database, patient_id: str) -> tuple | None:
-    """A patient's ``(latitude, longitude, timezone)``; None for a patient not known."""
-    return db.execute("SELECT latitude, longitude, timezone FROM patients WHERE patient_id = ?",
-                      (patient_id,)).fetchone()
-
-
 def _home_of(db: sqlite_utils.Database, patient: str | None) -> tuple[str, float, float, str | None] | None:
     """``(patient, latitude, longitude, timezone)`` of ``--patient``'s home, for a weather file without
     coordinates or a station's file meant for that patient."""
     if not patient:
         return None
-    row = _place_of(db, patient)
+    row = db.execute("SELECT latitude, longitude, timezone FROM patients WHERE patient_id = ?",
+                     (patient,)).fetchone()
     if row is None:
         raise InputFileError(f"no patient {patient!r}: import the patient first (trigger-watch import patients)")
     return patient, row[0], row[1], row[2]
