@@ -4,6 +4,7 @@ every patient's later days; and a run over some patients could replace the whole
 
 from __future__ import annotations
 
+import io
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from trigger_watch import analysis, models, simulate, storage
 from trigger_watch import config as config_mod
 from trigger_watch.importing import ImportOptions, import_file
+from trigger_watch.progress import Progress
 
 TODAY = date(2026, 11, 20)
 SEED = 5151
@@ -149,3 +151,37 @@ def test_the_validation_refits_each_origin_under_a_prior_learned_before_it(files
         (TODAY - timedelta(days=back), k) for back, k in zip((90, 60, 30), kept, strict=True)]
     assert out.prior.id not in kept
     assert out.validation["prior"] == "learned from the days before each origin"
+
+
+def _stages(shown: str) -> list[str]:
+    """Each stage's last display: the text after a line's last carriage return."""
+    return [line.rsplit("\r", 1)[-1] for line in shown.split("\n") if line]
+
+
+def test_a_long_analysis_shows_each_stage_and_a_plain_callback_still_counts_the_reports(files, tmp_path):
+    """At 10,000 patients the reading and the fit take half a minute before the first report: a terminal
+    showed nothing until the reports, and nothing at all while a back-test learned its prior."""
+    cfg, db = _workspace(tmp_path / "ws", files)
+    shown = io.StringIO()
+    bar = Progress("analysing", stream=shown)
+    analysis.analyze(db, cfg, as_of=TODAY, progress=bar)
+    bar.close()
+    assert _stages(shown.getvalue()) == [
+        f"reading the patients' days: {N}/{N} (100%)", "fitting the models, round: 3/3 (100%)",
+        f"checking the forecast on the patients' past days: {N}/{N} (100%)", f"writing reports: {N}/{N} (100%)"]
+
+    one = analysis.all_patient_ids(db)[3]
+    shown = io.StringIO()
+    bar = Progress("analysing", stream=shown)
+    analysis.analyze(db, cfg, as_of=PAST, patient_ids=[one], progress=bar)
+    bar.close()
+    stages = _stages(shown.getvalue())
+    assert stages[:2] == [f"learning the cohort prior: reading the patients' days: {N}/{N} (100%)",
+                          "learning the cohort prior: fitting the models, round: 3/3 (100%)"]
+    assert stages[2] == "reading the patients' days: 1/1 (100%)" and stages[-1] == "writing reports: 1/1 (100%)"
+
+    # a plain callback (a script's, the daemon's) is given what it always was: the reports written
+    counted: list[tuple[int, int]] = []
+    analysis.analyze(db, cfg, as_of=PAST - timedelta(days=3), patient_ids=[one],
+                     progress=lambda done, total: counted.append((done, total)))
+    assert counted == [(1, 1)]

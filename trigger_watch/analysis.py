@@ -28,6 +28,7 @@ import pandas as pd
 import sqlite_utils
 
 from trigger_watch import clinical, compute, features, forecast, models, storage
+from trigger_watch.progress import stage
 
 #: Changes when the pipeline or model changes in a way that makes old reports stale.
 MODEL_VERSION = f"{models.MODEL_VERSION}+pipeline-1"
@@ -113,7 +114,9 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
     next block is read, so memory grows with the block, not the cohort. The cohort fit then pools every
     block, and the reports are written block by block. ``validate``: run the rolling-origin validation of
     the forecast for these patients (True), none (False), the ones listed, or (None) those due tonight: a
-    seventh of the cohort each night by default (:func:`validate_due`).
+    seventh of the cohort each night by default (:func:`validate_due`). ``progress``: a
+    :class:`~trigger_watch.progress.Progress` is shown every stage (reading, fit, validation, reports); a
+    plain callback ``(done, total)`` counts the reports written.
     """
     import time
 
@@ -140,7 +143,8 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
     if subset:
         prior = store.prior_through(as_of)
         if prior is None:  # learns_prior's case
-            learned = analyze(db, config, as_of=as_of, stop=stop, write=False, validate=False, _prior_only=True)
+            learned = analyze(db, config, as_of=as_of, stop=stop, progress=progress, write=False, validate=False,
+                              _prior_only=True)
             prior = outcome.prior = learned.prior
             outcome.prior_learned = len(everyone)
         current = store.load_prior()
@@ -187,6 +191,8 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
                     # a Dask worker cannot reach this machine's folder: it returns the design blocks instead
                     yield (config, block_ids, source, as_of, columns, None if ex.kind == "dask" else spill_dir)
 
+            learning = "learning the cohort prior: " if _prior_only else ""
+            reading = stage(progress, f"{learning}reading the patients' days")
             for part, block, secs in first.map(reduce_block, jobs()):
                 if spill_dir is not None and ex.kind == "dask":
                     for ch in part.chunks:
@@ -198,6 +204,8 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
                 settle()
                 for k, v in secs.items():
                     timings[f"read_and_reduce/{k}"] += v
+                if reading:
+                    reading(sum(len(b.ids) for b in blocks), len(ids))
             timings["read_and_reduce"] = time.perf_counter() - t0
 
             t = time.perf_counter()
@@ -224,11 +232,13 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
                 # out). The thread only dispatches and waits: the workers read the database file themselves.
                 if db_file:
                     early.append(compute.Background(validation_of, {}, prior=cohort_prior, halt=halt,
-                                                    name="validation"))
+                                                    progress=stage(progress, checking), name="validation"))
 
+            checking = "checking the forecast on the patients' past days"
             results = models.fit_prepared(parts, config, prior=prior, store=store if keep else False,
                                           map_fn=first.map if first.kind == "local" else None,
-                                          save_after=reports_start, fitted=fitted)
+                                          save_after=reports_start, fitted=fitted,
+                                          progress=stage(progress, f"{learning}fitting the models, round"))
             del parts
             if outcome.prior is None:  # the stored fits, reused: the prior they were fitted under
                 outcome.prior = _prior_of(results, prior)
@@ -261,7 +271,7 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
                     forecast_block(block)
                 validation = early[0].result()
             else:
-                validation = validation_of(results)
+                validation = validation_of(results, progress=stage(progress, checking))
             timings["validation"] = time.perf_counter() - t - timings["forecast"]  # what the cycle waited
             t, made = time.perf_counter(), timings["forecast"]
 
@@ -271,7 +281,8 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
             if write:  # marked until the ranking is written: a run killed before then is cleaned up after
                 outcome.leftovers_removed = reports.begin_writing(config.reports_dir, config.models_dir)
             _reports(db, config, ex, blocks, results, forecast_block, validation, as_of=as_of,
-                     generated_at=generated_at, write=write, stop=stop, progress=progress, outcome=outcome)
+                     generated_at=generated_at, write=write, stop=stop,
+                     progress=stage(progress, "writing reports", main=True), outcome=outcome)
             timings["reports"] = time.perf_counter() - t - (timings["forecast"] - made)
 
         t = time.perf_counter()
@@ -607,12 +618,14 @@ def validate_block(job) -> forecast.Validation:
 def validation_for(db, config, ids: list[str], as_of: date, results: dict, columns, *, subset: bool,
                    validate: bool | Collection[str] | None, outcome: AnalysisOutcome,
                    ex: compute.Executor | None = None, db_file: str | None = None,
-                   prior: models.CohortPrior | None = None, halt: threading.Event | None = None) -> dict[str, dict]:
+                   prior: models.CohortPrior | None = None, halt: threading.Event | None = None,
+                   progress: Callable | None = None) -> dict[str, dict]:
     """Each patient's forecast validation (the ``cv_*`` keys of triggers.json): run for those due
     (:func:`validate_due`), block by block under this run's cohort prior (``prior``, else the one
     ``results`` were fitted with), and kept in the models folder for the nights it is not due. Returns
     ``{patient_id: keys}`` for ``ids``. ``halt`` set (the cycle, which runs this on a thread, gave up):
-    no more blocks are sent, and :class:`AnalysisHalted` is raised instead of keeping a part."""
+    no more blocks are sent, and :class:`AnalysisHalted` is raised instead of keeping a part. ``progress``:
+    called ``(patients checked, patients due)`` as the blocks come back."""
     store = models.ModelStore(config.models_dir)
     saved = store.load_validation(MODEL_VERSION)
     stored: dict[str, dict] = dict(saved.get("patients", {}))
@@ -635,7 +648,12 @@ def validation_for(db, config, ids: list[str], as_of: date, results: dict, colum
                 yield (config, block, _block_source(db, db_file if run_on is ex else None, block, as_of), as_of,
                        columns, prior, origins)
 
-        parts = list(run_on.map(validate_block, jobs()))
+        parts, checked_so_far = [], 0
+        for part, block in zip(run_on.map(validate_block, jobs()), blocks):
+            parts.append(part)
+            checked_so_far += len(block)
+            if progress:
+                progress(checked_so_far, len(due))
         if halt is not None and halt.is_set():
             raise AnalysisHalted("the validation was halted before its end: nothing of it is kept")
         checked = forecast.combine(parts, origins, step, prior)

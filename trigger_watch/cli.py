@@ -319,7 +319,7 @@ def analyze(app: App, patients: tuple[str, ...], as_of: str | None, wait_seconds
         if patients and analysis.learns_prior(app.config, patients, known, day):
             app.say(f"learning the cohort's pooled prior from all {len(known)} patients' days through "
                     f"{day.isoformat()} first ...")
-        bar = app.progress("writing reports")
+        bar = app.progress("analysing")  # each stage shows under its own name
         outcome = analysis.analyze(app.db, app.config, as_of=day, patient_ids=list(patients) or None, progress=bar,
                                    stop=stop)
         bar.close()
@@ -458,8 +458,10 @@ def demo(app: App, workspace: str, patients: int, days: int, seed: int) -> None:
     from trigger_watch.demo import run_demo
 
     log = (lambda line: click.echo(line, err=True)) if not app.quiet else None
+    bar = app.progress("analysing")
     result = run_demo(Path(workspace), today=app.today, n_patients=patients, n_days=days, seed=seed, log=log,
-                      progress=app.progress("analysing"))
+                      progress=bar)
+    bar.close()
     for line in result.lines():
         app.say(line)
 

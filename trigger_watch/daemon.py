@@ -31,6 +31,7 @@ import sqlite_utils
 
 from trigger_watch import storage
 from trigger_watch.errors import ConfigError, CycleBusy, TriggerWatchError, WeatherError
+from trigger_watch.progress import stage
 
 storage.register_migration(50, "cycle runs, per-patient analysis state", [
     """CREATE TABLE runs (
@@ -314,7 +315,8 @@ def _fetch_weather(db, config, session, today: date, progress) -> list[str]:
     own = session is None
     session = session or requests.Session()
     try:
-        fetched = weather.fetch_weather(db, config, session, today=today, progress=progress)
+        fetched = weather.fetch_weather(db, config, session, today=today,
+                                        progress=stage(progress, "fetching weather", main=True))
         return list(fetched.lines())
     except WeatherError as exc:
         return [f"failed, will retry next cycle: {exc}"]

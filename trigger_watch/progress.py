@@ -31,11 +31,28 @@ class Progress:
         self.stream.flush()
         self._shown = True
 
+    def stage(self, label: str) -> None:
+        """Go on to the next stage of the same work: the last stage's line stays as it ended, and what is
+        counted next is shown under ``label``."""
+        self.close()
+        self.label = label
+        self._last = 0.0
+
     def close(self) -> None:
         if self._shown:
             self.stream.write("\n")
             self.stream.flush()
             self._shown = False
+
+
+def stage(progress, label: str, *, main: bool = False):
+    """The callback for the stage ``label`` of a long job. A :class:`Progress` shows every stage under its
+    name (:meth:`Progress.stage`); a plain callback counts only the job's ``main`` stage, the one it has
+    always been given (None for the others)."""
+    if progress is not None and hasattr(progress, "stage"):
+        progress.stage(label)
+        return progress
+    return progress if main else None
 
 
 def silent(done: int, total: int | None = None) -> None:
