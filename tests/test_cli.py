@@ -72,9 +72,9 @@ def test_init_is_safe_to_repeat_and_creates_folders(ws):
 
 def test_example_files_import_and_rejects_lists_quarantine(ws):
     r = tw(ws, "import", "patients", str(ROOT / "examples" / "patients.csv"))
-    assert r.returncode == 0 and "2 new" in r.stdout
+    assert r.returncode == 0 and "2 accepted (new)" in r.stdout
     r = tw(ws, "import", "diary", str(ROOT / "examples" / "diary.csv"))
-    assert r.returncode == 0 and "6 new" in r.stdout and "0 quarantined" in r.stdout
+    assert r.returncode == 0 and "6 accepted (new), 0 replaced" in r.stdout and "0 quarantined" in r.stdout
     bad = ws / "bad.csv"
     bad.write_text("patient_id,date,stress\np001,2026-03-09,11\n")
     r = tw(ws, "import", "diary", str(bad))
@@ -254,3 +254,19 @@ def test_help_lists_the_contract_commands(ws):
     assert r.returncode == 0
     for command in ("init", "import", "rejects", "forget"):
         assert f"  {command}" in r.stdout
+
+
+@pytest.mark.parametrize("option", ["--start", "--end"])
+def test_a_bad_date_names_the_option_it_was_given_to(ws, option):
+    """fetch-weather --start 2026-13-01 said "Invalid value for --as-of", an option it does not have."""
+    r = tw(ws, "fetch-weather", option, "2026-13-01")
+    assert r.returncode == 2 and f"Invalid value for {option}: '2026-13-01' is not a date" in r.stderr
+
+
+def test_the_demo_in_a_pipe_draws_no_progress(tmp_path):
+    """cli.md: long work "stays quiet in a pipe". The demo wrote its steps ("simulating ...", "importing
+    patients.csv", "analysing") to stderr wherever it ran; its summary is what a pipe gets."""
+    (tmp_path / "config.toml").write_text("")
+    r = tw(tmp_path, "demo", "--dir", str(tmp_path / "demo"), "--patients", "4", "--days", "60")
+    assert r.returncode == 0 and "cycle 1: ok" in r.stdout and "summary.html" in r.stdout
+    assert r.stderr == ""

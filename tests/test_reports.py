@@ -876,8 +876,32 @@ def test_stored_report_and_errors(patients):
     assert "Alcohol seems to be one of your triggers" in reports.stored_report(db, "p1", "patient", "md")
     assert json.loads(reports.stored_report(db, "p1", "clinician", "json"))["patient_id"] == "p1"
     assert "<svg" in reports.stored_report(db, "p1", "clinician", "html")
-    with pytest.raises(TriggerWatchError, match="no md report for the clinician"):
-        reports.stored_report(db, "p1", "clinician", "md")
+    with pytest.raises(TriggerWatchError, match="no pdf report for the clinician"):
+        reports.stored_report(db, "p1", "clinician", "pdf")
+
+
+def test_the_clinician_report_in_markdown_has_the_pages_tables_without_charts(patients):
+    """cli.md offers ``report PATIENT --for clinician --format md``; it was an error (exit 1)."""
+    doc = triggers_doc("p1", factors=[
+        *triggers_doc("p1")["factors"],
+        factor("caffeine_mg", 0, "insufficient_data", odds_ratio=None, ci_low=None, ci_high=None, q_value=None,
+               exposure=">= 0 mg", days_needed=None)])
+    reports.record_history(patients, doc, charts_doc())
+    md = reports.stored_report(patients, "p1", "clinician", "md")
+    assert md.startswith("# Clinician report: patient p1\n") and "<svg" not in md and "<td" not in md
+    lines = md.splitlines()
+    rows = [line for line in lines if line.startswith("| ") and line.split(" | ")[0][2:] in (
+        "trigger", "protective", "warning sign", "no association", "insufficient data")]
+    # every factor once, in the clinician page's order (by verdict, then rank), as markdown-escaped text
+    assert [r.split(" | ")[1].rpartition(" (")[2].split(";")[0] for r in rows] == [
+        reports.md_escape(f["factor"]) for f in reports._ordered_factors(doc)]
+    trigger = next(r for r in rows if "alcohol\\_units" in r)
+    assert trigger.split(" | ")[2:8] == ["1", "1", "2.40", "1.50–3.90", "0.010", "31"]
+    assert next(r for r in rows if "caffeine\\_mg" in r).split(" | ")[4:6] == ["–", "–"]  # no interval: one dash
+    assert "- Medication overuse: **yes**" in lines and "- triptans on 12 days" in lines
+    assert "| erenumab | 2026-08-02 | 9.1 | 4.2 | yes |  |" in lines
+    assert "Attack probability for **2026-11-21**: **31%** (patient's baseline 15%)." in lines
+    assert "| pressure\\_drop | 0 | 0.080 |" in lines and "| 0.68 | 0.120 | 0.130 | 90 |" in lines
 
 
 def test_forget_erases_the_history(patients):
@@ -906,6 +930,8 @@ def test_cli_report_prints_the_stored_report(tmp_path):
     assert r.exit_code == 0 and "Alcohol seems to be one of your triggers" in r.output
     r = tw("report", "p1", "--for", "clinician", "--format", "html")
     assert r.exit_code == 0 and r.output.startswith("<!DOCTYPE html>") and CHINESE in r.output
+    r = tw("report", "p1", "--for", "clinician", "--format", "md")
+    assert r.exit_code == 0 and r.output.startswith("# Clinician report: patient p1") and CHINESE in r.output
     r = tw("report", "p1", "--history")
     assert r.exit_code == 0 and "as of 2026-11-20  ok  model m1  triggers: alcohol_units@1" in r.output
     r = tw("report", "ghost")  # main() turns this into one line on stderr and exit 1

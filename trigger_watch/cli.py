@@ -140,7 +140,7 @@ def import_cmd(app: App, kind: str, files: tuple[str, ...], fmt: str | None, pat
                date_format: str | None, header: str | None) -> None:
     """Import FILE(s) of KIND; bad rows are quarantined with file, line and reason.
 
-    Prints how many rows were new, replaced, unchanged and quarantined. Importing the same file twice
+    Prints how many rows were accepted (new to the database), replaced, unchanged and quarantined. Importing the same file twice
     changes nothing; a later row for the same key replaces the earlier one.
     """
     from trigger_watch.importing import FORMATS, ImportOptions, formats_of, import_file
@@ -236,13 +236,14 @@ def forget(app: App, patient: str, wait_seconds: float) -> None:
     app.say(f"forgot patient {patient}: {what}")
 
 
-def _as_of(value: str | None, today: date) -> date:
+def _as_of(value: str | None, today: date, option: str = "--as-of") -> date:
+    """``option``'s date (``today`` when not given); not a date: wrong usage (exit 2) that names ``option``."""
     if value is None:
         return today
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint="--as-of") from None
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=option) from None
 
 
 @cli.command("fetch-weather")
@@ -261,8 +262,8 @@ def fetch_weather_cmd(app: App, start: str | None, end: str | None) -> None:
 
     with requests.Session() as session:
         result = weather.fetch_weather(
-            app.db, app.config, session, start=_as_of(start, app.today) if start else None,
-            end=_as_of(end, app.today) if end else None, today=app.today,
+            app.db, app.config, session, start=_as_of(start, app.today, "--start") if start else None,
+            end=_as_of(end, app.today, "--end") if end else None, today=app.today,
             progress=app.progress("fetching weather"))
     for line in result.lines():
         app.say(line)
@@ -457,7 +458,8 @@ def demo(app: App, workspace: str, patients: int, days: int, seed: int) -> None:
     """Simulate a clinic, import it, analyse it offline, and say where the reports are."""
     from trigger_watch.demo import run_demo
 
-    log = (lambda line: click.echo(line, err=True)) if not app.quiet else None
+    # its steps are progress: on a terminal only (cli.md: quiet in a pipe); the summary below always
+    log = (lambda line: click.echo(line, err=True)) if not app.quiet and sys.stderr.isatty() else None
     bar = app.progress("analysing")
     result = run_demo(Path(workspace), today=app.today, n_patients=patients, n_days=days, seed=seed, log=log,
                       progress=bar)
@@ -471,7 +473,8 @@ def demo(app: App, workspace: str, patients: int, days: int, seed: int) -> None:
 @click.option("--for", "audience", type=click.Choice(["patient", "clinician"]), default="patient",
               show_default=True, help="Who the report is for.")
 @click.option("--format", "fmt", type=click.Choice(["md", "html", "json"]), default=None,
-              help="md or html for the patient (default md), html or json for the clinician (default html).")
+              help="md, html or json; the patient's default is md, the clinician's html (its md is the page's "
+                   "tables and text without the charts).")
 @click.option("--history", "show_history", is_flag=True, help="List every stored report of PATIENT instead.")
 @pass_app
 def report(app: App, patient: str, audience: str, fmt: str | None, show_history: bool) -> None:

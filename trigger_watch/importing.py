@@ -75,7 +75,8 @@ class ImportResult:
 
     def lines(self) -> list[str]:
         out = [
-            f"{self.kind} from {self.file}: {self.accepted} new, {self.replaced} replaced, "
+            # cli.md names the counts: accepted, replaced, quarantined ("accepted": rows new to the database)
+            f"{self.kind} from {self.file}: {self.accepted} accepted (new), {self.replaced} replaced, "
             f"{self.unchanged} unchanged, {self.quarantined} quarantined"
         ]
         if self.quarantined:

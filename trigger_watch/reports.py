@@ -673,6 +673,13 @@ def render_clinician_html(triggers: dict, charts: dict | None = None, *, svg: di
         verdicts=ch.VERDICT_ORDER, colours=ch.VERDICT_COLOURS)
 
 
+def render_clinician_md(triggers: dict, charts: dict | None = None) -> str:
+    """The clinician page's tables and text as Markdown, without its charts (``trigger-watch report --for
+    clinician --format md``: for a note or a terminal; not one of the files written)."""
+    return _MD.get_template("clinician.md.j2").render(t=triggers, charts=charts or {},
+                                                        factors=_ordered_factors(triggers))
+
+
 class _Missing:
     """A key the dict does not have: false, like Jinja's undefined."""
 
@@ -697,6 +704,13 @@ def _html(value: Any) -> str:
     if kind is int or kind is float:  # digits, "-", ".", "e", "inf", "nan": nothing to escape
         return str(value)
     return "" if value is _ABSENT else str(escape(value))
+
+
+def _interval(low: Any, high: Any) -> str:
+    """A 95% interval's cell: "low&#8211;high", or one dash when neither end is known (not three)."""
+    if low is None and high is None:
+        return _DASH
+    return f"{_cell(low)}&#8211;{_cell(high)}"
 
 
 def _cell(value: Any, digits: int = 2) -> str:
@@ -737,8 +751,8 @@ def factor_table_rows(factors: list) -> Markup | None:
             head = _row_head(*key)
         rows.append(
             f'{head}      <td class="num">{_cell(get("lag_days"))}</td><td class="num">{_cell(get("rank"))}</td>\n'
-            f'      <td class="num">{_cell(get("odds_ratio"))}</td><td class="num">{_cell(get("ci_low"))}&#8211;'
-            f'{_cell(get("ci_high"))}</td>\n'
+            f'      <td class="num">{_cell(get("odds_ratio"))}</td><td class="num">{_interval(get("ci_low"), get("ci_high"))}'
+            f'</td>\n'
             f'      <td class="num">{_cell(get("q_value"), 3)}</td><td class="num">{_cell(get("exposed_days"))}</td>\n'
             f'      <td class="num">{_cell(get("attacks_after_exposure"))}</td>'
             f'<td class="num">{_cell(get("days_needed"), 0)}</td><td class="num">{_cell(get("days_to_answer"), 0)}</td>'
@@ -991,7 +1005,7 @@ def _json_texts(obj: dict) -> tuple[bytes, bytes]:
 
 
 def render_report(triggers: dict, charts: dict | None, audience: str = "patient", fmt: str = "md") -> str:
-    """One report as text: ``patient`` md|html|json, ``clinician`` html|json."""
+    """One report as text, ``patient`` or ``clinician``, md|html|json (json: triggers.json for both)."""
     if fmt == "json":
         return to_json(triggers)
     if audience == "patient" and fmt == "md":
@@ -1000,7 +1014,9 @@ def render_report(triggers: dict, charts: dict | None, audience: str = "patient"
         return render_patient_html(triggers, charts)
     if audience == "clinician" and fmt == "html":
         return render_clinician_html(triggers, charts)
-    raise TriggerWatchError(f"there is no {fmt} report for the {audience}; the clinician report is html or json")
+    if audience == "clinician" and fmt == "md":
+        return render_clinician_md(triggers, charts)
+    raise TriggerWatchError(f"there is no {fmt} report for the {audience}")
 
 
 # ------------------------------------------------------------------------------------------- writing
