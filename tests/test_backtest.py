@@ -185,3 +185,46 @@ def test_a_long_analysis_shows_each_stage_and_a_plain_callback_still_counts_the_
     analysis.analyze(db, cfg, as_of=PAST - timedelta(days=3), patient_ids=[one],
                      progress=lambda done, total: counted.append((done, total)))
     assert counted == [(1, 1)]
+
+
+def _through(files: dict[str, Path], day: date, folder: Path) -> dict[str, Path]:
+    """The input files with every record after ``day`` left out (a sleep period: one that ends after it)."""
+    import csv
+
+    folder.mkdir()
+    column = {"diary": "date", "attacks": "start", "sleep": "end", "weather": "time", "treatments": "date"}
+    out = {}
+    for kind, path in files.items():
+        with path.open(newline="") as f:
+            rows = list(csv.reader(f))
+        if kind in column:
+            at = rows[0].index(column[kind])
+            rows = rows[:1] + [r for r in rows[1:] if r[at][:10] <= day.isoformat()]
+        out[kind] = folder / path.name
+        with out[kind].open("w", newline="") as f:
+            csv.writer(f).writerows(rows)
+    return out
+
+
+def test_a_back_test_through_the_cli_gives_what_the_data_up_to_its_day_alone_give(files, tmp_path):
+    """cli.md: ``analyze --as-of`` analyses as if that date were today, no data after it used. Its forecast
+    for the next day read that day's weather as stored: recorded later, not what was forecast then."""
+    import json
+    import subprocess
+    import sys
+
+    one = "p00003"
+    reports = {}
+    for name, inputs in (("all", files), ("until", _through(files, PAST, tmp_path / "until-input"))):
+        cfg, db = _workspace(tmp_path / name, inputs)
+        db.conn.close()
+        r = subprocess.run([sys.executable, "-m", "trigger_watch", "--config", str(tmp_path / name / "config.toml"),
+                            "analyze", "--patient", one, "--as-of", PAST.isoformat()],
+                           capture_output=True, text=True, timeout=300, check=False)
+        assert r.returncode == 0, r.stderr
+        doc = json.loads((Path(cfg.reports_dir) / one / "triggers.json").read_text())
+        doc.pop("generated_at")
+        doc["model"].pop("fitted_at", None)
+        reports[name] = doc
+    assert reports["all"]["forecast"]["date"] == (PAST + timedelta(days=1)).isoformat()
+    assert reports["all"] == reports["until"]

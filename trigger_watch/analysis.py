@@ -101,7 +101,8 @@ class _Block:
 def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list[str] | None = None,
             stop: threading.Event | None = None, progress: Callable | None = None, write: bool = True,
             generated_at: str | None = None,
-            validate: bool | Collection[str] | None = None, _prior_only: bool = False) -> AnalysisOutcome:
+            validate: bool | Collection[str] | None = None, weather_ahead: bool = True,
+            _prior_only: bool = False) -> AnalysisOutcome:
     """Analyse ``patient_ids`` (all when None) as of ``as_of`` and write their reports and the ranking.
 
     A patient that fails (a rendering error, a damaged record) is named in ``failed`` and the others go
@@ -114,7 +115,10 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
     next block is read, so memory grows with the block, not the cohort. The cohort fit then pools every
     block, and the reports are written block by block. ``validate``: run the rolling-origin validation of
     the forecast for these patients (True), none (False), the ones listed, or (None) those due tonight: a
-    seventh of the cohort each night by default (:func:`validate_due`). ``progress``: a
+    seventh of the cohort each night by default (:func:`validate_due`). ``weather_ahead``: the forecast day's
+    stored weather goes into its forecast -- a forecast when ``as_of`` is yesterday or today, but for an
+    earlier ``as_of`` (a back-test) the weather recorded after it, which ``analyze --as-of`` must not use: False
+    leaves that day's weather unknown, as when no forecast could be fetched. ``progress``: a
     :class:`~trigger_watch.progress.Progress` is shown every stage (reading, fit, validation, reports); a
     plain callback ``(done, total)`` counts the reports written.
     """
@@ -137,6 +141,7 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
         return outcome
     generated_at = generated_at or storage.utcnow_text()
     tomorrow = as_of + timedelta(days=1)
+    weather_through = tomorrow if weather_ahead else as_of
     store = models.ModelStore(config.models_dir)
     subset = len(ids) < len(everyone)
     prior, keep = None, not _prior_only  # keep: this run's fits go to the model store
@@ -144,7 +149,7 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
         prior = store.prior_through(as_of)
         if prior is None:  # learns_prior's case
             learned = analyze(db, config, as_of=as_of, stop=stop, progress=progress, write=False, validate=False,
-                              _prior_only=True)
+                              weather_ahead=weather_ahead, _prior_only=True)
             prior = outcome.prior = learned.prior
             outcome.prior_learned = len(everyone)
         current = store.load_prior()
@@ -179,17 +184,18 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
             db_file = _file_of(db) if ex.kind == "local" else None
             if db_file:
                 t = time.perf_counter()
-                features.warm_weather(db, ids if subset else None, as_of, weather_through=tomorrow)
+                features.warm_weather(db, ids if subset else None, as_of, weather_through=weather_through)
                 timings["columns"] += time.perf_counter() - t
             started()
 
             def jobs():
                 for block_ids in sizes:
                     t = time.perf_counter()
-                    source = _block_source(db, db_file if first is ex else None, block_ids, as_of, tomorrow)
+                    source = _block_source(db, db_file if first is ex else None, block_ids, as_of, weather_through)
                     timings["read_and_reduce/load_inputs"] += time.perf_counter() - t
                     # a Dask worker cannot reach this machine's folder: it returns the design blocks instead
-                    yield (config, block_ids, source, as_of, columns, None if ex.kind == "dask" else spill_dir)
+                    yield (config, block_ids, source, as_of, columns, None if ex.kind == "dask" else spill_dir,
+                           weather_through)
 
             learning = "learning the cohort prior: " if _prior_only else ""
             reading = stage(progress, f"{learning}reading the patients' days")
@@ -339,15 +345,15 @@ def reduce_block(job) -> tuple[models.Prepared, _Block, dict[str, float]]:
     """A worker's task in the first pass: one block of patients' inputs reduced to what the later stages
     need -- the model's design blocks (in files under ``spill`` when given), the forecast day's rows, flags,
     treatment responses and the chart days. ``job``: ``(config, patient_ids, inputs, as_of, columns,
-    spill)``. Returns them with the seconds each step took (of this worker's time)."""
+    spill, weather_through)``. Returns them with the seconds each step took (of this worker's time)."""
     import time
 
-    config, ids, inputs, as_of, columns, spill = job
+    config, ids, inputs, as_of, columns, spill, weather_through = job
     tomorrow = as_of + timedelta(days=1)
     secs = {}
     t = time.perf_counter()
     if isinstance(inputs, str):
-        inputs = _block_inputs(inputs, ids, as_of, tomorrow)
+        inputs = _block_inputs(inputs, ids, as_of, weather_through)
         secs["load_inputs"] = time.perf_counter() - t
         t = time.perf_counter()
     panel = features.build_panel(inputs, tomorrow, columns=columns)

@@ -321,19 +321,23 @@ def analyze(app: App, patients: tuple[str, ...], as_of: str | None, wait_seconds
             app.say(f"learning the cohort's pooled prior from all {len(known)} patients' days through "
                     f"{day.isoformat()} first ...")
         bar = app.progress("analysing")  # each stage shows under its own name
+        # a back-test: the weather stored for the day after it was recorded later, not forecast then
+        back_test = day < app.today - timedelta(days=1)
         outcome = analysis.analyze(app.db, app.config, as_of=day, patient_ids=list(patients) or None, progress=bar,
-                                   stop=stop)
+                                   stop=stop, weather_ahead=not back_test)
         bar.close()
         # a back-test leaves its reports in place (cli.md); the next cycle brings them back to the present
-        back_dated = day < app.today - timedelta(days=1) and outcome.analysed
+        back_dated = back_test and outcome.analysed
         if back_dated:
             daemon.analyse_again(app.db, list(outcome.analysed))
     for line in outcome.lines():
         app.say(line)
     app.say(f"reports in {app.config.reports_dir}")
     if back_dated:
-        app.say(f"these reports use the days through {day.isoformat()} only; the next cycle (or trigger-watch "
-                f"run) analyses the {len(outcome.analysed)} patient(s) again through yesterday")
+        app.say(f"these reports use the days through {day.isoformat()} only (the forecast for "
+                f"{(day + timedelta(days=1)).isoformat()} without that day's weather: what is stored was recorded "
+                f"later); the next cycle (or trigger-watch run) analyses the {len(outcome.analysed)} patient(s) "
+                f"again through yesterday")
     if stop.is_set():
         app.say("stopped by Ctrl-C: the patients not analysed keep their previous reports")
         raise click.exceptions.Exit(EXIT_INTERRUPTED)
