@@ -1109,6 +1109,7 @@ def _next_day_reference(ahead, results: dict, tomorrow: date) -> dict[str, dict]
             factor, lag = forecast._split(col)
             p_without = 1 / (1 + np.exp(-(np.log(p / (1 - p)) - c)))
             drivers.append({"factor": factor, "lag_days": lag, "contribution": round(p - p_without, 4)})
+        drivers = [d for d in drivers if d["contribution"] != 0]  # no push that shows: no driver
         drivers = sorted(drivers, key=lambda d: -abs(d["contribution"]))[:forecast.MAX_DRIVERS]
         out[pid] = {"date": tomorrow.isoformat(), "attack_probability": round(p, 4),
                     "baseline_probability": round(base, 4), "drivers": drivers}

@@ -141,6 +141,7 @@ def test_next_day_probability_baseline_and_drivers(panel, cfg):
         assert 0 < block["attack_probability"] < 1 and 0 < block["baseline_probability"] < 1
         mags = [abs(d["contribution"]) for d in block["drivers"]]
         assert mags == sorted(mags, reverse=True) and len(mags) <= forecast.MAX_DRIVERS
+        assert all(m > 0 for m in mags)  # "weekend, contribution 0.0" on the clinician page was no driver
         assert all(not (d["lag_days"] == 0 and d["factor"] in ("stress", "sleep_hours")) for d in block["drivers"])
     # a day that is simply not there yet is not read as an attack day: the forecast's mean stays near the
     # patients' baselines instead of the diary-missing jump

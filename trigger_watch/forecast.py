@@ -251,6 +251,7 @@ def next_day(panel: pd.DataFrame | Ahead, results: dict, tomorrow: date) -> dict
         # each patient's drivers: the kept columns by size of the rounded contribution, largest first (ties
         # in column order), the first MAX_DRIVERS; dicts made only for those
         lost = np.array(round4((p[:, None] - p_without).ravel()), dtype=float).reshape(p_without.shape)
+        keep &= lost != 0  # a push under 0.00005 is shown as 0.0 (or -0.0): no driver
         top = np.argsort(np.where(keep, -np.abs(lost), np.inf), axis=1, kind="stable")[:, :MAX_DRIVERS]
         shown = np.minimum(keep.sum(axis=1), MAX_DRIVERS).tolist()
         names = [_split(c) for c in key]
