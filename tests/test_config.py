@@ -58,6 +58,31 @@ def test_wrong_type_is_an_error(tmp_path):
         config.load(f)
 
 
+@pytest.mark.parametrize("line,message", [
+    ("[analysis]\nfdr = 10", r"analysis\.fdr = 10 is out of range \(from 0\.001 to 0\.5; a share, not a percentage"),
+    ("[analysis]\nfdr = 0", r"analysis\.fdr = 0 is out of range"),
+    ("[analysis]\nmin_at_risk_days = -5", r"analysis\.min_at_risk_days = -5 is out of range \(at least 1\)"),
+    ("[analysis]\nno_association_low = 1.2", r"no_association_low = 1\.2 is out of range \(from 0\.01 to 1\)"),
+    ("[compute]\nblock_patients = 0", r"compute\.block_patients = 0 is out of range \(at least 1\)"),
+])
+def test_a_number_out_of_its_range_is_named_when_the_file_loads(tmp_path, line, message):
+    """fdr = 10 (a clinic writing 10 for 10 %) was taken: every factor of the walkthrough's patient was then
+    called a trigger, against the 10 % the README promises."""
+    f = tmp_path / "config.toml"
+    f.write_text(line + "\n")
+    with pytest.raises(ConfigError, match=message):
+        config.load(f)
+
+
+def test_every_default_is_in_its_range_and_the_written_file_says_the_range():
+    for s in config.SETTINGS:
+        assert s.low is None or s.default >= s.low, s.name
+        assert s.high is None or s.default <= s.high, s.name
+    assert "# false discovery rate allowed across reported triggers and protective factors (from 0.001 to 0.5)\n" \
+        "fdr = 0.1\n" in config.render_toml()
+    assert config.from_mapping({"analysis": {"fdr": 0.5, "validation_origins": 0}})["analysis.fdr"] == 0.5
+
+
 @pytest.mark.parametrize("section,key", [("schedule", "timezone"), ("patients", "default_timezone")])
 def test_a_time_zone_that_does_not_exist_is_named_when_the_file_loads(tmp_path, section, key):
     """A misspelt zone failed later with a traceback (the daemon in a restart loop under systemd), or in

@@ -29,6 +29,9 @@ class Setting:
     is_path: bool = False
     choices: tuple = ()
     is_zone: bool = False  # an IANA time zone name
+    low: float | None = None  # a number's least allowed value (inclusive)
+    high: float | None = None  # and its greatest
+    unit_hint: str = ""  # said when the value is out of range: what the number means
 
     @property
     def name(self) -> str:
@@ -40,7 +43,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("storage", "database", "data/trigger_watch.db", "SQLite file, created on first use", is_path=True),
     Setting("storage", "reports_dir", "reports", "where reports are written, one folder per patient", is_path=True),
     Setting("storage", "models_dir", "models", "store of fitted per-patient models", is_path=True),
-    Setting("storage", "busy_timeout_ms", 30000, "how long a writer waits for another one to finish, ms", int),
+    Setting("storage", "busy_timeout_ms", 30000, "how long a writer waits for another one to finish, ms",
+            int, low=0),
     Setting("storage", "report_spares", True,
             "keep each report file's previous version as a hidden .spare to write over next time "
             "(about twice the disk; no files created or freed each night)", bool),
@@ -50,23 +54,29 @@ SETTINGS: tuple[Setting, ...] = (
     # import
     Setting("import", "create_patients", False, "create unknown patients on import instead of quarantining rows",
             bool),
-    Setting("import", "batch_rows", 50000, "rows written per transaction when streaming a large file", int),
+    Setting("import", "batch_rows", 50000, "rows written per transaction when streaming a large file",
+            int, low=1),
     # weather
     Setting("weather", "archive_url", "https://archive-api.open-meteo.com/v1/archive",
             "Open-Meteo historical (archive) API"),
     Setting("weather", "forecast_url", "https://api.open-meteo.com/v1/forecast", "Open-Meteo forecast API"),
     Setting("weather", "enabled", True, "fetch weather at all (false: only offline `import weather`)", bool),
     Setting("weather", "grid_degrees", 0.1, "patients within one grid cell of this size share one weather series",
-            float),
+            float, low=0.01, high=10),
     Setting("weather", "archive_lag_days", 5,
-            "days the archive lags behind today; those days come from the forecast API and are refetched", int),
-    Setting("weather", "timeout_seconds", 30.0, "HTTP timeout of one request, seconds", float),
-    Setting("weather", "max_retries", 5, "tries after the first one on 429, 5xx or a connection error", int),
-    Setting("weather", "backoff_seconds", 1.0, "first retry delay; doubles each try, with jitter", float),
-    Setting("weather", "calls_per_minute", 500, "rate budget (Open-Meteo free tier: < 600)", int),
-    Setting("weather", "calls_per_hour", 4500, "rate budget (free tier: < 5,000)", int),
-    Setting("weather", "calls_per_day", 9000, "rate budget (free tier: < 10,000)", int),
-    Setting("weather", "cells_per_request", 10, "grid cells asked for in one multi-location request", int),
+            "days the archive lags behind today; those days come from the forecast API and are refetched",
+            int, low=0, high=90),
+    Setting("weather", "timeout_seconds", 30.0, "HTTP timeout of one request, seconds",
+            float, low=0.1, high=600),
+    Setting("weather", "max_retries", 5, "tries after the first one on 429, 5xx or a connection error",
+            int, low=0, high=20),
+    Setting("weather", "backoff_seconds", 1.0, "first retry delay; doubles each try, with jitter",
+            float, low=0, high=600),
+    Setting("weather", "calls_per_minute", 500, "rate budget (Open-Meteo free tier: < 600)", int, low=1),
+    Setting("weather", "calls_per_hour", 4500, "rate budget (free tier: < 5,000)", int, low=1),
+    Setting("weather", "calls_per_day", 9000, "rate budget (free tier: < 10,000)", int, low=1),
+    Setting("weather", "cells_per_request", 10, "grid cells asked for in one multi-location request",
+            int, low=1, high=1000),
     Setting("weather", "user_agent", "trigger-watch/0.1 (migraine trigger analysis; clinic server)",
             "User-Agent header sent to Open-Meteo"),
     # sleep
@@ -74,35 +84,41 @@ SETTINGS: tuple[Setting, ...] = (
             "CSV file `fitabase_id,patient_id` mapping Fitabase `Id` to patients (empty: Id is the patient id)",
             is_path=True),
     Setting("sleep", "nap_max_hours", 3.0, "a sleep period shorter than this that is not the main sleep is a nap",
-            float),
+            float, low=0, high=24),
     # analysis
     Setting("analysis", "fdr", 0.10, "false discovery rate allowed across reported triggers and protective factors",
-            float),
-    Setting("analysis", "min_at_risk_days", 60, "fewer at-risk diary days than this: status insufficient_data", int),
-    Setting("analysis", "min_attacks", 5, "fewer attack onsets than this: status insufficient_data", int),
-    Setting("analysis", "no_association_low", 0.8, "an OR interval inside [low, high] means no association", float),
-    Setting("analysis", "no_association_high", 1.25, "upper end of the no-association band", float),
-    Setting("analysis", "max_history_days", 730, "days of history used for a fit (most recent first)", int),
+            float, low=0.001, high=0.5, unit_hint="a share, not a percentage: 0.1 allows 10 % false calls"),
+    Setting("analysis", "min_at_risk_days", 60, "fewer at-risk diary days than this: status insufficient_data",
+            int, low=1),
+    Setting("analysis", "min_attacks", 5, "fewer attack onsets than this: status insufficient_data",
+            int, low=1),
+    Setting("analysis", "no_association_low", 0.8, "an OR interval inside [low, high] means no association",
+            float, low=0.01, high=1),
+    Setting("analysis", "no_association_high", 1.25, "upper end of the no-association band",
+            float, low=1, high=100),
+    Setting("analysis", "max_history_days", 730, "days of history used for a fit (most recent first)",
+            int, low=30),
     Setting("analysis", "validation_origins", 3,
             "rolling-origin validation of the forecast: cohort refits on the days before each origin "
-            "(0: off; each costs about one fit)", int),
+            "(0: off; each costs about one fit)", int, low=0, high=24),
     Setting("analysis", "validation_every_days", 7,
             "validate each patient's forecast once in this many nights, on a night set by their id (so each "
             "night validates about this fraction of the cohort; 0: every run); the nights in between reuse "
-            "it", int),
+            "it", int, low=0),
     Setting("analysis", "validation_step_days", 30,
-            "days between validation origins; each origin's model forecasts the days up to the next one", int),
+            "days between validation origins; each origin's model forecasts the days up to the next one",
+            int, low=1),
     # schedule
     Setting("schedule", "timezone", "UTC", "the daemon's clock (also what 'today' is for its cycles)",
             is_zone=True),
     Setting("schedule", "weather", "15 * * * *", "cron: when the daemon fetches weather"),
     Setting("schedule", "analysis", "30 2 * * *", "cron: when the daemon runs the analysis cycle"),
-    Setting("schedule", "misfire_grace_seconds", 3600, "a job late by less than this still runs", int),
+    Setting("schedule", "misfire_grace_seconds", 3600, "a job late by less than this still runs", int, low=1),
     # compute
     Setting("compute", "scheduler", "", "empty: run on this machine; `tcp://host:8786`: a Dask scheduler"),
-    Setting("compute", "workers", 0, "local worker processes (0: one per core)", int),
+    Setting("compute", "workers", 0, "local worker processes (0: one per core)", int, low=0),
     Setting("compute", "block_patients", 250,
-            "patients read and reduced at a time: memory grows with this, not with the cohort", int),
+            "patients read and reduced at a time: memory grows with this, not with the cohort", int, low=1),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -155,6 +171,7 @@ def _did_you_mean(word: str, options) -> str:
 
 
 def _coerce(setting: Setting, value: Any, root: Path) -> Any:
+    given = value
     kind = setting.kind
     if kind is bool:
         if not isinstance(value, bool):
@@ -168,6 +185,9 @@ def _coerce(setting: Setting, value: Any, root: Path) -> Any:
         value = float(value)
     elif not isinstance(value, str):
         raise ConfigError(f"{setting.name} must be a string, not {value!r}")
+    if (setting.low is not None and value < setting.low) or (setting.high is not None and value > setting.high):
+        hint = f"; {setting.unit_hint}" if setting.unit_hint else ""
+        raise ConfigError(f"{setting.name} = {given!r} is out of range{_range_words(setting)[:-1]}{hint})")
     if setting.is_zone:
         import zoneinfo
 
@@ -239,10 +259,19 @@ def render_toml() -> str:
     for section in dict.fromkeys(s.section for s in SETTINGS):
         lines.append(f"[{section}]")
         for s in (s for s in SETTINGS if s.section == section):
-            lines.append(f"# {s.help}")
+            lines.append(f"# {s.help}{_range_words(s)}")
             lines.append(f"{s.key} = {_toml_value(s.default)}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _range_words(s: Setting) -> str:
+    """`` (from 0.001 to 0.5)``: a number's allowed values, as the config file's comment says them."""
+    if s.low is not None and s.high is not None:
+        return f" (from {s.low:g} to {s.high:g})"
+    if s.low is not None:
+        return f" (at least {s.low:g})"
+    return f" (at most {s.high:g})" if s.high is not None else ""
 
 
 def _toml_value(v: Any) -> str:
