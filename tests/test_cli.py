@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -145,7 +146,7 @@ def test_unknown_config_key_is_exit_1_naming_it(tmp_path):
 
 def test_forget_unknown_patient_is_exit_1(ws):
     r = tw(ws, "forget", "nobody")
-    assert r.returncode == 1 and "patient 'nobody' is not known" in r.stderr
+    assert r.returncode == 1 and "patient 'nobody' is not in the database" in r.stderr
 
 
 def _mentions(folder: Path, patient: str) -> list[str]:
@@ -270,3 +271,15 @@ def test_the_demo_in_a_pipe_draws_no_progress(tmp_path):
     r = tw(tmp_path, "demo", "--dir", str(tmp_path / "demo"), "--patients", "4", "--days", "60")
     assert r.returncode == 0 and "cycle 1: ok" in r.stdout and "summary.html" in r.stdout
     assert r.stderr == ""
+
+
+def test_an_analysis_as_of_a_day_to_come_is_wrong_usage_and_an_unknown_patient_is_told_how_to_add_them(ws):
+    """analyze --as-of 2030-01-01 wrote reports as of 2030 ("nothing logged ... up to 1 January 2030") that
+    the cycles then kept; an unknown patient was told to pass --create-patients, an option of import only."""
+    after = (date.today() + timedelta(days=1)).isoformat()
+    r = tw(ws, "analyze", "--as-of", after)
+    assert r.returncode == 2 and f"Invalid value for --as-of: {after} is after today" in r.stderr
+    assert not any((ws / "reports").iterdir())
+    r = tw(ws, "analyze", "--patient", "nobody")
+    assert r.returncode == 1 and "patient 'nobody' is not in the database" in r.stderr
+    assert "--create-patients" not in r.stderr and "trigger-watch import patients FILE" in r.stderr

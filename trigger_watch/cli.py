@@ -309,12 +309,15 @@ def analyze(app: App, patients: tuple[str, ...], as_of: str | None, wait_seconds
     from trigger_watch import analysis, daemon
     from trigger_watch.errors import UnknownPatient
 
+    day = _as_of(as_of, app.today)
+    if day > app.today:  # its reports would stay, "nothing logged" up to that day, until the patient changed
+        raise click.BadParameter(f"{day.isoformat()} is after today ({app.today.isoformat()} on this server): "
+                                 "an analysis can be as of today or an earlier day", param_hint="--as-of")
     known = set(analysis.all_patient_ids(app.db))
     for p in patients:
         if p not in known:
             raise UnknownPatient(p)
     # under the cycle's lease: two analyses at once would write the same model store and reports
-    day = _as_of(as_of, app.today)
     with daemon.Lease(app.config.database, "analyze").acquire(wait_seconds, busy="analyse once it has ended"), \
             stop_on_interrupt() as stop:
         if patients and analysis.learns_prior(app.config, patients, known, day):

@@ -36,7 +36,9 @@ class StorageError(TriggerWatchError):
 class UnknownPatient(TriggerWatchError, LookupError):
     def __init__(self, patient_id: str):
         self.patient_id = patient_id
-        super().__init__(f"patient {patient_id!r} is not known; import it first or pass --create-patients")
+        # not the import's advice (--create-patients): analyze, report, panel and forget have no such option
+        super().__init__(f"patient {patient_id!r} is not in the database: import them first with "
+                         f"`trigger-watch import patients FILE` (`trigger-watch rank` lists the patients)")
 
 
 class WeatherError(TriggerWatchError):
