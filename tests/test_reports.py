@@ -467,15 +467,21 @@ def test_ranking_page_says_the_treatment_response_in_words():
     helped = {"treatment": "ketamine_infusion", "date": "2026-07-11", "migraine_days_per_30_before": 7.2,
               "migraine_days_per_30_after": 0.3, "responder": True, "caveat": None, "sessions": 1}
     not_yet = {**helped, "migraine_days_per_30_after": None, "responder": None, "caveat": "only 12 days since"}
+    short = {**helped, "migraine_days_per_30_before": 5.8, "migraine_days_per_30_after": 3.2, "responder": False}
+    worse = {**helped, "migraine_days_per_30_after": 9.0, "responder": False}
     rows = [{"patient_id": "p1", "rank": 1, "latest_treatment_response": helped, "reasons": []},
-            {"patient_id": "p2", "rank": 2, "latest_treatment_response": not_yet, "reasons": []}]
+            {"patient_id": "p2", "rank": 2, "latest_treatment_response": not_yet, "reasons": []},
+            {"patient_id": "p3", "rank": 3, "latest_treatment_response": short, "reasons": []},
+            {"patient_id": "p4", "rank": 4, "latest_treatment_response": worse, "reasons": []}]
     full = [{**dict.fromkeys(reports.CSV_COLUMNS), **r} for r in rows]
     for html in (reports.render_ranking_html(rows), reports.render_ranking_html(full)):  # template, fast path
         text = visible_text(html)
         assert "ketamine infusion from 2026-07-11: 7.2 to 0.3 migraine days per 30, helped" in text
         assert "ketamine infusion from 2026-07-11: 7.2 to ? migraine days per 30, too early to tell " \
                "(only 12 days since)" in text
-        assert "responder" not in text and "{" not in text
+        assert "5.8 to 3.2 migraine days per 30, 45 % fewer migraine days, short of the 50 % of a responder" in text
+        assert "7.2 to 9 migraine days per 30, has not helped" in text
+        assert "'responder'" not in text and "{" not in text
 
 
 def test_ranking_csv_is_a_safe_spreadsheet():
@@ -996,7 +1002,8 @@ def test_the_html_pages_are_ascii_and_show_the_same_dashes_and_ellipses():
     assert "2.40 (1.50\u20133.90)" in shown  # and beside the forest plot
     assert "alcohol_units \u00b7 exposed: >= 3 drinks" in shown
     assert long[:43] + "\u2026" in shown  # cut in the forest plot
-    assert "fitted at \u2013" in shown and "\u2013\u2013\u2013" in shown  # missing values; a missing interval
+    # missing values; a missing interval is one dash, not the three it was
+    assert "fitted at \u2013" in shown and "\u2013\u2013" not in shown
     assert "Clinician report \u2013 p1" in unescape(clinician) and "Your migraine report \u2013" in unescape(patient)
     assert "\u2013" in visible_text(ranking)
     # the Markdown summary keeps its characters as they are

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from trigger_watch.clinical import CLASS_LABELS, OVERUSE_DAYS, SILENT_DAYS, trend_margin
+from trigger_watch.clinical import CLASS_LABELS, OVERUSE_DAYS, SILENT_DAYS, response_words, trend_margin
 from trigger_watch.errors import TriggerWatchError
 
 #: Priority points per finding (see docs/clinical.md); each migraine day in the last 30 adds 1 more.
@@ -139,9 +139,9 @@ def priority(r: dict) -> tuple[int, list[str]]:
     t = r.get("latest_treatment_response")
     if t and t.get("responder") is False:
         found.append((POINTS["treatment_not_helping"], 4,
-                      (f"{t.get('treatment')} on {t.get('date')} has not helped: "
+                      (f"{t.get('treatment')} on {t.get('date')}: "
                        f"{_num(t['migraine_days_per_30_before'])} -> {_num(t['migraine_days_per_30_after'])} "
-                       "migraine days per 30")))
+                       f"migraine days per 30, {response_words(t)}")))
     since = r.get("days_since_last_entry")
     if r.get("last_entry") is None:
         found.append((POINTS["diary_silent"], 5, "no diary entry yet"))

@@ -45,6 +45,7 @@ from markupsafe import Markup, escape
 from trigger_watch import charts as ch
 from trigger_watch import compute
 from trigger_watch import storage
+from trigger_watch.clinical import response_words
 from trigger_watch.ranking import ENTRY_KEYS, ranking_path, read_ranking
 from trigger_watch.errors import ConfigError, StorageError, TriggerWatchError, UnknownPatient
 
@@ -606,7 +607,7 @@ def treatment_response_text(t: dict | None) -> str | None:
     def num(x) -> str:
         return "?" if x is None else f"{x:g}"
 
-    verdict = {True: "helped", False: "has not helped"}.get(t.get("responder"), "too early to tell")
+    verdict = response_words(t)
     text = (f"{_words(str(t.get('treatment') or 'treatment'))} from {t.get('date')}: "
             f"{num(t.get('migraine_days_per_30_before'))} to {num(t.get('migraine_days_per_30_after'))} migraine "
             f"days per 30, {verdict}")
