@@ -382,3 +382,23 @@ def test_status_says_what_the_model_store_holds(ws):
            f"{TODAY - timedelta(days=1)}\n" in r.stdout
     info = json.loads(tw(ws, "status", "--json").stdout)["models"]
     assert info["patients"] == 8 and info["kept_priors"] == 1
+
+
+def test_a_man_is_not_told_about_a_menstrual_window(analysed_workspace):
+    """A patient recorded as male was listed menstrual_window, and his page said "We have no record of ...
+    your period for you"."""
+    import csv
+    import json
+
+    with (analysed_workspace / "input" / "patients.csv").open(newline="") as f:
+        sex = {r["patient_id"]: r["sex"] for r in csv.DictReader(f)}
+    assert set(sex.values()) == {"F", "M"}  # this seed has both
+    reports_dir = Path(cfg_of(analysed_workspace).reports_dir)
+    for pid, s in sex.items():
+        doc = json.loads((reports_dir / pid / "triggers.json").read_text())
+        listed = {f["factor"] for f in doc["factors"]}
+        page = (reports_dir / pid / "summary.md").read_text() + (reports_dir / pid / "clinician.html").read_text()
+        if s == "M":
+            assert "menstrual_window" not in listed and "period" not in page and "menstrual" not in page.lower()
+        elif doc["status"] == "ok":
+            assert "menstrual_window" in listed

@@ -96,6 +96,7 @@ class _Block:
     responses: dict[str, pd.DataFrame]  # treatment responses per patient
     clinicians: dict[str, str | None]
     forecasts: dict[str, dict] | None = None  # forecast.next_day's, made just before the block's reports
+    not_applicable: dict[str, tuple[str, ...]] = field(default_factory=dict)  # factors a patient cannot have
 
 
 def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list[str] | None = None,
@@ -314,7 +315,8 @@ def _reports(db, config, ex, blocks, results, forecast_block, validation, *, as_
                 "as_of": as_of, "generated_at": generated_at, "forecast": block.forecasts.get(pid),
                 "validation": validation.get(pid),
                 "flags": block.flags.get(pid),
-                "treatments": block.responses.get(pid), "clinician_id": block.clinicians.get(pid)}
+                "treatments": block.responses.get(pid), "clinician_id": block.clinicians.get(pid),
+                "not_applicable": block.not_applicable.get(pid, ())}
 
     if not write:
         _reports_serial(blocks, parts_of, stop, progress, outcome)
@@ -415,11 +417,16 @@ def _clinical_block(ids: list[str], inputs, panel: pd.DataFrame, as_of: date) ->
     treatments = dict(iter(responses.groupby("patient_id", sort=False))) if len(responses) else {}
     chart_rows = panel[CHART_COLUMNS].copy()
     chart_rows.attrs = {}
-    clinicians = inputs.patients.set_index("patient_id")["clinician_id"].to_dict()
-    return _Block(list(ids), None, chart_rows, flags, treatments, clinicians)
+    by_id = inputs.patients.set_index("patient_id")
+    clinicians = by_id["clinician_id"].to_dict()
+    # a patient recorded as male has no menstrual window: "we have no record of your period" was said to him
+    not_applicable = {str(p): NOT_APPLICABLE_TO_MEN for p in by_id.index[by_id["sex"].eq("M").to_numpy()]}
+    return _Block(list(ids), None, chart_rows, flags, treatments, clinicians, not_applicable=not_applicable)
 
 
 EMPTY_CHART = {"calendar": [], "monthly": [], "gaps": []}
+#: The factors left out of the report of a patient whose sex is recorded as M.
+NOT_APPLICABLE_TO_MEN = ("menstrual_window",)
 
 
 def _reports_serial(blocks: list[_Block], parts_of, stop, progress, outcome) -> None:
@@ -781,9 +788,11 @@ def round4(values: np.ndarray) -> list:
 
 def build_triggers(pid: str, result, *, as_of: date, generated_at: str, forecast=None, validation=None,
                    flags: dict | None = None, treatments: pd.DataFrame | None = None,
-                   clinician_id: str | None = None, factors: list[dict] | None = None) -> dict:
+                   clinician_id: str | None = None, factors: list[dict] | None = None,
+                   not_applicable: Collection[str] = ()) -> dict:
     """The triggers.json document of reports.md for one patient (plus documented extra keys). ``factors``:
-    ``_records(result.summary)`` when the caller made it already (then ``result.summary`` is not read)."""
+    ``_records(result.summary)`` when the caller made it already (then ``result.summary`` is not read).
+    ``not_applicable``: factor ids this patient cannot have (:data:`NOT_APPLICABLE_TO_MEN`), left out."""
     if result is None:
         data = {"first_day": None, "last_day": None, "diary_days": 0, "missing_days": 0, "at_risk_days": 0,
                 "attacks": 0, "migraine_days_last_30": 0}
@@ -792,6 +801,8 @@ def build_triggers(pid: str, result, *, as_of: date, generated_at: str, forecast
         data = _clean(dict(result.data))
         status = result.status
         factors = _records(result.summary) if factors is None else factors
+        if not_applicable:
+            factors = [f for f in factors if f.get("factor") not in not_applicable]
         model = _clean(dict(result.model)) | {"version": MODEL_VERSION}
         model.setdefault("model_id", result.model.get("fingerprint"))
     if validation:
