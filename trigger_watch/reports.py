@@ -34,6 +34,7 @@ import os
 import re
 import secrets
 import sys
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -621,7 +622,10 @@ def _env(autoescape: bool) -> jinja2.Environment:
         finalize=None if autoescape else md_escape,
     )
     env.filters.update(fmt=_fmt_html if autoescape else _fmt, pct=percent, long_date=long_date,
-                       verdict_colour=_verdict_colour, words=_words, response=treatment_response_text)
+                       verdict_colour=_verdict_colour, words=_words, response=treatment_response_text,
+                       # {{ low | interval(high) }}: the page's (and factor_table_rows') interval cell
+                       interval=(lambda low, high: Markup(_interval(low, high))) if autoescape else (
+                           lambda low, high: _interval(low, high, _fmt, "\u2013", "\u2013")))
     env.globals["DASH"] = DASH if autoescape else "\u2013"
     return env
 
@@ -707,11 +711,14 @@ def _html(value: Any) -> str:
     return "" if value is _ABSENT else str(escape(value))
 
 
-def _interval(low: Any, high: Any) -> str:
-    """A 95% interval's cell: "low&#8211;high", or one dash when neither end is known (not three)."""
-    if low is None and high is None:
-        return _DASH
-    return f"{_cell(low)}&#8211;{_cell(high)}"
+def _interval(low: Any, high: Any, cell: Callable[[Any], str] | None = None, dash: str = _DASH,
+              sep: str = "&#8211;") -> str:
+    """A 95% interval's cell: "low&#8211;high", each end written by ``cell`` (default :func:`_cell`, the HTML
+    page's), or one dash when neither end is known (not three)."""
+    if all(v is None or isinstance(v, jinja2.Undefined) for v in (low, high)):
+        return dash
+    cell = cell or _cell
+    return f"{cell(low)}{sep}{cell(high)}"
 
 
 def _cell(value: Any, digits: int = 2) -> str:
