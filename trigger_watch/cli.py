@@ -140,8 +140,8 @@ def import_cmd(app: App, kind: str, files: tuple[str, ...], fmt: str | None, pat
                date_format: str | None, header: str | None) -> None:
     """Import FILE(s) of KIND; bad rows are quarantined with file, line and reason.
 
-    Prints how many rows were accepted (new to the database), replaced, unchanged and quarantined. Importing the same file twice
-    changes nothing; a later row for the same key replaces the earlier one.
+    Prints how many rows were accepted (new to the database), replaced, unchanged and quarantined.
+    Importing the same file twice changes nothing; a later row for the same key replaces the earlier one.
     """
     from trigger_watch.importing import FORMATS, ImportOptions, formats_of, import_file
     from trigger_watch.sleep_formats import DEVICE_FORMATS, canonical_format

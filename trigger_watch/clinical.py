@@ -54,22 +54,6 @@ SILENT_DAYS = 7
 RESPONSE_WINDOW_DAYS = 90
 RESPONSE_MIN_LOGGED = 28
 RESPONDER_REDUCTION = 0.5
-
-
-def response_words(response: dict) -> str:
-    """A treatment response's verdict in words: "helped" (a responder), "too early to tell", "has not
-    helped" (no fewer migraine days), or, for fewer days short of a responder's reduction, how many fewer
-    ("45 % fewer migraine days, short of the 50 % of a responder": "has not helped" said of that was wrong)."""
-    responder = response.get("responder")
-    if responder is None:
-        return "too early to tell"
-    if responder:
-        return "helped"
-    before, after = response.get("migraine_days_per_30_before"), response.get("migraine_days_per_30_after")
-    if before and after is not None and after < before:
-        return (f"{round(100 * (1 - after / before))} % fewer migraine days, short of the "
-                f"{round(100 * RESPONDER_REDUCTION)} % of a responder")
-    return "has not helped"
 #: Sessions of the same treatment less than this many days apart are one course (a ketamine series).
 COURSE_GAP_DAYS = 14
 
@@ -678,5 +662,21 @@ def latest_treatment_response(response: pd.DataFrame) -> dict[str, dict]:
     return {r["patient_id"]: {k: r[k] for k in keys} for r in last.to_dict("records")}
 
 
+def response_words(response: dict) -> str:
+    """A treatment response's verdict in words: "helped" (a responder), "too early to tell", "has not
+    helped" (no fewer migraine days), or, for fewer days short of a responder's reduction, how many fewer
+    ("45 % fewer migraine days, short of the 50 % of a responder": "has not helped" said of that was wrong)."""
+    responder = response.get("responder")
+    if responder is None:
+        return "too early to tell"
+    if responder:
+        return "helped"
+    before, after = response.get("migraine_days_per_30_before"), response.get("migraine_days_per_30_after")
+    if before and after is not None and after < before:
+        return (f"{round(100 * (1 - after / before))} % fewer migraine days, short of the "
+                f"{round(100 * RESPONDER_REDUCTION)} % of a responder")
+    return "has not helped"
+
+
 __all__ = ["CLASS_LABELS", "DRUGS", "OVERUSE_DAYS", "classify_drug", "flags", "latest_treatment_response",
-           "medication_days", "treatment_response", "unknown_drugs"]
+           "medication_days", "response_words", "treatment_response", "unknown_drugs"]

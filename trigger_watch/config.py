@@ -187,7 +187,7 @@ def _coerce(setting: Setting, value: Any, root: Path) -> Any:
         raise ConfigError(f"{setting.name} must be a string, not {value!r}")
     if (setting.low is not None and value < setting.low) or (setting.high is not None and value > setting.high):
         hint = f"; {setting.unit_hint}" if setting.unit_hint else ""
-        raise ConfigError(f"{setting.name} = {given!r} is out of range{_range_words(setting)[:-1]}{hint})")
+        raise ConfigError(f"{setting.name} = {given!r} is out of range ({_allowed(setting)}{hint})")
     if setting.is_zone:
         import zoneinfo
 
@@ -259,19 +259,20 @@ def render_toml() -> str:
     for section in dict.fromkeys(s.section for s in SETTINGS):
         lines.append(f"[{section}]")
         for s in (s for s in SETTINGS if s.section == section):
-            lines.append(f"# {s.help}{_range_words(s)}")
+            allowed = _allowed(s)
+            lines.append(f"# {s.help} ({allowed})" if allowed else f"# {s.help}")
             lines.append(f"{s.key} = {_toml_value(s.default)}")
         lines.append("")
     return "\n".join(lines)
 
 
-def _range_words(s: Setting) -> str:
-    """`` (from 0.001 to 0.5)``: a number's allowed values, as the config file's comment says them."""
+def _allowed(s: Setting) -> str:
+    """A number's allowed values in words ("from 0.001 to 0.5", "at least 1"); "" for any value."""
     if s.low is not None and s.high is not None:
-        return f" (from {s.low:g} to {s.high:g})"
+        return f"from {s.low:g} to {s.high:g}"
     if s.low is not None:
-        return f" (at least {s.low:g})"
-    return f" (at most {s.high:g})" if s.high is not None else ""
+        return f"at least {s.low:g}"
+    return f"at most {s.high:g}" if s.high is not None else ""
 
 
 def _toml_value(v: Any) -> str:
