@@ -94,11 +94,12 @@ def test_example_files_import_and_rejects_lists_quarantine(ws):
 
 
 def test_rejects_of_a_file_imported_by_mistake_can_be_dismissed(ws):
-    """A diary imported as attacks leaves a reject a line that no import will ever fix: there was no way to
-    take them off the list."""
+    """Attacks of another clinic's patients leave a reject a line that no import will ever fix: there was no
+    way to take them off the list. (A diary imported as attacks, the first such mistake, is now refused
+    whole: it has no start column, test_import.)"""
     tw(ws, "import", "patients", str(ROOT / "examples" / "patients.csv"))
     wrong = ws / "days.csv"
-    wrong.write_text("patient_id,date,stress\np001,2026-03-09,3\np001,2026-03-10,4\n")
+    wrong.write_text("patient_id,start\nq001,2026-03-09T08:00\nq002,2026-03-10T08:00\n")
     assert "2 quarantined" in tw(ws, "import", "attacks", str(wrong)).stdout
     other = ws / "bad.csv"
     other.write_text("patient_id,date,stress\np001,2026-03-09,11\n")

@@ -961,10 +961,13 @@ def _prepare_reference(panel: pd.DataFrame, cfg) -> tuple:
         "at_risk_days": at.groupby(pid, sort=False).sum(),
         "attacks": (panel["onset"].fillna(0).astype(int) * at).groupby(pid, sort=False).sum(),
         "migraine_days_last_30": (panel["migraine_day"].astype(bool) & recent).groupby(pid, sort=False).sum(),
+        "headache_recorded_days": (panel["headache_day"].astype(bool) | panel["intensity"].notna())
+        .groupby(pid, sort=False).sum(),
     })
     first = agg["first_day"].dt.strftime("%Y-%m-%d").to_numpy()
     last = agg["last_day"].dt.strftime("%Y-%m-%d").to_numpy()
-    ints = agg[["diary_days", "missing_days", "at_risk_days", "attacks", "migraine_days_last_30"]].astype(int)
+    ints = agg[["diary_days", "missing_days", "at_risk_days", "attacks", "migraine_days_last_30",
+                "headache_recorded_days"]].astype(int)
     data = {str(p): {"first_day": first[i], "last_day": last[i], **r}
             for i, (p, r) in enumerate(zip(agg.index, ints.to_dict("records")))}
     h = pd.util.hash_pandas_object(panel[["patient_id", "date", "at_risk", "onset"] + design.columns],

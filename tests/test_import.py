@@ -171,6 +171,53 @@ def test_a_pain_log_becomes_its_attacks(patients, write, do_import):
     assert (again.accepted, again.replaced, again.unchanged) == (0, 0, 3)
 
 
+def test_a_file_that_is_no_pain_log_is_refused_whole(patients, write, do_import):
+    """A daily table (bitmask's journal.tsv layout, made up here) or a CSV given --format severity-log had
+    every line quarantined, or read as symptoms outside every attack: one error, nothing stored."""
+    journal = write("journal.tsv", "day\thours\tpain\tdrug\tmg\n2026-03-01\t5\t6\t\t\n2026-03-02\t0\t0\t\t\n")
+    table = write("days.csv", "Date,Type,Medication\n03-01-2026,0,sumatriptan\n")
+    for path in (journal, table):
+        with pytest.raises(InputFileError, match=rf"{path.name} is not a pain log: none of its \d line\(s\) reads"):
+            do_import("attacks", path, fmt="severity-log", patient="p1")
+    assert rows(patients, "SELECT count(*) FROM attacks") == [(0,)]
+    assert rows(patients, "SELECT count(*) FROM rejects") == [(0,)]
+
+
+@pytest.mark.parametrize("kind,text,missing,has", [
+    ("diary", "day\tpain\n2026-03-01\t4\n", "'date' column", "'day', 'pain'"),
+    ("attacks", "patient_id,begin,intensity\np1,2026-03-01T08:00,6\n", "'start' column", "'patient_id', 'begin'"),
+    ("treatments", "patient_id,when,drug\np1,2026-03-01,botox\n", "'date' or 'start' column", "'patient_id', 'when', 'drug'"),
+    ("treatments", "patient_id,date,drug\np1,2026-03-01,botox\n", "'treatment' column", "'patient_id', 'date', 'drug'"),
+])
+def test_a_file_without_a_key_column_is_refused_with_the_rename_that_fits(patients, write, do_import, kind, text,
+                                                                          missing, has):
+    """Every row of such a file was quarantined with "date is missing", however many: the file now gets one
+    error naming it, its columns and --rename."""
+    path = write("in.tsv" if "\t" in text else "in.csv", text)
+    with pytest.raises(InputFileError) as err:
+        do_import(kind, path, patient="p1")
+    message = str(err.value)
+    assert message.startswith(f"{path.name} has no {missing}")
+    assert f"its columns are {has}" in message and "--rename THEIRS=" in message
+    assert rows(patients, "SELECT count(*) FROM rejects") == [(0,)]
+
+
+def test_a_diary_that_never_says_headache_is_named_when_no_attack_is_stored(patients, write, do_import):
+    """A diary of bad days only, with no headache column (clanceybarrington's layout), read as 0 attacks
+    without a word. The import names the patients it leaves with no headache on record."""
+    bad_days = write("bad_days.csv", "patient_id,date,medication\np1,2026-03-01,sumatriptan\np2,2026-03-03,\n")
+    result = do_import("diary", bad_days)
+    (note,) = [m for m in result.messages if "says whether there was a headache" in m]
+    assert "no attack is stored for 2 patient(s): p1, p2" in note
+    do_import("attacks", write("a.csv", "patient_id,start\np1,2026-03-01T08:00\n"))
+    again = do_import("diary", write("more.csv", "patient_id,date,stress\np1,2026-03-04,3\np2,2026-03-04,2\n"))
+    (note,) = [m for m in again.messages if "says whether there was a headache" in m]
+    assert "for 1 patient(s): p2." in note
+    told = do_import("diary", write("told.csv", "patient_id,date,headache\np2,2026-03-05,no\n"))
+    later = do_import("diary", write("later.csv", "patient_id,date,stress\np2,2026-03-06,1\n"))
+    assert not [m for m in told.messages + later.messages if "says whether there was a headache" in m]
+
+
 def test_a_file_without_a_header_row_is_read_with_the_names_given(patients, write, do_import):
     """A log of preventive dose changes (bitmask's, made up here) has no header row: `time<TAB>mg<TAB>drug`.
     Its first line was taken for the header, so every other line was quarantined against it."""

@@ -91,7 +91,7 @@ def test_summary_follows_the_report_contract(planted):
     a = next(iter(res.values()))
     assert list(a.summary.columns) == models.SUMMARY_COLUMNS
     assert set(a.data) == {"first_day", "last_day", "diary_days", "missing_days", "at_risk_days", "attacks",
-                           "migraine_days_last_30"}
+                           "migraine_days_last_30", "headache_recorded_days"}  # the last: docs/reports.md
     assert a.status == "ok"
     assert a.model["method"] and a.model["model_id"].startswith(models.MODEL_VERSION)
     for r in res.values():

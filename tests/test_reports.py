@@ -284,6 +284,43 @@ def test_a_patient_with_a_headache_on_most_days_is_told_why_the_wait_is_long(at_
         assert "more than a year" in lines[-2]
 
 
+def test_a_diary_that_never_says_headache_is_not_read_as_headache_free(tmp_path):
+    """A diary of other things (or of bad days only) without a headache column, and no attacks: the patient
+    read "You had 0 attacks ... about 325 more days will give enough" (clanceybarrington's file). Such days
+    are not known to be headache-free; more of them settles nothing."""
+    from datetime import date, timedelta
+
+    from trigger_watch import analysis
+    from trigger_watch import config as config_mod
+    from trigger_watch.importing import ImportOptions, import_file
+
+    today = date(2026, 11, 20)
+    (tmp_path / "config.toml").write_text('[storage]\ndatabase = "tw.db"\nreports_dir = "reports"\n'
+                                          'models_dir = "models"\n[weather]\nenabled = false\n')
+    cfg = config_mod.load(tmp_path / "config.toml")
+    db = storage.connect(cfg.database)
+    days = [today - timedelta(days=90 - i) for i in range(90)]
+    lines = ["patient_id,date,stress,headache"]
+    lines += [f"silent,{d},{i % 7}," for i, d in enumerate(days)]  # never says
+    lines += [f"told,{d},{i % 7},{'no' if i % 3 == 0 else ''}" for i, d in enumerate(days)]  # says on 30 days
+    (tmp_path / "diary.csv").write_text("\n".join(lines) + "\n")
+    options = ImportOptions(today=today, default_timezone="UTC", create_patients=True, config=cfg)
+    assert import_file(db, "diary", tmp_path / "diary.csv", options).accepted == 180
+    analysis.analyze(db, cfg, as_of=today)
+    silent, told = (json.loads((cfg.reports_dir / p / "triggers.json").read_text()) for p in ("silent", "told"))
+    assert (silent["data"]["headache_recorded_days"], told["data"]["headache_recorded_days"]) == (0, 30)
+    assert silent["data"]["attacks"] == told["data"]["attacks"] == 0
+    assert [f["days_needed"] for f in silent["factors"]] == [None] * len(silent["factors"])
+    assert any(f["days_needed"] for f in told["factors"])  # days that say "no headache" do add up
+    page = (cfg.reports_dir / "silent" / "summary.md").read_text()
+    assert "none of them says whether you had a headache" in page and "0 attacks" not in page
+    assert "What we can't tell yet" not in page and "more days" not in page
+    assert "You had 0 attacks" in (cfg.reports_dir / "told" / "summary.md").read_text()
+    clinician = (cfg.reports_dir / "silent" / "clinician.html").read_text()
+    assert "No headache on record" in clinician
+    assert "No headache on record" not in (cfg.reports_dir / "told" / "clinician.html").read_text()
+
+
 def test_protective_and_no_association_never_claim_a_cause():
     protective = reports.factor_sentence(factor("exercise_minutes", verdict="protective"))
     assert "trigger" not in protective and "prevents" in protective and "does not prove" in protective

@@ -157,6 +157,15 @@ def test_device_export_without_patient_is_an_input_error(db):
         import_file(db, "sleep", FIXTURES / "fitbit_webapi.json", options(), fmt="fitbit")
 
 
+def test_a_fitabase_file_given_as_sleep_as_android_is_refused(db):
+    """Its header starts with Id, as Sleep as Android's does, so every row was quarantined ("Tz=..."): one
+    error now names the columns Sleep as Android needs."""
+    with pytest.raises(InputFileError, match=r"sleepDay_merged.csv line 1 has the header Id,SleepDay,.*without "
+                                             r"Sleep as Android's Tz, From, To.*check --format"):
+        import_file(db, "sleep", FIXTURES / "sleepDay_merged.csv", options(patient="p1"), fmt="sleep-as-android")
+    assert db.execute("SELECT count(*) FROM rejects").fetchone()[0] == 0
+
+
 def test_unknown_patient_is_quarantined_unless_created(db):
     r = import_file(db, "sleep", FIXTURES / "oura_sleep.json", options(patient="p2"), fmt="oura")
     assert (r.accepted, r.quarantined) == (0, 4)

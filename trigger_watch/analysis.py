@@ -795,7 +795,7 @@ def build_triggers(pid: str, result, *, as_of: date, generated_at: str, forecast
     ``not_applicable``: factor ids this patient cannot have (:data:`NOT_APPLICABLE_TO_MEN`), left out."""
     if result is None:
         data = {"first_day": None, "last_day": None, "diary_days": 0, "missing_days": 0, "at_risk_days": 0,
-                "attacks": 0, "migraine_days_last_30": 0}
+                "attacks": 0, "migraine_days_last_30": 0, "headache_recorded_days": 0}
         status, factors, model = "insufficient_data", [], {"method": models.METHOD, "version": MODEL_VERSION}
     else:
         data = _clean(dict(result.data))

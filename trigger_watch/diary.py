@@ -109,9 +109,11 @@ def _unused_note(col: str, read: Collection[str], kind: str) -> str:
 def _import(db, path: Path, fmt: str | None, options: ImportOptions, kind: str,
             validate: Callable[[Batch, Checker, ImportOptions, dict, ImportResult, dict], pd.DataFrame],
             table: str, columns: list[str], key: list[str],
-            read: Callable[[Path, ImportOptions, dict], Iterable[Batch]] | None = None) -> ImportResult:
+            read: Callable[[Path, ImportOptions, dict], Iterable[Batch]] | None = None,
+            finish: Callable[[sqlite_utils.Database, Path, dict], None] | None = None) -> ImportResult:
     """Import ``path`` as ``kind``: its batches (``read(path, options, state)`` when the kind's file is not
-    a table, e.g. a pain log; the CSV/JSON reader otherwise) validated, quarantined and upserted."""
+    a table, e.g. a pain log; the CSV/JSON reader otherwise) validated, quarantined and upserted;
+    ``finish(db, path, state)`` then adds what the whole file shows to its notes."""
     result = ImportResult(kind=kind, file=str(path))
     known = known_patients(db)
     state: dict = {}
@@ -129,7 +131,12 @@ def _import(db, path: Path, fmt: str | None, options: ImportOptions, kind: str,
             if batch.frame.empty:
                 continue
             checker = Checker(batch.frame)
-            clean = validate(batch, checker, options, known, result, state)
+            try:
+                clean = validate(batch, checker, options, known, result, state)
+            except InputFileError as exc:  # the whole file is wrong (a column missing): say which file
+                why = str(exc)
+                raise InputFileError(f"{path.name} {why[9:]}" if why.startswith("the file ") else
+                                     f"{path.name}: {why}") from None
             if kind != "diary" and "unused" not in state:  # (the diary's own become custom factors)
                 state["unused"] = [c for c in batch.frame.columns if c not in checker.read]
                 state.setdefault("notes", []).extend(_unused_note(c, checker.read, kind) for c in state["unused"])
@@ -158,6 +165,8 @@ def _import(db, path: Path, fmt: str | None, options: ImportOptions, kind: str,
                 changed = good["patient_id"].tolist() if (ins or rep) else []
             storage.mark_changed(db, changed)
             result.patients.update(changed)
+    if finish is not None:
+        finish(db, path, state)
     for note in state.get("notes", []):
         result.messages.append(note)
     return result
@@ -197,6 +206,19 @@ def import_patients(db, path, fmt, options) -> ImportResult:
 
 # ------------------------------------------------------------------------------------ diary
 
+def _need_column(frame: pd.DataFrame, col: str, what: str, *, instead: tuple[str, ...] = ()) -> None:
+    """A file without the column ``col`` (nor any of ``instead``) cannot give a single row: one clear error
+    naming the columns it has and the --rename that maps one of them, not every line quarantined."""
+    if col in frame.columns or any(alt in frame.columns for alt in instead):
+        return
+    names = [str(n) for n in frame.columns if not str(n).startswith("_")]
+    shown = ", ".join(repr(n) for n in names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    alt = "".join(f" or {a!r}" for a in instead)
+    raise InputFileError(f"the file has no {col!r}{alt} column ({what}); its columns are {shown or 'none'}. "
+                         f"If one of them is the {col}, name it with --rename THEIRS={col}; "
+                         "if the file has no header row, give one with --header")
+
+
 def _diary_patient_ids(batch: Batch, c: Checker, options: ImportOptions) -> pd.Series:
     if "patient_id" not in batch.frame.columns:
         if not options.patient:
@@ -224,6 +246,8 @@ def _diary_dates(batch: Batch, c: Checker, options: ImportOptions, state: dict) 
 def _validate_diary(batch, c: Checker, options, known, result, state) -> pd.DataFrame:
     frame = batch.frame
     out = pd.DataFrame(index=frame.index)
+    if "date" not in frame.columns and not all(p in frame.columns for p in _DATE_PARTS):
+        _need_column(frame, "date", "the local day, YYYY-MM-DD; or year, month and day columns")
     out["patient_id"] = _diary_patient_ids(batch, c, options)
     out["date"] = _diary_dates(batch, c, options, state)
     for col, (lo, hi) in DIARY_NUMBERS.items():
@@ -240,7 +264,33 @@ def _validate_diary(batch, c: Checker, options, known, result, state) -> pd.Data
         out["symptoms"] = _warning_sign_columns(frame, c, state, signs, out["symptoms"])
     out["notes"] = c.text("notes")
     out["custom"] = _custom_factors(frame, c, state, exclude=state.get("date_parts", set()) | set(signs))
+    said = out["headache"].notna() | out["headache_intensity"].notna()
+    state.setdefault("silent", set()).update(out["patient_id"][~said & ~c.bad].dropna().unique().tolist())
+    state.setdefault("said", set()).update(out["patient_id"][said & ~c.bad].dropna().unique().tolist())
     return out
+
+
+def _headache_note(db, path: Path, state: dict) -> None:
+    """A note for the file's patients whose days it imported never say whether there was a headache, when
+    no attack of theirs is stored either: their reports say so rather than count the days headache-free."""
+    silent = state.get("silent", set()) - state.get("said", set())
+    if not silent:
+        return
+    for table in ("attacks", "diary"):  # an attack stored, or a day of another diary file that says
+        where = "" if table == "attacks" else " WHERE t.headache IS NOT NULL OR t.headache_intensity IS NOT NULL"
+        silent -= {r[0] for r in db.execute(
+            f"SELECT DISTINCT t.patient_id FROM json_each(?) AS ids JOIN {table} t ON t.patient_id = ids.value"
+            + where, (json.dumps(sorted(silent)),))}
+        if not silent:
+            return
+    left = sorted(silent)
+    if left:
+        who = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+        state.setdefault("notes", []).append(
+            f"no day of {path.name} says whether there was a headache (no headache or headache_intensity value), "
+            f"and no attack is stored for {len(left)} patient(s): {who}. Their days are not headache-free days: "
+            "import their attacks (trigger-watch import attacks FILE), or --rename the file's headache column "
+            "to headache; until then their reports say that no headache is on record")
 
 
 def _warning_sign_columns(frame: pd.DataFrame, c: Checker, state: dict, signs: list[str],
@@ -330,7 +380,7 @@ def _json_objects(values: pd.DataFrame) -> pd.Series:
 
 def import_diary(db, path, fmt, options) -> ImportResult:
     return _import(db, path, fmt, options, "diary", _validate_diary, "diary", DIARY_COLUMNS,
-                   ["patient_id", "date"])
+                   ["patient_id", "date"], finish=_headache_note)
 
 
 # ------------------------------------------------------------------------------------ attacks
@@ -381,6 +431,7 @@ def _utc_text(ts: pd.Series) -> pd.Series:
 
 def _validate_attacks(batch, c: Checker, options, known, result, state) -> pd.DataFrame:
     out = pd.DataFrame(index=batch.frame.index)
+    _need_column(batch.frame, "start", "when the attack began, an ISO 8601 date-time")
     out["patient_id"] = _diary_patient_ids(batch, c, options)
     tz = out["patient_id"].map(lambda p: known.get(p) or options.default_timezone, na_action="ignore")
     tz = tz.fillna(options.default_timezone)
@@ -478,6 +529,8 @@ def severity_log_batches(path: Path, options: ImportOptions, state: dict) -> lis
                 problems.append((n, why, line))
             elif not value:
                 problems.append((n, "the line has a time but nothing after the tab", line))
+            elif "\t" in value:  # a table's row (a diary's day, say), not a log's one value
+                problems.append((n, "the line has more than one tab: " + _LOG_LINE, line))
             else:
                 try:
                     pain = float(value)
@@ -487,6 +540,10 @@ def severity_log_batches(path: Path, options: ImportOptions, state: dict) -> lis
                     problems.append((n, f"pain {value} is outside 0-10", line))
                 else:
                     entries.append((when, n, pain, value, line))
+    if problems and not entries:  # not one line of a pain log: another kind of file, refused whole
+        first, why, _ = problems[0]
+        raise InputFileError(f"{path.name} is not a pain log: none of its {len(problems)} line(s) reads as one "
+                             f"(line {first}: {why}); check --format")
     # in time order (an export may list its pain, drugs and symptoms one after the other), the file's order
     # within a minute; a line repeated is read once
     entries.sort(key=lambda e: (e[0], e[1]))
@@ -570,6 +627,8 @@ TREATMENT_COLUMNS = ["patient_id", "date", "treatment", "dose_mg", "route", "not
 def _validate_treatments(batch, c: Checker, options, known, result, state) -> pd.DataFrame:
     frame = batch.frame
     out = pd.DataFrame(index=frame.index)
+    _need_column(frame, "date", "the day the treatment began, YYYY-MM-DD", instead=("start",))
+    _need_column(frame, "treatment", "its name, e.g. ketamine_infusion, botox, erenumab")
     out["patient_id"] = _diary_patient_ids(batch, c, options)
     if "date" not in frame.columns and "start" in frame.columns:
         start = c.text("start")

@@ -61,10 +61,11 @@ from threadpoolctl import ThreadpoolController  # installed with scikit-learn
 from trigger_watch import storage
 from trigger_watch.errors import ModelError
 
-MODEL_VERSION = "eb-hazard-5"  # 2: moment-matched EMVS prior; 3: same-day stress is a consequence (stored runs refitted);
+MODEL_VERSION = "eb-hazard-6"  # 2: moment-matched EMVS prior; 3: same-day stress is a consequence (stored runs refitted);
 # 4: days_to_answer in the summaries (the fit is as in 3; stored runs are made again to have it); 5: adjusted
 # for the time of year (features.SEASON); a diary's own columns are behaviour (lag 0 never called); waits in
-# diary days (_short_wait)
+# diary days (_short_wait); 6: data.headache_recorded_days (stored runs are made again to have it, and the
+# waits _empty_summary gives a patient with nothing to fit)
 METHOD = ("discrete-time hazard (logistic over at-risk days, all factors and lags jointly, adjusted for the time "
           "of year) with empirical-Bayes partial pooling across the cohort; q-values from the local false sign rate")
 
@@ -1425,6 +1426,10 @@ def _data_blocks(panel: pd.DataFrame) -> dict[str, dict]:
         "at_risk_days": per_patient(at),
         "attacks": per_patient(panel["onset"].fillna(0).astype(int).to_numpy()[ok] * at),
         "migraine_days_last_30": per_patient(panel["migraine_day"].astype(bool).to_numpy()[ok] & recent),
+        # days whose record says whether there was a headache: an attack, a diary headache yes/no or its
+        # intensity (0 with a diary that never says: its days are not known to be headache-free)
+        "headache_recorded_days": per_patient((panel["headache_day"].astype(bool).to_numpy()
+                                               | panel["intensity"].notna().to_numpy())[ok]),
     }
     days = [pd.Series(d).dt.strftime("%Y-%m-%d").tolist() for d in (first, last)]
     return {str(p): {"first_day": days[0][i], "last_day": days[1][i], **{k: v[i] for k, v in counts.items()}}
@@ -1574,9 +1579,11 @@ def _verdicts(fit: _Fit, design: _Design, status, data, fdr, lo, hi, min_days, m
     cnt = fit.counts
     need = _days_needed(bc, sc, lo, hi, diary, at_risk, usable, cnt["exposed_days"], min_days, attacks, min_att,
                         unexposed=cnt["unexposed_days"])
-    need = np.where((verdict == 0) & ~lag0_behaviour, need, np.nan)
+    # no headache on record (a diary that never says, no attack): logging more of the same settles nothing
+    unrecorded = (np.array([data[p].get("headache_recorded_days") == 0 for p in fit.pids]) & (attacks == 0))[:, None]
+    need = np.where((verdict == 0) & ~lag0_behaviour & ~unrecorded, need, np.nan)
     answer = _days_to_answer(bc, sc, fit.prior.lookup(design.columns), diary,
-                             (verdict == 0) & ~lag0_behaviour & usable, lo, hi)
+                             (verdict == 0) & ~lag0_behaviour & usable & ~unrecorded, lo, hi)
     # a patient short of min_at_risk_days / min_attacks has no calls until then
     answer = np.maximum(answer, np.ceil(_short_wait(at_risk, attacks, min_days, min_att, diary))[:, None])
     answer = np.where(answer <= _ANSWER_DAYS[-1], answer, np.nan)
@@ -1685,6 +1692,8 @@ def _empty_summary(design: _Design, d: dict, min_days: int, min_att: int) -> pd.
     n = len(m)
     wait = _short_wait(d["at_risk_days"], d["attacks"], min_days, min_att, d["diary_days"])
     need = int(min(np.ceil(wait), MAX_WAIT_DAYS)) or min_days
+    if d.get("headache_recorded_days") == 0 and not d["attacks"] and d["diary_days"]:
+        need = pd.NA  # no headache on record: logging more of the same settles nothing (reports.no_headache_record)
     s = pd.DataFrame({
         "factor": m["factor"], "label": _labels(m), "lag_days": m["lag"].astype(int),
         "verdict": "insufficient_data", "rank": pd.array([pd.NA] * n, dtype="Int64"),

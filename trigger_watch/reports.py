@@ -421,6 +421,20 @@ def percent(p: float | None) -> str:
     return f"{v:.0f}%" if v >= 1 or v == 0 else "under 1%"
 
 
+#: the clinician pages' note when :func:`no_headache_record`
+NO_HEADACHE_RECORD = ("No headache on record: no diary day says whether there was a headache (the diary has no "
+                      "headache or headache_intensity values) and no attack was imported, so the 0 attack onsets "
+                      "are unknown, not headache-free days. Import the attacks, or have the patient log headache "
+                      "yes/no each day.")
+
+
+def no_headache_record(triggers: dict) -> bool:
+    """Diary days, but none says whether there was a headache and no attack was recorded: the days are not
+    known to be headache-free (a diary of other things, or of bad days only, without a headache column)."""
+    d = triggers.get("data") or {}
+    return bool(d.get("diary_days")) and d.get("headache_recorded_days") == 0 and not d.get("attacks")
+
+
 def data_sentences(triggers: dict) -> list[str]:
     """What the report is based on, or why there is nothing yet."""
     d = triggers.get("data") or {}
@@ -438,6 +452,13 @@ def data_sentences(triggers: dict) -> list[str]:
     if not diary:
         out.append(f"We have {attacks} attack{'s' if attacks != 1 else ''} from you{span}, but no diary days yet.")
         out.append("Logging your day (sleep, drinks, stress, food) is what lets us look for your triggers.")
+    elif no_headache_record(triggers):
+        # a diary that never says whether there was a headache, and no attacks: not 0 attacks, unknown
+        return [(f"This report uses the {diary} day{'s' if diary != 1 else ''} you logged{span}, but none of "
+                 "them says whether you had a headache, and we have no attacks from you in that time."),
+                ("Triggers are found by comparing the days before a headache with the other days, so we can't "
+                 "look for yours yet. Please log each day whether you had a headache (yes or no), including "
+                 "good days, or ask your clinic to import your attack records.")]
     else:
         out.append(f"This report uses the {diary} day{'s' if diary != 1 else ''} you logged{span}. "
                    f"You had {attacks} attack{'s' if attacks != 1 else ''} in that time.")
@@ -527,7 +548,8 @@ def patient_context(triggers: dict, charts: dict | None) -> dict[str, Any]:
         we can't tell about yet, and the page lists 6)."""
         return [said_item(f) for f in groups[verdict][:shown]]
 
-    unsure, left = unsure_items(groups["insufficient_data"])
+    # with no headache on record, more logging of the same settles nothing: the data lines say what will
+    unsure, left = ([], 0) if no_headache_record(triggers) else unsure_items(groups["insufficient_data"])
     return {
         "t": triggers, "charts": charts or {},
         "as_of": long_date(triggers.get("as_of")),
@@ -627,6 +649,7 @@ def _env(autoescape: bool) -> jinja2.Environment:
                        interval=(lambda low, high: Markup(_interval(low, high))) if autoescape else (
                            lambda low, high: _interval(low, high, _fmt, "\u2013", "\u2013")))
     env.globals["DASH"] = DASH if autoescape else "\u2013"
+    env.globals.update(no_headache_record=no_headache_record, NO_HEADACHE_RECORD=NO_HEADACHE_RECORD)
     return env
 
 

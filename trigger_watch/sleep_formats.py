@@ -364,6 +364,12 @@ def parse_sleep_as_android(path: Path, *, patient: str) -> pd.DataFrame:
                 if not rec or all(not c.strip() for c in rec):
                     continue
                 if rec[0].strip() == "Id":
+                    missing = [c for c in ("Tz", "From", "To") if c not in (h.strip() for h in rec)]
+                    if missing:
+                        raise InputFileError(
+                            f"{path.name} line {line} has the header {','.join(h.strip() for h in rec[:5])}..., "
+                            f"without Sleep as Android's {', '.join(missing)}: is it another kind of file? "
+                            f"check --format")
                     header = rec
                     continue
                 if header is None:
