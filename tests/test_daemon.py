@@ -384,6 +384,40 @@ def test_status_says_what_the_model_store_holds(ws):
     assert info["patients"] == 8 and info["kept_priors"] == 1
 
 
+def test_status_lists_analyses_and_back_tests_beside_the_cycles(ws, monkeypatch):
+    """`status` said "no runs yet" after any number of `analyze` runs: only cycles were recorded. Each run
+    now shows with the day it analysed through; a failed analysis is recorded as failed."""
+    one = "p00001"
+    before = json.loads(tw(ws, "status", "--json").stdout)["runs"]
+    assert [r["kind"] for r in before] == ["cycle"]  # the demo's
+    assert tw(ws, "analyze", "--patient", one).returncode == 0
+    assert tw(ws, "analyze", "--patient", one, "--as-of", str(TODAY - timedelta(days=30))).returncode == 0
+    runs = json.loads(tw(ws, "status", "--json").stdout)["runs"]
+    back, now = runs[0], runs[1]
+    assert (back["kind"], back["as_of"], back["status"], back["patients_analysed"]) == (
+        "back-test", str(TODAY - timedelta(days=30)), "ok", 1)
+    assert (now["kind"], now["as_of"], now["status"], now["patients_analysed"]) == (
+        "analyze", str(date.today()), "ok", 1)
+    shown = tw(ws, "status").stdout
+    assert f"back-test {back['started_at']} -> {back['ended_at']} ok        as of {back['as_of']}: 1 analysed" in shown
+    assert "no runs yet" not in shown
+    # an analysis that raises is recorded as failed, with its error, and the error still raised
+    from trigger_watch import analysis
+
+    def broken(*args, **kw):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(analysis, "analyze", broken)
+    from click.testing import CliRunner
+
+    from trigger_watch.cli import cli
+    monkeypatch.setenv("TRIGGER_WATCH_CONFIG", str(ws / "config.toml"))
+    result = CliRunner().invoke(cli, ["analyze", "--patient", one])
+    assert isinstance(result.exception, RuntimeError)
+    last = json.loads(tw(ws, "status", "--json").stdout)["runs"][0]
+    assert (last["kind"], last["status"], last["error"]) == ("analyze", "failed", "RuntimeError: disk on fire")
+
+
 def test_a_man_is_not_told_about_a_menstrual_window(analysed_workspace):
     """A patient recorded as male was listed menstrual_window, and his page said "We have no record of ...
     your period for you"."""

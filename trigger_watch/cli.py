@@ -326,8 +326,12 @@ def analyze(app: App, patients: tuple[str, ...], as_of: str | None, wait_seconds
         bar = app.progress("analysing")  # each stage shows under its own name
         # a back-test: the weather stored for the day after it was recorded later, not forecast then
         back_test = day < app.today - timedelta(days=1)
-        outcome = analysis.analyze(app.db, app.config, as_of=day, patient_ids=list(patients) or None, progress=bar,
-                                   stop=stop, weather_ahead=not back_test)
+        with daemon.recorded_run(app.db, "back-test" if back_test else "analyze", day) as record:  # `status`
+            outcome = analysis.analyze(app.db, app.config, as_of=day, patient_ids=list(patients) or None,
+                                       progress=bar, stop=stop, weather_ahead=not back_test)
+            record.analysed, record.failures = len(outcome.analysed), len(outcome.failed)
+            record.status = ("stopped" if stop.is_set() or outcome.skipped else "partial" if outcome.failed
+                             else "ok")
         bar.close()
         # a back-test leaves its reports in place (cli.md); the next cycle brings them back to the present
         back_dated = back_test and outcome.analysed
@@ -409,8 +413,9 @@ def status(app: App, runs: int, as_json: bool) -> None:
     if not info["runs"]:
         app.say("no runs yet")
     for r in info["runs"]:
-        app.say(f"  #{r['id']} {r['kind']:8} {r['started_at']} -> {r['ended_at'] or '...'} {r['status']:9} "
-                f"{r['patients_analysed'] or 0} analysed, {r['failures'] or 0} failed"
+        app.say(f"  #{r['id']} {r['kind']:9} {r['started_at']} -> {r['ended_at'] or '...'} {r['status']:9} "
+                + (f"as of {r['as_of']}: " if r["as_of"] else "")
+                + f"{r['patients_analysed'] or 0} analysed, {r['failures'] or 0} failed"
                 + (f": {r['error']}" if r["error"] else ""))
     m = info["models"]
     if not m["patients"]:

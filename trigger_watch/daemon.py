@@ -22,7 +22,8 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -57,6 +58,9 @@ storage.register_migration(50, "cycle runs, per-patient analysis state", [
     )""",
 ])
 storage.register_patient_table("patient_state")
+storage.register_migration(64, "runs: the day each run analysed through", [
+    "ALTER TABLE runs ADD COLUMN as_of TEXT",
+])
 
 
 # ------------------------------------------------------------------------------------------ lease
@@ -167,11 +171,12 @@ class CycleResult:
         return out
 
 
-def _start_run(db: sqlite_utils.Database, kind: str) -> int:
+def _start_run(db: sqlite_utils.Database, kind: str, as_of: date | None = None) -> int:
     with storage.transaction(db):
         cur = db.conn.execute(
-            "INSERT INTO runs (kind, started_at, status, pid, host) VALUES (?, ?, 'running', ?, ?)",
-            (kind, storage.utcnow_text(), os.getpid(), socket.gethostname()),
+            "INSERT INTO runs (kind, started_at, status, pid, host, as_of) VALUES (?, ?, 'running', ?, ?, ?)",
+            (kind, storage.utcnow_text(), os.getpid(), socket.gethostname(),
+             as_of.isoformat() if as_of else None),
         )
     return cur.lastrowid
 
@@ -182,6 +187,33 @@ def _end_run(db, run_id: int, status: str, analysed: int, failures: int, error: 
             "UPDATE runs SET ended_at = ?, status = ?, patients_analysed = ?, failures = ?, error = ? WHERE id = ?",
             (storage.utcnow_text(), status, analysed, failures, error, run_id),
         )
+
+
+@dataclass
+class RunRecord:
+    """What :func:`recorded_run` writes when its block ends: set by the caller."""
+    status: str = "ok"
+    analysed: int = 0
+    failures: int = 0
+    error: str | None = None
+
+
+@contextmanager
+def recorded_run(db: sqlite_utils.Database, kind: str, as_of: date) -> Iterator[RunRecord]:
+    """A run of ``kind`` other than the cycle (``analyze``, ``back-test``) in the runs table, under the lease
+    the caller holds, so that ``trigger-watch status`` shows it: 'running' while the block runs, then the
+    record's status and counts; 'failed' with the error when the block raises (which is re-raised)."""
+    _close_orphan_runs(db)
+    run_id = _start_run(db, kind, as_of)
+    record = RunRecord()
+    try:
+        yield record
+    except BaseException as exc:
+        why = str(exc) if isinstance(exc, TriggerWatchError) else f"{type(exc).__name__}: {exc}"
+        _end_run(db, run_id, "stopped" if isinstance(exc, KeyboardInterrupt) else "failed", record.analysed,
+                 record.failures, why)
+        raise
+    _end_run(db, run_id, record.status, record.analysed, record.failures, record.error)
 
 
 def _close_orphan_runs(db) -> None:
@@ -265,7 +297,7 @@ def run_cycle(db: sqlite_utils.Database, config, *, today: date, session=None, f
     stop = stop or threading.Event()
     with Lease(config.database).acquire(wait_seconds):
         _close_orphan_runs(db)
-        run_id = _start_run(db, "cycle")
+        run_id = _start_run(db, "cycle", today - timedelta(days=1))
         result = CycleResult(run_id=run_id)
         t0 = time.monotonic()
         try:
@@ -439,7 +471,7 @@ def serve(config, *, open_db: Callable[[], sqlite_utils.Database], log: Callable
 
 def status(db: sqlite_utils.Database, config, *, runs: int = 10) -> dict:
     last = list(db.query(
-        "SELECT id, kind, started_at, ended_at, status, patients_analysed, failures, error FROM runs "
+        "SELECT id, kind, as_of, started_at, ended_at, status, patients_analysed, failures, error FROM runs "
         "ORDER BY id DESC LIMIT ?", [runs]))
     failing = list(db.query(
         "SELECT patient_id, failures, last_error, last_failed_at FROM patient_state WHERE failures > 0 "
