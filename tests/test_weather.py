@@ -354,6 +354,25 @@ def test_client_gives_a_clear_error_for_a_connection_refused(db, clock):
     assert len(clock.slept) == 2
 
 
+def test_without_a_network_the_first_request_that_cannot_connect_ends_the_fetch(db, cfg, clock):
+    """Offline, each planned request waited out all its retries: 2 min 14 s for one patient's cell (four
+    requests) before one error that listed four problems. The first request's retries now decide it."""
+    three_cells_ten_patients_each(db)
+    cfg = cfg.with_values(weather__archive_url="http://127.0.0.1:9/v1/archive",  # nothing listens: refused
+                          weather__forecast_url="http://127.0.0.1:9/v1/forecast", weather__cells_per_request=1)
+    with pytest.raises(WeatherUnavailable) as err:
+        fetch(db, cfg, clock)
+    said = str(err.value)
+    assert said.startswith("no weather could be fetched for any of 3 cell(s); nothing changed")
+    first = said.split("First problem: ", 1)[1]
+    assert first.startswith("archive ") and first.count("failed after 5 tries; last: connection failed") == 1
+    assert "Check that this server can reach Open-Meteo" in first and "import weather FILE" in first
+    assert len(clock.slept) == 4  # the first request's four waits between its five tries, and no more
+    errors = [r[0] for r in db.execute("SELECT last_error FROM weather_cells ORDER BY cell_id")]
+    assert len(errors) == 3 and all("not tried: the first request could not connect" in e for e in errors)
+    assert db.execute("SELECT count(*) FROM weather_hourly").fetchone()[0] == 0
+
+
 def test_budget_is_never_exceeded_in_any_minute(db, cfg, server, clock):
     rows = [(f"p{i}", "UTC", 10 + i * 0.5, 20.0) for i in range(8)]   # 8 cells
     add_patients(db, rows, first_day="2026-08-01")

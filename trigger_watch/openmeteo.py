@@ -51,6 +51,11 @@ class WeatherUnavailable(WeatherError, ConnectionError):
     """Open-Meteo did not answer usefully after every retry (429, 5xx, timeout, connection error)."""
 
 
+class WeatherOffline(WeatherUnavailable):
+    """Every try of a request failed to connect (no route, no name resolution, refused): most likely this
+    machine has no network, and the requests after it would each wait out their retries the same way."""
+
+
 def call_weight(n_vars: int, n_days: int, n_locations: int) -> float:
     """Calls one request counts as on the free tier (FORMATS.md 1.4, the website's calculator).
 
@@ -158,6 +163,7 @@ class OpenMeteoClient:
         headers = {"User-Agent": self.user_agent, "Accept": "application/json"}
         last = "no attempt made"
         tries = self.max_retries + 1
+        unreachable = 0  # tries that could not connect at all
         for attempt in range(tries):
             self.limiter.acquire(weight)
             self.requests += 1
@@ -169,6 +175,7 @@ class OpenMeteoClient:
                 last = f"no answer within {self.timeout:g} s (timeout)"
             except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
                 last = f"connection failed ({type(exc).__name__})"
+                unreachable += not isinstance(exc, requests.exceptions.ChunkedEncodingError)
             else:
                 if resp.status_code == 200:
                     try:
@@ -195,8 +202,8 @@ class OpenMeteoClient:
                     f"Open-Meteo asked to wait {delay:.0f} s ({last}); retried on the next run")
             self.sleep(delay)
             self.slept += delay
-        raise WeatherUnavailable(
-            f"Open-Meteo failed after {tries} tries; last: {last}; retried on the next run")
+        error = WeatherOffline if unreachable == tries else WeatherUnavailable
+        raise error(f"Open-Meteo failed after {tries} tries; last: {last}; retried on the next run")
 
 
 def _reason(resp: requests.Response) -> str:

@@ -36,6 +36,7 @@ from trigger_watch.openmeteo import (
     HOURLY_VARS,
     OpenMeteoClient,
     RateLimiter,
+    WeatherOffline,
     WeatherRequestRejected,
     WeatherUnavailable,
     block_frame,
@@ -592,6 +593,8 @@ def fetch_weather(db: sqlite_utils.Database, config: Any, session: requests.Sess
     by_cell = members.groupby("cell_id")["patient_id"].apply(list).to_dict()
     queue, done, total, succeeded = deque(plan), 0, len(plan), 0
     limited = False
+    first = ""  # the first problem met, for the error when nothing could be fetched
+    offline = False
     while queue:
         req = queue.popleft()
         try:
@@ -606,20 +609,35 @@ def fetch_weather(db: sqlite_utils.Database, config: Any, session: requests.Sess
         except WeatherRateLimited as exc:
             for r in [req, *queue]:
                 _fail(db, result, r, f"not fetched: {exc}")
+            first = first or f"not fetched: {exc}"
             limited = True
             break
+        except WeatherOffline as exc:
+            _fail(db, result, req, str(exc))
+            first = first or f"{req.api} {req.start}..{req.end}: {exc}"
+            if not succeeded:  # no request has got through: the rest would wait out their retries the same way
+                offline = True
+                for r in queue:
+                    _fail(db, result, r, "not tried: the first request could not connect (no network?)")
+                done += len(queue)
+                break
         except WeatherError as exc:
             _fail(db, result, req, str(exc))
+            first = first or f"{req.api} {req.start}..{req.end}: {exc}"
         done += 1
         if progress:
             progress(done, total)
     result.requests, result.calls_weighted = client.requests, client.calls
     result.waited_seconds = limiter.waited + client.slept
     if plan and not succeeded:   # a whole failure (no network, budget spent): one clear error
-        first = next(iter(result.failed.values()))
+        first = first or next(iter(result.failed.values()))
         error = WeatherRateLimited if limited and done == 0 else WeatherUnavailable
+        hint = ""
+        if offline:
+            hint = (". Check that this server can reach Open-Meteo (its network, a proxy: HTTPS_PROXY), or "
+                    "import saved weather instead (trigger-watch import weather FILE).")
         raise error(f"no weather could be fetched for any of {len(result.failed)} cell(s); nothing changed; "
-                    f"the next run tries again. First problem: {first}")
+                    f"the next run tries again. First problem: {first}{hint}")
     if result.hours_stored:   # aggregate the new hours to the patients' local days now, not at analysis time
         pairs = members.assign(tz=members["timezone"].fillna("UTC").replace("", "UTC"))[["cell_id", "tz"]]
         local_days(db, pairs.drop_duplicates(), needs["start"].min(), needs["end"].max())
