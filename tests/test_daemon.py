@@ -418,6 +418,23 @@ def test_status_lists_analyses_and_back_tests_beside_the_cycles(ws, monkeypatch)
     assert (last["kind"], last["status"], last["error"]) == ("analyze", "failed", "RuntimeError: disk on fire")
 
 
+def test_a_back_tested_patient_is_marked_in_the_report_and_the_ranking(ws):
+    """A back-test's report went into the ranking as if it were today's."""
+    one, day = "p00001", TODAY - timedelta(days=30)
+    assert tw(ws, "analyze", "--patient", one, "--as-of", str(day)).returncode == 0
+    doc = json.loads((cfg_of(ws).reports_dir / one / "triggers.json").read_text())
+    assert doc["as_of"] == str(day) and doc["back_test"] is True
+    ranking = {e["patient_id"]: e for e in
+               json.loads((cfg_of(ws).reports_dir / "cohort" / "ranking.json").read_text())}
+    assert f"a back-test's report, as of {day}: the next cycle brings this patient up to date" in \
+        ranking[one]["reasons"]
+    assert not any("no diary entry for" in x for x in ranking[one]["reasons"])
+    others = [e for p, e in ranking.items() if p != one]
+    assert others and not any("back-test" in x for e in others for x in e["reasons"])
+    assert tw(ws, "analyze", "--patient", one).returncode == 0  # the present again: no mark
+    assert "back_test" not in json.loads((cfg_of(ws).reports_dir / one / "triggers.json").read_text())
+
+
 def test_a_man_is_not_told_about_a_menstrual_window(analysed_workspace):
     """A patient recorded as male was listed menstrual_window, and his page said "We have no record of ...
     your period for you"."""

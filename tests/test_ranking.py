@@ -119,6 +119,19 @@ def test_days_since_last_entry_counts_to_as_of():
     assert not any("no diary entry" in x for x in build_ranking([r])[0]["reasons"])
 
 
+def test_a_back_tests_report_counts_to_its_own_day_and_says_what_it_is():
+    """After `analyze --as-of` an earlier day, the patient's row is of that day: "no diary entry for 38 days"
+    counted the diary the back-test left out as missing, until the next cycle."""
+    old = row("bt", as_of="2026-10-10", last_entry="2026-10-10", days_since_last_entry=0, back_test=True)
+    silent = row("s", as_of="2026-10-10", last_entry="2026-10-10", days_since_last_entry=0)  # no later diary
+    entries = {e["patient_id"]: e for e in build_ranking([old, silent], as_of=AS_OF)}
+    assert entries["bt"]["reasons"][0] == ("a back-test's report, as of 2026-10-10: the next cycle brings this "
+                                           "patient up to date")
+    assert not any("no diary entry" in x for x in entries["bt"]["reasons"])
+    assert "no diary entry for 41 days" in entries["s"]["reasons"]
+    assert not any("back-test" in x for x in entries["s"]["reasons"])
+
+
 def test_rows_with_nan_and_numpy_values_give_plain_json_entries():
     import numpy as np
 

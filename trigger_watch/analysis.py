@@ -103,7 +103,7 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
             stop: threading.Event | None = None, progress: Callable | None = None, write: bool = True,
             generated_at: str | None = None,
             validate: bool | Collection[str] | None = None, weather_ahead: bool = True,
-            _prior_only: bool = False) -> AnalysisOutcome:
+            back_test: bool = False, _prior_only: bool = False) -> AnalysisOutcome:
     """Analyse ``patient_ids`` (all when None) as of ``as_of`` and write their reports and the ranking.
 
     A patient that fails (a rendering error, a damaged record) is named in ``failed`` and the others go
@@ -119,7 +119,9 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
     seventh of the cohort each night by default (:func:`validate_due`). ``weather_ahead``: the forecast day's
     stored weather goes into its forecast -- a forecast when ``as_of`` is yesterday or today, but for an
     earlier ``as_of`` (a back-test) the weather recorded after it, which ``analyze --as-of`` must not use: False
-    leaves that day's weather unknown, as when no forecast could be fetched. ``progress``: a
+    leaves that day's weather unknown, as when no forecast could be fetched. ``back_test``: the reports are
+    a back-test's (triggers.json ``"back_test": true``), which the ranking does not count as the present.
+    ``progress``: a
     :class:`~trigger_watch.progress.Progress` is shown every stage (reading, fit, validation, reports); a
     plain callback ``(done, total)`` counts the reports written.
     """
@@ -288,7 +290,7 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
             if write:  # marked until the ranking is written: a run killed before then is cleaned up after
                 outcome.leftovers_removed = reports.begin_writing(config.reports_dir, config.models_dir)
             _reports(db, config, ex, blocks, results, forecast_block, validation, as_of=as_of,
-                     generated_at=generated_at, write=write, stop=stop,
+                     generated_at=generated_at, write=write, stop=stop, back_test=back_test,
                      progress=stage(progress, "writing reports", main=True), outcome=outcome)
             timings["reports"] = time.perf_counter() - t - (timings["forecast"] - made)
 
@@ -302,7 +304,7 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
 
 
 def _reports(db, config, ex, blocks, results, forecast_block, validation, *, as_of, generated_at, write, stop,
-             progress, outcome) -> None:
+             progress, outcome, back_test: bool = False) -> None:
     """Build every patient's triggers.json and write the reports: by ``ex``'s workers, or here.
     ``forecast_block(block)`` sets ``block.forecasts``; it is called as each block's reports begin."""
 
@@ -316,7 +318,7 @@ def _reports(db, config, ex, blocks, results, forecast_block, validation, *, as_
                 "validation": validation.get(pid),
                 "flags": block.flags.get(pid),
                 "treatments": block.responses.get(pid), "clinician_id": block.clinicians.get(pid),
-                "not_applicable": block.not_applicable.get(pid, ())}
+                "not_applicable": block.not_applicable.get(pid, ()), "back_test": back_test}
 
     if not write:
         _reports_serial(blocks, parts_of, stop, progress, outcome)
@@ -789,10 +791,11 @@ def round4(values: np.ndarray) -> list:
 def build_triggers(pid: str, result, *, as_of: date, generated_at: str, forecast=None, validation=None,
                    flags: dict | None = None, treatments: pd.DataFrame | None = None,
                    clinician_id: str | None = None, factors: list[dict] | None = None,
-                   not_applicable: Collection[str] = ()) -> dict:
+                   not_applicable: Collection[str] = (), back_test: bool = False) -> dict:
     """The triggers.json document of reports.md for one patient (plus documented extra keys). ``factors``:
     ``_records(result.summary)`` when the caller made it already (then ``result.summary`` is not read).
-    ``not_applicable``: factor ids this patient cannot have (:data:`NOT_APPLICABLE_TO_MEN`), left out."""
+    ``not_applicable``: factor ids this patient cannot have (:data:`NOT_APPLICABLE_TO_MEN`), left out.
+    ``back_test``: adds ``"back_test": true`` (docs/reports.md)."""
     if result is None:
         data = {"first_day": None, "last_day": None, "diary_days": 0, "missing_days": 0, "at_risk_days": 0,
                 "attacks": 0, "migraine_days_last_30": 0, "headache_recorded_days": 0}
@@ -817,7 +820,7 @@ def build_triggers(pid: str, result, *, as_of: date, generated_at: str, forecast
     tr = []
     if treatments is not None and len(treatments):
         tr = _records(treatments, skip="patient_id")
-    return {
+    doc = {
         "schema_version": SCHEMA_VERSION,
         "patient_id": pid,
         "clinician_id": clinician_id,
@@ -831,6 +834,9 @@ def build_triggers(pid: str, result, *, as_of: date, generated_at: str, forecast
         "treatments": tr,
         "model": model,
     }
+    if back_test:  # as of an earlier day than the present: the ranking must not read it as today's
+        doc["back_test"] = True
+    return doc
 
 
 _STATUSES = ("onset", "attack", "free", "missing")
@@ -923,4 +929,5 @@ def ranking_row(triggers: dict) -> dict:
             "risk_next_day": forecast.get("attack_probability"),
             "baseline_probability": forecast.get("baseline_probability"),
             "top_triggers": list(dict.fromkeys(f["factor"] for f in top))[:3],
-            "latest_treatment_response": treatments[-1] if treatments else None}
+            "latest_treatment_response": treatments[-1] if treatments else None,
+            **({"back_test": True} if triggers.get("back_test") else {})}

@@ -142,6 +142,9 @@ def priority(r: dict) -> tuple[int, list[str]]:
                       (f"{t.get('treatment')} on {t.get('date')}: "
                        f"{_num(t['migraine_days_per_30_before'])} -> {_num(t['migraine_days_per_30_after'])} "
                        f"migraine days per 30, {response_words(t)}")))
+    if r.get("back_test"):  # its numbers are of that day, not today's
+        found.append((0, 6, (f"a back-test's report, as of {r.get('as_of')}: the next cycle brings this "
+                             "patient up to date")))
     since = r.get("days_since_last_entry")
     if r.get("last_entry") is None:
         found.append((POINTS["diary_silent"], 5, "no diary entry yet"))
@@ -205,7 +208,8 @@ def build_ranking(rows, as_of=None) -> list[dict]:
     as_of_ts = None
     for r in recs:
         last = r.get("last_entry")
-        if last and as_of is not None:  # fresher than a stored report's own count
+        if last and as_of is not None and not r.get("back_test"):  # fresher than a stored report's own count
+            # (a back-test's report counts to its own day: the diary after it was left out, not missing)
             if as_of_ts is None:
                 as_of_ts = pd.Timestamp(as_of)
             r["days_since_last_entry"] = (_days_since(as_of_ts, last) if type(last) is str
