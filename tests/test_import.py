@@ -366,6 +366,17 @@ def test_ragged_csv_row_is_quarantined(patients, write, do_import):
     assert list_rejects(patients)[0]["reason"] == "has 4 values but the header has 3 columns"
 
 
+def test_rejects_are_listed_by_line_within_each_file(patients, write, do_import):
+    """A file's unreadable lines are quarantined before its invalid rows, and the list showed line 4 before
+    line 2. Files keep the order they were first quarantined in."""
+    do_import("diary", write("a.csv", "patient_id,date,stress\np1,2026-03-01,11\np1,2026-03-02,3\n"
+                                      "p1,2026-03-03,4,extra\np1,2026-03-04,12\n"))
+    do_import("diary", write("b.csv", "patient_id,date,stress\np1,2026-03-05,1,2\np1,2026-03-06,13\n"))
+    listed = [(Path(r["file"]).name, r["line"]) for r in list_rejects(patients, "diary")]
+    assert listed == [("a.csv", 2), ("a.csv", 4), ("a.csv", 5), ("b.csv", 2), ("b.csv", 3)]
+    assert [(Path(r["file"]).name, r["line"]) for r in list_rejects(patients, "diary", limit=2)] == listed[:2]
+
+
 def test_an_unclosed_quote_is_quarantined_alone_and_the_lines_after_it_import(patients, write, do_import):
     """Read leniently, the open quote of line 3 swallowed lines 4-6 into its note: one row imported, three
     lost without a word. Now line 3 is quarantined and reading starts again on line 4."""

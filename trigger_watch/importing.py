@@ -696,7 +696,9 @@ def dismiss_rejects(db: sqlite_utils.Database, file: str | Path, kind: str | Non
 
 def list_rejects(db: sqlite_utils.Database, kind: str | None = None, limit: int | None = None, *,
                  resolved: bool = False) -> list[dict]:
-    """Quarantined rows, oldest first: those no later import has fixed, or with ``resolved`` every one."""
+    """Quarantined rows: those no later import has fixed, or with ``resolved`` every one. The files in the
+    order they were first quarantined, each file's rows by line (an import stores a batch's unreadable
+    lines before its invalid rows, so by id line 10 came before line 3)."""
     sql = "SELECT kind, file, line, reason, raw, created_at, resolved_at, resolved_by FROM rejects"
     where, params = [], []
     if kind:
@@ -707,9 +709,12 @@ def list_rejects(db: sqlite_utils.Database, kind: str | None = None, limit: int 
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY id"
-    if limit:
-        sql += f" LIMIT {int(limit)}"
-    return list(db.query(sql, params))
+    rows = list(db.query(sql, params))
+    first: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        first.setdefault(r["file"], i)
+    rows.sort(key=lambda r: (first[r["file"]], r["line"] is None, r["line"] or 0))  # stable: ties keep id order
+    return rows[:int(limit)] if limit else rows
 
 
 def location(file: str, line: int | None) -> str:
