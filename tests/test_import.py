@@ -213,6 +213,9 @@ def test_a_diary_that_never_says_headache_is_named_when_no_attack_is_stored(pati
     again = do_import("diary", write("more.csv", "patient_id,date,stress\np1,2026-03-04,3\np2,2026-03-04,2\n"))
     (note,) = [m for m in again.messages if "says whether there was a headache" in m]
     assert "for 1 patient(s): p2." in note
+    unknown = do_import("diary", write("unknown.csv", "patient_id,date,stress\nnobody,2026-03-05,3\n"))
+    assert unknown.quarantined == 1  # quarantined, not imported: not named as a patient with days
+    assert not [m for m in unknown.messages if "says whether there was a headache" in m]
     told = do_import("diary", write("told.csv", "patient_id,date,headache\np2,2026-03-05,no\n"))
     later = do_import("diary", write("later.csv", "patient_id,date,stress\np2,2026-03-06,1\n"))
     assert not [m for m in told.messages + later.messages if "says whether there was a headache" in m]

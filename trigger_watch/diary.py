@@ -272,18 +272,18 @@ def _validate_diary(batch, c: Checker, options, known, result, state) -> pd.Data
 
 def _headache_note(db, path: Path, state: dict) -> None:
     """A note for the file's patients whose days it imported never say whether there was a headache, when
-    no attack of theirs is stored either: their reports say so rather than count the days headache-free."""
+    no attack of theirs is stored either: their reports say so rather than count the days headache-free.
+    Only patients stored (a row of an unknown patient was quarantined, not imported)."""
     silent = state.get("silent", set()) - state.get("said", set())
     if not silent:
         return
-    for table in ("attacks", "diary"):  # an attack stored, or a day of another diary file that says
-        where = "" if table == "attacks" else " WHERE t.headache IS NOT NULL OR t.headache_intensity IS NOT NULL"
-        silent -= {r[0] for r in db.execute(
-            f"SELECT DISTINCT t.patient_id FROM json_each(?) AS ids JOIN {table} t ON t.patient_id = ids.value"
-            + where, (json.dumps(sorted(silent)),))}
-        if not silent:
-            return
-    left = sorted(silent)
+    left = [r[0] for r in db.execute(
+        """SELECT value FROM json_each(?) AS ids
+           WHERE EXISTS (SELECT 1 FROM patients p WHERE p.patient_id = ids.value)
+             AND NOT EXISTS (SELECT 1 FROM attacks a WHERE a.patient_id = ids.value)
+             AND NOT EXISTS (SELECT 1 FROM diary d WHERE d.patient_id = ids.value
+                             AND (d.headache IS NOT NULL OR d.headache_intensity IS NOT NULL))
+           ORDER BY value""", (json.dumps(sorted(silent)),))]
     if left:
         who = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
         state.setdefault("notes", []).append(
