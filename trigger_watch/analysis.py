@@ -102,8 +102,8 @@ class _Block:
 def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list[str] | None = None,
             stop: threading.Event | None = None, progress: Callable | None = None, write: bool = True,
             generated_at: str | None = None,
-            validate: bool | Collection[str] | None = None, weather_ahead: bool = True,
-            back_test: bool = False, _prior_only: bool = False) -> AnalysisOutcome:
+            validate: bool | Collection[str] | None = None, back_test: bool = False,
+            _prior_only: bool = False) -> AnalysisOutcome:
     """Analyse ``patient_ids`` (all when None) as of ``as_of`` and write their reports and the ranking.
 
     A patient that fails (a rendering error, a damaged record) is named in ``failed`` and the others go
@@ -116,12 +116,11 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
     next block is read, so memory grows with the block, not the cohort. The cohort fit then pools every
     block, and the reports are written block by block. ``validate``: run the rolling-origin validation of
     the forecast for these patients (True), none (False), the ones listed, or (None) those due tonight: a
-    seventh of the cohort each night by default (:func:`validate_due`). ``weather_ahead``: the forecast day's
-    stored weather goes into its forecast -- a forecast when ``as_of`` is yesterday or today, but for an
-    earlier ``as_of`` (a back-test) the weather recorded after it, which ``analyze --as-of`` must not use: False
-    leaves that day's weather unknown, as when no forecast could be fetched. ``back_test``: the reports are
-    a back-test's (triggers.json ``"back_test": true``), which the ranking does not count as the present.
-    ``progress``: a
+    seventh of the cohort each night by default (:func:`validate_due`). ``back_test``: ``as_of`` is before
+    yesterday. The forecast day's stored weather is then the weather recorded after ``as_of``, not a forecast,
+    which ``analyze --as-of`` must not use: that day's weather is left unknown, as when no forecast could be
+    fetched; and the reports are marked a back-test's (triggers.json ``"back_test": true``), which the
+    ranking does not count as the present. ``progress``: a
     :class:`~trigger_watch.progress.Progress` is shown every stage (reading, fit, validation, reports); a
     plain callback ``(done, total)`` counts the reports written.
     """
@@ -144,7 +143,7 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
         return outcome
     generated_at = generated_at or storage.utcnow_text()
     tomorrow = as_of + timedelta(days=1)
-    weather_through = tomorrow if weather_ahead else as_of
+    weather_through = as_of if back_test else tomorrow
     store = models.ModelStore(config.models_dir)
     subset = len(ids) < len(everyone)
     prior, keep = None, not _prior_only  # keep: this run's fits go to the model store
@@ -152,7 +151,7 @@ def analyze(db: sqlite_utils.Database, config, *, as_of: date, patient_ids: list
         prior = store.prior_through(as_of)
         if prior is None:  # learns_prior's case
             learned = analyze(db, config, as_of=as_of, stop=stop, progress=progress, write=False, validate=False,
-                              weather_ahead=weather_ahead, _prior_only=True)
+                              back_test=back_test, _prior_only=True)
             prior = outcome.prior = learned.prior
             outcome.prior_learned = len(everyone)
         current = store.load_prior()

@@ -328,11 +328,9 @@ def analyze(app: App, patients: tuple[str, ...], as_of: str | None, wait_seconds
         back_test = day < app.today - timedelta(days=1)
         with daemon.recorded_run(app.db, "back-test" if back_test else "analyze", day) as record:  # `status`
             outcome = analysis.analyze(app.db, app.config, as_of=day, patient_ids=list(patients) or None,
-                                       progress=bar, stop=stop, weather_ahead=not back_test,
-                                       back_test=back_test)
+                                       progress=bar, stop=stop, back_test=back_test)
             record.analysed, record.failures = len(outcome.analysed), len(outcome.failed)
-            record.status = ("stopped" if stop.is_set() or outcome.skipped else "partial" if outcome.failed
-                             else "ok")
+            record.status = daemon.run_status(outcome.failed, outcome.skipped, stop.is_set())
         bar.close()
         # a back-test leaves its reports in place (cli.md); the next cycle brings them back to the present
         back_dated = back_test and outcome.analysed

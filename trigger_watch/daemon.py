@@ -189,6 +189,12 @@ def _end_run(db, run_id: int, status: str, analysed: int, failures: int, error: 
         )
 
 
+def run_status(failed, skipped, stopped: bool) -> str:
+    """A run's status in the runs table: 'stopped' when it did not reach every patient, else 'partial' when
+    some failed, else 'ok'."""
+    return "stopped" if skipped or stopped else "partial" if failed else "ok"
+
+
 @dataclass
 class RunRecord:
     """What :func:`recorded_run` writes when its block ends: set by the caller."""
@@ -322,10 +328,7 @@ def run_cycle(db: sqlite_utils.Database, config, *, today: date, session=None, f
                 ahead = _has_data_after(db, result.analysed, today - timedelta(days=1))
                 record_outcomes(db, result.analysed, result.failed, MODEL_VERSION, started,
                                 {p: v for p, v in seen.items() if p not in ahead})
-            if result.failed:
-                result.status = "partial"
-            if result.skipped or stop.is_set():
-                result.status = "stopped"
+            result.status = run_status(result.failed, result.skipped, stop.is_set())
         except TriggerWatchError as exc:
             result.status, result.error = "failed", str(exc)
         except Exception as exc:  # recorded, then re-raised: a bug must be seen, not hidden
