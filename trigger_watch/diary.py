@@ -133,10 +133,8 @@ def _import(db, path: Path, fmt: str | None, options: ImportOptions, kind: str,
             checker = Checker(batch.frame)
             try:
                 clean = validate(batch, checker, options, known, result, state)
-            except InputFileError as exc:  # the whole file is wrong (a column missing): say which file
-                why = str(exc)
-                raise InputFileError(f"{path.name} {why[9:]}" if why.startswith("the file ") else
-                                     f"{path.name}: {why}") from None
+            except MissingColumn as exc:  # the whole file is wrong: say which file
+                raise InputFileError(f"{path.name} {exc}") from None
             if kind != "diary" and "unused" not in state:  # (the diary's own become custom factors)
                 state["unused"] = [c for c in batch.frame.columns if c not in checker.read]
                 state.setdefault("notes", []).extend(_unused_note(c, checker.read, kind) for c in state["unused"])
@@ -206,6 +204,10 @@ def import_patients(db, path, fmt, options) -> ImportResult:
 
 # ------------------------------------------------------------------------------------ diary
 
+class MissingColumn(InputFileError):
+    """A validator's "the file has no X column": :func:`_import` puts the file's name before the message."""
+
+
 def _need_column(frame: pd.DataFrame, col: str, what: str, *, instead: tuple[str, ...] = ()) -> None:
     """A file without the column ``col`` (nor any of ``instead``) cannot give a single row: one clear error
     naming the columns it has and the --rename that maps one of them, not every line quarantined."""
@@ -214,7 +216,7 @@ def _need_column(frame: pd.DataFrame, col: str, what: str, *, instead: tuple[str
     names = [str(n) for n in frame.columns if not str(n).startswith("_")]
     shown = ", ".join(repr(n) for n in names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
     alt = "".join(f" or {a!r}" for a in instead)
-    raise InputFileError(f"the file has no {col!r}{alt} column ({what}); its columns are {shown or 'none'}. "
+    raise MissingColumn(f"has no {col!r}{alt} column ({what}); its columns are {shown or 'none'}. "
                          f"If one of them is the {col}, name it with --rename THEIRS={col}; "
                          "if the file has no header row, give one with --header")
 
@@ -222,7 +224,7 @@ def _need_column(frame: pd.DataFrame, col: str, what: str, *, instead: tuple[str
 def _diary_patient_ids(batch: Batch, c: Checker, options: ImportOptions) -> pd.Series:
     if "patient_id" not in batch.frame.columns:
         if not options.patient:
-            raise InputFileError("the file has no patient_id column; pass --patient ID to say whose diary it is")
+            raise MissingColumn("has no patient_id column; pass --patient ID to say whose diary it is")
         batch.frame["patient_id"] = options.patient
     elif options.patient:
         given = c.text("patient_id")
@@ -246,7 +248,7 @@ def _diary_dates(batch: Batch, c: Checker, options: ImportOptions, state: dict) 
 def _validate_diary(batch, c: Checker, options, known, result, state) -> pd.DataFrame:
     frame = batch.frame
     out = pd.DataFrame(index=frame.index)
-    if "date" not in frame.columns and not all(p in frame.columns for p in _DATE_PARTS):
+    if not all(p in frame.columns for p in _DATE_PARTS):  # (else the date is built from them)
         _need_column(frame, "date", "the local day, YYYY-MM-DD; or year, month and day columns")
     out["patient_id"] = _diary_patient_ids(batch, c, options)
     out["date"] = _diary_dates(batch, c, options, state)
