@@ -533,6 +533,8 @@ class FetchResult:
     hours_stored: int = 0
     waited_seconds: float = 0.0
     failed: dict[str, str] = field(default_factory=dict)
+    #: the first failure, as recorded: what the error names when nothing could be fetched
+    first_problem: str = ""
     messages: list[str] = field(default_factory=list)
     patients: set[str] = field(default_factory=set)
 
@@ -593,7 +595,6 @@ def fetch_weather(db: sqlite_utils.Database, config: Any, session: requests.Sess
     by_cell = members.groupby("cell_id")["patient_id"].apply(list).to_dict()
     queue, done, total, succeeded = deque(plan), 0, len(plan), 0
     limited = False
-    first = ""  # the first problem met, for the error when nothing could be fetched
     offline = False
     while queue:
         req = queue.popleft()
@@ -609,35 +610,30 @@ def fetch_weather(db: sqlite_utils.Database, config: Any, session: requests.Sess
         except WeatherRateLimited as exc:
             for r in [req, *queue]:
                 _fail(db, result, r, f"not fetched: {exc}")
-            first = first or f"not fetched: {exc}"
             limited = True
             break
         except WeatherOffline as exc:
             _fail(db, result, req, str(exc))
-            first = first or f"{req.api} {req.start}..{req.end}: {exc}"
             if not succeeded:  # no request has got through: the rest would wait out their retries the same way
                 offline = True
                 for r in queue:
                     _fail(db, result, r, "not tried: the first request could not connect (no network?)")
-                done += len(queue)
                 break
         except WeatherError as exc:
             _fail(db, result, req, str(exc))
-            first = first or f"{req.api} {req.start}..{req.end}: {exc}"
         done += 1
         if progress:
             progress(done, total)
     result.requests, result.calls_weighted = client.requests, client.calls
     result.waited_seconds = limiter.waited + client.slept
     if plan and not succeeded:   # a whole failure (no network, budget spent): one clear error
-        first = first or next(iter(result.failed.values()))
         error = WeatherRateLimited if limited and done == 0 else WeatherUnavailable
         hint = ""
         if offline:
             hint = (". Check that this server can reach Open-Meteo (its network, a proxy: HTTPS_PROXY), or "
                     "import saved weather instead (trigger-watch import weather FILE).")
         raise error(f"no weather could be fetched for any of {len(result.failed)} cell(s); nothing changed; "
-                    f"the next run tries again. First problem: {first}{hint}")
+                    f"the next run tries again. First problem: {result.first_problem}{hint}")
     if result.hours_stored:   # aggregate the new hours to the patients' local days now, not at analysis time
         pairs = members.assign(tz=members["timezone"].fillna("UTC").replace("", "UTC"))[["cell_id", "tz"]]
         local_days(db, pairs.drop_duplicates(), needs["start"].min(), needs["end"].max())
@@ -689,6 +685,7 @@ def _run_request(db: sqlite_utils.Database, config: Any, client: OpenMeteoClient
 
 def _fail(db: sqlite_utils.Database, result: FetchResult, req: Request, why: str) -> None:
     text = f"{req.api} {req.start}..{req.end}: {why}"
+    result.first_problem = result.first_problem or text
     for c in req.cells:
         result.failed[c] = text if c not in result.failed else f"{result.failed[c]}; {text}"
     with storage.transaction(db):
