@@ -1580,7 +1580,7 @@ def _verdicts(fit: _Fit, design: _Design, status, data, fdr, lo, hi, min_days, m
     need = _days_needed(bc, sc, lo, hi, diary, at_risk, usable, cnt["exposed_days"], min_days, attacks, min_att,
                         unexposed=cnt["unexposed_days"])
     # no headache on record (a diary that never says, no attack): logging more of the same settles nothing
-    unrecorded = (np.array([data[p].get("headache_recorded_days") == 0 for p in fit.pids]) & (attacks == 0))[:, None]
+    unrecorded = np.array([_no_headache_record(data[p]) for p in fit.pids])[:, None]
     need = np.where((verdict == 0) & ~lag0_behaviour & ~unrecorded, need, np.nan)
     answer = _days_to_answer(bc, sc, fit.prior.lookup(design.columns), diary,
                              (verdict == 0) & ~lag0_behaviour & usable & ~unrecorded, lo, hi)
@@ -1683,6 +1683,12 @@ class Analyses(dict):
     summaries: _Summaries | None = None
 
 
+def _no_headache_record(d: dict) -> bool:
+    """A data block with diary days of which none says whether there was a headache, and no attack: the
+    days are not known to be headache-free (reports.no_headache_record reads the same in triggers.json)."""
+    return bool(d.get("diary_days")) and d.get("headache_recorded_days") == 0 and not d.get("attacks")
+
+
 def _empty_summary(design: _Design, d: dict, min_days: int, min_att: int) -> pd.DataFrame:
     """A patient with nothing to fit (fewer than two at-risk days): every factor insufficient_data, waiting
     the diary days that :func:`_short_wait` gives at the patient's rates so far. With no day at risk in
@@ -1692,8 +1698,8 @@ def _empty_summary(design: _Design, d: dict, min_days: int, min_att: int) -> pd.
     n = len(m)
     wait = _short_wait(d["at_risk_days"], d["attacks"], min_days, min_att, d["diary_days"])
     need = int(min(np.ceil(wait), MAX_WAIT_DAYS)) or min_days
-    if d.get("headache_recorded_days") == 0 and not d["attacks"] and d["diary_days"]:
-        need = pd.NA  # no headache on record: logging more of the same settles nothing (reports.no_headache_record)
+    if _no_headache_record(d):
+        need = pd.NA  # logging more of the same settles nothing
     s = pd.DataFrame({
         "factor": m["factor"], "label": _labels(m), "lag_days": m["lag"].astype(int),
         "verdict": "insufficient_data", "rank": pd.array([pd.NA] * n, dtype="Int64"),

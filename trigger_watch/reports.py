@@ -430,7 +430,8 @@ NO_HEADACHE_RECORD = ("No headache on record: no diary day says whether there wa
 
 def no_headache_record(triggers: dict) -> bool:
     """Diary days, but none says whether there was a headache and no attack was recorded: the days are not
-    known to be headache-free (a diary of other things, or of bad days only, without a headache column)."""
+    known to be headache-free (a diary of other things, or of bad days only, without a headache column). The
+    rule of models._no_headache_record, on the report."""
     d = triggers.get("data") or {}
     return bool(d.get("diary_days")) and d.get("headache_recorded_days") == 0 and not d.get("attacks")
 
