@@ -171,6 +171,26 @@ def test_a_pain_log_becomes_its_attacks(patients, write, do_import):
     assert (again.accepted, again.replaced, again.unchanged) == (0, 0, 3)
 
 
+def test_a_pain_log_line_with_a_time_that_does_not_exist_says_so(patients, write, do_import):
+    """A line laid out as the log's lines are, with a day or an hour no calendar has, was told the layout it
+    already has. It says which time does not exist; a log whose one line is such is that line quarantined,
+    not a file refused as no pain log. Imported again, an old reject takes the new reason."""
+    log = write("pain.tsv", "2026-03-01 09:00:00\t4\n2026-02-30 10:00:00\t5\n2026-03-01 25:00\t0\n"
+                            "2026-03-01 18:00:00\t0\n")
+    patients.conn.execute("INSERT INTO rejects (kind, file, line, reason, raw, created_at) VALUES"
+                          " ('attacks', ?, 2, 'an older wording', '2026-02-30 10:00:00\t5', 'then')", (str(log),))
+    result = do_import("attacks", log, fmt="severity-log", patient="p1")
+    assert (result.accepted, result.quarantined) == (1, 2)
+    reasons = {r["line"]: r["reason"] for r in list_rejects(patients, "attacks")}
+    assert reasons == {
+        2: "'2026-02-30 10:00:00' has the layout of a time, but no such day or time exists "
+           "(month 01-12, a day of that month, hour 00-23, minute 00-59)",
+        3: "'2026-03-01 25:00' has the layout of a time, but no such day or time exists "
+           "(month 01-12, a day of that month, hour 00-23, minute 00-59)"}
+    one = do_import("attacks", write("one.tsv", "2026-13-01 09:00\t4\n"), fmt="severity-log", patient="p1")
+    assert (one.accepted, one.quarantined) == (0, 1)
+
+
 def test_a_file_that_is_no_pain_log_is_refused_whole(patients, write, do_import):
     """A daily table (bitmask's journal.tsv layout, made up here) or a CSV given --format severity-log had
     every line quarantined, or read as symptoms outside every attack: one error, nothing stored."""
@@ -475,6 +495,19 @@ def test_create_patients_option(db, write, do_import):
                        create_patients=True, default_timezone="Europe/Oslo")
     assert result.accepted == 1
     assert rows(db, "SELECT patient_id, timezone FROM patients") == [("new1", "Europe/Oslo")]
+
+
+def test_create_patients_creates_no_patient_whose_every_row_is_quarantined(db, write, do_import):
+    """A new patient is made for a row that is imported: one whose rows all fail (here a mistyped id's
+    stress of 11) would otherwise stand in the ranking with nothing logged."""
+    text = "patient_id,date,stress\nnew1,2026-03-01,3\nnwe1,2026-03-02,11\nnew1,2026-03-03,4\n"
+    result = do_import("diary", write("d.csv", text), create_patients=True, default_timezone="UTC")
+    assert (result.accepted, result.quarantined) == (2, 1)
+    assert rows(db, "SELECT patient_id FROM patients") == [("new1",)]
+    assert any("created 1 new patient(s)" in m and "nwe1" not in m for m in result.messages)
+    result = do_import("attacks", write("a.csv", "patient_id,start\nnew2,not a time\n"), create_patients=True)
+    assert (result.accepted, result.quarantined) == (0, 1)
+    assert rows(db, "SELECT patient_id FROM patients") == [("new1",)]
 
 
 def test_one_person_diary_with_year_month_day_and_renames(db, write, do_import):

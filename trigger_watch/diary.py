@@ -78,12 +78,15 @@ def known_patients(db: sqlite_utils.Database) -> dict[str, str | None]:
 
 def _resolve_patients(db, checker: Checker, pid: pd.Series, options: ImportOptions,
                       known: dict[str, str | None], result: ImportResult) -> None:
-    """Quarantine rows of unknown patients, or create those patients when asked to."""
+    """Quarantine rows of unknown patients, or create those patients when asked to: those with a row that
+    is imported (a patient whose every row is quarantined, a mistyped id's, is not made)."""
     unknown = pid.notna() & ~pid.isin(list(known))
     if not unknown.any():
         return
     if options.create_patients:
-        new = sorted(set(pid[unknown]))
+        new = sorted(set(pid[unknown & ~checker.bad]))
+        if not new:
+            return
         db.conn.executemany(
             "INSERT OR IGNORE INTO patients (patient_id, timezone, source, imported_at) VALUES (?, ?, ?, ?)",
             [(p, options.default_timezone, "created on import", storage.utcnow_text()) for p in new],
@@ -496,6 +499,8 @@ LOG_FORMATS = ("severity-log",)
 _LEAD = pd.Timedelta(hours=6)
 _DOSE = re.compile(r"^(\d+(?:\.\d+)?)\s*mg\s+(.+)$", re.IGNORECASE)
 _LOG_LINE = "expected 'YYYY-MM-DD HH:MM:SS', a tab, then a pain number, a dose and drug ('10mg rizatriptan') or a symptom"
+#: the layout of a pain log's time (its day or time may still not exist: 2026-02-30, 25:00)
+_LOG_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
 _PREVENTIVE = re.compile(r"\b(preventa?tive|prophyla(xis|ctic))\b", re.IGNORECASE)
 
 
@@ -515,7 +520,7 @@ def severity_log_batches(path: Path, options: ImportOptions, state: dict) -> lis
     line."""
     if not options.patient:
         raise InputFileError(f"{path.name} is one person's pain log: say whose with --patient ID")
-    problems, entries = [], []
+    problems, entries, impossible = [], [], 0
     with path.open(encoding=file_encoding(path), newline="") as fh:
         for n, text in enumerate(fh, start=1):
             line = text.rstrip("\r\n")
@@ -524,7 +529,12 @@ def severity_log_batches(path: Path, options: ImportOptions, state: dict) -> lis
             when_text, tab, value = line.partition("\t")
             when = pd.to_datetime(when_text.strip(), format="ISO8601", errors="coerce") if tab else pd.NaT
             value = value.strip()
-            if pd.isna(when):
+            if pd.isna(when) and tab and _LOG_TIME.match(when_text.strip()):  # a log's line, a wrong time
+                impossible += 1
+                why = (f"{when_text.strip()!r} has the layout of a time, but no such day or time exists "
+                       "(month 01-12, a day of that month, hour 00-23, minute 00-59)")
+                problems.append((n, why, line))
+            elif pd.isna(when):
                 problems.append((n, _LOG_LINE, line))
             elif when.tzinfo is not None:
                 why = f"{when_text.strip()} has a UTC offset: a pain log's times are the patient's local times"
@@ -542,7 +552,8 @@ def severity_log_batches(path: Path, options: ImportOptions, state: dict) -> lis
                     problems.append((n, f"pain {value} is outside 0-10", line))
                 else:
                     entries.append((when, n, pain, value, line))
-    if problems and not entries:  # not one line of a pain log: another kind of file, refused whole
+    if problems and not entries and not impossible:
+        # not one line of a pain log: another kind of file, refused whole
         first, why, _ = problems[0]
         raise InputFileError(f"{path.name} is not a pain log: none of its {len(problems)} line(s) reads as one "
                              f"(line {first}: {why}); check --format")

@@ -634,7 +634,8 @@ def quarantine(db: sqlite_utils.Database, kind: str, file: str | Path,
 
     ``keys``: each row's key (:func:`row_keys`) where it could be read, so that a later good row for the same
     key resolves the reject (:func:`resolve_rejects`). Re-importing the same bad file does not store its
-    rejects twice; a reject it repeats is open again, resolved or not (the file's row is the later one).
+    rejects twice; a reject it repeats is open again, resolved or not (the file's row is the later one), with
+    this import's reason (a newer version may say it better).
     Returns how many rows were given.
     """
     if not rows:
@@ -645,7 +646,7 @@ def quarantine(db: sqlite_utils.Database, kind: str, file: str | Path,
     db.conn.executemany(
         "INSERT INTO rejects (kind, file, line, reason, raw, patient_id, row_key, created_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, file, line, raw) DO UPDATE SET resolved_at = NULL,"
-        " resolved_by = NULL",
+        " resolved_by = NULL, reason = excluded.reason",
         [(kind, str(file), None if line is None else int(line), reason, raw, pid, key, now)
          for (line, reason, raw), pid, key in zip(rows, pids, keys)],
     )
