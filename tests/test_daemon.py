@@ -105,6 +105,37 @@ def test_one_new_diary_row_reanalyses_that_patient_only(ws):
     assert runs[-2:] == [("ok", 0), ("ok", 1)]
 
 
+def test_the_cycle_after_analyze_leaves_the_patients_it_analysed(ws):
+    """`analyze` wrote everyone's reports, and the next `run` analysed the patients whose data had changed
+    before it all over again (the whole cohort, after a clinic's first `analyze`). Now they are current;
+    data that comes after the analysis still brings its patient up."""
+    db = storage.connect(cfg_of(ws).database)
+    for p in ("p00002", "p00005"):
+        add_diary_row(db, ws, p, "2026-11-19", stress=8)
+    db.conn.close()
+    r = tw(ws, "analyze")
+    assert r.returncode == 0, r.stderr
+    r = tw(ws, "run", "--no-weather")
+    assert r.returncode == 0 and "nothing changed" in r.stdout, r.stdout
+    db = storage.connect(cfg_of(ws).database)
+    add_diary_row(db, ws, "p00005", "2026-11-18", stress=2)
+    db.conn.close()
+    r = tw(ws, "run", "--no-weather")
+    assert r.returncode == 0 and "1 patient(s) analysed" in r.stdout, r.stdout
+    # an analysis of some patients makes those current, not the others
+    db = storage.connect(cfg_of(ws).database)
+    for p in ("p00002", "p00005"):
+        add_diary_row(db, ws, p, "2026-11-17", stress=7)
+    db.conn.close()
+    assert tw(ws, "analyze", "--patient", "p00002").returncode == 0
+    r = tw(ws, "run", "--no-weather")
+    assert r.returncode == 0 and "1 patient(s) analysed" in r.stdout, r.stdout
+    current = storage.connect(cfg_of(ws).database).execute(
+        "SELECT s.patient_id FROM patient_state s JOIN changes c ON c.patient_id = s.patient_id"
+        " WHERE s.seen_version = c.version AND s.patient_id IN ('p00002', 'p00005')").fetchall()
+    assert sorted(r[0] for r in current) == ["p00002", "p00005"]
+
+
 def test_a_patient_enrolled_with_no_records_yet_gets_a_report_and_the_cycle_goes_on(ws):
     """The usual case right after enrolment: the only changed patient has no diary, attacks or sleep. The
     cycle failed on the empty panel (a traceback, and every later cycle too)."""

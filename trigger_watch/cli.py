@@ -306,7 +306,7 @@ def stop_on_interrupt() -> Iterator:
 @pass_app
 def analyze(app: App, patients: tuple[str, ...], as_of: str | None, wait_seconds: float) -> None:
     """Build features, fit the models and write every report (and the cohort ranking)."""
-    from trigger_watch import analysis, daemon
+    from trigger_watch import analysis, daemon, storage
     from trigger_watch.errors import UnknownPatient
 
     day = _as_of(as_of, app.today)
@@ -326,11 +326,17 @@ def analyze(app: App, patients: tuple[str, ...], as_of: str | None, wait_seconds
         bar = app.progress("analysing")  # each stage shows under its own name
         # a back-test: the weather stored for the day after it was recorded later, not forecast then
         back_test = day < app.today - timedelta(days=1)
+        # what the analysis sees: the patients it analyses as of now are current, the next cycle leaves them
+        seen = None if back_test else daemon.change_versions(app.db, list(patients) or None)
+        started = storage.utcnow_text()
         with daemon.recorded_run(app.db, "back-test" if back_test else "analyze", day) as record:  # `status`
             outcome = analysis.analyze(app.db, app.config, as_of=day, patient_ids=list(patients) or None,
                                        progress=bar, stop=stop, back_test=back_test)
             record.analysed, record.failures = len(outcome.analysed), len(outcome.failed)
             record.status = daemon.run_status(outcome.failed, outcome.skipped, stop.is_set())
+            if seen is not None:
+                daemon.record_analysis(app.db, list(outcome.analysed), dict(outcome.failed), analysis.MODEL_VERSION,
+                                       started, seen, day)
         bar.close()
         # a back-test leaves its reports in place (cli.md); the next cycle brings them back to the present
         back_dated = back_test and outcome.analysed

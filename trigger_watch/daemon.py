@@ -4,8 +4,9 @@
   the kernel releases it when the process dies, however it dies, so a crash never leaves a stale lease.
   A second ``run`` waits (``--wait SECONDS``) or exits with a message naming the holder.
 - **Only what changed.** Every import marks the patients it changed (``changes``); a patient is analysed
-  when its inputs changed after its last successful analysis, when the model version changed, or when
-  its last analysis failed (it is retried each cycle). A cycle with nothing new fetches weather and stops.
+  when its inputs changed after its last successful analysis (a cycle's, or ``analyze``'s as of today or
+  yesterday; a back-test's does not count), when the model version changed, or when its last analysis
+  failed (it is retried each cycle). A cycle with nothing new fetches weather and stops.
 - **Every run is recorded** in ``runs`` (start, end, status, patients analysed, failures, error text),
   and per patient in ``patient_state`` (last analysis, consecutive failures, last error).
 - **Stopping.** SIGTERM/SIGINT set a stop flag that the pipeline checks between patients: the patient in
@@ -265,6 +266,26 @@ def _has_data_after(db: sqlite_utils.Database, patient_ids: list[str], as_of: da
     return {r[0] for r in rows}
 
 
+def change_versions(db: sqlite_utils.Database, patient_ids: list[str] | None = None) -> dict[str, int]:
+    """The change counter of each of ``patient_ids`` (every patient when None) now: what an analysis
+    started now has seen (:func:`record_analysis`)."""
+    rows = db.execute("SELECT p.patient_id, coalesce(c.version, 0) FROM patients p"
+                      " LEFT JOIN changes c ON c.patient_id = p.patient_id").fetchall()
+    wanted = None if patient_ids is None else set(patient_ids)
+    return {p: v for p, v in rows if wanted is None or p in wanted}
+
+
+def record_analysis(db: sqlite_utils.Database, analysed: list[str], failed: dict[str, str], model_version: str,
+                    started: str, seen: dict[str, int], as_of: date) -> None:
+    """The outcome of an analysis through ``as_of`` (a cycle's, or ``analyze``'s as of now): the patients
+    analysed are current at the change counters ``seen`` when it started, and the next cycle leaves them
+    until their data changes. A diary day or attack after ``as_of`` (logged today, or ahead in a patient's
+    own zone) is not used yet: that patient's change stays pending, for the cycle whose as_of reaches it."""
+    ahead = _has_data_after(db, list(analysed), as_of)
+    record_outcomes(db, analysed, failed, model_version, started,
+                    {p: v for p, v in seen.items() if p not in ahead})
+
+
 def record_outcomes(db, analysed: list[str], failed: dict[str, str], model_version: str, when: str,
                     seen: dict[str, int]) -> None:
     with storage.transaction(db):
@@ -323,11 +344,8 @@ def run_cycle(db: sqlite_utils.Database, config, *, today: date, session=None, f
                 result.analysed, result.failed = list(outcome.analysed), dict(outcome.failed)
                 result.skipped = list(outcome.skipped)
                 result.leftovers_removed = getattr(outcome, "leftovers_removed", 0)
-                # a diary day or attack after the day analysed through (logged today, or ahead in a patient's
-                # own zone) is not used yet: their change stays pending, for the cycle whose as_of reaches it
-                ahead = _has_data_after(db, result.analysed, today - timedelta(days=1))
-                record_outcomes(db, result.analysed, result.failed, MODEL_VERSION, started,
-                                {p: v for p, v in seen.items() if p not in ahead})
+                record_analysis(db, result.analysed, result.failed, MODEL_VERSION, started, seen,
+                                today - timedelta(days=1))
             result.status = run_status(result.failed, result.skipped, stop.is_set())
         except TriggerWatchError as exc:
             result.status, result.error = "failed", str(exc)
