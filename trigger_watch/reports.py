@@ -423,9 +423,9 @@ def percent(p: float | None) -> str:
 
 #: the clinician pages' note when :func:`no_headache_record`
 NO_HEADACHE_RECORD = ("No headache on record: no diary day says whether there was a headache (the diary has no "
-                      "headache or headache_intensity values) and no attack was imported, so the 0 attack onsets "
-                      "are unknown, not headache-free days. Import the attacks, or have the patient log headache "
-                      "yes/no each day.")
+                      "headache or headache_intensity values) and no attack is on record in those days, so the 0 "
+                      "attack onsets are unknown, not headache-free days. Import the attacks, or have the patient "
+                      "log headache yes/no each day.")
 
 
 def no_headache_record(triggers: dict) -> bool:
