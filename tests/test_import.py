@@ -286,6 +286,25 @@ def test_empty_cells_are_unknown_not_zero(patients, write, do_import):
         (None, None, None, None, None)]
 
 
+def test_a_diary_of_text_alone_is_refused_and_the_stored_days_keep_their_values(patients, write, do_import):
+    """A treatments file imported as a diary (patient, date, a treatment's name) imported: each row an empty
+    day that replaced the stored one, whose stress was lost. Refused whole now; a file of the days alone
+    (patient and date: when the diary was kept) still imports, and so does one whose known columns are empty."""
+    do_import("diary", write("d.csv", "patient_id,date,stress\np1,2026-03-01,6\n"))
+    treatments = write("t.csv", "patient_id,date,treatment\np1,2026-03-01,botox\np1,2026-03-02,ketamine\n")
+    with pytest.raises(InputFileError, match=r"t\.csv has no value a diary keeps on any of its 2 row\(s\), only text "
+                                             r"in 'treatment'.*import treatments FILE"):
+        do_import("diary", treatments)
+    assert rows(patients, "SELECT date, stress FROM diary") == [("2026-03-01", 6.0)]
+    assert rows(patients, "SELECT count(*) FROM rejects") == [(0,)]
+    assert do_import("treatments", treatments).accepted == 2
+    days = do_import("diary", write("days.csv", "patient_id,date\np1,2026-03-03\n"))
+    assert days.accepted == 1
+    # text beside a value the diary keeps: the file is a diary, its text column named in a note
+    mixed = do_import("diary", write("m.csv", "patient_id,date,stress,city\np1,2026-03-04,,Graz\np1,2026-03-05,2,Linz\n"))
+    assert mixed.accepted == 2
+
+
 def test_custom_columns_become_factors_and_text_columns_are_reported(patients, write, do_import):
     text = "Patient_ID , Date,Barometer Ache,Took Nap,City\np1,2026-03-01,3.5,yes,Graz\np1,2026-03-02,,no,Linz\n"
     result = do_import("diary", write("d.csv", text))

@@ -269,10 +269,36 @@ def _validate_diary(batch, c: Checker, options, known, result, state) -> pd.Data
         out["symptoms"] = _warning_sign_columns(frame, c, state, signs, out["symptoms"])
     out["notes"] = c.text("notes")
     out["custom"] = _custom_factors(frame, c, state, exclude=state.get("date_parts", set()) | set(signs))
+    _refuse_empty_days(frame, out, c, state)
     said = out["headache"].notna() | out["headache_intensity"].notna()
     state.setdefault("silent", set()).update(out["patient_id"][~said & ~c.bad].dropna().unique().tolist())
     state.setdefault("said", set()).update(out["patient_id"][said & ~c.bad].dropna().unique().tolist())
     return out
+
+
+def _refuse_empty_days(frame: pd.DataFrame, out: pd.DataFrame, c: Checker, state: dict) -> None:
+    """A diary file whose rows hold no value the diary keeps, only text in columns it does not know (a
+    treatments file imported as a diary: patient, date and a treatment's name), is refused whole: each row
+    would store an empty day over the day stored, whose values would be lost. A file of the days alone
+    (patient and date: the days a patient kept the diary, their attacks imported apart) still imports, as
+    does one whose known columns are empty. Judged on the first batch with rows; once a row of the file has
+    a value (or a value the checks refused), the rest import as usual."""
+    if state.get("has_values") or not len(out):
+        return
+    if c.bad.any() or out.drop(columns=["patient_id", "date"]).notna().to_numpy().any():
+        state["has_values"] = True
+        return
+    skip = _DIARY_KNOWN | set(_DATE_PARTS)
+    text = [str(n) for n in frame.columns if n not in skip and not str(n).startswith("_")
+            and c.text(n).notna().any()]
+    if not text:
+        return
+    shown = ", ".join(repr(n) for n in text[:4]) + (f" and {len(text) - 4} more" if len(text) > 4 else "")
+    raise MissingColumn(
+        f"has no value a diary keeps on any of its {len(out)} row(s), only text in {shown}: importing it would "
+        "store empty days over the days already stored. If it is a file of treatments or attacks, import it as "
+        "that kind (trigger-watch import treatments FILE); if its columns are a diary's under other names, "
+        "name them with --rename THEIRS=stress (README, \"Importing records\")")
 
 
 def _headache_note(db, path: Path, state: dict) -> None:
