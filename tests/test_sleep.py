@@ -101,6 +101,21 @@ def test_every_importer_stores_the_same_nights(db, case):
         assert math.isnan(first.bedtime) and math.isnan(second.wake_time) and math.isnan(first.awakenings)
 
 
+def test_a_device_export_without_format_is_told_from_its_contents(db, case):
+    """Without --format, an Apple Health export.xml was refused for its extension, a Sleep as Android file
+    stopped on its repeated Event columns, a Fitbit JSON was one row quarantined for having no start: each
+    was read as a generic table. A device export is now read as what its contents show, and says so; a
+    generic table is read as before."""
+    result = import_file(db, "sleep", FIXTURES / case.file, options(patient=case.patient, extra=case.extra))
+    assert (result.accepted, result.quarantined) == (case.accepted, 1)
+    told = [m for m in result.messages if "told from its contents" in m]
+    if case.fmt in sleep.DEVICE_FORMATS:
+        assert len(told) == 1 and told[0].startswith("read as a") and "--format F reads it as F" in told[0]
+        assert set(db.execute("SELECT DISTINCT source FROM sleep_periods").fetchall()) == {(case.fmt,)}
+    else:
+        assert told == []
+
+
 def test_every_importer_is_idempotent(db, case):
     opts = options(patient=case.patient, extra=case.extra)
     import_file(db, "sleep", FIXTURES / case.file, opts, fmt=case.fmt)

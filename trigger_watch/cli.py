@@ -121,7 +121,8 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
 @click.option("--format", "fmt", metavar="F",
               help="csv (tab-separated too), json, ndjson (default: from the extension); sleep: fitbit, "
-                   "fitabase, oura, apple-health, sleep-as-android; weather: open-meteo, noaa-lcd, csv; "
+                   "fitabase, oura, apple-health, sleep-as-android (default: told from the file's contents); "
+                   "weather: open-meteo, noaa-lcd, csv; "
                    "attacks: severity-log (a pain log: time, tab, pain 0-10 or drug or symptom).")
 @click.option("--patient", metavar="ID", help="Whose records these are (device exports, one-person diaries).")
 @click.option("--create-patients", is_flag=True, help="Create unknown patients instead of quarantining their rows.")

@@ -53,6 +53,7 @@ from trigger_watch.sleep_formats import (
     canonical_format,
     period_frame,
     read_id_map,
+    sniff_device_format,
 )
 
 KIND = "sleep"
@@ -115,6 +116,10 @@ def import_sleep_file(db: sqlite_utils.Database, path: str | Path, fmt: str | No
     path = Path(path)
     fmt = canonical_format(fmt)
     result = ImportResult(kind=KIND, file=str(path))
+    sniffed = sniff_device_format(path) if fmt is None else None
+    if sniffed is not None:  # no --format: a device export is read as one, not as a table it is not
+        fmt = sniffed[0]
+        result.messages.append(f"read as {sniffed[1]}, told from its contents (--format F reads it as F)")
     known = _known_patients(db)
     if fmt in DEVICE_FORMATS:
         frames: Iterable[tuple[pd.DataFrame, pd.DataFrame | None]] = [(_parse_device(path, fmt, options, known),

@@ -65,6 +65,40 @@ def _open_csv(path: Path):
     except OSError as exc:
         raise InputFileError(f"{path}: cannot be read ({exc.strerror})") from None
 
+#: How much of a file :func:`sniff_device_format` reads to tell a device export
+_SNIFF_BYTES = 65536
+
+
+def sniff_device_format(path: Path) -> tuple[str, str] | None:
+    """The device export ``path`` is, told from its first bytes, and what told it; None for anything else
+    (a generic table is read as its extension says). Apple Health: XML with ``HealthData``; Fitbit: JSON with
+    ``dateOfSleep``; Oura: JSON with ``bedtime_start``; Sleep as Android: a CSV header starting
+    ``Id,Tz,From,To``; Fitabase: a CSV header with ``Id``, ``SleepDay`` and ``TotalMinutesAsleep``."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(_SNIFF_BYTES).decode("utf-8-sig", errors="replace")
+    except OSError:
+        return None  # the reader says why
+    text = head.lstrip()
+    if text.startswith("<"):
+        if "<HealthData" in head or "HKCategoryTypeIdentifierSleepAnalysis" in head:
+            return "apple-health", "an Apple Health export (XML with HealthData)"
+        return None
+    if text.startswith(("{", "[")):
+        if '"dateOfSleep"' in head:
+            return "fitbit", "a Fitbit export (JSON with dateOfSleep)"
+        if '"bedtime_start"' in head:
+            return "oura", "an Oura export (JSON with bedtime_start)"
+        return None
+    first = next(csv.reader([text.split("\n", 1)[0].rstrip("\r")]), [])
+    cells = [c.strip().lower() for c in first]
+    if cells[:4] == ["id", "tz", "from", "to"]:
+        return "sleep-as-android", "a Sleep as Android export (its header starts Id,Tz,From,To)"
+    if {"id", "sleepday", "totalminutesasleep"} <= set(cells):
+        return "fitabase", "a Fitabase sleepDay file (Id, SleepDay, TotalMinutesAsleep)"
+    return None
+
+
 def canonical_format(fmt: str | None) -> str | None:
     """``Apple_Health`` -> ``apple-health``; None stays None."""
     if fmt is None:
