@@ -211,13 +211,17 @@ class MissingColumn(InputFileError):
     """A validator's "the file has no X column": :func:`_import` puts the file's name before the message."""
 
 
+def _first_of(texts: list[str], n: int) -> str:
+    """The first ``n`` of ``texts``, comma-separated, and how many more there are: for a message."""
+    return ", ".join(texts[:n]) + (f" and {len(texts) - n} more" if len(texts) > n else "")
+
+
 def _need_column(frame: pd.DataFrame, col: str, what: str, *, instead: tuple[str, ...] = ()) -> None:
     """A file without the column ``col`` (nor any of ``instead``) cannot give a single row: one clear error
     naming the columns it has and the --rename that maps one of them, not every line quarantined."""
     if col in frame.columns or any(alt in frame.columns for alt in instead):
         return
-    names = [str(n) for n in frame.columns if not str(n).startswith("_")]
-    shown = ", ".join(repr(n) for n in names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    shown = _first_of([repr(str(n)) for n in frame.columns if not str(n).startswith("_")], 8)
     alt = "".join(f" or {a!r}" for a in instead)
     raise MissingColumn(f"has no {col!r}{alt} column ({what}); its columns are {shown or 'none'}. "
                          f"If one of them is the {col}, name it with --rename THEIRS={col}; "
@@ -289,11 +293,11 @@ def _refuse_empty_days(frame: pd.DataFrame, out: pd.DataFrame, c: Checker, state
         state["has_values"] = True
         return
     skip = _DIARY_KNOWN | set(_DATE_PARTS)
-    text = [str(n) for n in frame.columns if n not in skip and not str(n).startswith("_")
+    text = [repr(str(n)) for n in frame.columns if n not in skip and not str(n).startswith("_")
             and c.text(n).notna().any()]
     if not text:
         return
-    shown = ", ".join(repr(n) for n in text[:4]) + (f" and {len(text) - 4} more" if len(text) > 4 else "")
+    shown = _first_of(text, 4)
     raise MissingColumn(
         f"has no value a diary keeps on any of its {len(out)} row(s), only text in {shown}: importing it would "
         "store empty days over the days already stored. If it is a file of treatments or attacks, import it as "
@@ -316,7 +320,7 @@ def _headache_note(db, path: Path, state: dict) -> None:
                              AND (d.headache IS NOT NULL OR d.headache_intensity IS NOT NULL))
            ORDER BY value""", (json.dumps(sorted(silent)),))]
     if left:
-        who = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+        who = _first_of(left, 5)
         state.setdefault("notes", []).append(
             f"no day of {path.name} says whether there was a headache (no headache or headache_intensity value), "
             f"and no attack is stored for {len(left)} patient(s): {who}. Their days are not headache-free days: "
@@ -553,17 +557,17 @@ def severity_log_batches(path: Path, options: ImportOptions, state: dict) -> lis
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
             when_text, tab, value = line.partition("\t")
-            when = pd.to_datetime(when_text.strip(), format="ISO8601", errors="coerce") if tab else pd.NaT
-            value = value.strip()
-            if pd.isna(when) and tab and _LOG_TIME.match(when_text.strip()):  # a log's line, a wrong time
+            when_text, value = when_text.strip(), value.strip()
+            when = pd.to_datetime(when_text, format="ISO8601", errors="coerce") if tab else pd.NaT
+            if pd.isna(when) and tab and _LOG_TIME.match(when_text):  # a log's line, a wrong time
                 impossible += 1
-                why = (f"{when_text.strip()!r} has the layout of a time, but no such day or time exists "
+                why = (f"{when_text!r} has the layout of a time, but no such day or time exists "
                        "(month 01-12, a day of that month, hour 00-23, minute 00-59)")
                 problems.append((n, why, line))
             elif pd.isna(when):
                 problems.append((n, _LOG_LINE, line))
             elif when.tzinfo is not None:
-                why = f"{when_text.strip()} has a UTC offset: a pain log's times are the patient's local times"
+                why = f"{when_text} has a UTC offset: a pain log's times are the patient's local times"
                 problems.append((n, why, line))
             elif not value:
                 problems.append((n, "the line has a time but nothing after the tab", line))
