@@ -274,6 +274,40 @@ def test_the_demo_in_a_pipe_draws_no_progress(tmp_path):
     assert r.stderr == ""
 
 
+def test_the_command_line_s_today_is_the_clinic_s_as_the_daemon_s_is(ws, monkeypatch):
+    """`run` and `analyze` took the server's date where the daemon takes [schedule] timezone's: `run` from
+    cron at 08:00 in Auckland on a UTC server analysed through the day before Auckland's yesterday, and
+    `analyze --as-of` refused Auckland's today as a day to come. The clock is fixed at 20:00 UTC on
+    30 June 2026, 08:00 on 1 July in Auckland."""
+    from datetime import UTC, datetime
+
+    from click.testing import CliRunner
+
+    from trigger_watch import cli as cli_mod
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 6, 30, 20, 0, tzinfo=UTC).astimezone(tz)
+
+    monkeypatch.setattr(cli_mod, "datetime", Clock, raising=False)
+    monkeypatch.setenv("TRIGGER_WATCH_CONFIG", str(ws / "config.toml"))
+    base = (ws / "config.toml").read_text()
+
+    def cycle_as_of(zone: str) -> str:
+        (ws / "config.toml").write_text(base + f'[schedule]\ntimezone = "{zone}"\n')
+        r = CliRunner().invoke(cli_mod.cli, ["run", "--no-weather"])
+        assert r.exit_code == 0, r.output
+        return json.loads(tw(ws, "status", "--json").stdout)["runs"][0]["as_of"]
+
+    assert cycle_as_of("UTC") == "2026-06-29"
+    r = CliRunner().invoke(cli_mod.cli, ["analyze", "--as-of", "2026-07-01"])
+    assert r.exit_code == 2 and "2026-07-01 is after today (2026-06-30 in UTC, [schedule] timezone)" in r.output
+    assert cycle_as_of("Pacific/Auckland") == "2026-06-30"
+    r = CliRunner().invoke(cli_mod.cli, ["analyze", "--as-of", "2026-07-01"])
+    assert r.exit_code == 0, r.output
+
+
 def test_an_analysis_as_of_a_day_to_come_is_wrong_usage_and_an_unknown_patient_is_told_how_to_add_them(ws):
     """analyze --as-of 2030-01-01 wrote reports as of 2030 ("nothing logged ... up to 1 January 2030") that
     the cycles then kept; an unknown patient was told to pass --create-patients, an option of import only."""

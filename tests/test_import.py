@@ -94,6 +94,32 @@ def test_patient_rules(db, write, do_import):
     assert rows(db, "SELECT patient_id, sex FROM patients") == [("ok1", "F")]
 
 
+def test_a_day_is_in_the_future_only_after_today_where_its_patient_lives(db, write, do_import):
+    """19:00 on a UTC server is 08:00 the next morning in Auckland. A diary day, a treatment and the night's
+    sleep dated that morning were quarantined as "in the future" by the server's date: every morning's
+    import of an Auckland patient's diary app or wearable, until the server's midnight."""
+    from datetime import UTC, date, datetime
+
+    at = {"today": date(2026, 11, 23), "now": datetime(2026, 11, 23, 19, 0, tzinfo=UTC)}
+    do_import("patients", write("p.csv", "patient_id,timezone\nnz,Pacific/Auckland\nuk,Europe/London\n"))
+    diary = do_import("diary", write("d.csv", "patient_id,date,stress\nnz,2026-11-24,3\nuk,2026-11-24,3\n"
+                                               "nz,2026-11-25,3\nuk,2026-11-23,2\n"), **at)
+    treated = do_import("treatments", write("t.csv", "patient_id,date,treatment\nnz,2026-11-24,botox\n"
+                                                     "uk,2026-11-24,botox\n"), **at)
+    slept = do_import("sleep", write("s.csv", "patient_id,start,end,minutes_asleep\n"
+                                              "nz,2026-11-23T22:40,2026-11-24T06:50,450\n"
+                                              "uk,2026-11-23T22:40,2026-11-24T06:50,450\n"), **at)
+    assert [(r.accepted, r.quarantined) for r in (diary, treated, slept)] == [(2, 2), (1, 1), (1, 1)]
+    assert rows(db, "SELECT patient_id, date FROM diary ORDER BY patient_id") == [
+        ("nz", "2026-11-24"), ("uk", "2026-11-23")]
+    assert rows(db, "SELECT patient_id FROM treatments") == [("nz",)]
+    assert [r["reason"] for r in list_rejects(db)] == [
+        "date='2026-11-24' is in the future (today is 2026-11-23 in Europe/London)",
+        "date='2026-11-25' is in the future (today is 2026-11-24 in Pacific/Auckland)",
+        "date='2026-11-24' is in the future (today is 2026-11-23 in Europe/London)",
+        "the night ending 2026-11-24 is in the future (today is 2026-11-23 in Europe/London)"]
+
+
 def test_attack_rules_and_time_zones(patients, write, do_import):
     text = (
         "patient_id,start,end,intensity,kind,medications\n"

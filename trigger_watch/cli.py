@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import click
 
@@ -48,7 +49,10 @@ class App:
 
     @property
     def today(self) -> date:
-        return date.today()
+        """Today on the clinic's clock, ``[schedule] timezone``, as the daemon's cycles see it: ``run`` on a
+        UTC server for a clinic in Auckland analysed through the day before Auckland's yesterday, and
+        forecast a day Auckland had lived, when it took the server's date."""
+        return datetime.now(ZoneInfo(self.config["schedule.timezone"])).date()
 
     def say(self, line: str = "") -> None:
         click.echo(line)
@@ -164,7 +168,8 @@ def import_cmd(app: App, kind: str, files: tuple[str, ...], fmt: str | None, pat
     extra = {"id_map": id_map} if id_map else {}
     for file in files:
         options = ImportOptions(
-            today=app.today, patient=patient, create_patients=create_patients or cfg["import.create_patients"],
+            today=app.today, now=datetime.now(UTC), patient=patient,
+            create_patients=create_patients or cfg["import.create_patients"],
             default_timezone=cfg["patients.default_timezone"], renames=_pairs(rename, "--rename"),
             skips={s.strip() for s in skip}, batch_rows=cfg["import.batch_rows"], config=cfg, extra=extra,
             progress=app.progress(f"importing {Path(file).name}"), date_format=date_format, header=names,
@@ -312,7 +317,8 @@ def analyze(app: App, patients: tuple[str, ...], as_of: str | None, wait_seconds
 
     day = _as_of(as_of, app.today)
     if day > app.today:  # its reports would stay, "nothing logged" up to that day, until the patient changed
-        raise click.BadParameter(f"{day.isoformat()} is after today ({app.today.isoformat()} on this server): "
+        raise click.BadParameter(f"{day.isoformat()} is after today ({app.today.isoformat()} in "
+                                 f"{app.config['schedule.timezone']}, [schedule] timezone): "
                                  "an analysis can be as of today or an earlier day", param_hint="--as-of")
     known = set(analysis.all_patient_ids(app.db))
     for p in patients:
@@ -479,7 +485,7 @@ def demo(app: App, workspace: str, patients: int, days: int, seed: int) -> None:
     # its steps are progress: on a terminal only (cli.md: quiet in a pipe); the summary below always
     log = (lambda line: click.echo(line, err=True)) if not app.quiet and sys.stderr.isatty() else None
     bar = app.progress("analysing")
-    result = run_demo(Path(workspace), today=app.today, n_patients=patients, n_days=days, seed=seed, log=log,
+    result = run_demo(Path(workspace), today=date.today(), n_patients=patients, n_days=days, seed=seed, log=log,
                       progress=bar)
     bar.close()
     for line in result.lines():

@@ -109,7 +109,8 @@ SETTINGS: tuple[Setting, ...] = (
             "days between validation origins; each origin's model forecasts the days up to the next one",
             int, low=1),
     # schedule
-    Setting("schedule", "timezone", "UTC", "the daemon's clock (also what 'today' is for its cycles)",
+    Setting("schedule", "timezone", "UTC",
+            "the clinic's clock: what 'today' is for the daemon's cycles and for run, analyze and fetch-weather",
             is_zone=True),
     Setting("schedule", "weather", "15 * * * *", "cron: when the daemon fetches weather"),
     Setting("schedule", "analysis", "30 2 * * *", "cron: when the daemon runs the analysis cycle"),

@@ -240,7 +240,8 @@ def _diary_patient_ids(batch: Batch, c: Checker, options: ImportOptions) -> pd.S
     return c.patient_id()
 
 
-def _diary_dates(batch: Batch, c: Checker, options: ImportOptions, state: dict) -> pd.Series:
+def _diary_dates(batch: Batch, c: Checker, options: ImportOptions, state: dict, patient_ids: pd.Series,
+                 known: dict) -> pd.Series:
     frame = batch.frame
     if "date" not in frame.columns and all(p in frame.columns for p in _DATE_PARTS):
         parts = {p: c.number(p, integer=True) for p in _DATE_PARTS}
@@ -249,7 +250,7 @@ def _diary_dates(batch: Batch, c: Checker, options: ImportOptions, state: dict) 
         state.setdefault("notes", []).append("the date of each row was built from its year, month and day columns")
         for p in _DATE_PARTS:
             state.setdefault("date_parts", set()).add(p)
-    return c.day("date", options.today, fmt=options.date_format)
+    return c.day("date", options, options.zones(patient_ids, known))
 
 
 def _validate_diary(batch, c: Checker, options, known, result, state) -> pd.DataFrame:
@@ -258,7 +259,7 @@ def _validate_diary(batch, c: Checker, options, known, result, state) -> pd.Data
     if not all(p in frame.columns for p in _DATE_PARTS):  # (else the date is built from them)
         _need_column(frame, "date", "the local day, YYYY-MM-DD; or year, month and day columns")
     out["patient_id"] = _diary_patient_ids(batch, c, options)
-    out["date"] = _diary_dates(batch, c, options, state)
+    out["date"] = _diary_dates(batch, c, options, state, out["patient_id"], known)
     for col, (lo, hi) in DIARY_NUMBERS.items():
         out[col] = c.number(col, lo, hi)
     if "caffeine_servings" in frame.columns:
@@ -468,8 +469,7 @@ def _validate_attacks(batch, c: Checker, options, known, result, state) -> pd.Da
     out = pd.DataFrame(index=batch.frame.index)
     _need_column(batch.frame, "start", "when the attack began, an ISO 8601 date-time")
     out["patient_id"] = _diary_patient_ids(batch, c, options)
-    tz = out["patient_id"].map(lambda p: known.get(p) or options.default_timezone, na_action="ignore")
-    tz = tz.fillna(options.default_timezone)
+    tz = options.zones(out["patient_id"], known)
     start_text = c.required("start", "ISO 8601 date-time")
     end_text = c.text("end")
     start, bad_start = parse_instants(start_text, tz)
@@ -676,7 +676,7 @@ def _validate_treatments(batch, c: Checker, options, known, result, state) -> pd
     if "date" not in frame.columns and "start" in frame.columns:
         start = c.text("start")
         frame["date"] = start.map(lambda v: str(v)[:10], na_action="ignore")
-    out["date"] = c.day("date", options.today, fmt=options.date_format)
+    out["date"] = c.day("date", options, options.zones(out["patient_id"], known))
     treatment = c.required("treatment", "e.g. ketamine_infusion, botox, erenumab")
     out["treatment"] = normalise_tags(treatment.map(lambda v: str(v).replace(";", " "), na_action="ignore"))
     out["dose_mg"] = c.number("dose_mg", 0, None)

@@ -17,7 +17,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +54,33 @@ class ImportOptions:
     extra: dict[str, Any] = field(default_factory=dict)
     #: called as ``progress(rows_done)`` after each batch; None for silence
     progress: Callable[..., None] | None = None
+    #: this moment (timezone-aware; the command line's): a diary or treatment date is in the future where it
+    #: is after today in its patient's timezone, which is ahead of ``today`` east of the server. None (a
+    #: fixed ``today``: the demo, the benchmarks, tests): after ``today``.
+    now: datetime | None = None
 
     def report(self, done: int) -> None:
         if self.progress is not None:
             self.progress(done)
+
+    def zones(self, patient_ids: pd.Series, known: dict[str, str | None]) -> pd.Series:
+        """Each row's patient's timezone: the stored patient's (``known``), else ``default_timezone``."""
+        zones = patient_ids.map(lambda p: known.get(p) or self.default_timezone, na_action="ignore")
+        return zones.fillna(self.default_timezone)
+
+    def after_today(self, days: pd.Series, zones: pd.Series) -> tuple[np.ndarray, pd.Series]:
+        """Which of ``days`` (ISO dates, None where unknown) are after today where their row's patient lives
+        (``zones``), and each row's words for it: ``(today is D in ZONE)``, or ``(today is D)`` without ``now``."""
+        if self.now is None:
+            today = pd.Series(self.today.isoformat(), index=days.index, dtype=object)
+            said = "(today is " + today + ")"
+        else:
+            from zoneinfo import ZoneInfo
+
+            there = {z: self.now.astimezone(ZoneInfo(z)).date().isoformat() for z in zones.dropna().unique()}
+            today = zones.map(there).astype(object)
+            said = "(today is " + today + " in " + zones.astype(object) + ")"
+        return (days.notna() & (days.fillna("") > today)).to_numpy(), said  # ISO dates sort as text
 
 
 @dataclass
@@ -530,8 +553,9 @@ class Checker:
     def _shown(self, col: str, s: pd.Series, mask) -> pd.Series:
         return col + "=" + s[mask].map(lambda v: repr(v)[:60])
 
-    def flag(self, col: str, mask, why: str) -> None:
-        """Quarantine the rows of ``mask`` with ``<col>='<value>'<why>`` (the value as the file gave it)."""
+    def flag(self, col: str, mask, why: str | pd.Series) -> None:
+        """Quarantine the rows of ``mask`` with ``<col>='<value>'<why>`` (the value as the file gave it; ``why``
+        one text, or each row's)."""
         s = self.text(col)
         self.add(mask, (self._shown(col, s, np.asarray(mask, dtype=bool)) + why).reindex(s.index).to_numpy())
 
@@ -572,9 +596,10 @@ class Checker:
         self.flag(col, bad, " is not yes/no (use 1/0, true/false, yes/no or y/n)")
         return v
 
-    def day(self, col: str, today: date, *, required: bool = True, fmt: str | None = None) -> pd.Series:
-        """A local calendar date, ``YYYY-MM-DD`` (or ``fmt``); not after ``today``."""
-        s = self.text(col)
+    def day(self, col: str, options: ImportOptions, zones: pd.Series, *, required: bool = True) -> pd.Series:
+        """A local calendar date, ``YYYY-MM-DD`` (or ``options.date_format``); not after today where the row's
+        patient lives (``zones``, :meth:`ImportOptions.after_today`)."""
+        s, fmt = self.text(col), options.date_format
         shape = "YYYY-MM-DD" if not fmt else fmt
         if required:
             self.add(s.isna().to_numpy(), f"{col} is missing ({shape})")
@@ -582,9 +607,10 @@ class Checker:
         bad = (s.notna() & parsed.isna()).to_numpy()
         hint = "use YYYY-MM-DD, or --date-format for another layout" if not fmt else f"expected {fmt}"
         self.flag(col, bad, f" is not a date ({hint})")
-        future = (parsed > pd.Timestamp(today)).to_numpy()
-        self.flag(col, future, f" is in the future (today is {today})")
-        return parsed.dt.strftime("%Y-%m-%d").where(parsed.notna() & ~future, None).astype(object)
+        days = parsed.dt.strftime("%Y-%m-%d").where(parsed.notna(), None).astype(object)
+        future, said = options.after_today(days, zones)
+        self.flag(col, future, " is in the future " + said)
+        return days.where(~future, None)
 
     def patient_id(self, col: str = "patient_id") -> pd.Series:
         s = self.required(col)

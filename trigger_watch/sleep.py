@@ -219,8 +219,7 @@ def _generic_frames(path: Path, fmt: str, options: ImportOptions,
                                      f"it is")
             frame["patient_id"] = options.patient
         pid = c.required("patient_id")
-        tz = pid.map(lambda p: known.get(p) or options.default_timezone, na_action="ignore")
-        tz = tz.fillna(options.default_timezone)
+        tz = options.zones(pid, known)
         s_text, e_text = c.required("start", "ISO 8601"), c.required("end", "ISO 8601")
         start, bad_s = parse_instants(s_text, tz)
         end, bad_e = parse_instants(e_text, tz)
@@ -317,8 +316,10 @@ def _validate(frame: pd.DataFrame, options: ImportOptions, known: dict, cells: p
     add(awake < 0, "awakenings " + pd.Series(awake).map("{:g}".format) + " is negative")
 
     night = frame["night"].where(frame["night"].notna(), el.dt.strftime("%Y-%m-%d"))
-    future = (night.fillna("") > options.today.isoformat()).to_numpy()
-    add(future, "the night ending " + night.fillna("?") + f" is in the future (today is {options.today})")
+    # after today where the patient lives: a wearable synced at 7 in the morning in Auckland is a UTC server's
+    # yesterday evening
+    future, said = options.after_today(night, options.zones(pid, known))
+    add(future, ("the night ending " + night.fillna("?") + " is in the future " + said).to_numpy())
 
     bad = pd.notna(reasons)
     if cells is not None and bad.any():
