@@ -146,8 +146,11 @@ def test_unknown_config_key_is_exit_1_naming_it(tmp_path):
 
 
 def test_forget_unknown_patient_is_exit_1(ws):
+    """It told a clinic erasing a mistyped id to import the patient first (the advice of analyze and report)."""
     r = tw(ws, "forget", "nobody")
-    assert r.returncode == 1 and "patient 'nobody' is not in the database" in r.stderr
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert "nothing is stored of patient 'nobody', so nothing was erased: check the id" in r.stderr
+    assert "import" not in r.stderr
 
 
 def _mentions(folder: Path, patient: str) -> list[str]:

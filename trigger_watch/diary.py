@@ -21,7 +21,7 @@ import pandas as pd
 import sqlite_utils
 
 from trigger_watch import storage
-from trigger_watch.errors import InputFileError, UnknownPatient
+from trigger_watch.errors import InputFileError, NothingToForget
 from trigger_watch.importing import (
     IMPORTERS,
     Batch,
@@ -706,7 +706,8 @@ def forget(db: sqlite_utils.Database, patient_id: str, *, reports_dir: Path | No
     """Erase every stored record of a patient, in one transaction, and their files: their report folder
     and cohort ranking entry (with ``reports_dir``), their models (with ``config``: ``storage.models_dir``).
 
-    Returns rows deleted per table. Raises :class:`UnknownPatient` when nothing of the patient exists.
+    Returns rows deleted per table. Raises :class:`NothingToForget` (an :class:`UnknownPatient`) when nothing
+    of the patient exists.
     """
     from trigger_watch import models, reports
 
@@ -724,7 +725,7 @@ def forget(db: sqlite_utils.Database, patient_id: str, *, reports_dir: Path | No
         for hook in FORGET_HOOKS:
             hook(db, config, patient_id)
         if not deleted:
-            raise UnknownPatient(patient_id)
+            raise NothingToForget(patient_id)
         # the files before the commit: if this fails or stops, the rows are still there to forget again
         if reports_dir is not None and reports.remove_from_cohort_reports(reports_dir, patient_id):
             deleted["cohort ranking files"] = len(reports.COHORT_FILES)
