@@ -415,6 +415,26 @@ def test_status_says_what_the_model_store_holds(ws):
     assert info["patients"] == 8 and info["kept_priors"] == 1
 
 
+def test_status_says_who_the_next_cycle_analyses_and_what_waits_in_quarantine(ws):
+    """A clinic's morning check: status showed the runs and the models, not the patients with new data that
+    the next cycle will analyse, nor the quarantined rows nobody has fixed."""
+    shown = tw(ws, "status").stdout
+    assert "patients: 8\n" in shown and "quarantined rows" not in shown
+    db = storage.connect(cfg_of(ws).database)
+    add_diary_row(db, ws, "p00003", str(TODAY - timedelta(days=1)))
+    (ws / "bad.csv").write_text("patient_id,date,stress\np00004,2026-11-02,11\np00004,2026-11-03,12\n")
+    import_file(db, "diary", ws / "bad.csv", ImportOptions(today=TODAY))
+    db.conn.close()
+    shown = tw(ws, "status").stdout
+    assert "patients: 8, 1 of them to analyse in the next cycle (new data since their last analysis, never " \
+           "analysed, or it failed)\n" in shown
+    assert "quarantined rows: 2 waiting to be fixed, from 1 file(s): see them with trigger-watch rejects\n" in shown
+    info = json.loads(tw(ws, "status", "--json").stdout)
+    assert info["patients"] == {"total": 8, "to_analyse": 1} and info["rejects"] == {"waiting": 2, "files": 1}
+    assert tw(ws, "run", "--no-weather").returncode == 0
+    assert json.loads(tw(ws, "status", "--json").stdout)["patients"] == {"total": 8, "to_analyse": 0}
+
+
 def test_status_lists_analyses_and_back_tests_beside_the_cycles(ws, monkeypatch):
     """`status` said "no runs yet" after any number of `analyze` runs: only cycles were recorded. Each run
     now shows with the day it analysed through; a failed analysis is recorded as failed."""

@@ -412,7 +412,8 @@ def daemon_cmd(app: App) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @pass_app
 def status(app: App, runs: int, as_json: bool) -> None:
-    """The last runs, the next scheduled ones, and patients whose analysis keeps failing."""
+    """The last runs, the next scheduled ones, the models stored, the patients the next cycle will analyse,
+    quarantined rows waiting to be fixed, and patients whose analysis keeps failing."""
     import json as json_mod
 
     from trigger_watch import daemon
@@ -439,6 +440,12 @@ def status(app: App, runs: int, as_json: bool) -> None:
     if m["kept_priors"]:
         app.say(f"  {m['kept_priors']} cohort prior(s) kept for back-tests and the forecast validation, learned "
                 f"through {m['kept_first']}" + (f" to {m['kept_last']}" if m["kept_priors"] > 1 else ""))
+    n = info["patients"]
+    app.say(f"patients: {n['total']}" + (f", {n['to_analyse']} of them to analyse in the next cycle (new data since "
+                                         f"their last analysis, never analysed, or it failed)" if n["to_analyse"] else ""))
+    if info["rejects"]["waiting"]:
+        app.say(f"quarantined rows: {info['rejects']['waiting']} waiting to be fixed, from "
+                f"{info['rejects']['files']} file(s): see them with trigger-watch rejects")
     if info["failing_patients"]:
         app.say("patients whose analysis keeps failing:")
         for f in info["failing_patients"]:

@@ -510,6 +510,14 @@ def status(db: sqlite_utils.Database, config, *, runs: int = 10) -> dict:
                 r["status"] = "abandoned"
                 r["error"] = r["error"] or "the process ended before the run finished (killed or crashed)"
     from trigger_watch import models
+    from trigger_watch.analysis import MODEL_VERSION
 
+    # what a clinic checks in the morning besides the runs: who the next cycle will analyse, and the rows an
+    # import quarantined that nobody has fixed yet
+    total = db.execute("SELECT count(*) FROM patients").fetchone()[0]
+    held, files = db.execute("SELECT count(*), count(DISTINCT file) FROM rejects WHERE resolved_at IS NULL"
+                             ).fetchone()
     return {"runs": last, "failing_patients": failing, "next_runs": upcoming, "lease_file": holder,
-            "models": models.ModelStore(config.models_dir).summary()}
+            "models": models.ModelStore(config.models_dir).summary(),
+            "patients": {"total": total, "to_analyse": len(patients_to_analyse(db, MODEL_VERSION))},
+            "rejects": {"waiting": held, "files": files}}
