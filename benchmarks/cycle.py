@@ -9,9 +9,11 @@ Three phases, each in its own process so one phase's memory does not show up in 
    into a fresh database. The last simulated day's diary and attacks are held back.
 2. **full**: ``daemon.run_cycle(fetch=False)`` over everyone, as of the day before the held-back one,
    starting from the database as imported (no models or cycles yet). ``--validation``: ``first`` (the
-   default) validates everyone's forecast, as the first night does; ``nightly`` only the seventh of the
-   cohort whose night it is (``analysis.validation_slot``), as every night after the first does; ``skip``
-   none. ``--reports``: ``fresh`` (the default with ``first``) removes the reports folder first, as on the
+   default) leaves the choice to the cycle, as on the first night (everyone never validated: all of a small
+   cohort, the seventh whose night it is of a large one, ``analysis.validate_due``); ``nightly`` only the
+   seventh of the cohort whose night it is (``analysis.validation_slot``), as every night after the first
+   does; ``all`` everyone, as the first night did until 24 Nov 2026; ``skip`` none. ``--reports``:
+   ``fresh`` (the default with ``first`` and ``all``) removes the reports folder first, as on the
    first night; ``kept`` (the default otherwise) leaves the reports the benchmark's run before wrote, to be
    rewritten, as on every later night.
 3. **incremental**: a ``changed`` share of the patients (1 % by default) logs the held-back day (one diary
@@ -285,7 +287,7 @@ def phase_generate(args) -> dict:
 
 
 def _reports_mode(args) -> str:
-    return args.reports or ("fresh" if args.validation in ("first", "due") else "kept")
+    return args.reports or ("fresh" if args.validation in ("first", "due", "all") else "kept")
 
 
 def phase_cycle(args, incremental: bool) -> dict:
@@ -326,6 +328,8 @@ def phase_cycle(args, incremental: bool) -> dict:
     def analyse(db_, config_, **kw):
         if args.validation == "skip":
             kw["validate"] = False
+        elif args.validation == "all":
+            kw["validate"] = True
         elif args.validation == "nightly":  # the patients whose night of the week it is
             every = int(config_["analysis.validation_every_days"])
             night = kw["as_of"].toordinal() % every
@@ -455,13 +459,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=0, help="[compute] workers (0: one per core)")
     ap.add_argument("--skip-generate", action="store_true", help="reuse the database in --workdir")
     ap.add_argument("--json", help="also write the results to this file")
-    ap.add_argument("--validation", choices=["first", "due", "nightly", "skip"], default="first",
-                    help="first (default; also 'due'): the full cycle validates everyone's forecast, as on the "
-                         "first night; nightly: only the patients whose night of the week it is, as on every "
-                         "later night (analysis.validation_every_days); skip: none")
+    ap.add_argument("--validation", choices=["first", "due", "nightly", "all", "skip"], default="first",
+                    help="first (default; also 'due'): the cycle chooses, as on the first night (a large "
+                         "cohort: the patients whose night of the week it is; analysis.validation_catch_up); "
+                         "nightly: only the patients whose night of the week it is, as on every later night "
+                         "(analysis.validation_every_days); all: everyone; skip: none")
     ap.add_argument("--reports", choices=["fresh", "kept"],
                     help="fresh: the full cycle starts with no reports folder, as on the first night (the "
-                         "default with --validation first); kept: it rewrites the reports the run before left, "
+                         "default with --validation first or all); kept: it rewrites the reports the run before left, "
                          "as every later night does (the default otherwise)")
     ap.add_argument("--settle", type=float, default=0, metavar="SECONDS",
                     help="wait until this long after the last run in --workdir ended before the full cycle "

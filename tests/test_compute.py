@@ -30,13 +30,15 @@ def files(tmp_path_factory) -> dict[str, Path]:
     return simulate.write_files(cohort, tmp_path_factory.mktemp("input"))
 
 
-def cycle(workspace: Path, files: dict[str, Path], scheduler: str = "", workers: int = 0, block: int = 500):
-    """Import ``files`` into a fresh workspace and run one cycle; returns the result and the report files."""
+def cycle(workspace: Path, files: dict[str, Path], scheduler: str = "", workers: int = 0, block: int = 500,
+          more: str = ""):
+    """Import ``files`` into a fresh workspace and run one cycle; returns the result and the report files.
+    ``more``: config.toml sections added to the workspace's."""
     workspace.mkdir()
     (workspace / "config.toml").write_text(
         '[storage]\ndatabase = "tw.db"\nreports_dir = "reports"\nmodels_dir = "models"\n'
         f'[weather]\nenabled = false\n[compute]\nscheduler = "{scheduler}"\nworkers = {workers}\n'
-        f'block_patients = {block}\n')
+        f'block_patients = {block}\n{more}')
     cfg = config_mod.load(workspace / "config.toml")
     db = storage.connect(cfg.database)
     options = ImportOptions(today=TODAY, default_timezone="UTC", config=cfg)
@@ -285,13 +287,24 @@ def test_chunks_cover_every_item_once_in_order():
 def test_validation_spreads_the_cohort_over_the_nights():
     """Each patient is validated on one night in ``analysis.validation_every_days`` (their slot), so a night
     validates about a seventh of the cohort, not all of it once a week; a patient never validated, or whose
-    stored validation is a full period old, is validated at their next run."""
+    stored validation is a full period old, is validated at their next run while such patients are few (at
+    most a night's share or ``analysis.validation_catch_up``), else on their own night: a large cohort's
+    first night validates a seventh of it, as every later night does."""
     from trigger_watch import analysis
 
-    cfg = config_mod.defaults()
+    cfg = config_mod.defaults().with_values(analysis__validation_catch_up=150)
     ids = [f"p{i:05d}" for i in range(700)]
     day0 = date(2026, 1, 5)
-    assert analysis.validate_due(cfg, {}, ids, day0, None) == ids  # nobody validated yet
+    slot0 = [p for p in ids if analysis.validation_slot(p, 7) == day0.toordinal() % 7]
+    # a new installation: 700 never validated, more than a night's share (100) or the catch-up (150)
+    assert analysis.validate_due(cfg, {}, ids, day0, None) == slot0 and 60 <= len(slot0) <= 140
+    # a small clinic's first night (150 patients)
+    assert analysis.validate_due(cfg, {}, ids[:150], day0, None) == ids[:150]
+    # a running clinic of 1,200: its 150 newcomers (at most a night's share, 172) are validated at once
+    newcomers, more = [f"n{i:04d}" for i in range(150)], [f"q{i:05d}" for i in range(350)]
+    known = {p: {"cv_as_of": (day0 - timedelta(days=1)).isoformat()} for p in ids + more}
+    due = analysis.validate_due(cfg, known, ids + more + newcomers, day0, None)
+    assert set(newcomers) <= set(due) and len(due) < 150 + 250, len(due)
     stored = {p: {"cv_as_of": day0.isoformat()} for p in ids}
 
     def week(first_night: date) -> list[list[str]]:
@@ -309,6 +322,10 @@ def test_validation_spreads_the_cohort_over_the_nights():
     # a missed slot: validated at the next run, whatever the night
     late = dict(stored, p00001={"cv_as_of": (day0 - timedelta(days=30)).isoformat()})
     assert "p00001" in analysis.validate_due(cfg, late, ids, day0 + timedelta(days=9), None)
+    # the daemon down for a fortnight: everyone is overdue, and each waits for their own night
+    back = day0 + timedelta(days=22)
+    assert analysis.validate_due(cfg, stored, ids, back, None) == [
+        p for p in ids if analysis.validation_slot(p, 7) == back.toordinal() % 7]
     # a back-test (--as-of months ago): validations made with later data are not reused, whatever the slot
     assert analysis.validate_due(cfg, stored, ids, day0 - timedelta(days=120), None) == ids
     # forced, skipped, listed, turned off
@@ -352,6 +369,43 @@ def test_validation_runs_when_due_and_is_reused_in_between(files, tmp_path):
     assert out.validation["patients"] == 12
     assert {m["cv_as_of"] for m in models.values()} == {(first + timedelta(days=8)).isoformat()}
     db.conn.close()
+
+
+def test_a_large_cohort_s_first_night_validates_a_night_s_share_and_says_when_the_rest_come(files, tmp_path):
+    """With more patients never validated than ``analysis.validation_catch_up`` or a night's share (here 0,
+    so 12 patients are "many"), the first night validates those whose night it is, as every later night
+    does; each other patient's report says by which run theirs comes (``model.cv_due``), and that run
+    validates it."""
+    import json
+
+    from trigger_watch import analysis
+
+    cycle(tmp_path / "ws", files, more="[analysis]\nvalidation_catch_up = 0\n")
+    cfg = config_mod.load(tmp_path / "ws" / "config.toml")
+    reports_dir, first = Path(cfg.reports_dir), TODAY - timedelta(days=2)
+
+    def model(pid: str) -> dict:
+        return json.loads((reports_dir / pid / "triggers.json").read_text())["model"]
+
+    slot = {f"p{i:05d}": analysis.validation_slot(f"p{i:05d}", 7) for i in range(12)}
+    tonight = sorted(p for p, s in slot.items() if s == first.toordinal() % 7)
+    later = sorted(set(slot) - set(tonight))
+    assert 0 < len(tonight) < 12 > len(later) > 0, tonight  # the seed puts some on the first night
+    for pid in tonight:
+        assert model(pid)["cv_as_of"] == first.isoformat() and "cv_due" not in model(pid), pid
+    for pid in later:
+        m, page = model(pid), (reports_dir / pid / "clinician.html").read_text()
+        due = date.fromisoformat(m["cv_due"])
+        assert first < due <= first + timedelta(days=7) and due.toordinal() % 7 == slot[pid], (pid, due)
+        assert m["cv_days"] is None and m["cv_brier"] is None and "cv_as_of" not in m, pid
+        assert f"this patient's comes by the run through {m['cv_due']}" in page, pid
+    pid = later[0]
+    due = date.fromisoformat(model(pid)["cv_due"])
+    db = storage.connect(cfg.database)
+    analysis.analyze(db, cfg, as_of=due)
+    db.conn.close()
+    assert model(pid)["cv_as_of"] == due.isoformat() and model(pid)["cv_days"] > 0
+    assert "cv_due" not in model(pid) and "Not validated yet" not in (reports_dir / pid / "clinician.html").read_text()
 
 
 def test_a_validation_the_cycle_gave_up_on_sends_no_more_blocks_and_keeps_nothing(files, tmp_path):

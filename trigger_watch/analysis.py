@@ -591,10 +591,14 @@ def validate_due(config, stored: dict, ids: list[str], as_of: date, validate) ->
     The rolling-origin validation refits the cohort at each origin, which costs more than the night's fit
     itself, and what it measures moves slowly: a patient is validated once every
     ``analysis.validation_every_days`` (7) nights, on the night of their :func:`validation_slot`, so each
-    night validates about a seventh of the cohort instead of all of it once a week. A patient never validated
-    is validated at once, and one whose stored validation is a full period old (a missed slot: the daemon was
-    down, or they had no new data that night) at their next run, and one newer than ``as_of`` (made with later
-    data) too. ``validate`` True: all of them; False: none; a collection of patient ids: those of ``ids``.
+    night validates about a seventh of the cohort instead of all of it once a week. A patient who is overdue
+    (never validated, or whose stored validation is a full period old: a missed slot, the daemon was down, or
+    they had no new data that night) is validated at their next run while the overdue are few: at most a
+    night's share of ``ids`` or ``analysis.validation_catch_up`` (250), whichever is more (a new patient, a missed
+    night). When more are overdue (a new installation's first night, a cohort that missed a week) each waits
+    for their own night instead, so that no night validates more than a night's share of a large cohort.
+    One validated with data after ``as_of`` (a back-test, ``--as-of``) is validated at once.
+    ``validate`` True: all of them; False: none; a collection of patient ids: those of ``ids``.
     ``analysis.validation_origins = 0`` turns it off."""
     if validate is False or int(config["analysis.validation_origins"]) <= 0:
         return []
@@ -606,13 +610,13 @@ def validate_due(config, stored: dict, ids: list[str], as_of: date, validate) ->
         return [p for p in ids if p in chosen]
     today, stale = as_of.isoformat(), (as_of - timedelta(days=every)).isoformat()
     slot = as_of.toordinal() % every
-
-    def due(p: str) -> bool:
-        seen = stored.get(p, {}).get("cv_as_of", "")
-        # made with data after as_of (a back-test, --as-of): used here, it would leak the days after it
-        return seen > today or seen <= stale or (seen < today and validation_slot(p, every) == slot)
-
-    return [p for p in ids if due(p)]
+    seen = [stored.get(p, {}).get("cv_as_of", "") for p in ids]
+    overdue = [s <= stale for s in seen]  # never validated ("") is overdue too
+    share = max(-(-len(ids) // every), int(config["analysis.validation_catch_up"]))
+    catch_up = sum(overdue) <= share
+    # made with data after as_of (a back-test, --as-of): used here, it would leak the days after it
+    return [p for p, s, late in zip(ids, seen, overdue, strict=True)
+            if s > today or (late and catch_up) or (s < today and validation_slot(p, every) == slot)]
 
 
 def validation_slot(patient_id: str, every: int) -> int:
@@ -681,7 +685,19 @@ def validation_for(db, config, ids: list[str], as_of: date, results: dict, colum
         cohort = saved.get("cohort") if subset and saved.get("cohort") else checked.cohort
         store.save_validation({"version": MODEL_VERSION, "patients": stored, "cohort": cohort})
         outcome.validation = checked.cohort
-    return {p: stored[p] for p in ids if p in stored}
+    return {p: stored[p] for p in ids if p in stored} | _first_validation(config, ids, stored, as_of)
+
+
+def _first_validation(config, ids: list[str], stored: dict, as_of: date) -> dict[str, dict]:
+    """``{patient_id: {"cv_due": day}}`` for the patients of ``ids`` never validated: the ``as_of`` of the
+    nightly run that validates them at the latest, the next on their :func:`validation_slot` (sooner when the
+    overdue are few, :func:`validate_due`). Nothing when the validation is off or runs every night."""
+    every = int(config["analysis.validation_every_days"])
+    if every <= 0 or int(config["analysis.validation_origins"]) <= 0:
+        return {}
+    today = as_of.toordinal()
+    return {p: {"cv_due": date.fromordinal(today + 1 + (validation_slot(p, every) - today - 1) % every).isoformat()}
+            for p in ids if p not in stored}
 
 
 class _OriginPriors(dict):

@@ -105,6 +105,10 @@ SETTINGS: tuple[Setting, ...] = (
             "validate each patient's forecast once in this many nights, on a night set by their id (so each "
             "night validates about this fraction of the cohort; 0: every run); the nights in between reuse "
             "it", int, low=0),
+    Setting("analysis", "validation_catch_up", 250,
+            "patients overdue for it (new ones, a missed night) are validated at their next run while there are "
+            "at most this many or a night's share; more (a new installation, a missed week) each wait for their "
+            "own night", int, low=0),
     Setting("analysis", "validation_step_days", 30,
             "days between validation origins; each origin's model forecasts the days up to the next one",
             int, low=1),
