@@ -304,7 +304,8 @@ def phase_cycle(args, incremental: bool) -> dict:
         storage.connect(workdir / PRISTINE).conn.close()
         shutil.copyfile(workdir / PRISTINE, cfg.database)
         # no models (an unchanged cohort would take the stored fit); the reports of the run before stay
-        # unless --reports fresh (the first night): a clinic's nightly cycle rewrites last night's files
+        # unless --reports fresh (the first night; the driver removed them already, before --settle's
+        # wait): a clinic's nightly cycle rewrites last night's files
         for folder in (cfg.models_dir, *([cfg.reports_dir] if _reports_mode(args) == "fresh" else [])):
             shutil.rmtree(folder, ignore_errors=True)
         os.sync()  # the kernel writes the copy out now, not on the cores of the cycle being timed
@@ -499,7 +500,14 @@ def main(argv: list[str] | None = None) -> int:
                                "peak_mb": 0}
     else:
         results["generate"] = _run_phase("generate", passthrough)
-    since = _since_last_run(Path(args.workdir))
+    workdir = Path(args.workdir)
+    reports_dir = Path(_config(workdir).reports_dir) if (workdir / "config.toml").exists() else None
+    if _reports_mode(args) == "fresh" and reports_dir is not None and reports_dir.exists():
+        # the first night has no reports folder: the last run's goes now, before --settle's wait, since the
+        # files it frees would slow the cycle's new ones as a run just before would (ext4, RECENTLY_FREED_S)
+        shutil.rmtree(reports_dir)
+        (workdir / LAST_RUN).write_text(f"{time.time():.0f}\n")
+    since = _since_last_run(workdir)
     if since is not None and since < args.settle:
         print(f"waiting {args.settle - since:.0f} s: the last run here ended {since:.0f} s ago (--settle)",
               file=sys.stderr, flush=True)

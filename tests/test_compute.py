@@ -408,6 +408,25 @@ def test_a_large_cohort_s_first_night_validates_a_night_s_share_and_says_when_th
     assert "cv_due" not in model(pid) and "Not validated yet" not in (reports_dir / pid / "clinician.html").read_text()
 
 
+def test_a_back_test_validates_everyone_however_many_were_never_validated(files, tmp_path):
+    """``analyze --as-of`` a past day is one run: no later night would validate the patients left for
+    their own night, so it validates all of them even where a nightly run would spread them."""
+    import json
+
+    from trigger_watch import analysis
+
+    cycle(tmp_path / "ws", files, more="[analysis]\nvalidation_catch_up = 0\n")
+    cfg = config_mod.load(tmp_path / "ws" / "config.toml")
+    db = storage.connect(cfg.database)
+    past = TODAY - timedelta(days=30)
+    out = analysis.analyze(db, cfg, as_of=past, back_test=True)
+    db.conn.close()
+    assert out.validation["patients"] == 12
+    for folder in Path(cfg.reports_dir).glob("p*"):
+        model = json.loads((folder / "triggers.json").read_text())["model"]
+        assert model["cv_as_of"] == past.isoformat() and "cv_due" not in model, folder.name
+
+
 def test_a_validation_the_cycle_gave_up_on_sends_no_more_blocks_and_keeps_nothing(files, tmp_path):
     """The validation runs on a thread while the cycle goes on; when the cycle fails or is interrupted it sets
     ``halt``: no further block is sent and nothing of the validation is stored."""
