@@ -398,7 +398,7 @@ def test_a_large_cohort_s_first_night_validates_a_night_s_share_and_says_when_th
         due = date.fromisoformat(m["cv_due"])
         assert first < due <= first + timedelta(days=7) and due.toordinal() % 7 == slot[pid], (pid, due)
         assert m["cv_days"] is None and m["cv_brier"] is None and "cv_as_of" not in m, pid
-        assert f"this patient's comes by the run through {m['cv_due']}" in page, pid
+        assert f"this patient's comes with the analysis of the data through {m['cv_due']} at the" in page, pid
     pid = later[0]
     due = date.fromisoformat(model(pid)["cv_due"])
     db = storage.connect(cfg.database)
