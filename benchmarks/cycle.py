@@ -303,11 +303,10 @@ def phase_cycle(args, incremental: bool) -> dict:
         # with the one id the reports folder is marked with (reports.claim_folder)
         storage.connect(workdir / PRISTINE).conn.close()
         shutil.copyfile(workdir / PRISTINE, cfg.database)
-        # no models (an unchanged cohort would take the stored fit); the reports of the run before stay
-        # unless --reports fresh (the first night; the driver removed them already, before --settle's
-        # wait): a clinic's nightly cycle rewrites last night's files
-        for folder in (cfg.models_dir, *([cfg.reports_dir] if _reports_mode(args) == "fresh" else [])):
-            shutil.rmtree(folder, ignore_errors=True)
+        # no models (an unchanged cohort would take the stored fit); the reports of the run before stay (a
+        # clinic's nightly cycle rewrites last night's files) unless --reports fresh, the first night, whose
+        # driver removed them before --settle's wait
+        shutil.rmtree(cfg.models_dir, ignore_errors=True)
         os.sync()  # the kernel writes the copy out now, not on the cores of the cycle being timed
     db = storage.connect(cfg.database)
     # The cycle analyses through the day before its ``today``: the full one through AS_OF, the last imported

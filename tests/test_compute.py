@@ -322,6 +322,11 @@ def test_validation_spreads_the_cohort_over_the_nights():
     # a missed slot: validated at the next run, whatever the night
     late = dict(stored, p00001={"cv_as_of": (day0 - timedelta(days=30)).isoformat()})
     assert "p00001" in analysis.validate_due(cfg, late, ids, day0 + timedelta(days=9), None)
+    # one night missed (day0 + 15): its patients are validated the next night with that night's own, which
+    # are a period old too (the rule counts the overdue beyond tonight's own against a night's share)
+    missed, nxt = (day0 + timedelta(days=k) for k in (15, 16))
+    assert analysis.validate_due(cfg, stored, ids, nxt, None) == [
+        p for p in ids if analysis.validation_slot(p, 7) in (missed.toordinal() % 7, nxt.toordinal() % 7)]
     # the daemon down for a fortnight: everyone is overdue, and each waits for their own night
     back = day0 + timedelta(days=22)
     assert analysis.validate_due(cfg, stored, ids, back, None) == [

@@ -10,6 +10,7 @@ and the weather forecast, and that row is what the next-day forecast is made fro
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -594,11 +595,12 @@ def validate_due(config, stored: dict, ids: list[str], as_of: date, validate) ->
     itself, and what it measures moves slowly: a patient is validated once every
     ``analysis.validation_every_days`` (7) nights, on the night of their :func:`validation_slot`, so each
     night validates about a seventh of the cohort instead of all of it once a week. A patient who is overdue
-    (never validated, or whose stored validation is a full period old: a missed slot, the daemon was down, or
-    they had no new data that night) is validated at their next run while the overdue are few: at most a
-    night's share of ``ids`` or ``analysis.validation_catch_up`` (250), whichever is more (a new patient, a missed
-    night). When more are overdue (a new installation's first night, a cohort that missed a week) each waits
-    for their own night instead, so that no night validates more than a night's share of a large cohort.
+    and whose night it is not (never validated, or whose stored validation is a full period old: a missed
+    slot, the daemon was down, or they had no new data that night) is validated at their next run while such
+    patients are few: at most a night's share (the most patients of ``ids`` any one night has) or
+    ``analysis.validation_catch_up`` (250), whichever is more (new patients, one missed night). When more are
+    (a new installation's first night, a cohort that missed a week) each waits for their own night instead,
+    so that no night validates more than about two nights' shares of a large cohort.
     One validated with data after ``as_of`` (a back-test, ``--as-of``) is validated at once.
     ``validate`` True: all of them; False: none; a collection of patient ids: those of ``ids``.
     ``analysis.validation_origins = 0`` turns it off."""
@@ -611,14 +613,18 @@ def validate_due(config, stored: dict, ids: list[str], as_of: date, validate) ->
         chosen = set(validate)
         return [p for p in ids if p in chosen]
     today, stale = as_of.isoformat(), (as_of - timedelta(days=every)).isoformat()
-    slot = as_of.toordinal() % every
+    slots = [validation_slot(p, every) for p in ids]
     seen = [stored.get(p, {}).get("cv_as_of", "") for p in ids]
-    overdue = [s <= stale for s in seen]  # never validated ("") is overdue too
-    share = max(-(-len(ids) // every), int(config["analysis.validation_catch_up"]))
-    catch_up = sum(overdue) <= share
+    # tonight's own: their night, and not validated tonight already (nor with later data: below)
+    tonight = [n == as_of.toordinal() % every and s < today for n, s in zip(slots, seen, strict=True)]
+    # overdue beyond tonight's own (never validated, "", is overdue too): the extra work a catch-up adds
+    extra = [s <= stale and not mine for s, mine in zip(seen, tonight, strict=True)]
+    # a night's share: the largest night's patients, so that one missed night is always caught up
+    share = max(max(collections.Counter(slots).values(), default=0), int(config["analysis.validation_catch_up"]))
+    catch_up = sum(extra) <= share
     # made with data after as_of (a back-test, --as-of): used here, it would leak the days after it
-    return [p for p, s, late in zip(ids, seen, overdue, strict=True)
-            if s > today or (late and catch_up) or (s < today and validation_slot(p, every) == slot)]
+    return [p for p, s, mine, late in zip(ids, seen, tonight, extra, strict=True)
+            if s > today or mine or (late and catch_up)]
 
 
 def validation_slot(patient_id: str, every: int) -> int:
